@@ -1,0 +1,150 @@
+//! The `admin` listener (`/healthz`, `/readyz`, `/config_dump`, `/listeners`) and the
+//! `metrics-ingress` listener (`/metrics`). Neither ever shows key material.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::config::duration::format as fmt_duration;
+use crate::config::{HostMatch, PathMatch};
+use crate::proxy::body::{full, ProxyBody};
+use crate::proxy::Proxy;
+
+/// Which small server this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plane {
+    /// Health, readiness, config and listener introspection.
+    Admin,
+    /// Prometheus scrape endpoint.
+    Metrics,
+}
+
+/// Serves `plane` on `listener` until the process ends.
+pub async fn run(plane: Plane, listener: TcpListener, proxy: Arc<Proxy>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(answer(plane, &proxy, &req)) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn answer(plane: Plane, proxy: &Proxy, req: &Request<Incoming>) -> Response<ProxyBody> {
+    let (status, ctype, body) = match (plane, req.uri().path()) {
+        (Plane::Metrics, "/metrics") => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            proxy.metrics.encode(),
+        ),
+        (Plane::Admin, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (Plane::Admin, "/readyz") if proxy.is_ready() => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+        (Plane::Admin, "/readyz") => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_owned()),
+        (Plane::Admin, "/config_dump") => (StatusCode::OK, "application/json", pretty(&config_dump(proxy))),
+        (Plane::Admin, "/listeners") => (StatusCode::OK, "application/json", pretty(&json!({ "listeners": proxy.listeners() }))),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
+    };
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
+    resp
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+fn opt_duration(d: Option<std::time::Duration>) -> String {
+    d.map_or_else(|| "0".to_owned(), fmt_duration)
+}
+
+/// The running config as JSON: everything a person needs to see what is served, nothing
+/// secret (certificates appear as source, names and fingerprint only).
+pub fn config_dump(proxy: &Proxy) -> serde_json::Value {
+    let snap = proxy.snapshot();
+    let s = &snap.settings;
+    let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
+    let certs: Vec<_> = proxy
+        .certificates()
+        .iter()
+        .map(|c| json!({ "source": c.source, "names": c.names, "sha1_fingerprint": c.fingerprint }))
+        .collect();
+    let routes: Vec<_> = snap
+        .routes
+        .routes()
+        .iter()
+        .map(|cr| {
+            let r = &cr.route;
+            let from = match &r.host {
+                HostMatch::Any => "https://*".to_owned(),
+                HostMatch::Exact(h) => format!("https://{h}"),
+                HostMatch::Wildcard(w) => format!("https://*.{w}"),
+            };
+            let (kind, path) = match &r.path {
+                PathMatch::Any => ("prefix", "/".to_owned()),
+                PathMatch::Prefix(p) => ("prefix", p.clone()),
+                PathMatch::Exact(p) => ("path", p.clone()),
+                PathMatch::Regex(re) => ("regex", re.as_str().to_owned()),
+            };
+            json!({
+                "name": r.name,
+                "from": from,
+                kind: path,
+                "to": r.to.iter().map(|u| json!({"scheme": u.scheme, "authority": u.authority, "weight": u.weight})).collect::<Vec<_>>(),
+                "effective_timeout": opt_duration(cr.upstream_timeout),
+                "effective_idle_timeout": opt_duration(cr.stream_idle),
+                "allow_websockets": r.allow_websockets,
+                "preserve_host_header": r.preserve_host_header,
+                "host_rewrite": r.host_rewrite,
+                "prefix_rewrite": r.prefix_rewrite,
+                "set_request_headers": r.set_request_headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+                "remove_request_headers": r.remove_request_headers.iter().map(http::HeaderName::as_str).collect::<Vec<_>>(),
+                "set_response_headers": r.set_response_headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+                "tls_skip_verify": r.tls.skip_verify,
+                "tls_server_name": r.tls.server_name,
+                "tls_custom_ca": r.tls.custom_ca.is_some(),
+                "tls_client_cert": r.tls.client_cert.is_some(),
+                "load_balancing_policy": r.load_balancing_policy,
+                "health_checks": r.health_checks.len(),
+            })
+        })
+        .collect();
+    json!({
+        "version": snap.version,
+        "applied_at_unix": snap.applied_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "settings": {
+            "address": s.address.to_string(),
+            "http_redirect_address": addr(s.http_redirect_address),
+            "insecure_server": s.insecure_server,
+            "codec_type": s.codec_type,
+            "timeout_read": opt_duration(s.timeouts.read),
+            "timeout_write": opt_duration(s.timeouts.write),
+            "timeout_idle": opt_duration(s.timeouts.idle),
+            "default_upstream_timeout": opt_duration(s.default_upstream_timeout),
+            "drain_timeout": fmt_duration(s.drain_timeout),
+            "metrics_address": addr(s.metrics_address),
+            "admin_address": addr(s.admin_address),
+            "certificates": certs,
+            "downstream_mtls": s.downstream_mtls.as_ref().map(|m| json!({
+                "enforcement": m.enforcement,
+                "max_verify_depth": m.max_verify_depth,
+                "ca_certificates": m.ca.len(),
+                "crls": m.crls.len(),
+            })),
+        },
+        "routes": routes,
+    })
+}

@@ -1,0 +1,182 @@
+//! The standalone YAML file: load it, overlay the environment, and watch it for edits.
+//!
+//! Watching polls contents (the file and every file it references) once a second instead of
+//! using inotify: editors replace files by rename and Kubernetes ConfigMap volumes swap
+//! symlinks, and both defeat naive inotify watches. Hashing a few KiB a second is free.
+
+use std::cell::RefCell;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::parse::{parse_config, ConfigErrors, FieldError, Material, GLOBAL_SCALAR_KEYS};
+use super::Config;
+
+/// A config file on disk plus the environment that overrides it.
+#[derive(Clone, Debug)]
+pub struct FileSource {
+    path: PathBuf,
+}
+
+/// A successfully loaded config with the fingerprint of everything it was built from.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The validated config.
+    pub config: Config,
+    /// Paths read while loading (the file and referenced certificates).
+    pub inputs: Vec<PathBuf>,
+}
+
+impl FileSource {
+    /// A source for `path`; nothing is read yet.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The config file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads, overlays the environment and validates. Every error is returned at once.
+    pub fn load(&self) -> Result<Loaded, ConfigErrors> {
+        self.load_with_env(&|k| std::env::var(k).ok())
+    }
+
+    /// As [`Self::load`] with an explicit environment (tests).
+    pub fn load_with_env(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigErrors> {
+        let fail = |message: String| ConfigErrors(vec![FieldError { path: self.path.display().to_string(), message }]);
+        let text = std::fs::read_to_string(&self.path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let mut root = yaml_to_value(&text).map_err(fail)?;
+        let from_env = apply_env(&mut root, env);
+        let material = FileMaterial { base: self.path.parent().map(Path::to_path_buf).unwrap_or_default(), read: RefCell::default() };
+        let config = parse_config(&root, &material).map_err(|mut errs| {
+            for e in &mut errs.0 {
+                if let Some(var) = from_env.iter().find(|v| v.to_ascii_lowercase() == e.path) {
+                    e.message.push_str(&format!(" (from environment variable {var})"));
+                }
+            }
+            errs
+        })?;
+        let mut inputs = vec![self.path.clone()];
+        inputs.extend(material.read.into_inner());
+        Ok(Loaded { config, inputs })
+    }
+}
+
+/// Parses YAML into the JSON-like tree the validator walks. YAML-only constructs (non-string
+/// keys, tags) are reported rather than guessed at.
+pub fn yaml_to_value(text: &str) -> Result<Value, String> {
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
+    serde_json::to_value(yaml).map_err(|e| format!("unsupported YAML: {e}"))
+}
+
+/// Environment variables (the key upper-cased) override scalar global keys of the file.
+/// Returns the variables that were applied, for error messages.
+fn apply_env(root: &mut Value, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut applied = Vec::new();
+    if root.is_null() {
+        *root = Value::Object(serde_json::Map::new());
+    }
+    let Value::Object(map) = root else { return applied };
+    for key in GLOBAL_SCALAR_KEYS {
+        let var = key.to_ascii_uppercase();
+        if let Some(v) = env(&var) {
+            map.insert((*key).to_owned(), Value::String(v));
+            applied.push(var);
+        }
+    }
+    applied
+}
+
+/// Reads referenced files relative to the config file's directory and remembers them so
+/// that the watcher notices when a certificate file changes.
+struct FileMaterial {
+    base: PathBuf,
+    read: RefCell<Vec<PathBuf>>,
+}
+
+impl Material for FileMaterial {
+    fn read(&self, reference: &str) -> Result<Vec<u8>, String> {
+        let path = self.base.join(reference);
+        self.read.borrow_mut().push(path.clone());
+        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    }
+}
+
+/// A cheap fingerprint of the contents of `paths` (missing files hash as absent).
+pub fn fingerprint(paths: &[PathBuf]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in paths {
+        p.hash(&mut h);
+        std::fs::read(p).ok().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Polls the file (and what it references) and calls `on_change` with each new load result.
+/// Runs until the returned task is aborted.
+pub fn watch(
+    source: FileSource,
+    mut inputs: Vec<PathBuf>,
+    interval: Duration,
+    on_change: impl Fn(Result<Loaded, ConfigErrors>) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = fingerprint(&inputs);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let (src, ins) = (source.clone(), inputs.clone());
+            let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&ins)).await else { continue };
+            if now == last {
+                continue;
+            }
+            last = now;
+            let src2 = src.clone();
+            let Ok(result) = tokio::task::spawn_blocking(move || src2.load()).await else { continue };
+            if let Ok(loaded) = &result {
+                inputs.clone_from(&loaded.inputs);
+                last = fingerprint(&inputs);
+            }
+            on_change(result);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn environment_overrides_file_and_is_named_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "timeout_read: 10s\n").unwrap();
+        let src = FileSource::new(&path);
+        let c = src.load_with_env(&|k| (k == "TIMEOUT_READ").then(|| "45s".to_owned())).unwrap();
+        assert_eq!(c.config.settings.timeouts.read, Some(Duration::from_secs(45)));
+        let e = src.load_with_env(&|k| (k == "TIMEOUT_IDLE").then(|| "forever".to_owned())).unwrap_err();
+        assert!(e.to_string().contains("timeout_idle: invalid duration \"forever\""), "{e}");
+        assert!(e.to_string().contains("environment variable TIMEOUT_IDLE"), "{e}");
+    }
+
+    #[test]
+    fn missing_files_are_errors_with_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "certificates: [{cert_file: nope.pem, key_file: nope-key.pem}]\n").unwrap();
+        let e = FileSource::new(&path).load_with_env(&|_| None).unwrap_err();
+        assert!(e.to_string().contains("certificates[0].cert_file: cannot read"), "{e}");
+        assert!(e.to_string().contains("certificates[0].key_file: cannot read"), "{e}");
+        let e = FileSource::new(dir.path().join("absent.yaml")).load_with_env(&|_| None).unwrap_err();
+        assert!(e.to_string().contains("cannot read"));
+        std::fs::write(&path, "routes: [\n").unwrap();
+        let e = FileSource::new(&path).load_with_env(&|_| None).unwrap_err();
+        assert!(e.to_string().contains("invalid YAML"), "{e}");
+    }
+}

@@ -1,0 +1,293 @@
+//! The validated domain model: what a config *means*, with no trace of where it came from.
+//!
+//! Both the standalone YAML file and (later) the Kubernetes controller produce a [`Config`];
+//! the data plane compiles it into a serving snapshot. Every value here has already been
+//! checked, so the data plane never re-validates and never has to handle a half-valid route.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use regex::Regex;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A whole, valid configuration: global settings and the routes they serve.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Process-wide settings (listeners, timeouts, certificates).
+    pub settings: Settings,
+    /// Routes in declaration order; precedence is decided by the route table, not this order.
+    pub routes: Vec<Route>,
+}
+
+/// Which HTTP versions the downstream listeners speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodecType {
+    /// ALPN picks HTTP/2 or HTTP/1.1.
+    Auto,
+    /// HTTP/1.1 only; some old clients and tools need it.
+    Http1,
+    /// HTTP/2 preferred; HTTP/1.1 clients are still served (see docs/timeouts.md).
+    Http2,
+    /// Adds the `quic-ingress` HTTP/3 listener beside `auto` on TCP.
+    Http3,
+}
+
+/// The connection-level timeouts of the reference's "Global Timeouts" page.
+/// `None` means disabled (the user wrote `0`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The whole downstream request (headers and body) must arrive within this.
+    pub read: Option<Duration>,
+    /// The whole request/response cycle.
+    pub write: Option<Duration>,
+    /// A connection with no active request, or a stream with no activity, is closed.
+    pub idle: Option<Duration>,
+}
+
+/// A certificate with its key, ready to be handed to rustls.
+#[derive(Clone, Debug)]
+pub struct Certificate {
+    /// Where it came from (file path or Secret name), for logs and `/config_dump`.
+    pub source: String,
+    /// DNS names (and wildcards) from the leaf's subjectAltName, lower-cased.
+    pub names: Vec<String>,
+    /// SHA-1 fingerprint of the leaf, hex: lets a reload tell a changed certificate apart.
+    pub fingerprint: String,
+    /// The signing key and chain.
+    pub key: Arc<CertifiedKey>,
+}
+
+/// How client certificates are checked on the https listener.
+#[derive(Clone, Debug)]
+pub struct DownstreamMtls {
+    /// Trust anchors for client certificates.
+    pub ca: Vec<CertificateDer<'static>>,
+    /// Certificate revocation lists (DER).
+    pub crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+    /// What happens to a client without a valid certificate.
+    pub enforcement: MtlsEnforcement,
+    /// How many intermediates may sit between the client leaf and a trust anchor.
+    pub max_verify_depth: u32,
+}
+
+/// Pomerium's three mTLS enforcement modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MtlsEnforcement {
+    /// Requests without a valid client certificate are denied (403) unless a route allows them.
+    PolicyWithDefaultDeny,
+    /// The certificate is verified when present; routes decide.
+    Policy,
+    /// The TLS handshake fails without a valid client certificate.
+    RejectConnection,
+}
+
+/// Process-wide settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `https-ingress` (or plain HTTP with `insecure_server`).
+    pub address: SocketAddr,
+    /// `http-ingress`: ACME paths routed, everything else redirected. `None` disables it.
+    pub http_redirect_address: Option<SocketAddr>,
+    /// Serve routes on `address` without TLS.
+    pub insecure_server: bool,
+    /// Downstream HTTP versions.
+    pub codec_type: CodecType,
+    /// Connection-level timeouts.
+    pub timeouts: Timeouts,
+    /// Upstream timeout of a route that sets none; `None` disables it.
+    pub default_upstream_timeout: Option<Duration>,
+    /// Grace period of a draining listener generation (and of shutdown).
+    pub drain_timeout: Duration,
+    /// Server certificates; the first is the default for unknown SNI.
+    pub certificates: Vec<Certificate>,
+    /// Client-certificate verification, when configured.
+    pub downstream_mtls: Option<DownstreamMtls>,
+    /// `metrics-ingress`; `None` disables it.
+    pub metrics_address: Option<SocketAddr>,
+    /// `admin`; `None` disables it.
+    pub admin_address: Option<SocketAddr>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            address: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            http_redirect_address: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            insecure_server: false,
+            codec_type: CodecType::Auto,
+            timeouts: Timeouts {
+                read: Some(Duration::from_secs(30)),
+                write: None,
+                idle: Some(Duration::from_secs(300)),
+            },
+            default_upstream_timeout: Some(Duration::from_secs(30)),
+            drain_timeout: Duration::from_secs(600),
+            certificates: Vec::new(),
+            downstream_mtls: None,
+            metrics_address: Some(SocketAddr::from(([0, 0, 0, 0], 9902))),
+            admin_address: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        }
+    }
+}
+
+/// Which hosts a route answers for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    /// Any host (an Ingress rule without `host`, or `https://*`).
+    Any,
+    /// One exact, lower-cased host name.
+    Exact(String),
+    /// `*.suffix`: exactly one extra label before `suffix` (stored without the `*.`).
+    Wildcard(String),
+}
+
+/// Which paths a route answers for. Matching is case-sensitive and ignores the query.
+#[derive(Clone, Debug)]
+pub enum PathMatch {
+    /// Every path.
+    Any,
+    /// Whole path elements: `/foo` matches `/foo`, `/foo/`, `/foo/bar`, never `/foobar`.
+    /// Stored without a trailing slash (except `/` itself).
+    Prefix(String),
+    /// The exact path.
+    Exact(String),
+    /// The whole path must match (anchored).
+    Regex(Regex),
+}
+
+/// Upstream wire protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamScheme {
+    /// HTTP/1.1 over TCP.
+    Http,
+    /// TLS; ALPN chooses HTTP/2 or HTTP/1.1.
+    Https,
+    /// HTTP/2 with prior knowledge over plain TCP (gRPC backends).
+    H2c,
+}
+
+/// One destination of a route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// Protocol to speak.
+    pub scheme: UpstreamScheme,
+    /// `host:port` as written (port defaulted from the scheme).
+    pub authority: String,
+    /// Host part alone, used for SNI and `Host` unless overridden.
+    pub host: String,
+    /// Relative share of requests in weighted round robin.
+    pub weight: u32,
+}
+
+/// How a route spreads requests over its upstreams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LbPolicy {
+    /// Weighted round robin (the default).
+    RoundRobin,
+    /// Uniformly random, weighted.
+    Random,
+    /// The upstream with the fewest requests in flight (power of two choices).
+    LeastRequest,
+}
+
+/// TLS settings towards a route's `https://` upstreams.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamTls {
+    /// Accept any upstream certificate. Logged loudly; for testing only.
+    pub skip_verify: bool,
+    /// SNI and verification name instead of the upstream host.
+    pub server_name: Option<String>,
+    /// Trust these CAs instead of the system roots.
+    pub custom_ca: Option<Vec<CertificateDer<'static>>>,
+    /// Client certificate presented to the upstream.
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A client certificate chain and key.
+#[derive(Debug)]
+pub struct ClientCert {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for ClientCert {
+    fn clone(&self) -> Self {
+        Self { chain: self.chain.clone(), key: self.key.clone_key() }
+    }
+}
+
+/// Active health checking of a route's upstreams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Time between checks.
+    pub interval: Duration,
+    /// A check that takes longer fails.
+    pub timeout: Duration,
+    /// Consecutive failures before an upstream is taken out.
+    pub unhealthy_threshold: u32,
+    /// Consecutive successes before it is put back.
+    pub healthy_threshold: u32,
+    /// What a check does.
+    pub kind: HealthCheckKind,
+}
+
+/// The probe of a health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// `GET path`; any 2xx or 3xx is healthy.
+    Http {
+        /// Request path.
+        path: String,
+    },
+    /// A TCP connect succeeds.
+    Tcp,
+}
+
+/// One route: what it matches and what it does with a matching request.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Stable, bounded identifier: the metrics `route` label and the log field.
+    pub name: String,
+    /// Host part of `from`.
+    pub host: HostMatch,
+    /// Path matcher.
+    pub path: PathMatch,
+    /// Destinations, at least one.
+    pub to: Vec<Upstream>,
+    /// Upstream timeout as set on the route (`None`: not set, the default applies).
+    /// `Some(None)` is an explicit `0`: disabled.
+    pub timeout: Option<Option<Duration>>,
+    /// Stream idle timeout as set on the route, same convention as `timeout`.
+    pub idle_timeout: Option<Option<Duration>>,
+    /// WebSocket upgrades (and HTTP/2 extended CONNECT) are allowed.
+    pub allow_websockets: bool,
+    /// Send the client's `Host` upstream instead of the upstream's.
+    pub preserve_host_header: bool,
+    /// Send this `Host` upstream.
+    pub host_rewrite: Option<String>,
+    /// Replace the matched prefix with this.
+    pub prefix_rewrite: Option<String>,
+    /// Replace regex matches in the path.
+    pub regex_rewrite: Option<(Regex, String)>,
+    /// Request headers set (replacing) before forwarding.
+    pub set_request_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Request headers removed before forwarding.
+    pub remove_request_headers: Vec<HeaderName>,
+    /// Response headers set (replacing) before answering.
+    pub set_response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// TLS towards upstreams.
+    pub tls: UpstreamTls,
+    /// Load balancing.
+    pub load_balancing_policy: LbPolicy,
+    /// Active health checks (at most one per route in practice).
+    pub health_checks: Vec<HealthCheck>,
+}

@@ -1,0 +1,14 @@
+//! Portcullis: a Kubernetes ingress controller with an in-process proxy data plane.
+//!
+//! Layout (see README.md): [`config`] is the domain model and its validation, knowing
+//! nothing of Kubernetes or serving; [`proxy`] is the data plane, one module per stage;
+//! [`tls`], [`metrics`] and [`admin`] serve it; [`server`] starts it; [`demo`] is the
+//! built-in upstream of the quickstart and the tests. All wiring lives in `main.rs`.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,219 @@
+//! The `portcullis` binary: every subcommand and all wiring, behind one clap-parsed config.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use portcullis::config::file::{self, FileSource};
+use portcullis::config::parse::{parse_config, NoMaterial};
+use portcullis::proxy::Applied;
+use portcullis::server;
+
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(name = "portcullis", version, about = "Kubernetes ingress controller and proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PORTCULLIS_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info,access=warn`.
+    #[arg(long, global = true, default_value = "info", env = "PORTCULLIS_LOG")]
+    log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the data plane from a YAML file, without Kubernetes; edits are applied live.
+    Serve {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How often the file (and the certificates it names) is checked for changes.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        watch_interval: Duration,
+    },
+    /// Validate a config file: print every error and exit 1 if there is any.
+    Check {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// The quickstart: the demo upstream plus the proxy serving examples/demo.yaml.
+    Demo {
+        /// Where the demo upstream listens (the example config points here).
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        upstream: SocketAddr,
+    },
+    /// Run only the built-in demo upstream (echo, delays, streams, SSE, WebSocket).
+    DemoUpstream {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Name reported in every answer (to see load balancing).
+        #[arg(long, default_value = "demo")]
+        name: String,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    portcullis::config::duration::parse(s).map_err(|e| e.to_string())
+}
+
+const DEMO_CONFIG: &str = include_str!("../examples/demo.yaml");
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    // The single crypto provider of the process (brief: aws-lc-rs, installed in main).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let result = match cli.command {
+        Command::Version => {
+            println!("portcullis {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => Ok(check(&config)),
+        Command::Serve { config, watch_interval } => runtime().block_on(serve(config, watch_interval)),
+        Command::Demo { upstream } => runtime().block_on(demo(upstream)),
+        Command::DemoUpstream { listen, name } => runtime().block_on(async move {
+            let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+            tracing::info!(%listen, "demo upstream listening");
+            portcullis::demo::serve(l, name).await;
+            Ok(ExitCode::SUCCESS)
+        }),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("building the tokio runtime")
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match FileSource::new(path).load() {
+        Ok(loaded) => {
+            println!("{}: OK ({} routes)", path.display(), loaded.config.routes.len());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(path: PathBuf, watch_interval: Duration) -> anyhow::Result<ExitCode> {
+    let source = FileSource::new(&path);
+    let loaded = match source.load() {
+        Ok(l) => l,
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!(error = %e, "invalid config");
+            }
+            anyhow::bail!("{} has {} error(s); nothing was started", path.display(), errors.0.len());
+        }
+    };
+    let running = server::start(loaded.config).await.context("starting listeners")?;
+    let proxy = running.proxy.clone();
+    let watcher = file::watch(source, loaded.inputs, watch_interval, move |result| match result {
+        Ok(loaded) => match proxy.apply(loaded.config) {
+            Applied::Swapped => tracing::info!(version = proxy.snapshot().version, "config reloaded"),
+            Applied::SwappedNeedsRestart(keys) => tracing::warn!(
+                version = proxy.snapshot().version,
+                ?keys,
+                "config reloaded; these listener settings take effect after a restart"
+            ),
+        },
+        Err(errors) => {
+            proxy.reject();
+            for e in &errors.0 {
+                tracing::error!(error = %e, "config reload rejected; the last good config keeps serving");
+            }
+        }
+    });
+    wait_for_signal().await;
+    watcher.abort();
+    let drain = running.proxy.snapshot().settings.drain_timeout;
+    tracing::info!(drain_timeout = ?drain, "shutting down: not ready, not accepting, draining");
+    let forced = running.shutdown(drain).await;
+    tracing::info!(forced_closes = forced, "shutdown complete");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn demo(upstream: SocketAddr) -> anyhow::Result<ExitCode> {
+    let l = tokio::net::TcpListener::bind(upstream).await.with_context(|| format!("binding the demo upstream on {upstream}"))?;
+    tokio::spawn(portcullis::demo::serve(l, "demo-upstream"));
+    let root = file::yaml_to_value(DEMO_CONFIG).map_err(anyhow::Error::msg)?;
+    let config = parse_config(&root, &NoMaterial).map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;
+    let running = server::start(config).await.context("starting listeners")?;
+    let url = format!("https://localhost:{}/hello?from=quickstart", running.main.port());
+    match self_request(&url).await {
+        Ok((status, body)) => {
+            println!("\nGET {url} through Portcullis -> {status}\n{body}");
+        }
+        Err(e) => println!("self-test request failed: {e:#}"),
+    }
+    println!("Portcullis is serving examples/demo.yaml. Try:");
+    println!("  curl -k {url}");
+    println!("  curl -k https://localhost:{}/sse", running.main.port());
+    println!("  curl http://localhost:{}/   (308 to https)", running.http.map_or(0, |a| a.port()));
+    println!("  curl http://{}/config_dump", running.admin.map_or_else(String::new, |a| a.to_string()));
+    println!("  curl http://{}/metrics", running.metrics.map_or_else(String::new, |a| a.to_string()));
+    println!("Ctrl-C to stop.");
+    wait_for_signal().await;
+    running.shutdown(Duration::from_secs(5)).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One real HTTPS request through the proxy, trusting whatever certificate it presents
+/// (the quickstart's is self-signed).
+async fn self_request(url: &str) -> anyhow::Result<(u16, String)> {
+    use http_body_util::{BodyExt, Empty};
+    let tls = portcullis::config::UpstreamTls { skip_verify: true, ..Default::default() };
+    let cache = portcullis::proxy::upstream::ClientCache::default();
+    let client = cache.get(portcullis::config::UpstreamScheme::Https, &tls, false);
+    let req = http::Request::get(url).body(Empty::<bytes::Bytes>::new().map_err(|n| match n {}).boxed_unsync())?;
+    let resp = client.request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}

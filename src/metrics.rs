@@ -1,0 +1,154 @@
+//! The PRODUCT.md metrics. Every label value is bounded: listener names are fixed, route
+//! labels are route names from the config, methods outside the standard set become `OTHER`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of `portcullis_http_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Listener name (`https-ingress`, `http-ingress`).
+    pub listener: &'static str,
+    /// Route name, or `none`.
+    pub route: String,
+    /// Bounded method.
+    pub method: &'static str,
+    /// Status code.
+    pub code: u16,
+}
+
+/// Labels of the duration histogram (no code: the histogram is observed once per request).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    /// Listener name.
+    pub listener: &'static str,
+    /// Route name, or `none`.
+    pub route: String,
+    /// Bounded method.
+    pub method: &'static str,
+}
+
+/// Labels of `portcullis_upstream_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// Route name.
+    pub route: String,
+    /// Upstream `host:port` from the config (bounded by the config).
+    pub upstream: String,
+    /// `success`, `connect_failure`, `reset`, `timeout`.
+    pub outcome: &'static str,
+}
+
+/// Labels with just the listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// Listener name.
+    pub listener: &'static str,
+}
+
+/// Every metric the process exports.
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// Requests answered, by code.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Request durations (first byte in to last byte out).
+    pub duration: Family<DurationLabels, Histogram>,
+    /// Open downstream connections.
+    pub connections_active: Family<ListenerLabels, Gauge>,
+    /// Accepted downstream connections.
+    pub connections_total: Family<ListenerLabels, Counter>,
+    /// Upstream attempts by outcome.
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
+    /// Listener generations currently draining.
+    pub draining: Gauge,
+    /// 1 when the last reload was applied, 0 when it was rejected.
+    pub reload_success: Gauge,
+    /// Unix time of the last applied reload.
+    pub reload_success_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers everything under the `portcullis_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests answered", requests.clone());
+        let duration = Family::<DurationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+        });
+        registry.register("http_request_duration_seconds", "Time from request start to the last response byte", duration.clone());
+        let connections_active = Family::<ListenerLabels, Gauge>::default();
+        registry.register("downstream_connections_active", "Open downstream connections", connections_active.clone());
+        let connections_total = Family::<ListenerLabels, Counter>::default();
+        registry.register("downstream_connections", "Accepted downstream connections", connections_total.clone());
+        let upstream_requests = Family::<UpstreamLabels, Counter>::default();
+        registry.register("upstream_requests", "Requests sent upstream, by outcome", upstream_requests.clone());
+        let draining = Gauge::default();
+        registry.register(
+            "listener_manager_total_filter_chains_draining",
+            "Listener generations draining (0 when none)",
+            draining.clone(),
+        );
+        let reload_success = Gauge::default();
+        registry.register("config_last_reload_success", "1 if the last config reload was applied", reload_success.clone());
+        let reload_success_timestamp = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last applied config",
+            reload_success_timestamp.clone(),
+        );
+        let build_info = Family::<Vec<(String, String)>, Gauge>::default();
+        build_info
+            .get_or_create(&vec![
+                ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+                ("rustc".to_owned(), option_env!("PORTCULLIS_RUSTC").unwrap_or("unknown").to_owned()),
+            ])
+            .set(1);
+        registry.register("build_info", "Build information (always 1)", build_info);
+        Self {
+            registry,
+            requests,
+            duration,
+            connections_active,
+            connections_total,
+            upstream_requests,
+            draining,
+            reload_success,
+            reload_success_timestamp,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Maps a method to a bounded label value.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}

@@ -1,0 +1,285 @@
+//! Body wrappers that enforce the timeouts of the reference while bytes stream through,
+//! without buffering: the read deadline on the request body, the write deadline and the
+//! stream idle timeout on the response body. Both feed a shared activity clock so that a
+//! bidirectional stream (gRPC, SSE with uploads) counts traffic in either direction.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+use tokio::sync::Notify;
+use tokio::time::Sleep;
+
+/// Error type of every body the proxy handles.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The one body type of the data plane, in both directions.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body with fixed contents (error pages, redirects, admin answers).
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> ProxyBody {
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Milliseconds since the process started: a cheap, monotonic clock for atomics.
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Shared per-request state between the two body wrappers and the forwarding code.
+#[derive(Default)]
+pub struct StreamState {
+    /// Last time a body frame moved in either direction (see [`now_ms`]).
+    pub last_activity: AtomicU64,
+    /// The request body has ended: the upstream timeout may start.
+    pub request_done: AtomicBool,
+    /// Wakes the forwarder when `request_done` flips.
+    pub request_done_notify: Notify,
+    /// The read deadline fired while the request body was still arriving.
+    pub read_timed_out: AtomicBool,
+}
+
+impl StreamState {
+    /// Records traffic now.
+    pub fn touch(&self) {
+        self.last_activity.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn finish_request(&self) {
+        if !self.request_done.swap(true, Ordering::AcqRel) {
+            self.request_done_notify.notify_waiters();
+        }
+    }
+
+    /// Resolves once the downstream request body has been read completely.
+    pub async fn request_finished(&self) {
+        loop {
+            let notified = self.request_done_notify.notified();
+            if self.request_done.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Why a body stopped early; the message is what the access log shows.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyTimeout {
+    /// `timeout_read` passed before the request body arrived.
+    #[error("timeout_read: the request body did not arrive in time")]
+    Read,
+    /// `timeout_write` passed before the response was sent.
+    #[error("timeout_write: the request/response cycle took too long")]
+    Write,
+    /// The stream saw no traffic for its idle timeout.
+    #[error("idle timeout: no traffic on the stream")]
+    Idle,
+}
+
+pin_project_lite::pin_project! {
+    /// The downstream request body on its way upstream.
+    pub struct RequestBody<B> {
+        #[pin]
+        inner: B,
+        deadline: Option<Pin<Box<Sleep>>>,
+        state: Arc<StreamState>,
+        done: bool,
+    }
+}
+
+impl<B> RequestBody<B> {
+    /// Wraps `inner`; `deadline` is when `timeout_read` expires for this request.
+    pub fn new(inner: B, deadline: Option<tokio::time::Instant>, state: Arc<StreamState>) -> Self {
+        Self { inner, deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))), state, done: false }
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.state.touch();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => {
+                *this.done = true;
+                this.state.finish_request();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let Some(d) = this.deadline {
+                    if d.as_mut().poll(cx).is_ready() {
+                        this.state.read_timed_out.store(true, Ordering::Release);
+                        *this.done = true;
+                        return Poll::Ready(Some(Err(Box::new(BodyTimeout::Read))));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Called once when a response body is finished or dropped: metrics, access log, counters.
+pub trait OnFinish: Send + 'static {
+    /// `bytes` sent downstream; `error` if the body ended abnormally.
+    fn finish(self: Box<Self>, bytes: u64, error: Option<&str>);
+}
+
+pin_project_lite::pin_project! {
+    /// A response body on its way downstream.
+    pub struct ResponseBody {
+        #[pin]
+        inner: ProxyBody,
+        write_deadline: Option<Pin<Box<Sleep>>>,
+        idle: Option<(Duration, Pin<Box<Sleep>>)>,
+        state: Option<Arc<StreamState>>,
+        bytes: u64,
+        error: Option<String>,
+        on_finish: Option<Box<dyn OnFinish>>,
+    }
+
+    impl PinnedDrop for ResponseBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(f) = this.on_finish.take() {
+                let err = match this.error.as_deref() {
+                    Some(e) => Some(e),
+                    None if this.inner.is_end_stream() => None,
+                    None => Some("downstream closed before the response was complete"),
+                };
+                f.finish(*this.bytes, err);
+            }
+        }
+    }
+}
+
+impl ResponseBody {
+    /// Wraps a response body with the request's deadlines.
+    pub fn new(
+        inner: ProxyBody,
+        write_deadline: Option<tokio::time::Instant>,
+        idle: Option<Duration>,
+        state: Option<Arc<StreamState>>,
+        on_finish: Box<dyn OnFinish>,
+    ) -> Self {
+        if let Some(s) = &state {
+            s.touch();
+        }
+        Self {
+            inner,
+            write_deadline: write_deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+            state,
+            bytes: 0,
+            error: None,
+            on_finish: Some(on_finish),
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if this.error.is_some() {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    *this.bytes += d.len() as u64;
+                }
+                if let Some(s) = this.state {
+                    s.touch();
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(Some(Err(e))) => {
+                *this.error = Some(format!("upstream body error: {e}"));
+                return Poll::Ready(Some(Err(e)));
+            }
+            Poll::Ready(None) => {
+                if let Some(f) = this.on_finish.take() {
+                    f.finish(*this.bytes, None);
+                }
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        let timeout = if this.write_deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready()) {
+            Some(BodyTimeout::Write)
+        } else if let Some((dur, sleep)) = this.idle {
+            idle_expired(*dur, sleep, this.state.as_deref(), cx).then_some(BodyTimeout::Idle)
+        } else {
+            None
+        };
+        match timeout {
+            Some(t) => {
+                *this.error = Some(t.to_string());
+                Poll::Ready(Some(Err(Box::new(t))))
+            }
+            None => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Re-arms the idle timer lazily from the shared activity clock instead of resetting it on
+/// every frame, so a busy stream costs no timer operations.
+fn idle_expired(dur: Duration, sleep: &mut Pin<Box<Sleep>>, state: Option<&StreamState>, cx: &mut Context<'_>) -> bool {
+    loop {
+        if sleep.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        let last = state.map_or(0, |s| s.last_activity.load(Ordering::Relaxed));
+        let idle_for = Duration::from_millis(now_ms().saturating_sub(last));
+        if idle_for >= dur {
+            return true;
+        }
+        sleep.as_mut().reset(tokio::time::Instant::now() + (dur - idle_for));
+    }
+}

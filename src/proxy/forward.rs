@@ -1,0 +1,556 @@
+//! One request, from route lookup to the relayed response: policy checks, header rewriting,
+//! upstream selection, the upstream and write timeouts, and the access log.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::{self, now_ms, OnFinish, ProxyBody, RequestBody, ResponseBody, StreamState};
+use super::error::ProxyError;
+use super::listener::{ConnInfo, ListenerKind, RequestGuard};
+use super::upstream::{ConnectError, Target};
+use super::{CompiledRoute, Proxy, Snapshot};
+use crate::config::MtlsEnforcement;
+use crate::metrics::{method_label, DurationLabels, Metrics, RequestLabels, UpstreamLabels};
+
+/// Request header limits (tighter than Pomerium's 128 KiB / 1000, as nginx's defaults).
+pub const MAX_REQUEST_HEADER_BYTES: usize = 32 * 1024;
+/// Maximum number of request headers.
+pub const MAX_REQUEST_HEADERS: usize = 100;
+
+const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Everything the access log and metrics need once the response is done.
+pub(crate) struct Finish {
+    pub metrics: Arc<Metrics>,
+    pub listener: &'static str,
+    pub route: Option<String>,
+    pub method: &'static str,
+    pub status: u16,
+    pub started: Instant,
+    pub request_id: String,
+    pub peer: SocketAddr,
+    pub host: String,
+    pub path: String,
+    pub version: Version,
+    pub upstream: Option<String>,
+    pub error: Option<String>,
+    pub fault: Option<&'static str>,
+    pub _guard: Option<RequestGuard>,
+    pub _in_flight: Option<InFlight>,
+}
+
+impl OnFinish for Finish {
+    fn finish(self: Box<Self>, bytes: u64, body_error: Option<&str>) {
+        let route = self.route.clone().unwrap_or_else(|| "none".to_owned());
+        let elapsed = self.started.elapsed();
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels { listener: self.listener, route: route.clone(), method: self.method, code: self.status })
+            .inc();
+        self.metrics
+            .duration
+            .get_or_create(&DurationLabels { listener: self.listener, route: route.clone(), method: self.method })
+            .observe(elapsed.as_secs_f64());
+        let error = self.error.as_deref().or(body_error);
+        tracing::info!(
+            target: "access",
+            request_id = %self.request_id,
+            listener = self.listener,
+            peer = %self.peer,
+            method = self.method,
+            host = %self.host,
+            path = %self.path,
+            protocol = ?self.version,
+            status = self.status,
+            route = %route,
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            bytes_sent = bytes,
+            fault = self.fault.unwrap_or("-"),
+            error = error.unwrap_or("-"),
+        );
+    }
+}
+
+/// Counts a request against its upstream for LEAST_REQUEST until dropped.
+pub(crate) struct InFlight(Arc<Snapshot>, usize, usize);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.routes.routes().get(self.1) {
+            r.balancer.targets()[self.2].in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A request id: 16 hex digits of randomness plus a counter, unique enough to grep for.
+pub fn request_id() -> String {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(rand::random);
+    format!("{prefix:016x}{:08x}", COUNTER.fetch_add(1, Ordering::Relaxed) as u32)
+}
+
+/// Handles one downstream request and never fails: every error becomes a response.
+pub async fn handle(proxy: &Arc<Proxy>, conn: &Arc<ConnInfo>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let (guard, started_ms) = conn.state.begin_request();
+    let started = Instant::now() - Duration::from_millis(now_ms().saturating_sub(started_ms));
+    let snap = proxy.snapshot();
+    let host = request_host(&req).unwrap_or_default().to_owned();
+    let mut finish = Box::new(Finish {
+        metrics: proxy.metrics.clone(),
+        listener: conn.kind.name(),
+        route: None,
+        method: method_label(req.method()),
+        status: 0,
+        started,
+        request_id: request_id(),
+        peer: conn.peer,
+        host: host.clone(),
+        path: req.uri().path().to_owned(),
+        version: req.version(),
+        upstream: None,
+        error: None,
+        fault: None,
+        _guard: Some(guard),
+        _in_flight: None,
+    });
+    let result = route_request(proxy, conn, &snap, req, &host, &mut finish).await;
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            finish.fault = Some(e.fault().as_str());
+            finish.error = Some(e.to_string());
+            error_response(&e, &finish.request_id)
+        }
+    };
+    if conn.draining.load(Ordering::Acquire) && finish.version != Version::HTTP_2 {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    finish.status = resp.status().as_u16();
+    // Upgraded tunnels log when they end; everything else logs when its body ends.
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS || resp.extensions().get::<super::websocket::Tunnelled>().is_some() {
+        return resp;
+    }
+    let (parts, inner) = resp.into_parts();
+    let idle = finish.route.as_ref().and_then(|_| parts.extensions.get::<StreamIdle>().and_then(|s| s.0));
+    let write_deadline = conn.timeouts.write.map(|w| tokio::time::Instant::from_std(started + w));
+    let state = parts.extensions.get::<Arc<StreamState>>().cloned();
+    Response::from_parts(parts, ResponseBody::new(inner, write_deadline, idle, state, finish).boxed_unsync())
+}
+
+/// The effective stream idle timeout, carried on the response for the body wrapper.
+#[derive(Clone, Copy)]
+struct StreamIdle(Option<Duration>);
+
+fn request_host(req: &Request<Incoming>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+async fn route_request(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<ConnInfo>,
+    snap: &Arc<Snapshot>,
+    req: Request<Incoming>,
+    host: &str,
+    finish: &mut Finish,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    check_header_limits(req.headers())?;
+    if host.is_empty() {
+        return Err(ProxyError::BadRequest("missing Host header"));
+    }
+    if conn.kind == ListenerKind::Redirect && !req.uri().path().starts_with(ACME_PREFIX) {
+        return Ok(redirect_to_https(&req, host, conn.https_port));
+    }
+    if let Some(m) = &snap.settings.downstream_mtls {
+        if m.enforcement == MtlsEnforcement::PolicyWithDefaultDeny && conn.kind == ListenerKind::Https && !conn.client_cert {
+            return Err(ProxyError::ClientCertRequired);
+        }
+    }
+    let Some(route) = snap.routes.lookup(host, req.uri().path()) else {
+        return Err(ProxyError::NoRoute);
+    };
+    let route_idx = snap.routes.routes().iter().position(|r| std::ptr::eq(r, route)).unwrap_or(0);
+    finish.route = Some(route.route.name.clone());
+    let target_idx = pick(route);
+    let target = &route.balancer.targets()[target_idx];
+    target.in_flight.fetch_add(1, Ordering::Relaxed);
+    finish._in_flight = Some(InFlight(snap.clone(), route_idx, target_idx));
+    finish.upstream = Some(target.upstream.authority.clone());
+
+    if super::websocket::is_websocket(&req) {
+        if !route.route.allow_websockets {
+            return Err(ProxyError::UpgradeNotAllowed);
+        }
+        return super::websocket::proxy(proxy, conn, route, target, req, host, finish).await;
+    }
+
+    let state = Arc::new(StreamState::default());
+    let upstream_req = build_upstream_request(conn, route, target, req, host, &finish.request_id, &state)?;
+    let label = |outcome| UpstreamLabels { route: route.route.name.clone(), upstream: target.upstream.authority.clone(), outcome };
+    let result = send_upstream(conn, route, target, upstream_req, &state, finish.started).await;
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            proxy.metrics.upstream_requests.get_or_create(&label(e.outcome())).inc();
+            return Err(e);
+        }
+    };
+    proxy.metrics.upstream_requests.get_or_create(&label("success")).inc();
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    for (name, value) in &route.route.set_response_headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    parts.version = Version::HTTP_11;
+    parts.extensions.insert(StreamIdle(route.stream_idle));
+    parts.extensions.insert(state);
+    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+}
+
+fn pick(route: &CompiledRoute) -> usize {
+    let t = route.balancer.pick();
+    route.balancer.targets().iter().position(|x| std::ptr::eq(x, t)).unwrap_or(0)
+}
+
+fn check_header_limits(headers: &HeaderMap) -> Result<(), ProxyError> {
+    if headers.len() > MAX_REQUEST_HEADERS {
+        return Err(ProxyError::HeadersTooLarge("more than 100 request headers"));
+    }
+    let bytes: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    if bytes > MAX_REQUEST_HEADER_BYTES {
+        return Err(ProxyError::HeadersTooLarge("request headers exceed 32 KiB"));
+    }
+    Ok(())
+}
+
+fn redirect_to_https(req: &Request<Incoming>, host: &str, https_port: u16) -> Response<ProxyBody> {
+    // A Host without a port came through port 80 (or a load balancer); keep the default
+    // https port. A Host with a port is a direct connection: point at our https port.
+    let location_host = match host.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() && !h.ends_with(']') || host.starts_with('[') && host.contains("]:") => {
+            let h = &host[..host.rfind(':').unwrap_or(host.len())];
+            if https_port == 443 {
+                h.to_owned()
+            } else {
+                format!("{h}:{https_port}")
+            }
+        }
+        _ => host.to_owned(),
+    };
+    let pq = req.uri().path_and_query().map_or("/", http::uri::PathAndQuery::as_str);
+    let location = format!("https://{location_host}{pq}");
+    Response::builder()
+        .status(StatusCode::PERMANENT_REDIRECT)
+        .header(header::LOCATION, HeaderValue::from_str(&location).unwrap_or(HeaderValue::from_static("/")))
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(body::full(format!("308 Permanent Redirect to {location}\n")))
+        .expect("static parts are valid")
+}
+
+/// The upstream path after `prefix_rewrite` or the regex rewrite, with the query kept.
+pub fn rewrite_path(route: &crate::config::Route, uri: &Uri) -> String {
+    let path = uri.path();
+    let mut out = match (&route.prefix_rewrite, &route.regex_rewrite, &route.path) {
+        (Some(new), _, crate::config::PathMatch::Prefix(p)) => {
+            let rest = &path[p.len().min(path.len())..];
+            join_path(new, rest)
+        }
+        (Some(new), _, crate::config::PathMatch::Any) => join_path(new, path.trim_start_matches('/')),
+        (Some(new), _, crate::config::PathMatch::Exact(_)) => new.clone(),
+        (_, Some((re, sub)), _) => re.replace_all(path, sub.as_str()).into_owned(),
+        _ => path.to_owned(),
+    };
+    if !out.starts_with('/') {
+        out.insert(0, '/');
+    }
+    if let Some(q) = uri.query() {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+fn join_path(prefix: &str, rest: &str) -> String {
+    if rest.is_empty() {
+        return prefix.to_owned();
+    }
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    if prefix.ends_with('/') {
+        format!("{prefix}{rest}")
+    } else {
+        format!("{prefix}/{rest}")
+    }
+}
+
+/// Headers that describe one hop and never cross the proxy (RFC 9110 §7.6.1), plus every
+/// header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .collect();
+    for n in named {
+        if n != header::TE {
+            headers.remove(n);
+        }
+    }
+    for n in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(n);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    // gRPC needs `te: trailers`; any other TE value is hop-by-hop.
+    if headers.get(header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+        headers.remove(header::TE);
+    }
+}
+
+/// Applies the forwarding headers and the route's header rules.
+pub(crate) fn forwarding_headers(
+    headers: &mut HeaderMap,
+    conn: &ConnInfo,
+    route: &CompiledRoute,
+    target: &Target,
+    host: &str,
+    request_id: &str,
+) {
+    let r = &route.route;
+    let ip = conn.peer.ip().to_canonical().to_string();
+    headers.insert(&X_FORWARDED_FOR, HeaderValue::from_str(&ip).expect("an IP is a valid header value"));
+    headers.insert(
+        &X_FORWARDED_PROTO,
+        HeaderValue::from_static(if conn.kind == ListenerKind::Https { "https" } else { "http" }),
+    );
+    if let Ok(v) = HeaderValue::from_str(host) {
+        headers.insert(&X_FORWARDED_HOST, v);
+    }
+    headers.insert(&X_REQUEST_ID, HeaderValue::from_str(request_id).expect("hex is a valid header value"));
+    let upstream_host = if r.preserve_host_header {
+        host
+    } else if let Some(h) = &r.host_rewrite {
+        h.as_str()
+    } else {
+        target.host_header.as_str()
+    };
+    if let Ok(v) = HeaderValue::from_str(upstream_host) {
+        headers.insert(header::HOST, v);
+    }
+    for name in &r.remove_request_headers {
+        headers.remove(name);
+    }
+    for (name, value) in &r.set_request_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+fn build_upstream_request(
+    conn: &ConnInfo,
+    route: &CompiledRoute,
+    target: &Target,
+    req: Request<Incoming>,
+    host: &str,
+    request_id: &str,
+    state: &Arc<StreamState>,
+) -> Result<Request<ProxyBody>, ProxyError> {
+    let (mut parts, incoming) = req.into_parts();
+    let mut uri = String::with_capacity(target.base.len() + parts.uri.path().len() + 16);
+    uri.push_str(&target.base);
+    let _ = write!(uri, "{}", rewrite_path(&route.route, &parts.uri));
+    parts.uri = uri.parse().map_err(|_| ProxyError::BadRequest("request path cannot be forwarded"))?;
+    strip_hop_by_hop(&mut parts.headers);
+    forwarding_headers(&mut parts.headers, conn, route, target, host, request_id);
+    parts.version = Version::HTTP_11;
+    parts.extensions = http::Extensions::new();
+    if incoming.is_end_stream() {
+        state.request_done.store(true, Ordering::Release);
+    }
+    let read_deadline = conn.timeouts.read.map(|r| tokio::time::Instant::now() + r);
+    let body = RequestBody::new(incoming, read_deadline, state.clone()).boxed_unsync();
+    Ok(Request::from_parts(parts, body))
+}
+
+async fn send_upstream(
+    conn: &ConnInfo,
+    route: &CompiledRoute,
+    target: &Target,
+    req: Request<ProxyBody>,
+    state: &Arc<StreamState>,
+    started: Instant,
+) -> Result<Response<Incoming>, ProxyError> {
+    let upstream_timeout = async {
+        match route.upstream_timeout {
+            Some(t) => {
+                state.request_finished().await;
+                tokio::time::sleep(t).await;
+                t
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let write_timeout = async {
+        match conn.timeouts.write {
+            Some(w) => tokio::time::sleep_until(tokio::time::Instant::from_std(started + w)).await,
+            None => std::future::pending().await,
+        }
+    };
+    let idle = async {
+        match route.stream_idle {
+            Some(d) => wait_idle(state, d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let send = target.client.request(req);
+    let result = tokio::select! {
+        r = send => r,
+        t = upstream_timeout => return Err(ProxyError::UpstreamTimeout(crate::config::duration::format(t))),
+        () = write_timeout => return Err(ProxyError::WriteTimeout),
+        () = idle => return Err(ProxyError::StreamIdle(crate::config::duration::format(route.stream_idle.unwrap_or_default()))),
+    };
+    result.map_err(|e| {
+        if state.read_timed_out.load(Ordering::Acquire) {
+            return ProxyError::ReadTimeout;
+        }
+        classify(&e)
+    })
+}
+
+/// Turns a client error into the error that names the fault.
+fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(c) = s.downcast_ref::<ConnectError>() {
+            return ProxyError::UpstreamUnreachable(c.to_string());
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        ProxyError::UpstreamUnreachable(chain(e))
+    } else {
+        ProxyError::UpstreamReset(chain(e))
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut s = e.source();
+    while let Some(x) = s {
+        let _ = write!(out, ": {x}");
+        s = x.source();
+    }
+    out
+}
+
+/// Resolves when the stream has seen no body traffic for `dur`.
+pub(crate) async fn wait_idle(state: &StreamState, dur: Duration) {
+    state.touch();
+    loop {
+        let last = state.last_activity.load(Ordering::Relaxed);
+        let idle_for = Duration::from_millis(now_ms().saturating_sub(last));
+        if idle_for >= dur {
+            return;
+        }
+        tokio::time::sleep(dur - idle_for).await;
+    }
+}
+
+/// The proxy's own answer to a failed request: the status, what happened, the request id.
+pub fn error_response(e: &ProxyError, request_id: &str) -> Response<ProxyBody> {
+    let status = e.status();
+    let reason = status.canonical_reason().unwrap_or(if status.as_u16() == 495 { "SSL Certificate Error" } else { "Error" });
+    let text = format!("{} {reason}: {e}\nrequest id: {request_id}\n", status.as_u16());
+    let mut resp = Response::new(body::full(Bytes::from(text)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(&X_REQUEST_ID, HeaderValue::from_str(request_id).expect("hex"));
+    if matches!(e, ProxyError::ReadTimeout | ProxyError::BadRequest(_) | ProxyError::HeadersTooLarge(_)) {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse::{parse_route, Errors, NoMaterial};
+
+    fn route(yaml: &str) -> crate::config::Route {
+        let v: serde_json::Value = serde_yaml_ng::from_str(yaml).unwrap();
+        let mut errs = Errors::default();
+        parse_route("r", &v, &NoMaterial, &mut errs).unwrap()
+    }
+
+    #[test]
+    fn prefix_rewrite_replaces_the_matched_prefix() {
+        let r = route("{from: https://a.b, prefix: /api, prefix_rewrite: /v2, to: http://h}");
+        assert_eq!(rewrite_path(&r, &"/api/users?x=1".parse().unwrap()), "/v2/users?x=1");
+        assert_eq!(rewrite_path(&r, &"/api".parse().unwrap()), "/v2");
+        let r = route("{from: https://a.b, prefix: /api, prefix_rewrite: /, to: http://h}");
+        assert_eq!(rewrite_path(&r, &"/api/users".parse().unwrap()), "/users");
+        assert_eq!(rewrite_path(&r, &"/api".parse().unwrap()), "/");
+    }
+
+    #[test]
+    fn regex_rewrite_substitutes() {
+        let r = route(r#"{from: "https://a.b", to: "http://h", regex_rewrite_pattern: "^/service/([^/]+)(/.*)$", regex_rewrite_substitution: "$2/instance/$1"}"#);
+        assert_eq!(rewrite_path(&r, &"/service/foo/v1/api".parse().unwrap()), "/v1/api/instance/foo");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, vec!["te", "x-kept"]);
+    }
+
+    #[test]
+    fn header_limits() {
+        let mut h = HeaderMap::new();
+        for i in 0..101 {
+            h.insert(HeaderName::try_from(format!("x-{i}")).unwrap(), HeaderValue::from_static("v"));
+        }
+        assert!(matches!(check_header_limits(&h), Err(ProxyError::HeadersTooLarge(_))));
+        let mut h = HeaderMap::new();
+        h.insert("x-big", HeaderValue::from_str(&"a".repeat(33 * 1024)).unwrap());
+        assert!(matches!(check_header_limits(&h), Err(ProxyError::HeadersTooLarge(_))));
+    }
+}

@@ -1,0 +1,391 @@
+//! Accepting and serving downstream connections: SO_REUSEPORT sockets, the TLS handshake
+//! under a deadline, hyper's HTTP/1.1 and HTTP/2 servers, and a per-connection watchdog
+//! that enforces `timeout_idle` (no active request) and the header part of `timeout_read`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
+
+use super::body::now_ms;
+use super::{Generation, Proxy};
+use crate::config::{CodecType, Timeouts};
+use crate::metrics::ListenerLabels;
+
+/// PRODUCT.md: per-connection buffer limit.
+pub const CONNECTION_BUFFER: usize = 32 * 1024;
+/// Largest HTTP/1 head hyper will parse; the proxy's own (lower) limits answer 431 with a
+/// body before this is reached.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// What a listener does with requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// TLS, routes served.
+    Https,
+    /// Plain HTTP, routes served (`insecure_server`).
+    Insecure,
+    /// Plain HTTP: ACME HTTP-01 paths routed, everything else redirected to https.
+    Redirect,
+}
+
+impl ListenerKind {
+    /// The listener name of the reference (and the metrics label).
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Https => "https-ingress",
+            ListenerKind::Insecure | ListenerKind::Redirect => "http-ingress",
+        }
+    }
+}
+
+/// Binds a TCP listener with SO_REUSEPORT (PRODUCT.md: every TCP listener), which also lets
+/// a new listener generation bind the same port before the old one closes.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Per-connection counters shared by the watchdog, the IO wrapper and request guards.
+#[derive(Default)]
+pub struct ConnState {
+    active: AtomicUsize,
+    idle_since: AtomicU64,
+    /// First byte of a request head read while no request was active (0 = none).
+    pending_since: AtomicU64,
+    changed: Notify,
+}
+
+impl ConnState {
+    fn new() -> Arc<Self> {
+        let s = Self::default();
+        s.idle_since.store(now_ms(), Ordering::Relaxed);
+        Arc::new(s)
+    }
+
+    /// Marks a request active until the returned guard drops (after its response body).
+    /// Returns the guard and when the request began arriving (ms, see [`now_ms`]).
+    pub fn begin_request(self: &Arc<Self>) -> (RequestGuard, u64) {
+        let started = match self.pending_since.swap(0, Ordering::AcqRel) {
+            0 => now_ms(),
+            t => t,
+        };
+        self.active.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+        (RequestGuard(self.clone()), started)
+    }
+
+    fn note_read(&self) {
+        if self.active.load(Ordering::Acquire) == 0
+            && self.pending_since.compare_exchange(0, now_ms().max(1), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        {
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+/// Keeps a connection "active" for the idle timeout while a request or tunnel lives.
+pub struct RequestGuard(Arc<ConnState>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle_since.store(now_ms(), Ordering::Release);
+            self.0.changed.notify_waiters();
+        }
+    }
+}
+
+/// Facts about a downstream connection that requests need.
+pub struct ConnInfo {
+    /// Which listener accepted it.
+    pub kind: ListenerKind,
+    /// Client address (the source of X-Forwarded-For).
+    pub peer: SocketAddr,
+    /// Local port, for redirects.
+    pub local: SocketAddr,
+    /// TLS server name the client asked for.
+    pub sni: Option<String>,
+    /// A client certificate was presented and verified.
+    pub client_cert: bool,
+    /// The timeouts in force when the connection was accepted.
+    pub timeouts: Timeouts,
+    /// Activity and request counting.
+    pub state: Arc<ConnState>,
+    /// Set when the connection is draining: HTTP/1 responses get `Connection: close`.
+    pub draining: AtomicBool,
+    /// The listener generation, for long-lived streams that must end with it.
+    pub generation: Generation,
+    /// The https listener's port, for redirects from `http-ingress`.
+    pub https_port: u16,
+}
+
+/// Accepts connections until the generation stops accepting.
+pub async fn run(kind: ListenerKind, listener: TcpListener, proxy: Arc<Proxy>, tls: Option<TlsAcceptor>, https_port: u16) {
+    let generation = proxy.generation.clone();
+    loop {
+        let accepted = tokio::select! {
+            () = generation.stop_accepting.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let (proxy, tls, g) = (proxy.clone(), tls.clone(), generation.clone());
+                generation.tracker.spawn(serve_connection(kind, stream, peer, proxy, tls, g, https_port));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(listener = kind.name(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::info!(listener = kind.name(), "listener stopped accepting");
+}
+
+async fn serve_connection(
+    kind: ListenerKind,
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    tls: Option<TlsAcceptor>,
+    generation: Generation,
+    https_port: u16,
+) {
+    let labels = ListenerLabels { listener: kind.name() };
+    proxy.metrics.connections_total.get_or_create(&labels).inc();
+    let active = proxy.metrics.connections_active.get_or_create(&labels).clone();
+    active.inc();
+    let _dec = scopeguard(move || {
+        active.dec();
+    });
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let snapshot = proxy.snapshot();
+    let timeouts = snapshot.settings.timeouts;
+    let codec = snapshot.settings.codec_type;
+    drop(snapshot);
+    let state = ConnState::new();
+    let mut info = ConnInfo {
+        kind,
+        peer,
+        local,
+        sni: None,
+        client_cert: false,
+        timeouts,
+        state: state.clone(),
+        draining: AtomicBool::new(false),
+        generation,
+        https_port,
+    };
+    match tls {
+        Some(acceptor) => {
+            let handshake_limit = timeouts.read.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(10));
+            let tls_stream = match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let (_, conn) = tls_stream.get_ref();
+            info.sni = conn.server_name().map(str::to_owned);
+            info.client_cert = conn.peer_certificates().is_some_and(|c| !c.is_empty());
+            let h2 = conn.alpn_protocol() == Some(b"h2");
+            serve_http(Metered { inner: tls_stream, state }, Some(h2), codec, info, proxy).await;
+        }
+        None => {
+            let only = (codec == CodecType::Http1).then_some(false);
+            serve_http(Metered { inner: stream, state }, only, codec, info, proxy).await;
+        }
+    }
+}
+
+/// Serves HTTP on an established connection. `h2`: `Some(true)` HTTP/2 only, `Some(false)`
+/// HTTP/1.1 only, `None` detect (plain listeners accept h2c prior knowledge).
+async fn serve_http<I>(io: I, h2: Option<bool>, _codec: CodecType, info: ConnInfo, proxy: Arc<Proxy>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let info = Arc::new(info);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(1000)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .initial_stream_window_size(CONNECTION_BUFFER as u32)
+        .initial_connection_window_size(65_535)
+        .max_send_buf_size(CONNECTION_BUFFER)
+        .max_concurrent_streams(128)
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .keep_alive_interval(None);
+    let builder = match h2 {
+        Some(true) => builder.http2_only(),
+        Some(false) => builder.http1_only(),
+        None => builder,
+    };
+    let svc_info = info.clone();
+    let svc_proxy = proxy.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (proxy, info) = (svc_proxy.clone(), svc_info.clone());
+        async move { Ok::<_, std::convert::Infallible>(super::forward::handle(&proxy, &info, req).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let is_h1 = h2 != Some(true);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            reason = watchdog(&info.state, info.timeouts, is_h1), if !closing => {
+                match reason {
+                    Watch::Idle => {
+                        tracing::debug!(peer = %info.peer, "closing idle connection (timeout_idle)");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    Watch::HeaderTimeout => {
+                        tracing::debug!(peer = %info.peer, "closing connection: request head not received within timeout_read");
+                        break;
+                    }
+                }
+            }
+            () = info.generation.drain.cancelled(), if !closing => {
+                info.draining.store(true, Ordering::Release);
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = info.generation.close.cancelled() => {
+                tracing::debug!(peer = %info.peer, "closing connection: drain_timeout ended");
+                break;
+            }
+        }
+    }
+}
+
+enum Watch {
+    Idle,
+    HeaderTimeout,
+}
+
+/// Resolves when the connection has been idle (no active request) for `timeout_idle`, or
+/// (HTTP/1) a request head has been arriving for longer than `timeout_read`.
+async fn watchdog(state: &ConnState, timeouts: Timeouts, is_h1: bool) -> Watch {
+    loop {
+        let notified = state.changed.notified();
+        let mut deadline: Option<(u64, bool)> = None;
+        if state.active.load(Ordering::Acquire) == 0 {
+            if let Some(idle) = timeouts.idle {
+                deadline = Some((state.idle_since.load(Ordering::Acquire) + idle.as_millis() as u64, false));
+            }
+            let pending = state.pending_since.load(Ordering::Acquire);
+            if let (true, Some(read), true) = (is_h1, timeouts.read, pending != 0) {
+                let d = pending + read.as_millis() as u64;
+                if deadline.is_none_or(|(cur, _)| d < cur) {
+                    deadline = Some((d, true));
+                }
+            }
+        }
+        match deadline {
+            None => notified.await,
+            Some((at, header)) => {
+                let now = now_ms();
+                if at <= now {
+                    if state.active.load(Ordering::Acquire) == 0 {
+                        return if header { Watch::HeaderTimeout } else { Watch::Idle };
+                    }
+                    continue;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(at - now)) => {}
+                    () = notified => {}
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Notes the first byte of each request head for the watchdog.
+    pub struct Metered<T> {
+        #[pin]
+        inner: T,
+        state: Arc<ConnState>,
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Metered<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.state.note_read();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Metered<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Runs a closure on drop (gauges that must go down however a task ends).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

@@ -1,0 +1,359 @@
+//! Upstream side: pooled hyper clients (one per distinct TLS setup, reused across config
+//! reloads so that a route edit never drops upstream keep-alive connections) and per-route
+//! load balancing that takes no lock.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::ClientConfig;
+
+use crate::config::{LbPolicy, Upstream, UpstreamScheme, UpstreamTls};
+use crate::proxy::body::ProxyBody;
+
+/// PRODUCT.md: connecting to an upstream, TLS handshake included, takes at most this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The client type every route uses.
+pub type HttpClient = Client<TimeoutConnector, ProxyBody>;
+
+/// Wraps the HTTPS connector so that the 10 s limit covers TCP connect *and* TLS handshake,
+/// which `HttpConnector::set_connect_timeout` alone would not.
+#[derive(Clone)]
+pub struct TimeoutConnector(HttpsConnector<HttpConnector>);
+
+/// Why a connection attempt failed; `Timeout` lets the proxy say so in its 503.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The connect + handshake deadline passed.
+    #[error("upstream connect timed out after {0:?}")]
+    Timeout(Duration),
+    /// Refused, unreachable, DNS or TLS failure.
+    #[error("{0}")]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl tower_service::Service<Uri> for TimeoutConnector {
+    type Response = <HttpsConnector<HttpConnector> as tower_service::Service<Uri>>::Response;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        self.0.poll_ready(cx).map_err(ConnectError::Failed)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let fut = self.0.call(uri);
+        Box::pin(async move {
+            match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
+                Ok(r) => r.map_err(ConnectError::Failed),
+                Err(_) => Err(ConnectError::Timeout(CONNECT_TIMEOUT)),
+            }
+        })
+    }
+}
+
+/// What makes two upstream clients interchangeable.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    h2c: bool,
+    h1_only: bool,
+    skip_verify: bool,
+    server_name: Option<String>,
+    custom_ca: Option<Vec<Vec<u8>>>,
+    client_cert: Option<Vec<Vec<u8>>>,
+}
+
+/// Keeps upstream clients (and so their connection pools) alive across snapshots.
+#[derive(Default)]
+pub struct ClientCache {
+    clients: Mutex<HashMap<ClientKey, HttpClient>>,
+}
+
+impl ClientCache {
+    /// The client for an upstream scheme and TLS setup, creating it on first use. Called
+    /// while building a snapshot, never on the request path.
+    ///
+    /// `h1_only` clients never negotiate HTTP/2: WebSocket upgrades need HTTP/1.1 upstream.
+    pub fn get(&self, scheme: UpstreamScheme, tls: &UpstreamTls, h1_only: bool) -> HttpClient {
+        let key = ClientKey {
+            h2c: scheme == UpstreamScheme::H2c && !h1_only,
+            h1_only,
+            skip_verify: tls.skip_verify,
+            server_name: tls.server_name.clone(),
+            custom_ca: tls.custom_ca.as_ref().map(|c| c.iter().map(|d| d.to_vec()).collect()),
+            client_cert: tls.client_cert.as_ref().map(|c| c.chain.iter().map(|d| d.to_vec()).collect()),
+        };
+        let mut clients = self.clients.lock().expect("client cache poisoned");
+        clients.entry(key.clone()).or_insert_with(|| build_client(key.h2c, key.h1_only, tls)).clone()
+    }
+}
+
+fn build_client(h2c: bool, h1_only: bool, tls: &UpstreamTls) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(client_tls(tls)).https_or_http();
+    let builder = match &tls.server_name {
+        Some(name) => match rustls_pki_types::ServerName::try_from(name.clone()) {
+            Ok(n) => builder.with_server_name_resolver(FixedServerNameResolver::new(n)),
+            Err(_) => builder,
+        },
+        None => builder,
+    };
+    let https = if h1_only {
+        builder.enable_http1().wrap_connector(http)
+    } else {
+        builder.enable_all_versions().wrap_connector(http)
+    };
+    let connector = TimeoutConnector(https);
+    let mut b = Client::builder(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .http2_initial_stream_window_size(1 << 20)
+        .http2_initial_connection_window_size(4 << 20)
+        .http2_adaptive_window(false)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .http2_keep_alive_while_idle(false)
+        .set_host(false);
+    if h2c {
+        b.http2_only(true);
+    }
+    b.build(connector)
+}
+
+fn client_tls(tls: &UpstreamTls) -> ClientConfig {
+    let provider = crate::tls::provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("the default provider supports the default versions");
+    let builder = if tls.skip_verify {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        match &tls.custom_ca {
+            Some(cas) => {
+                for ca in cas {
+                    let _ = roots.add(ca.clone());
+                }
+            }
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(native.certs);
+                if added == 0 {
+                    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                }
+            }
+        }
+        builder.with_root_certificates(roots)
+    };
+    match &tls.client_cert {
+        Some(c) => builder
+            .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
+            .unwrap_or_else(|_| unreachable_client_auth()),
+        None => builder.with_no_client_auth(),
+    }
+}
+
+/// Client keys were validated when the config was parsed; if rustls still refuses one we
+/// fall back to no client certificate and let the upstream reject us visibly.
+fn unreachable_client_auth() -> ClientConfig {
+    tracing::error!("upstream client certificate rejected by rustls; connecting without one");
+    ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("default versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+/// `tls_skip_verify`: accepts any certificate but still checks handshake signatures.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One upstream of a route with its live state.
+pub struct Target {
+    /// Where and how.
+    pub upstream: Upstream,
+    /// The pooled client for its scheme and TLS settings.
+    pub client: HttpClient,
+    /// HTTP/1.1-only client for WebSocket upgrades.
+    pub upgrade_client: HttpClient,
+    /// `scheme://authority` prefix for request URIs.
+    pub base: String,
+    /// `Host` sent upstream by default: the authority, without a default port.
+    pub host_header: String,
+    /// Requests in flight, for LEAST_REQUEST.
+    pub in_flight: AtomicUsize,
+    /// Cleared by health checks.
+    pub healthy: AtomicBool,
+}
+
+/// Picks a target per request without a lock: weighted round robin walks a precomputed,
+/// interleaved schedule with one atomic counter.
+pub struct Balancer {
+    targets: Vec<Target>,
+    schedule: Vec<u32>,
+    next: AtomicUsize,
+    policy: LbPolicy,
+}
+
+impl Balancer {
+    /// Builds the balancer for a route's upstreams.
+    pub fn new(upstreams: &[Upstream], tls: &UpstreamTls, policy: LbPolicy, cache: &ClientCache) -> Self {
+        let targets = upstreams
+            .iter()
+            .map(|u| Target {
+                base: format!("{}://{}", if u.scheme == UpstreamScheme::Https { "https" } else { "http" }, u.authority),
+                client: cache.get(u.scheme, tls, false),
+                upgrade_client: cache.get(u.scheme, tls, true),
+                host_header: match u.authority.rsplit_once(':') {
+                    Some((h, "80")) if u.scheme != UpstreamScheme::Https => h.to_owned(),
+                    Some((h, "443")) if u.scheme == UpstreamScheme::Https => h.to_owned(),
+                    _ => u.authority.clone(),
+                },
+                upstream: u.clone(),
+                in_flight: AtomicUsize::new(0),
+                healthy: AtomicBool::new(true),
+            })
+            .collect();
+        Self { schedule: smooth_schedule(upstreams.iter().map(|u| u.weight).collect()), targets, next: AtomicUsize::new(0), policy }
+    }
+
+    /// All targets (for health checks and the admin API).
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Chooses a healthy target; when none is healthy, any target (failing open, as Envoy's
+    /// panic threshold does, beats refusing every request on a bad health check).
+    pub fn pick(&self) -> &Target {
+        let n = self.targets.len();
+        if n == 1 {
+            return &self.targets[0];
+        }
+        match self.policy {
+            LbPolicy::RoundRobin => {
+                for _ in 0..self.schedule.len() {
+                    let i = self.next.fetch_add(1, Ordering::Relaxed) % self.schedule.len();
+                    let t = &self.targets[self.schedule[i] as usize];
+                    if t.healthy.load(Ordering::Relaxed) {
+                        return t;
+                    }
+                }
+                &self.targets[self.schedule[self.next.load(Ordering::Relaxed) % self.schedule.len()] as usize]
+            }
+            LbPolicy::Random => self.random_healthy(),
+            LbPolicy::LeastRequest => {
+                let a = self.random_healthy();
+                let b = self.random_healthy();
+                if b.in_flight.load(Ordering::Relaxed) < a.in_flight.load(Ordering::Relaxed) {
+                    b
+                } else {
+                    a
+                }
+            }
+        }
+    }
+
+    fn random_healthy(&self) -> &Target {
+        for _ in 0..8 {
+            let i = rand::random_range(0..self.schedule.len());
+            let t = &self.targets[self.schedule[i] as usize];
+            if t.healthy.load(Ordering::Relaxed) {
+                return t;
+            }
+        }
+        &self.targets[self.schedule[rand::random_range(0..self.schedule.len())] as usize]
+    }
+}
+
+/// Nginx's smooth weighted round robin, unrolled into a schedule: weights 5,1,1 give
+/// `a a b a c a a` rather than `a a a a a b c`. Weights are reduced by their gcd and the
+/// schedule is capped so that huge weights cannot make it huge.
+fn smooth_schedule(mut weights: Vec<u32>) -> Vec<u32> {
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    weights.iter_mut().for_each(|w| *w /= g);
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    if total > 1024 {
+        let scale = total as f64 / 1024.0;
+        weights.iter_mut().for_each(|w| *w = ((f64::from(*w) / scale).round() as u32).max(1));
+    }
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, w) in current.iter_mut().zip(&weights) {
+            *c += i64::from(*w);
+        }
+        let (best, _) = current.iter().enumerate().max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i))).expect("non-empty");
+        current[best] -= total;
+        out.push(best as u32);
+    }
+    out
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_is_smooth_and_proportional() {
+        assert_eq!(smooth_schedule(vec![5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_schedule(vec![2, 4]), vec![1, 0, 1]);
+        let big = smooth_schedule(vec![1_000_000, 1]);
+        assert!(big.len() <= 1025 && big.contains(&1));
+    }
+}

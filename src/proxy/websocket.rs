@@ -1,0 +1,207 @@
+//! WebSockets: HTTP/1.1 `Upgrade` and RFC 8441 extended CONNECT on HTTP/2, both carried to
+//! the upstream as an HTTP/1.1 upgrade and then spliced byte for byte.
+//!
+//! The tunnel counts as an active request (the connection is never "idle" under it), has
+//! the route's stream idle timeout (disabled by default on WebSocket routes, as Pomerium
+//! does) and ends when its listener generation is closed at the end of a drain.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::body::{self, OnFinish, ProxyBody, StreamState};
+use super::error::ProxyError;
+use super::forward::{forwarding_headers, strip_hop_by_hop, wait_idle, Finish};
+use super::listener::ConnInfo;
+use super::upstream::Target;
+use super::{CompiledRoute, Proxy};
+
+/// Marks a response whose request continues as a tunnel (logged when the tunnel ends).
+#[derive(Clone, Copy)]
+pub struct Tunnelled;
+
+/// True for an HTTP/1.1 `Upgrade: websocket` or an HTTP/2 extended CONNECT for websocket.
+pub fn is_websocket<B>(req: &Request<B>) -> bool {
+    if req.method() == Method::CONNECT {
+        return req.extensions().get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    }
+    let upgrade = req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let connection = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    upgrade && connection
+}
+
+/// Proxies a WebSocket handshake and, when the upstream switches protocols, spawns the
+/// tunnel and answers the client (101 on HTTP/1.1, 200 on HTTP/2).
+pub(crate) async fn proxy(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<ConnInfo>,
+    route: &CompiledRoute,
+    target: &Target,
+    mut req: Request<Incoming>,
+    host: &str,
+    finish: &mut Finish,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let h2 = req.version() == Version::HTTP_2;
+    let downstream_upgrade = hyper::upgrade::on(&mut req);
+    let (mut parts, _body) = req.into_parts();
+    let path = super::forward::rewrite_path(&route.route, &parts.uri);
+    let uri: http::Uri = format!("{}{path}", target.base).parse().map_err(|_| ProxyError::BadRequest("bad path"))?;
+
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    forwarding_headers(&mut headers, conn, route, target, host, &finish.request_id);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if h2 {
+        // RFC 8441 clients send no key; the upstream's HTTP/1.1 handshake needs one.
+        let key: [u8; 16] = rand::random();
+        let key = base64::engine::general_purpose::STANDARD.encode(key);
+        headers.insert("sec-websocket-key", HeaderValue::from_str(&key).expect("base64 is a valid header"));
+        headers.entry("sec-websocket-version").or_insert(HeaderValue::from_static("13"));
+    }
+    let mut up = Request::builder().method(Method::GET).uri(uri).version(Version::HTTP_11).body(body::empty()).expect("valid parts");
+    *up.headers_mut() = headers;
+
+    let timeout = route.upstream_timeout.unwrap_or(super::upstream::CONNECT_TIMEOUT * 3);
+    let mut resp = match tokio::time::timeout(timeout, target.upgrade_client.request(up)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) if e.is_connect() => return Err(ProxyError::UpstreamUnreachable(e.to_string())),
+        Ok(Err(e)) => return Err(ProxyError::UpstreamReset(e.to_string())),
+        Err(_) => return Err(ProxyError::UpstreamTimeout(crate::config::duration::format(timeout))),
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The upstream declined (auth, wrong path): relay its answer as a normal response.
+        let (mut p, b) = resp.into_parts();
+        strip_hop_by_hop(&mut p.headers);
+        return Ok(Response::from_parts(p, b.map_err(Into::into).boxed_unsync()));
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+
+    let mut answer = Response::builder()
+        .status(if h2 { StatusCode::OK } else { StatusCode::SWITCHING_PROTOCOLS })
+        .body(body::empty())
+        .expect("valid parts");
+    for name in ["sec-websocket-protocol", "sec-websocket-extensions"] {
+        if let Some(v) = resp.headers().get(name) {
+            answer.headers_mut().insert(name, v.clone());
+        }
+    }
+    if !h2 {
+        answer.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        answer.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Some(v) = resp.headers().get("sec-websocket-accept") {
+            answer.headers_mut().insert("sec-websocket-accept", v.clone());
+        }
+    }
+    for (name, value) in &route.route.set_response_headers {
+        answer.headers_mut().insert(name.clone(), value.clone());
+    }
+    answer.extensions_mut().insert(Tunnelled);
+    parts.extensions.clear();
+
+    // The tunnel task owns the access-log record (and with it the connection's "active"
+    // guard) until the tunnel ends.
+    finish.status = answer.status().as_u16();
+    let mut record = Box::new(Finish {
+        metrics: proxy.metrics.clone(),
+        listener: finish.listener,
+        route: finish.route.clone(),
+        method: finish.method,
+        status: finish.status,
+        started: finish.started,
+        request_id: finish.request_id.clone(),
+        peer: finish.peer,
+        host: finish.host.clone(),
+        path: finish.path.clone(),
+        version: finish.version,
+        upstream: finish.upstream.clone(),
+        error: None,
+        fault: None,
+        _guard: finish._guard.take(),
+        _in_flight: finish._in_flight.take(),
+    });
+    let idle = route.stream_idle;
+    let close = conn.generation.close.clone();
+    tokio::spawn(async move {
+        let (down, up) = match tokio::join!(downstream_upgrade, upstream_upgrade) {
+            (Ok(d), Ok(u)) => (d, u),
+            (d, u) => {
+                record.error = Some(format!("upgrade failed: downstream {:?}, upstream {:?}", d.err(), u.err()));
+                record.finish(0, None);
+                return;
+            }
+        };
+        let state = Arc::new(StreamState::default());
+        let mut down = Activity { inner: TokioIo::new(down), state: state.clone() };
+        let mut up = Activity { inner: TokioIo::new(up), state: state.clone() };
+        let idle_wait = async {
+            match idle {
+                Some(d) => wait_idle(&state, d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let (bytes, error) = tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut down, &mut up) => match r {
+                Ok((_, to_client)) => (to_client, None),
+                Err(e) => (0, Some(format!("tunnel ended: {e}"))),
+            },
+            () = idle_wait => (0, Some("tunnel closed: stream idle timeout".to_owned())),
+            () = close.cancelled() => (0, Some("tunnel closed: listener drain_timeout ended".to_owned())),
+        };
+        state.request_done.store(true, Ordering::Relaxed);
+        record.error = error;
+        record.finish(bytes, None);
+    });
+    Ok(answer)
+}
+
+pin_project_lite::pin_project! {
+    /// Counts tunnel traffic into the shared activity clock for the idle timeout.
+    struct Activity<T> {
+        #[pin]
+        inner: T,
+        state: Arc<StreamState>,
+    }
+}
+
+impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Activity<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        let r = this.inner.poll_read(cx, buf);
+        if r.is_ready() {
+            this.state.touch();
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Activity<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,225 @@
+//! Downstream TLS: the fixed minimums of PRODUCT.md, SNI certificate selection, client
+//! certificate verification, and the self-signed default certificate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use crate::config::{Certificate, DownstreamMtls, MtlsEnforcement};
+
+/// The process crypto provider: the one `main` installed, or aws-lc-rs for tests and tools
+/// that never call `main`.
+pub fn provider() -> Arc<CryptoProvider> {
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+}
+
+/// The provider restricted to PRODUCT.md's downstream minimums: TLS 1.3 suites, TLS 1.2
+/// ECDHE with AES-GCM or ChaCha20-Poly1305 only, groups X25519 and P-256.
+pub fn downstream_provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::{cipher_suite as cs, kx_group};
+    let base = provider();
+    let allowed = [
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(CryptoProvider {
+        cipher_suites: allowed.to_vec(),
+        kx_groups: vec![kx_group::X25519, kx_group::SECP256R1],
+        ..(*base).clone()
+    })
+}
+
+/// Certificates indexed for SNI: exact names, one-label wildcards, and the default.
+#[derive(Debug)]
+pub struct CertStore {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+    fingerprints: HashMap<usize, String>,
+}
+
+impl CertStore {
+    /// Indexes `certs`; the first is the default for unknown or missing SNI. Earlier
+    /// certificates win when two claim the same name.
+    pub fn new(certs: &[Certificate]) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        let mut fingerprints = HashMap::new();
+        for c in certs {
+            fingerprints.insert(Arc::as_ptr(&c.key) as usize, c.fingerprint.clone());
+            for name in &c.names {
+                if let Some(suffix) = name.strip_prefix("*.") {
+                    wildcard.entry(suffix.to_owned()).or_insert_with(|| c.key.clone());
+                } else {
+                    exact.entry(name.clone()).or_insert_with(|| c.key.clone());
+                }
+            }
+        }
+        let default = certs.first().map(|c| c.key.clone()).expect("a snapshot always has a certificate");
+        Self { exact, wildcard, default, fingerprints }
+    }
+
+    /// The certificate for a (lower-cased) server name.
+    pub fn resolve(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = sni else { return self.default.clone() };
+        if let Some(k) = self.exact.get(name) {
+            return k.clone();
+        }
+        if let Some((_, suffix)) = name.split_once('.') {
+            if let Some(k) = self.wildcard.get(suffix) {
+                return k.clone();
+            }
+        }
+        self.default.clone()
+    }
+
+    /// Fingerprint of the certificate a server name gets, to tell whether it changed.
+    pub fn fingerprint_for(&self, sni: Option<&str>) -> Option<&str> {
+        let key = self.resolve(sni);
+        self.fingerprints.get(&(Arc::as_ptr(&key) as usize)).map(String::as_str)
+    }
+}
+
+/// Resolves certificates from a store that reloads swap atomically, so a new handshake
+/// sees new certificates without a new listener.
+#[derive(Debug)]
+pub struct SniResolver(pub Arc<ArcSwap<CertStore>>);
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // rustls hands us the SNI already validated and lower-cased.
+        Some(self.0.load().resolve(hello.server_name()))
+    }
+}
+
+/// Builds the https listener's rustls config.
+pub fn server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+    alpn: &[&[u8]],
+    mtls: Option<&DownstreamMtls>,
+) -> Result<ServerConfig, rustls::Error> {
+    let provider = downstream_provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match mtls {
+        None => builder.with_no_client_auth(),
+        Some(m) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in &m.ca {
+                roots.add(ca.clone())?;
+            }
+            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .with_crls(m.crls.iter().cloned());
+            if m.enforcement != MtlsEnforcement::RejectConnection {
+                v = v.allow_unauthenticated();
+            }
+            let inner = v.build().map_err(|e| rustls::Error::General(e.to_string()))?;
+            builder.with_client_cert_verifier(Arc::new(DepthLimited { inner, max_depth: m.max_verify_depth }))
+        }
+    };
+    let mut cfg = builder.with_cert_resolver(resolver);
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg.max_early_data_size = 0;
+    Ok(cfg)
+}
+
+/// Enforces `max_verify_depth`: how many intermediates may sit between leaf and CA
+/// (1 = the CA signs client certificates directly; 0 = no limit).
+#[derive(Debug)]
+struct DepthLimited {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    max_depth: u32,
+}
+
+impl rustls::server::danger::ClientCertVerifier for DepthLimited {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        if self.max_depth > 0 && intermediates.len() >= self.max_depth as usize {
+            return Err(rustls::Error::General(format!(
+                "client certificate chain has {} intermediates; max_verify_depth is {}",
+                intermediates.len(),
+                self.max_depth
+            )));
+        }
+        self.inner.verify_client_cert(end_entity, intermediates, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A self-signed certificate for `names`, used when none is configured so that the https
+/// listener always has something to present (as ingress-nginx's "fake certificate").
+pub fn self_signed(names: &[String]) -> Certificate {
+    let mut names: Vec<String> = names.to_vec();
+    if names.is_empty() {
+        names.push("localhost".to_owned());
+    }
+    let key = rcgen::KeyPair::generate().expect("generating a P-256 key cannot fail");
+    let mut params = rcgen::CertificateParams::new(names).expect("names were validated as DNS names");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "Portcullis default certificate");
+    let cert = params.self_signed(&key).expect("self-signing cannot fail");
+    crate::config::parse::build_certificate(cert.pem().as_bytes(), key.serialize_pem().as_bytes(), "self-signed")
+        .expect("a freshly generated certificate is valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_prefers_exact_then_one_label_wildcard_then_default() {
+        let a = self_signed(&["a.example.com".into()]);
+        let w = self_signed(&["*.example.com".into()]);
+        let d = self_signed(&["default.test".into()]);
+        let store = CertStore::new(&[d.clone(), a.clone(), w.clone()]);
+        assert_eq!(store.fingerprint_for(Some("a.example.com")), Some(a.fingerprint.as_str()));
+        assert_eq!(store.fingerprint_for(Some("b.example.com")), Some(w.fingerprint.as_str()));
+        assert_eq!(store.fingerprint_for(Some("x.b.example.com")), Some(d.fingerprint.as_str()));
+        assert_eq!(store.fingerprint_for(Some("example.com")), Some(d.fingerprint.as_str()));
+        assert_eq!(store.fingerprint_for(None), Some(d.fingerprint.as_str()));
+    }
+}
