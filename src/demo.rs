@@ -16,17 +16,21 @@ use tokio::net::TcpListener;
 
 use crate::proxy::body::{full, ProxyBody};
 
-/// Serves the demo upstream on `listener` forever; `name` appears in every answer.
+/// Serves the demo upstream on `listener` forever; `name` appears in every answer, with the
+/// number of the connection it came on (to show connection reuse and multiplexing).
 pub async fn serve(listener: TcpListener, name: impl Into<String>) {
     let name: Arc<str> = name.into().into();
+    let mut connections = 0u64;
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
         let name = name.clone();
+        connections += 1;
+        let conn_id = connections;
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let name = name.clone();
-                async move { Ok::<_, Infallible>(answer(&name, req).await) }
+                async move { Ok::<_, Infallible>(answer(&name, conn_id, req).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -43,7 +47,7 @@ fn query_u64(req: &Request<Incoming>, key: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-async fn answer(name: &str, mut req: Request<Incoming>) -> Response<ProxyBody> {
+async fn answer(name: &str, conn_id: u64, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path().to_owned();
     if path == "/ws" {
         return websocket_echo(&mut req);
@@ -99,6 +103,7 @@ async fn answer(name: &str, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let received = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
     let doc = serde_json::json!({
         "upstream": name,
+        "connection": conn_id,
         "method": method,
         "uri": uri,
         "version": version,

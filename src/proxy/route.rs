@@ -214,9 +214,9 @@ mod tests {
 
     #[test]
     fn regex_and_prefix_order_by_length() {
-        let t = table(&[("h", "/a"), ("h", "~/a/[0-9]+"), ("h", "~/.*")]);
-        assert_eq!(hit(&t, "h", "/a/12"), Some("h~/a/[0-9]+"));
-        assert_eq!(hit(&t, "h", "/a/x"), Some("h/a"));
+        let t = table(&[("h", "/abcd"), ("h", "~/abcd/[0-9]+"), ("h", "~/.*")]);
+        assert_eq!(hit(&t, "h", "/abcd/12"), Some("h~/abcd/[0-9]+"), "longer regex first");
+        assert_eq!(hit(&t, "h", "/abcd/x"), Some("h/abcd"), "longer prefix beats shorter regex");
         assert_eq!(hit(&t, "h", "/zzz"), Some("h~/.*"));
     }
 }

@@ -1,1 +1,37 @@
-fn main() {}
+//! Project automation: `cargo xtask test` is the one command that runs every test (CI calls
+//! exactly this), `cargo xtask bench` runs the benchmarks.
+
+mod bench;
+mod h2spec;
+mod util;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("h2spec") => h2spec::run(),
+        Some("bench") => bench::run(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <test|h2spec|bench>\n  test    every check CI runs: fmt, clippy, unit, integration, h2spec\n  h2spec  HTTP/2 conformance against the https listener\n  bench   benchmarks (slow; not part of test)");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything CI runs, in order of cost, stopping at the first failure.
+fn test(_args: &[String]) -> anyhow::Result<()> {
+    util::step("rustfmt", &["cargo", "fmt", "--all", "--check"])?;
+    util::step("clippy", &["cargo", "clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    util::step("unit and integration tests", &["cargo", "test", "--workspace", "--no-fail-fast"])?;
+    h2spec::run()?;
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Test support: real listeners on loopback, real TLS, real HTTP/1.1 and HTTP/2 clients.
+#![allow(dead_code, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::config::file::FileSource;
+use portcullis::server::Running;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into())).with_test_writer().try_init();
+    });
+}
+
+/// A demo upstream on an ephemeral loopback port.
+pub async fn upstream(name: &str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(portcullis::demo::serve(l, name.to_owned()));
+    addr
+}
+
+/// A test certificate authority and leaf certificates it signs, as PEM files in a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    pub ca_der: CertificateDer<'static>,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, "portcullis test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(p, ca_key).unwrap();
+        let ca_der = ca.der().clone();
+        Self { dir: tempfile::tempdir().unwrap(), ca, ca_der }
+    }
+
+    /// Writes `<file>.pem` and `<file>-key.pem` for `names`; returns the two paths.
+    pub fn leaf(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, file);
+        let cert = p.signed_by(&key, &self.ca).unwrap();
+        let cp = self.dir.path().join(format!("{file}.pem"));
+        let kp = self.dir.path().join(format!("{file}-key.pem"));
+        std::fs::write(&cp, cert.pem()).unwrap();
+        std::fs::write(&kp, key.serialize_pem()).unwrap();
+        (cp, kp)
+    }
+}
+
+/// Listener addresses default to ephemeral loopback ports unless the YAML sets them.
+pub fn with_ports(yaml: &str) -> String {
+    let mut out = String::new();
+    for key in ["address", "http_redirect_address", "admin_address", "metrics_address"] {
+        if !yaml.lines().any(|l| l.starts_with(&format!("{key}:"))) {
+            out.push_str(&format!("{key}: \"127.0.0.1:0\"\n"));
+        }
+    }
+    out.push_str(yaml);
+    out
+}
+
+/// Starts the data plane from YAML (written to `dir`, so relative cert paths resolve there).
+pub async fn start_in(dir: &std::path::Path, yaml: &str) -> Running {
+    init();
+    let path = dir.join("portcullis.yaml");
+    std::fs::write(&path, with_ports(yaml)).unwrap();
+    let loaded = FileSource::new(&path).load_with_env(&|_| None).unwrap_or_else(|e| panic!("bad test config:\n{e}"));
+    portcullis::server::start(loaded.config).await.unwrap()
+}
+
+pub async fn start(yaml: &str) -> (Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start_in(dir.path(), yaml).await;
+    (r, dir)
+}
+
+/// The certificate the proxy presents by default (self-signed when none is configured).
+pub fn default_cert(r: &Running) -> CertificateDer<'static> {
+    r.proxy.certificates()[0].key.cert[0].clone()
+}
+
+pub fn client_config(roots: &[CertificateDer<'static>], alpn: &[&[u8]]) -> rustls::ClientConfig {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone()).unwrap();
+    }
+    let mut c = rustls::ClientConfig::builder().with_root_certificates(store).with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    c
+}
+
+pub async fn tls_connect(addr: SocketAddr, sni: &str, cfg: rustls::ClientConfig) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    connector.connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp).await
+}
+
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|n| match n {}).boxed_unsync()
+}
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|n| match n {}).boxed_unsync()
+}
+
+/// An HTTP/1.1 connection over TLS to the proxy.
+pub async fn h1_tls(addr: SocketAddr, sni: &str, roots: &[CertificateDer<'static>]) -> hyper::client::conn::http1::SendRequest<Body> {
+    let tls = tls_connect(addr, sni, client_config(roots, &[b"http/1.1"])).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    send
+}
+
+/// An HTTP/1.1 connection over plain TCP.
+pub async fn h1_plain(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Body> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    send
+}
+
+/// An HTTP/2 connection over TLS (ALPN h2) to the proxy.
+pub async fn h2_tls(addr: SocketAddr, sni: &str, roots: &[CertificateDer<'static>]) -> hyper::client::conn::http2::SendRequest<Body> {
+    let tls = tls_connect(addr, sni, client_config(roots, &[b"h2"])).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "server must negotiate h2");
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+pub fn get(host: &str, path: &str) -> Request<Body> {
+    Request::get(path).header("host", host).body(empty()).unwrap()
+}
+
+/// `get` for HTTP/2, where the authority goes in the URI.
+pub fn get2(host: &str, path: &str) -> Request<Body> {
+    Request::get(format!("https://{host}{path}")).body(empty()).unwrap()
+}
+
+pub async fn text(resp: Response<Incoming>) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub async fn json(resp: Response<Incoming>) -> (u16, serde_json::Value) {
+    let (s, t) = text(resp).await;
+    (s, serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t)))
+}
+
+/// One HTTPS/1.1 GET on a fresh connection; status and body.
+pub async fn https_get(r: &Running, host: &str, path: &str) -> (u16, String) {
+    let mut c = h1_tls(r.main, host, &[default_cert(r)]).await;
+    text(c.send_request(get(host, path)).await.unwrap()).await
+}
+
+/// Scrapes `/metrics`.
+pub async fn metrics(r: &Running) -> String {
+    let mut c = h1_plain(r.metrics.unwrap()).await;
+    text(c.send_request(get("m", "/metrics")).await.unwrap()).await.1
+}
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
