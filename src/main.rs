@@ -210,7 +210,11 @@ async fn self_request(url: &str) -> anyhow::Result<(u16, String)> {
     use http_body_util::{BodyExt, Empty};
     let tls = portcullis::config::UpstreamTls { skip_verify: true, ..Default::default() };
     let cache = portcullis::proxy::upstream::ClientCache::default();
-    let client = cache.get(portcullis::config::UpstreamScheme::Https, &tls, false);
+    let target = portcullis::config::parse::parse_upstream(&serde_json::Value::String(
+        url.split('/').take(3).collect::<Vec<_>>().join("/"),
+    ))
+    .map_err(anyhow::Error::msg)?;
+    let client = cache.get(&target, &tls, false);
     let req = http::Request::get(url).body(Empty::<bytes::Bytes>::new().map_err(|n| match n {}).boxed_unsync())?;
     let resp = client.request(req).await?;
     let status = resp.status().as_u16();

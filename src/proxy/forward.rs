@@ -336,6 +336,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The `Host` (HTTP/1.1) or `:authority` (HTTP/2) the upstream sees.
+pub(crate) fn upstream_host<'a>(r: &'a crate::config::Route, target: &'a Target, host: &'a str) -> &'a str {
+    if r.preserve_host_header {
+        host
+    } else if let Some(h) = &r.host_rewrite {
+        h.as_str()
+    } else {
+        target.host_header.as_str()
+    }
+}
+
+/// The upstream request URI: the route's host as authority (the connector pins the real
+/// address), or the upstream's own authority if that host cannot be an authority.
+pub(crate) fn upstream_uri(route: &CompiledRoute, target: &Target, host: &str, path: &str) -> Result<Uri, ProxyError> {
+    let authority = upstream_host(&route.route, target, host);
+    format!("{}://{authority}{path}", target.scheme)
+        .parse()
+        .or_else(|_| format!("{}{path}", target.base).parse())
+        .map_err(|_| ProxyError::BadRequest("request path cannot be forwarded"))
+}
+
 /// Applies the forwarding headers and the route's header rules.
 pub(crate) fn forwarding_headers(
     headers: &mut HeaderMap,
@@ -356,14 +377,7 @@ pub(crate) fn forwarding_headers(
         headers.insert(&X_FORWARDED_HOST, v);
     }
     headers.insert(&X_REQUEST_ID, HeaderValue::from_str(request_id).expect("hex is a valid header value"));
-    let upstream_host = if r.preserve_host_header {
-        host
-    } else if let Some(h) = &r.host_rewrite {
-        h.as_str()
-    } else {
-        target.host_header.as_str()
-    };
-    if let Ok(v) = HeaderValue::from_str(upstream_host) {
+    if let Ok(v) = HeaderValue::from_str(upstream_host(r, target, host)) {
         headers.insert(header::HOST, v);
     }
     for name in &r.remove_request_headers {
@@ -384,10 +398,7 @@ fn build_upstream_request(
     state: &Arc<StreamState>,
 ) -> Result<Request<ProxyBody>, ProxyError> {
     let (mut parts, incoming) = req.into_parts();
-    let mut uri = String::with_capacity(target.base.len() + parts.uri.path().len() + 16);
-    uri.push_str(&target.base);
-    let _ = write!(uri, "{}", rewrite_path(&route.route, &parts.uri));
-    parts.uri = uri.parse().map_err(|_| ProxyError::BadRequest("request path cannot be forwarded"))?;
+    parts.uri = upstream_uri(route, target, host, &rewrite_path(&route.route, &parts.uri))?;
     strip_hop_by_hop(&mut parts.headers);
     forwarding_headers(&mut parts.headers, conn, route, target, host, request_id);
     parts.version = Version::HTTP_11;

@@ -27,10 +27,17 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The client type every route uses.
 pub type HttpClient = Client<TimeoutConnector, ProxyBody>;
 
-/// Wraps the HTTPS connector so that the 10 s limit covers TCP connect *and* TLS handshake,
-/// which `HttpConnector::set_connect_timeout` alone would not.
+/// Connects to one upstream address whatever the request URI says, under the 10 s limit
+/// that covers TCP connect *and* TLS handshake (`set_connect_timeout` alone would not).
+///
+/// Pinning the address lets the request URI carry the `Host` the route wants: HTTP/2
+/// upstreams read `:authority` from it, so `host_rewrite` and `preserve_host_header` work
+/// on both HTTP versions, while the pool stays per upstream.
 #[derive(Clone)]
-pub struct TimeoutConnector(HttpsConnector<HttpConnector>);
+pub struct TimeoutConnector {
+    inner: HttpsConnector<HttpConnector>,
+    target: Uri,
+}
 
 /// Why a connection attempt failed; `Timeout` lets the proxy say so in its 503.
 #[derive(Debug, thiserror::Error)]
@@ -49,11 +56,11 @@ impl tower_service::Service<Uri> for TimeoutConnector {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        self.0.poll_ready(cx).map_err(ConnectError::Failed)
+        self.inner.poll_ready(cx).map_err(ConnectError::Failed)
     }
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let fut = self.0.call(uri);
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let fut = self.inner.call(self.target.clone());
         Box::pin(async move {
             match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
                 Ok(r) => r.map_err(ConnectError::Failed),
@@ -66,6 +73,7 @@ impl tower_service::Service<Uri> for TimeoutConnector {
 /// What makes two upstream clients interchangeable.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct ClientKey {
+    target: String,
     h2c: bool,
     h1_only: bool,
     skip_verify: bool,
@@ -85,8 +93,10 @@ impl ClientCache {
     /// while building a snapshot, never on the request path.
     ///
     /// `h1_only` clients never negotiate HTTP/2: WebSocket upgrades need HTTP/1.1 upstream.
-    pub fn get(&self, scheme: UpstreamScheme, tls: &UpstreamTls, h1_only: bool) -> HttpClient {
+    pub fn get(&self, upstream: &Upstream, tls: &UpstreamTls, h1_only: bool) -> HttpClient {
+        let scheme = upstream.scheme;
         let key = ClientKey {
+            target: format!("{}://{}", scheme_str(scheme), upstream.authority),
             h2c: scheme == UpstreamScheme::H2c && !h1_only,
             h1_only,
             skip_verify: tls.skip_verify,
@@ -95,11 +105,20 @@ impl ClientCache {
             client_cert: tls.client_cert.as_ref().map(|c| c.chain.iter().map(|d| d.to_vec()).collect()),
         };
         let mut clients = self.clients.lock().expect("client cache poisoned");
-        clients.entry(key.clone()).or_insert_with(|| build_client(key.h2c, key.h1_only, tls)).clone()
+        clients.entry(key.clone()).or_insert_with(|| build_client(&key.target, key.h2c, key.h1_only, tls)).clone()
     }
 }
 
-fn build_client(h2c: bool, h1_only: bool, tls: &UpstreamTls) -> HttpClient {
+/// `http` or `https`: h2c is plain HTTP on the wire.
+pub fn scheme_str(scheme: UpstreamScheme) -> &'static str {
+    if scheme == UpstreamScheme::Https {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+fn build_client(target: &str, h2c: bool, h1_only: bool, tls: &UpstreamTls) -> HttpClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -117,7 +136,7 @@ fn build_client(h2c: bool, h1_only: bool, tls: &UpstreamTls) -> HttpClient {
     } else {
         builder.enable_all_versions().wrap_connector(http)
     };
-    let connector = TimeoutConnector(https);
+    let connector = TimeoutConnector { inner: https, target: target.parse().expect("validated upstream authority") };
     let mut b = Client::builder(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -223,7 +242,9 @@ pub struct Target {
     pub client: HttpClient,
     /// HTTP/1.1-only client for WebSocket upgrades.
     pub upgrade_client: HttpClient,
-    /// `scheme://authority` prefix for request URIs.
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// `scheme://authority` of the upstream itself.
     pub base: String,
     /// `Host` sent upstream by default: the authority, without a default port.
     pub host_header: String,
@@ -248,9 +269,10 @@ impl Balancer {
         let targets = upstreams
             .iter()
             .map(|u| Target {
-                base: format!("{}://{}", if u.scheme == UpstreamScheme::Https { "https" } else { "http" }, u.authority),
-                client: cache.get(u.scheme, tls, false),
-                upgrade_client: cache.get(u.scheme, tls, true),
+                scheme: scheme_str(u.scheme),
+                base: format!("{}://{}", scheme_str(u.scheme), u.authority),
+                client: cache.get(u, tls, false),
+                upgrade_client: cache.get(u, tls, true),
                 host_header: match u.authority.rsplit_once(':') {
                     Some((h, "80")) if u.scheme != UpstreamScheme::Https => h.to_owned(),
                     Some((h, "443")) if u.scheme == UpstreamScheme::Https => h.to_owned(),

@@ -56,7 +56,7 @@ pub(crate) async fn proxy(
     let downstream_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _body) = req.into_parts();
     let path = super::forward::rewrite_path(&route.route, &parts.uri);
-    let uri: http::Uri = format!("{}{path}", target.base).parse().map_err(|_| ProxyError::BadRequest("bad path"))?;
+    let uri = super::forward::upstream_uri(route, target, host, &path)?;
 
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
