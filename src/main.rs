@@ -145,7 +145,7 @@ async fn serve(path: PathBuf, watch_interval: Duration) -> anyhow::Result<ExitCo
     };
     let running = server::start(loaded.config).await.context("starting listeners")?;
     let proxy = running.proxy.clone();
-    let watcher = file::watch(source, loaded.inputs, watch_interval, move |result| match result {
+    let watcher = file::watch(source, loaded.inputs, loaded.fingerprint, watch_interval, move |result| match result {
         Ok(loaded) => match proxy.apply(loaded.config) {
             Applied::Swapped => tracing::info!(version = proxy.snapshot().version, "config reloaded"),
             Applied::SwappedNeedsRestart(keys) => tracing::warn!(

@@ -27,6 +27,9 @@ pub struct Loaded {
     pub config: Config,
     /// Paths read while loading (the file and referenced certificates).
     pub inputs: Vec<PathBuf>,
+    /// Fingerprint of exactly the bytes this config was built from, so that the watcher
+    /// cannot miss an edit made between the load and its first look.
+    pub fingerprint: u64,
 }
 
 impl FileSource {
@@ -48,7 +51,8 @@ impl FileSource {
     /// As [`Self::load`] with an explicit environment (tests).
     pub fn load_with_env(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigErrors> {
         let fail = |message: String| ConfigErrors(vec![FieldError { path: self.path.display().to_string(), message }]);
-        let text = std::fs::read_to_string(&self.path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let bytes = std::fs::read(&self.path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let text = String::from_utf8(bytes.clone()).map_err(|_| fail("not UTF-8 text".to_owned()))?;
         let mut root = yaml_to_value(&text).map_err(fail)?;
         let from_env = apply_env(&mut root, env);
         let material = FileMaterial { base: self.path.parent().map(Path::to_path_buf).unwrap_or_default(), read: RefCell::default() };
@@ -60,9 +64,10 @@ impl FileSource {
             }
             errs
         })?;
-        let mut inputs = vec![self.path.clone()];
+        let mut inputs = vec![(self.path.clone(), Some(bytes))];
         inputs.extend(material.read.into_inner());
-        Ok(Loaded { config, inputs })
+        let fingerprint = hash_contents(&inputs);
+        Ok(Loaded { config, inputs: inputs.into_iter().map(|(p, _)| p).collect(), fingerprint })
     }
 }
 
@@ -95,37 +100,40 @@ fn apply_env(root: &mut Value, env: &dyn Fn(&str) -> Option<String>) -> Vec<Stri
 /// that the watcher notices when a certificate file changes.
 struct FileMaterial {
     base: PathBuf,
-    read: RefCell<Vec<PathBuf>>,
+    read: RefCell<Vec<(PathBuf, Option<Vec<u8>>)>>,
 }
 
 impl Material for FileMaterial {
     fn read(&self, reference: &str) -> Result<Vec<u8>, String> {
         let path = self.base.join(reference);
-        self.read.borrow_mut().push(path.clone());
-        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        let result = std::fs::read(&path);
+        self.read.borrow_mut().push((path.clone(), result.as_ref().ok().cloned()));
+        result.map_err(|e| format!("cannot read {}: {e}", path.display()))
     }
 }
 
-/// A cheap fingerprint of the contents of `paths` (missing files hash as absent).
-pub fn fingerprint(paths: &[PathBuf]) -> u64 {
+fn hash_contents(inputs: &[(PathBuf, Option<Vec<u8>>)]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for p in paths {
-        p.hash(&mut h);
-        std::fs::read(p).ok().hash(&mut h);
-    }
+    inputs.hash(&mut h);
     h.finish()
 }
 
+/// A cheap fingerprint of the current contents of `paths` (missing files hash as absent).
+pub fn fingerprint(paths: &[PathBuf]) -> u64 {
+    let inputs: Vec<_> = paths.iter().map(|p| (p.clone(), std::fs::read(p).ok())).collect();
+    hash_contents(&inputs)
+}
+
 /// Polls the file (and what it references) and calls `on_change` with each new load result.
-/// Runs until the returned task is aborted.
+/// `inputs` and `last` come from the [`Loaded`] being served. Runs until aborted.
 pub fn watch(
     source: FileSource,
     mut inputs: Vec<PathBuf>,
+    mut last: u64,
     interval: Duration,
     on_change: impl Fn(Result<Loaded, ConfigErrors>) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut last = fingerprint(&inputs);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -140,7 +148,7 @@ pub fn watch(
             let Ok(result) = tokio::task::spawn_blocking(move || src2.load()).await else { continue };
             if let Ok(loaded) = &result {
                 inputs.clone_from(&loaded.inputs);
-                last = fingerprint(&inputs);
+                last = loaded.fingerprint;
             }
             on_change(result);
         }

@@ -1,0 +1,112 @@
+//! The binary itself: `check` lists every error, `serve` drains on SIGTERM and exits 0.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn check_lists_every_error_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "timeout_read: 5 minutes
+codec_type: http9
+routes:
+  - from: https://a.example.com
+    to: [http://127.0.0.1:1]
+  - from: https://b.example.com
+    to: [ftp://x]
+    timeout: soon
+  - from: https://c.example.com
+    to: http://127.0.0.1:2
+    timeout: \"5 minutes\"
+    allow_websocket: true
+",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "6 error(s)",
+        "timeout_read: invalid duration \"5 minutes\"",
+        "codec_type: unknown codec",
+        "routes[1].to[0]",
+        "routes[1].timeout: invalid duration \"soon\"",
+        "routes[2].timeout: invalid duration \"5 minutes\"",
+        "routes[2].allow_websocket: unknown field (did you mean \"allow_websockets\"?)",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "routes:\n - {from: https://a.test, to: http://127.0.0.1:1}\n").unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&good).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN).arg("version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("portcullis "));
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_0() {
+    let upstream_port = free_port();
+    let (main, admin) = (free_port(), free_port());
+    let mut upstream = Command::new(BIN)
+        .args(["demo-upstream", "--listen", &format!("127.0.0.1:{upstream_port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "insecure_server: true\naddress: 127.0.0.1:{main}\nadmin_address: 127.0.0.1:{admin}\nmetrics_address: \"\"\nhttp_redirect_address: \"\"\ndrain_timeout: 20s\nroutes:\n - {{from: https://a.test, to: http://127.0.0.1:{upstream_port}}}\n"
+        ),
+    )
+    .unwrap();
+    let mut proxy = Command::new(BIN).args(["--log-format", "json", "serve", "--config"]).arg(&cfg).stderr(Stdio::piped()).spawn().unwrap();
+    let start = Instant::now();
+    while http_get(admin, "/readyz").map_or(true, |r| !r.starts_with("HTTP/1.1 200")) {
+        assert!(start.elapsed() < Duration::from_secs(20), "proxy did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A request that takes 1.5 s upstream is in flight when SIGTERM arrives.
+    let in_flight = std::thread::spawn(move || http_get(main, "/delay?ms=1500"));
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new("kill").args(["-TERM", &proxy.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(200));
+    let ready = http_get(admin, "/readyz").unwrap_or_default();
+    assert!(ready.starts_with("HTTP/1.1 503"), "readiness fails at once during the drain: {ready}");
+    assert!(http_get(main, "/").is_err(), "listeners stop accepting");
+    let answer = in_flight.join().unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "the in-flight request completes: {answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    let exit = proxy.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+    let mut logs = String::new();
+    BufReader::new(proxy.stderr.take().unwrap()).lines().map_while(Result::ok).for_each(|l| {
+        logs.push_str(&l);
+        logs.push('\n');
+    });
+    assert!(logs.contains("\"message\":\"shutdown complete\""), "JSON logs:\n{logs}");
+    assert!(logs.contains("\"status\":200") && logs.contains("\"target\":\"access\""), "one access log line per request:\n{logs}");
+    let _ = upstream.kill();
+}
