@@ -43,6 +43,15 @@ pub struct UpstreamLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of `portcullis_upstream_healthy`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamHealthLabels {
+    /// Route name.
+    pub route: String,
+    /// Upstream `host:port`.
+    pub upstream: String,
+}
+
 /// Labels with just the listener.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -64,6 +73,8 @@ pub struct Metrics {
     pub connections_total: Family<ListenerLabels, Counter>,
     /// Upstream attempts by outcome.
     pub upstream_requests: Family<UpstreamLabels, Counter>,
+    /// 1 while an upstream passes its health checks (or has none), 0 when it fails them.
+    pub upstream_healthy: Family<UpstreamHealthLabels, Gauge>,
     /// Listener generations currently draining.
     pub draining: Gauge,
     /// 1 when the last reload was applied, 0 when it was rejected.
@@ -94,6 +105,8 @@ impl Metrics {
         registry.register("downstream_connections", "Accepted downstream connections", connections_total.clone());
         let upstream_requests = Family::<UpstreamLabels, Counter>::default();
         registry.register("upstream_requests", "Requests sent upstream, by outcome", upstream_requests.clone());
+        let upstream_healthy = Family::<UpstreamHealthLabels, Gauge>::default();
+        registry.register("upstream_healthy", "1 if the upstream passes its health checks", upstream_healthy.clone());
         let draining = Gauge::default();
         registry.register(
             "listener_manager_total_filter_chains_draining",
@@ -123,6 +136,7 @@ impl Metrics {
             connections_active,
             connections_total,
             upstream_requests,
+            upstream_healthy,
             draining,
             reload_success,
             reload_success_timestamp,

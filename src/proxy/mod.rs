@@ -8,6 +8,7 @@
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod health;
 pub mod listener;
 pub mod route;
 pub mod upstream;
@@ -41,7 +42,7 @@ pub struct CompiledRoute {
 }
 
 impl CompiledRoute {
-    fn new(route: Route, settings: &Settings, clients: &ClientCache) -> Self {
+    fn new(route: Route, settings: &Settings, clients: &ClientCache, health: &health::Registry) -> Self {
         // Pomerium: a WebSocket route gets no upstream timeout and no stream idle timeout
         // unless the route sets them; a route can disable the idle timeout but not raise it
         // above timeout_idle.
@@ -56,7 +57,10 @@ impl CompiledRoute {
             None if route.allow_websockets => None,
             None => settings.timeouts.idle,
         };
-        let balancer = Balancer::new(&route.to, &route.tls, route.load_balancing_policy, clients);
+        let name = route.name.clone();
+        let balancer = Balancer::new(&route.to, &route.tls, route.load_balancing_policy, clients, |u| {
+            health.flag(&name, &u.authority)
+        });
         Self { route, upstream_timeout, stream_idle, balancer }
     }
 }
@@ -104,6 +108,7 @@ pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
     certs: Arc<ArcSwap<CertStore>>,
     clients: ClientCache,
+    health: health::Registry,
     default_cert: Certificate,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
@@ -137,14 +142,18 @@ impl Proxy {
         names.dedup();
         let default_cert = crate::tls::self_signed(&names);
         let clients = ClientCache::default();
+        let health = health::Registry::default();
         let certs = Arc::new(ArcSwap::from_pointee(CertStore::new(&effective_certs(&config.settings, &default_cert))));
-        let snapshot = ArcSwap::from_pointee(build_snapshot(config, 1, &clients));
+        let first = Arc::new(build_snapshot(config, 1, &clients, &health));
+        health.restart(&first, &metrics.upstream_healthy);
+        let snapshot = ArcSwap::new(first);
         metrics.reload_success.set(1);
         metrics.reload_success_timestamp.set(unix_now());
         Arc::new(Self {
             snapshot,
             certs,
             clients,
+            health,
             default_cert,
             metrics,
             ready: AtomicBool::new(false),
@@ -190,7 +199,9 @@ impl Proxy {
         }
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
         self.certs.store(Arc::new(CertStore::new(&effective_certs(&config.settings, &self.default_cert))));
-        self.snapshot.store(Arc::new(build_snapshot(config, version, &self.clients)));
+        let snap = Arc::new(build_snapshot(config, version, &self.clients, &self.health));
+        self.snapshot.store(snap.clone());
+        self.health.restart(&snap, &self.metrics.upstream_healthy);
         self.metrics.reload_success.set(1);
         self.metrics.reload_success_timestamp.set(unix_now());
         if restart.is_empty() {
@@ -239,9 +250,9 @@ fn effective_certs(settings: &Settings, default_cert: &Certificate) -> Vec<Certi
     }
 }
 
-fn build_snapshot(config: Config, version: u64, clients: &ClientCache) -> Snapshot {
+fn build_snapshot(config: Config, version: u64, clients: &ClientCache, health: &health::Registry) -> Snapshot {
     let Config { settings, routes } = config;
-    let compiled = routes.into_iter().map(|r| CompiledRoute::new(r, &settings, clients)).collect();
+    let compiled = routes.into_iter().map(|r| CompiledRoute::new(r, &settings, clients, health)).collect();
     Snapshot {
         version,
         routes: RouteTable::new(compiled, |r: &CompiledRoute| (&r.route.host, &r.route.path)),

@@ -250,8 +250,8 @@ pub struct Target {
     pub host_header: String,
     /// Requests in flight, for LEAST_REQUEST.
     pub in_flight: AtomicUsize,
-    /// Cleared by health checks.
-    pub healthy: AtomicBool,
+    /// Cleared by health checks; shared across snapshots so a reload does not forget it.
+    pub healthy: Arc<AtomicBool>,
 }
 
 /// Picks a target per request without a lock: weighted round robin walks a precomputed,
@@ -265,7 +265,13 @@ pub struct Balancer {
 
 impl Balancer {
     /// Builds the balancer for a route's upstreams.
-    pub fn new(upstreams: &[Upstream], tls: &UpstreamTls, policy: LbPolicy, cache: &ClientCache) -> Self {
+    pub fn new(
+        upstreams: &[Upstream],
+        tls: &UpstreamTls,
+        policy: LbPolicy,
+        cache: &ClientCache,
+        health: impl Fn(&Upstream) -> Arc<AtomicBool>,
+    ) -> Self {
         let targets = upstreams
             .iter()
             .map(|u| Target {
@@ -280,7 +286,7 @@ impl Balancer {
                 },
                 upstream: u.clone(),
                 in_flight: AtomicUsize::new(0),
-                healthy: AtomicBool::new(true),
+                healthy: health(u),
             })
             .collect();
         Self { schedule: smooth_schedule(upstreams.iter().map(|u| u.weight).collect()), targets, next: AtomicUsize::new(0), policy }
