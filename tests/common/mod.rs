@@ -53,8 +53,28 @@ impl Pki {
 
     /// Writes `<file>.pem` and `<file>-key.pem` for `names`; returns the two paths.
     pub fn leaf(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        self.leaf_with(file, names, |_| {})
+    }
+
+    /// A client certificate (clientAuth usage) and its key, as rustls types.
+    pub fn client(&self, name: &str) -> (Vec<CertificateDer<'static>>, rustls_pki_types::PrivateKeyDer<'static>) {
+        use rustls_pki_types::pem::PemObject;
+        let (c, k) = self.leaf_with(name, &[name], |p| p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth]);
+        let chain = CertificateDer::pem_file_iter(c).unwrap().map(Result::unwrap).collect();
+        (chain, rustls_pki_types::PrivateKeyDer::from_pem_file(k).unwrap())
+    }
+
+    /// The CA certificate as a PEM file named `ca.pem`.
+    pub fn ca_file(&self) -> PathBuf {
+        let p = self.dir.path().join("ca.pem");
+        std::fs::write(&p, self.ca.pem()).unwrap();
+        p
+    }
+
+    fn leaf_with(&self, file: &str, names: &[&str], tweak: impl FnOnce(&mut rcgen::CertificateParams)) -> (PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        tweak(&mut p);
         p.distinguished_name.push(rcgen::DnType::CommonName, file);
         let cert = p.signed_by(&key, &self.ca).unwrap();
         let cp = self.dir.path().join(format!("{file}.pem"));

@@ -1,0 +1,72 @@
+//! Downstream mTLS: the three enforcement modes with real client certificates.
+
+mod common;
+
+use common::*;
+
+async fn setup(mode: &str) -> (portcullis::server::Running, Pki) {
+    let pki = Pki::new();
+    pki.leaf("server", &["a.test"]);
+    pki.ca_file();
+    let up = upstream("u").await;
+    let r = start_in(
+        pki.dir.path(),
+        &format!(
+            "certificates: [{{cert_file: server.pem, key_file: server-key.pem}}]
+downstream_mtls: {{ca_file: ca.pem, enforcement: {mode}}}
+routes:
+ - {{from: https://a.test, to: http://{up}}}
+"
+        ),
+    )
+    .await;
+    (r, pki)
+}
+
+fn with_cert(pki: &Pki) -> rustls::ClientConfig {
+    let mut store = rustls::RootCertStore::empty();
+    store.add(pki.ca_der.clone()).unwrap();
+    let (chain, key) = pki.client("alice");
+    let mut c = rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    c
+}
+
+async fn status_over(r: &portcullis::server::Running, cfg: rustls::ClientConfig) -> Result<u16, String> {
+    let tls = tls_connect(r.main, "a.test", cfg).await.map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = send.send_request(get("a.test", "/")).await.map_err(|e| e.to_string())?;
+    Ok(text(resp).await.0)
+}
+
+#[tokio::test]
+async fn reject_connection_fails_the_handshake_without_a_certificate() {
+    let (r, pki) = setup("reject_connection").await;
+    assert_eq!(status_over(&r, with_cert(&pki)).await, Ok(200));
+    let without = client_config(&[pki.ca_der.clone()], &[b"http/1.1"]);
+    assert!(status_over(&r, without).await.is_err(), "no client certificate, no connection");
+}
+
+#[tokio::test]
+async fn policy_with_default_deny_answers_495_without_a_certificate() {
+    let (r, pki) = setup("policy_with_default_deny").await;
+    assert_eq!(status_over(&r, with_cert(&pki)).await, Ok(200));
+    let without = client_config(&[pki.ca_der.clone()], &[b"http/1.1"]);
+    assert_eq!(status_over(&r, without).await, Ok(495));
+}
+
+#[tokio::test]
+async fn policy_mode_lets_routes_decide() {
+    let (r, pki) = setup("policy").await;
+    let without = client_config(&[pki.ca_der.clone()], &[b"http/1.1"]);
+    assert_eq!(status_over(&r, without).await, Ok(200));
+    // A certificate from another CA is refused in every mode.
+    let other = Pki::new();
+    let mut store = rustls::RootCertStore::empty();
+    store.add(pki.ca_der.clone()).unwrap();
+    let (chain, key) = other.client("mallory");
+    let mut cfg = rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    assert!(status_over(&r, cfg).await.is_err());
+}
