@@ -43,16 +43,16 @@ pub async fn run(plane: Plane, listener: TcpListener, proxy: Arc<Proxy>) {
 
 fn answer(plane: Plane, proxy: &Proxy, req: &Request<Incoming>) -> Response<ProxyBody> {
     let (status, ctype, body) = match (plane, req.uri().path()) {
-        (Plane::Metrics, "/metrics") => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            proxy.metrics.encode(),
-        ),
+        (Plane::Metrics, "/metrics") => {
+            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", proxy.metrics.encode())
+        }
         (Plane::Admin, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         (Plane::Admin, "/readyz") if proxy.is_ready() => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
         (Plane::Admin, "/readyz") => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_owned()),
         (Plane::Admin, "/config_dump") => (StatusCode::OK, "application/json", pretty(&config_dump(proxy))),
-        (Plane::Admin, "/listeners") => (StatusCode::OK, "application/json", pretty(&json!({ "listeners": proxy.listeners() }))),
+        (Plane::Admin, "/listeners") => {
+            (StatusCode::OK, "application/json", pretty(&json!({ "listeners": proxy.listeners() })))
+        }
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
     };
     let mut resp = Response::new(full(body));

@@ -53,7 +53,8 @@ async fn answer(name: &str, conn_id: u64, mut req: Request<Incoming>) -> Respons
         return websocket_echo(&mut req);
     }
     if let Some(code) = path.strip_prefix("/status/") {
-        let code = code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+        let code =
+            code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
         return with(code, "text/plain", full(format!("status {code}\n")));
     }
     if path == "/delay" {
@@ -94,11 +95,8 @@ async fn answer(name: &str, conn_id: u64, mut req: Request<Incoming>) -> Respons
         let body = req.into_body().map_err(Into::into).boxed_unsync();
         return with(StatusCode::OK, "application/octet-stream", body);
     }
-    let headers: serde_json::Map<String, serde_json::Value> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("<binary>").into()))
-        .collect();
+    let headers: serde_json::Map<String, serde_json::Value> =
+        req.headers().iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("<binary>").into())).collect();
     let (method, uri, version) = (req.method().to_string(), req.uri().to_string(), format!("{:?}", req.version()));
     let received = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
     let doc = serde_json::json!({

@@ -180,7 +180,9 @@ async fn wait_for_signal() {
 }
 
 async fn demo(upstream: SocketAddr) -> anyhow::Result<ExitCode> {
-    let l = tokio::net::TcpListener::bind(upstream).await.with_context(|| format!("binding the demo upstream on {upstream}"))?;
+    let l = tokio::net::TcpListener::bind(upstream)
+        .await
+        .with_context(|| format!("binding the demo upstream on {upstream}"))?;
     tokio::spawn(portcullis::demo::serve(l, "demo-upstream"));
     let root = file::yaml_to_value(DEMO_CONFIG).map_err(anyhow::Error::msg)?;
     let config = parse_config(&root, &NoMaterial).map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;

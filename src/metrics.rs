@@ -96,9 +96,15 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("http_requests", "HTTP requests answered", requests.clone());
         let duration = Family::<DurationLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ])
         });
-        registry.register("http_request_duration_seconds", "Time from request start to the last response byte", duration.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request start to the last response byte",
+            duration.clone(),
+        );
         let connections_active = Family::<ListenerLabels, Gauge>::default();
         registry.register("downstream_connections_active", "Open downstream connections", connections_active.clone());
         let connections_total = Family::<ListenerLabels, Counter>::default();
@@ -114,7 +120,11 @@ impl Metrics {
             draining.clone(),
         );
         let reload_success = Gauge::default();
-        registry.register("config_last_reload_success", "1 if the last config reload was applied", reload_success.clone());
+        registry.register(
+            "config_last_reload_success",
+            "1 if the last config reload was applied",
+            reload_success.clone(),
+        );
         let reload_success_timestamp = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "config_last_reload_success_timestamp_seconds",

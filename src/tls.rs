@@ -15,9 +15,7 @@ use crate::config::{Certificate, DownstreamMtls, MtlsEnforcement};
 /// The process crypto provider: the one `main` installed, or aws-lc-rs for tests and tools
 /// that never call `main`.
 pub fn provider() -> Arc<CryptoProvider> {
-    CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
 /// The provider restricted to PRODUCT.md's downstream minimums: TLS 1.3 suites, TLS 1.2

@@ -81,7 +81,12 @@ fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_0() {
         ),
     )
     .unwrap();
-    let mut proxy = Command::new(BIN).args(["--log-format", "json", "serve", "--config"]).arg(&cfg).stderr(Stdio::piped()).spawn().unwrap();
+    let mut proxy = Command::new(BIN)
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let start = Instant::now();
     while http_get(admin, "/readyz").map_or(true, |r| !r.starts_with("HTTP/1.1 200")) {
         assert!(start.elapsed() < Duration::from_secs(20), "proxy did not become ready");
@@ -107,6 +112,9 @@ fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_0() {
         logs.push('\n');
     });
     assert!(logs.contains("\"message\":\"shutdown complete\""), "JSON logs:\n{logs}");
-    assert!(logs.contains("\"status\":200") && logs.contains("\"target\":\"access\""), "one access log line per request:\n{logs}");
+    assert!(
+        logs.contains("\"status\":200") && logs.contains("\"target\":\"access\""),
+        "one access log line per request:\n{logs}"
+    );
     let _ = upstream.kill();
 }

@@ -17,7 +17,9 @@ async fn downstream_http2_multiplexes_and_h2c_upstream_shares_one_connection() {
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let mut c = c.clone();
-        tasks.push(tokio::spawn(async move { json(c.send_request(get2("a.test", "/delay?ms=300")).await.unwrap()).await }));
+        tasks.push(tokio::spawn(
+            async move { json(c.send_request(get2("a.test", "/delay?ms=300")).await.unwrap()).await },
+        ));
     }
     let mut conns = HashSet::new();
     for t in tasks {
@@ -29,7 +31,10 @@ async fn downstream_http2_multiplexes_and_h2c_upstream_shares_one_connection() {
     assert!(t.elapsed() < ms(3000), "50 streams ran concurrently: {:?}", t.elapsed());
     assert_eq!(conns.len(), 1, "all upstream requests multiplexed on one h2c connection: {conns:?}");
     let m = metrics(&r).await;
-    assert!(m.contains("portcullis_downstream_connections_total{listener=\"https-ingress\"} 1"), "one downstream connection:\n{m}");
+    assert!(
+        m.contains("portcullis_downstream_connections_total{listener=\"https-ingress\"} 1"),
+        "one downstream connection:\n{m}"
+    );
 }
 
 #[tokio::test]
@@ -59,7 +64,9 @@ async fn https_upstream_negotiates_h2_with_custom_ca_and_server_name() {
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let mut c = c.clone();
-        tasks.push(tokio::spawn(async move { json(c.send_request(get2("a.test", "/delay?ms=200")).await.unwrap()).await }));
+        tasks.push(tokio::spawn(
+            async move { json(c.send_request(get2("a.test", "/delay?ms=200")).await.unwrap()).await },
+        ));
     }
     for t in tasks {
         let (status, v) = t.await.unwrap();
@@ -73,12 +80,23 @@ async fn https_upstream_negotiates_h2_with_custom_ca_and_server_name() {
     );
     // Without the custom CA the upstream certificate is not trusted: 503, not a silent pass.
     let dir2 = tempfile::tempdir().unwrap();
-    let strict = start_in(dir2.path(), &format!("routes:\n - {{from: https://a.test, to: https://{}, tls_server_name: localhost}}\n", inner.main)).await;
+    let strict = start_in(
+        dir2.path(),
+        &format!("routes:\n - {{from: https://a.test, to: https://{}, tls_server_name: localhost}}\n", inner.main),
+    )
+    .await;
     let (status, body) = https_get(&strict, "a.test", "/").await;
     assert_eq!(status, 503, "{body}");
     // tls_skip_verify accepts it.
     let dir3 = tempfile::tempdir().unwrap();
-    let lax = start_in(dir3.path(), &format!("routes:\n - {{from: https://a.test, to: https://{}, tls_skip_verify: true, host_rewrite: inner.test}}\n", inner.main)).await;
+    let lax = start_in(
+        dir3.path(),
+        &format!(
+            "routes:\n - {{from: https://a.test, to: https://{}, tls_skip_verify: true, host_rewrite: inner.test}}\n",
+            inner.main
+        ),
+    )
+    .await;
     assert_eq!(https_get(&lax, "a.test", "/").await.0, 200);
 }
 
@@ -90,6 +108,7 @@ fn base64_encode(b: &[u8]) -> String {
 #[tokio::test]
 async fn codec_http1_offers_only_http1() {
     let (r, _d) = start("codec_type: http1\nroutes: []\n").await;
-    let tls = tls_connect(r.main, "localhost", client_config(&[default_cert(&r)], &[b"h2", b"http/1.1"])).await.unwrap();
+    let tls =
+        tls_connect(r.main, "localhost", client_config(&[default_cert(&r)], &[b"h2", b"http/1.1"])).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
 }

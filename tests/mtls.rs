@@ -27,14 +27,16 @@ fn with_cert(pki: &Pki) -> rustls::ClientConfig {
     let mut store = rustls::RootCertStore::empty();
     store.add(pki.ca_der.clone()).unwrap();
     let (chain, key) = pki.client("alice");
-    let mut c = rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
+    let mut c =
+        rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
     c
 }
 
 async fn status_over(r: &portcullis::server::Running, cfg: rustls::ClientConfig) -> Result<u16, String> {
     let tls = tls_connect(r.main, "a.test", cfg).await.map_err(|e| e.to_string())?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let resp = send.send_request(get("a.test", "/")).await.map_err(|e| e.to_string())?;
     Ok(text(resp).await.0)
@@ -66,7 +68,8 @@ async fn policy_mode_lets_routes_decide() {
     let mut store = rustls::RootCertStore::empty();
     store.add(pki.ca_der.clone()).unwrap();
     let (chain, key) = other.client("mallory");
-    let mut cfg = rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
+    let mut cfg =
+        rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     assert!(status_over(&r, cfg).await.is_err());
 }

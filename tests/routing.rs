@@ -104,9 +104,14 @@ async fn forwarding_headers_are_set_from_the_connection_and_hop_by_hop_removed()
     assert!(h.get("x-secret").is_none() && h.get("x-hop").is_none(), "{h}");
     assert_eq!(h["host"], up.to_string(), "default Host is the upstream's");
 
-    let (_, v) = json(h1_tls(r.main, "keep.test", &[default_cert(&r)]).await.send_request(get("keep.test", "/")).await.unwrap()).await;
+    let (_, v) =
+        json(h1_tls(r.main, "keep.test", &[default_cert(&r)]).await.send_request(get("keep.test", "/")).await.unwrap())
+            .await;
     assert_eq!(v["headers"]["host"], "keep.test");
-    let (_, v) = json(h1_tls(r.main, "rewrite.test", &[default_cert(&r)]).await.send_request(get("rewrite.test", "/")).await.unwrap()).await;
+    let (_, v) = json(
+        h1_tls(r.main, "rewrite.test", &[default_cert(&r)]).await.send_request(get("rewrite.test", "/")).await.unwrap(),
+    )
+    .await;
     assert_eq!(v["headers"]["host"], "internal.svc");
 }
 
@@ -122,7 +127,8 @@ async fn oversized_headers_get_431_with_a_body_and_request_id() {
     let mut c = h1_tls(r.main, "a.test", &[default_cert(&r)]).await;
     let mut req = get("a.test", "/");
     for i in 0..120 {
-        req.headers_mut().insert(http::HeaderName::try_from(format!("x-h{i}")).unwrap(), http::HeaderValue::from_static("v"));
+        req.headers_mut()
+            .insert(http::HeaderName::try_from(format!("x-h{i}")).unwrap(), http::HeaderValue::from_static("v"));
     }
     let (status, body) = text(c.send_request(req).await.unwrap()).await;
     assert_eq!(status, 431, "{body}");
@@ -134,7 +140,8 @@ async fn oversized_headers_get_431_with_a_body_and_request_id() {
 async fn weighted_round_robin_spreads_by_weight_and_reuses_upstream_connections() {
     let a = upstream("a").await;
     let b = upstream("b").await;
-    let (r, _d) = start(&format!("routes:\n - {{from: https://a.test, to: [\"http://{a},3\", \"http://{b},1\"]}}\n")).await;
+    let (r, _d) =
+        start(&format!("routes:\n - {{from: https://a.test, to: [\"http://{a},3\", \"http://{b},1\"]}}\n")).await;
     let mut c = h1_tls(r.main, "a.test", &[default_cert(&r)]).await;
     let mut counts = std::collections::HashMap::<String, usize>::new();
     let mut conns = std::collections::HashSet::new();
@@ -151,7 +158,10 @@ async fn weighted_round_robin_spreads_by_weight_and_reuses_upstream_connections(
 #[tokio::test]
 async fn http_ingress_redirects_to_https_except_acme_challenges() {
     let up = upstream("acme").await;
-    let (r, _d) = start(&format!("routes:\n - {{from: https://a.test, prefix: /.well-known/acme-challenge/, to: http://{up}}}\n")).await;
+    let (r, _d) = start(&format!(
+        "routes:\n - {{from: https://a.test, prefix: /.well-known/acme-challenge/, to: http://{up}}}\n"
+    ))
+    .await;
     let http = r.http.unwrap();
     let mut c = h1_plain(http).await;
     let resp = c.send_request(get("a.test", "/some/path?x=1")).await.unwrap();
@@ -167,7 +177,8 @@ async fn http_ingress_redirects_to_https_except_acme_challenges() {
 #[tokio::test]
 async fn insecure_server_serves_routes_in_plain_http() {
     let up = upstream("u").await;
-    let (r, _d) = start(&format!("insecure_server: true\nroutes:\n - {{from: https://a.test, to: http://{up}}}\n")).await;
+    let (r, _d) =
+        start(&format!("insecure_server: true\nroutes:\n - {{from: https://a.test, to: http://{up}}}\n")).await;
     assert!(r.http.is_none(), "no redirect listener with insecure_server");
     let mut c = h1_plain(r.main).await;
     let (status, v) = json(c.send_request(get("a.test", "/")).await.unwrap()).await;

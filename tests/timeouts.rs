@@ -12,15 +12,13 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn assert_between(elapsed: Duration, lo: u64, hi: u64, what: &str) {
-    assert!(
-        elapsed >= ms(lo) && elapsed <= ms(hi),
-        "{what}: took {elapsed:?}, expected between {lo}ms and {hi}ms"
-    );
+    assert!(elapsed >= ms(lo) && elapsed <= ms(hi), "{what}: took {elapsed:?}, expected between {lo}ms and {hi}ms");
 }
 
 /// A request whose body sends half at once and the other half after `delay`.
 fn slow_body(delay: Duration) -> Body {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(2);
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(2);
     tokio::spawn(async move {
         let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"hello")))).await;
         tokio::time::sleep(delay).await;
@@ -35,7 +33,11 @@ fn tokio_stream<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util:
 
 async fn post_slow(r: &portcullis::server::Running, delay: Duration) -> (u16, Duration) {
     let mut c = h1_tls(r.main, "a.test", &[default_cert(r)]).await;
-    let req = Request::post("/upload").header("host", "a.test").header("content-length", "10").body(slow_body(delay)).unwrap();
+    let req = Request::post("/upload")
+        .header("host", "a.test")
+        .header("content-length", "10")
+        .body(slow_body(delay))
+        .unwrap();
     let t = Instant::now();
     let resp = c.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
@@ -180,7 +182,10 @@ async fn stream_result(r: &portcullis::server::Running, path: &str) -> (u16, Res
 #[tokio::test]
 async fn timeout_write_bounds_the_whole_cycle_and_zero_disables_it() {
     let up = upstream("u").await;
-    let (r, _d) = start(&format!("timeout_read: 200ms\ntimeout_write: 700ms\nroutes:\n - from: https://a.test\n   to: http://{up}\n")).await;
+    let (r, _d) = start(&format!(
+        "timeout_read: 200ms\ntimeout_write: 700ms\nroutes:\n - from: https://a.test\n   to: http://{up}\n"
+    ))
+    .await;
     // 10 chunks 150 ms apart: 1.35 s, longer than timeout_write.
     let (status, body, took) = stream_result(&r, "/stream?count=10&interval_ms=150").await;
     assert_eq!(status, 200, "the response had started");

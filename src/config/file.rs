@@ -55,7 +55,10 @@ impl FileSource {
         let text = String::from_utf8(bytes.clone()).map_err(|_| fail("not UTF-8 text".to_owned()))?;
         let mut root = yaml_to_value(&text).map_err(fail)?;
         let from_env = apply_env(&mut root, env);
-        let material = FileMaterial { base: self.path.parent().map(Path::to_path_buf).unwrap_or_default(), read: RefCell::default() };
+        let material = FileMaterial {
+            base: self.path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            read: RefCell::default(),
+        };
         let config = parse_config(&root, &material).map_err(|mut errs| {
             for e in &mut errs.0 {
                 if let Some(var) = from_env.iter().find(|v| v.to_ascii_lowercase() == e.path) {

@@ -19,9 +19,8 @@ use serde_json::{Map, Value};
 
 use super::duration;
 use super::model::{
-    Certificate, ClientCert, CodecType, Config, DownstreamMtls, HealthCheck, HealthCheckKind,
-    HostMatch, LbPolicy, MtlsEnforcement, PathMatch, Route, Settings, Upstream,
-    UpstreamScheme, UpstreamTls,
+    Certificate, ClientCert, CodecType, Config, DownstreamMtls, HealthCheck, HealthCheckKind, HostMatch, LbPolicy,
+    MtlsEnforcement, PathMatch, Route, Settings, Upstream, UpstreamScheme, UpstreamTls,
 };
 
 /// One problem with one field.
@@ -209,7 +208,9 @@ impl<'a> Obj<'a> {
                 Value::String(s) => out.push((k.clone(), s.clone())),
                 Value::Number(n) => out.push((k.clone(), n.to_string())),
                 Value::Bool(b) => out.push((k.clone(), b.to_string())),
-                other => errs.push(format!("{}.{k}", self.at(key)), format!("expected a string, found {}", kind(other))),
+                other => {
+                    errs.push(format!("{}.{k}", self.at(key)), format!("expected a string, found {}", kind(other)))
+                }
             }
         }
         Some(out)
@@ -248,12 +249,7 @@ fn show(v: &Value) -> String {
 /// The known key nearest to a typo, if it is near enough to be a plausible intent.
 fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
     let norm = key.to_ascii_lowercase().replace('-', "_");
-    known
-        .iter()
-        .map(|k| (levenshtein(&norm, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
-        .min()
-        .map(|(_, k)| k)
+    known.iter().map(|k| (levenshtein(&norm, k), *k)).filter(|(d, k)| *d <= 2.max(k.len() / 4)).min().map(|(_, k)| k)
 }
 
 fn levenshtein(a: &str, b: &str) -> usize {
@@ -393,17 +389,14 @@ pub fn parse_listen_addr(v: &str) -> Result<Option<SocketAddr>, String> {
     if v.is_empty() {
         return Ok(None);
     }
-    let (host, port) = v
-        .rsplit_once(':')
-        .ok_or_else(|| format!("invalid address {v:?}: expected host:port or :port"))?;
+    let (host, port) =
+        v.rsplit_once(':').ok_or_else(|| format!("invalid address {v:?}: expected host:port or :port"))?;
     let port: u16 = port.parse().map_err(|_| format!("invalid address {v:?}: bad port {port:?}"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let ip: IpAddr = match host {
         "" | "0.0.0.0" | "*" => IpAddr::from([0, 0, 0, 0]),
         "localhost" => IpAddr::from([127, 0, 0, 1]),
-        other => other
-            .parse()
-            .map_err(|_| format!("invalid address {v:?}: {other:?} is not an IP address"))?,
+        other => other.parse().map_err(|_| format!("invalid address {v:?}: {other:?} is not an IP address"))?,
     };
     Ok(Some(SocketAddr::new(ip, port)))
 }
@@ -466,9 +459,7 @@ fn decode_pem_or_base64(text: &str) -> Vec<u8> {
         return text.as_bytes().to_vec();
     }
     let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(compact)
-        .unwrap_or_else(|_| text.as_bytes().to_vec())
+    base64::engine::general_purpose::STANDARD.decode(compact).unwrap_or_else(|_| text.as_bytes().to_vec())
 }
 
 /// Parses a PEM chain and key into a rustls certified key, checking that they belong
@@ -478,15 +469,11 @@ pub fn build_certificate(cert_pem: &[u8], key_pem: &[u8], source: &str) -> Resul
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| format!("private key: no usable PEM private key found ({e})"))?;
     let provider = crate::tls::provider();
-    let signing = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| format!("private key: unsupported key ({e})"))?;
+    let signing =
+        provider.key_provider.load_private_key(key).map_err(|e| format!("private key: unsupported key ({e})"))?;
     let leaf = chain[0].clone();
     let certified = CertifiedKey::new(chain, signing);
-    certified
-        .keys_match()
-        .map_err(|e| format!("the private key does not belong to the certificate ({e})"))?;
+    certified.keys_match().map_err(|e| format!("the private key does not belong to the certificate ({e})"))?;
     let names = leaf_dns_names(&leaf)?;
     Ok(Certificate {
         source: source.to_owned(),
@@ -626,7 +613,10 @@ pub fn parse_route(path: &str, v: &Value, material: &dyn Material, errs: &mut Er
         (Some(p), Some(s)) => match Regex::new(&p) {
             Ok(re) => Some((re, s)),
             Err(e) => {
-                errs.push(obj.at("regex_rewrite_pattern"), format!("invalid regular expression: {}", first_line(&e.to_string())));
+                errs.push(
+                    obj.at("regex_rewrite_pattern"),
+                    format!("invalid regular expression: {}", first_line(&e.to_string())),
+                );
                 None
             }
         },
@@ -653,7 +643,10 @@ pub fn parse_route(path: &str, v: &Value, material: &dyn Material, errs: &mut Er
                 .filter_map(|(i, item)| match item.as_str().map(HeaderName::try_from) {
                     Some(Ok(n)) => Some(n),
                     _ => {
-                        errs.push(format!("{}[{i}]", obj.at("remove_request_headers")), format!("{} is not a valid header name", show(item)));
+                        errs.push(
+                            format!("{}[{i}]", obj.at("remove_request_headers")),
+                            format!("{} is not a valid header name", show(item)),
+                        );
                         None
                     }
                 })
@@ -803,7 +796,10 @@ fn parse_prefix(p: &str) -> Result<PathMatch, String> {
 pub fn parse_upstream(v: &Value) -> Result<Upstream, String> {
     let (url, weight) = match v {
         Value::String(s) => match s.rsplit_once(',') {
-            Some((u, w)) => (u.trim().to_owned(), w.trim().parse::<u32>().map_err(|_| format!("{s:?}: weight {w:?} is not a positive integer"))?),
+            Some((u, w)) => (
+                u.trim().to_owned(),
+                w.trim().parse::<u32>().map_err(|_| format!("{s:?}: weight {w:?} is not a positive integer"))?,
+            ),
             None => (s.trim().to_owned(), 1),
         },
         Value::Object(m) => {
@@ -882,9 +878,8 @@ fn parse_upstream_tls(obj: &mut Obj<'_>, material: &dyn Material, errs: &mut Err
             errs.push(obj.at("tls_server_name"), format!("{n:?} is not a valid server name"));
         }
     }
-    let custom_ca = read_pem_field(obj, "tls_custom_ca", "tls_custom_ca_file", material, errs).and_then(|(_, pem)| {
-        parse_certs(&pem).map_err(|e| errs.push(obj.at("tls_custom_ca"), e)).ok()
-    });
+    let custom_ca = read_pem_field(obj, "tls_custom_ca", "tls_custom_ca_file", material, errs)
+        .and_then(|(_, pem)| parse_certs(&pem).map_err(|e| errs.push(obj.at("tls_custom_ca"), e)).ok());
     let cert = read_pem_field(obj, "tls_client_cert", "tls_client_cert_file", material, errs);
     let key = read_pem_field(obj, "tls_client_key", "tls_client_key_file", material, errs);
     let client_cert = match (cert, key) {
@@ -947,7 +942,10 @@ fn check_route_set(routes: &[Route], errs: &mut Errors) {
         }
         let key = path_key(&r.path);
         if let Some((other, _, _)) = keys.iter().find(|(_, h, k)| **h == r.host && *k == key) {
-            errs.push(format!("routes[{i}]"), format!("matches the same host and path as {other}; the second could never be reached"));
+            errs.push(
+                format!("routes[{i}]"),
+                format!("matches the same host and path as {other}; the second could never be reached"),
+            );
         }
         keys.push((format!("routes[{i}]"), &r.host, key));
     }

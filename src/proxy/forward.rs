@@ -60,7 +60,12 @@ impl OnFinish for Finish {
         let elapsed = self.started.elapsed();
         self.metrics
             .requests
-            .get_or_create(&RequestLabels { listener: self.listener, route: route.clone(), method: self.method, code: self.status })
+            .get_or_create(&RequestLabels {
+                listener: self.listener,
+                route: route.clone(),
+                method: self.method,
+                code: self.status,
+            })
             .inc();
         self.metrics
             .duration
@@ -146,7 +151,9 @@ pub async fn handle(proxy: &Arc<Proxy>, conn: &Arc<ConnInfo>, req: Request<Incom
     }
     finish.status = resp.status().as_u16();
     // Upgraded tunnels log when they end; everything else logs when its body ends.
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS || resp.extensions().get::<super::websocket::Tunnelled>().is_some() {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        || resp.extensions().get::<super::websocket::Tunnelled>().is_some()
+    {
         return resp;
     }
     let (parts, inner) = resp.into_parts();
@@ -183,7 +190,10 @@ async fn route_request(
         return Ok(redirect_to_https(&req, host, conn.https_port));
     }
     if let Some(m) = &snap.settings.downstream_mtls {
-        if m.enforcement == MtlsEnforcement::PolicyWithDefaultDeny && conn.kind == ListenerKind::Https && !conn.client_cert {
+        if m.enforcement == MtlsEnforcement::PolicyWithDefaultDeny
+            && conn.kind == ListenerKind::Https
+            && !conn.client_cert
+        {
             return Err(ProxyError::ClientCertRequired);
         }
     }
@@ -207,7 +217,11 @@ async fn route_request(
 
     let state = Arc::new(StreamState::default());
     let upstream_req = build_upstream_request(conn, route, target, req, host, &finish.request_id, &state)?;
-    let label = |outcome| UpstreamLabels { route: route.route.name.clone(), upstream: target.upstream.authority.clone(), outcome };
+    let label = |outcome| UpstreamLabels {
+        route: route.route.name.clone(),
+        upstream: target.upstream.authority.clone(),
+        outcome,
+    };
     let result = send_upstream(conn, route, target, upstream_req, &state, finish.started).await;
     let resp = match result {
         Ok(r) => r,
@@ -248,7 +262,9 @@ fn redirect_to_https(req: &Request<Incoming>, host: &str, https_port: u16) -> Re
     // A Host without a port came through port 80 (or a load balancer); keep the default
     // https port. A Host with a port is a direct connection: point at our https port.
     let location_host = match host.rsplit_once(':') {
-        Some((h, p)) if p.parse::<u16>().is_ok() && !h.ends_with(']') || host.starts_with('[') && host.contains("]:") => {
+        Some((h, p))
+            if p.parse::<u16>().is_ok() && !h.ends_with(']') || host.starts_with('[') && host.contains("]:") =>
+        {
             let h = &host[..host.rfind(':').unwrap_or(host.len())];
             if https_port == 443 {
                 h.to_owned()
@@ -499,7 +515,8 @@ pub(crate) async fn wait_idle(state: &StreamState, dur: Duration) {
 /// The proxy's own answer to a failed request: the status, what happened, the request id.
 pub fn error_response(e: &ProxyError, request_id: &str) -> Response<ProxyBody> {
     let status = e.status();
-    let reason = status.canonical_reason().unwrap_or(if status.as_u16() == 495 { "SSL Certificate Error" } else { "Error" });
+    let reason =
+        status.canonical_reason().unwrap_or(if status.as_u16() == 495 { "SSL Certificate Error" } else { "Error" });
     let text = format!("{} {reason}: {e}\nrequest id: {request_id}\n", status.as_u16());
     let mut resp = Response::new(body::full(Bytes::from(text)));
     *resp.status_mut() = status;
@@ -535,7 +552,9 @@ mod tests {
 
     #[test]
     fn regex_rewrite_substitutes() {
-        let r = route(r#"{from: "https://a.b", to: "http://h", regex_rewrite_pattern: "^/service/([^/]+)(/.*)$", regex_rewrite_substitution: "$2/instance/$1"}"#);
+        let r = route(
+            r#"{from: "https://a.b", to: "http://h", regex_rewrite_pattern: "^/service/([^/]+)(/.*)$", regex_rewrite_substitution: "$2/instance/$1"}"#,
+        );
         assert_eq!(rewrite_path(&r, &"/service/foo/v1/api".parse().unwrap()), "/v1/api/instance/foo");
     }
 

@@ -41,11 +41,20 @@ impl Registry {
         let mut live = Vec::new();
         for (ri, route) in snap.routes.routes().iter().enumerate() {
             for (ti, target) in route.balancer.targets().iter().enumerate() {
-                let labels = UpstreamHealthLabels { route: route.route.name.clone(), upstream: target.upstream.authority.clone() };
+                let labels = UpstreamHealthLabels {
+                    route: route.route.name.clone(),
+                    upstream: target.upstream.authority.clone(),
+                };
                 gauge.get_or_create(&labels).set(i64::from(target.healthy.load(Ordering::Relaxed)));
                 live.push((route.route.name.clone(), target.upstream.authority.clone()));
                 for check in &route.route.health_checks {
-                    tasks.push(rt.spawn(run(snap.clone(), ri, ti, check.clone(), gauge.get_or_create(&labels).clone())));
+                    tasks.push(rt.spawn(run(
+                        snap.clone(),
+                        ri,
+                        ti,
+                        check.clone(),
+                        gauge.get_or_create(&labels).clone(),
+                    )));
                 }
             }
         }

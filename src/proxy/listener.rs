@@ -138,7 +138,13 @@ pub struct ConnInfo {
 }
 
 /// Accepts connections until the generation stops accepting.
-pub async fn run(kind: ListenerKind, listener: TcpListener, proxy: Arc<Proxy>, tls: Option<TlsAcceptor>, https_port: u16) {
+pub async fn run(
+    kind: ListenerKind,
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    tls: Option<TlsAcceptor>,
+    https_port: u16,
+) {
     let generation = proxy.generation.clone();
     loop {
         let accepted = tokio::select! {
@@ -369,7 +375,11 @@ impl<T: AsyncWrite> AsyncWrite for Metered<T> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
     }
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         self.project().inner.poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {

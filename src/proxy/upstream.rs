@@ -289,7 +289,12 @@ impl Balancer {
                 healthy: health(u),
             })
             .collect();
-        Self { schedule: smooth_schedule(upstreams.iter().map(|u| u.weight).collect()), targets, next: AtomicUsize::new(0), policy }
+        Self {
+            schedule: smooth_schedule(upstreams.iter().map(|u| u.weight).collect()),
+            targets,
+            next: AtomicUsize::new(0),
+            policy,
+        }
     }
 
     /// All targets (for health checks and the admin API).
@@ -358,7 +363,8 @@ fn smooth_schedule(mut weights: Vec<u32>) -> Vec<u32> {
         for (c, w) in current.iter_mut().zip(&weights) {
             *c += i64::from(*w);
         }
-        let (best, _) = current.iter().enumerate().max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i))).expect("non-empty");
+        let (best, _) =
+            current.iter().enumerate().max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i))).expect("non-empty");
         current[best] -= total;
         out.push(best as u32);
     }

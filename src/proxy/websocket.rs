@@ -29,7 +29,10 @@ pub struct Tunnelled;
 /// True for an HTTP/1.1 `Upgrade: websocket` or an HTTP/2 extended CONNECT for websocket.
 pub fn is_websocket<B>(req: &Request<B>) -> bool {
     if req.method() == Method::CONNECT {
-        return req.extensions().get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        return req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
     }
     let upgrade = req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     let connection = req
@@ -70,7 +73,12 @@ pub(crate) async fn proxy(
         headers.insert("sec-websocket-key", HeaderValue::from_str(&key).expect("base64 is a valid header"));
         headers.entry("sec-websocket-version").or_insert(HeaderValue::from_static("13"));
     }
-    let mut up = Request::builder().method(Method::GET).uri(uri).version(Version::HTTP_11).body(body::empty()).expect("valid parts");
+    let mut up = Request::builder()
+        .method(Method::GET)
+        .uri(uri)
+        .version(Version::HTTP_11)
+        .body(body::empty())
+        .expect("valid parts");
     *up.headers_mut() = headers;
 
     let timeout = route.upstream_timeout.unwrap_or(super::upstream::CONNECT_TIMEOUT * 3);
@@ -198,10 +206,16 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Activity<T> {
     ) -> std::task::Poll<std::io::Result<usize>> {
         self.project().inner.poll_write(cx, buf)
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         self.project().inner.poll_flush(cx)
     }
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
     }
 }

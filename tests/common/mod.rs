@@ -21,7 +21,10 @@ pub fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into())).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
     });
 }
 
@@ -59,7 +62,8 @@ impl Pki {
     /// A client certificate (clientAuth usage) and its key, as rustls types.
     pub fn client(&self, name: &str) -> (Vec<CertificateDer<'static>>, rustls_pki_types::PrivateKeyDer<'static>) {
         use rustls_pki_types::pem::PemObject;
-        let (c, k) = self.leaf_with(name, &[name], |p| p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth]);
+        let (c, k) =
+            self.leaf_with(name, &[name], |p| p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth]);
         let chain = CertificateDer::pem_file_iter(c).unwrap().map(Result::unwrap).collect();
         (chain, rustls_pki_types::PrivateKeyDer::from_pem_file(k).unwrap())
     }
@@ -71,7 +75,12 @@ impl Pki {
         p
     }
 
-    fn leaf_with(&self, file: &str, names: &[&str], tweak: impl FnOnce(&mut rcgen::CertificateParams)) -> (PathBuf, PathBuf) {
+    fn leaf_with(
+        &self,
+        file: &str,
+        names: &[&str],
+        tweak: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> (PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         tweak(&mut p);
@@ -127,7 +136,11 @@ pub fn client_config(roots: &[CertificateDer<'static>], alpn: &[&[u8]]) -> rustl
     c
 }
 
-pub async fn tls_connect(addr: SocketAddr, sni: &str, cfg: rustls::ClientConfig) -> std::io::Result<TlsStream<TcpStream>> {
+pub async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    cfg: rustls::ClientConfig,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     connector.connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp).await
@@ -144,7 +157,11 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 }
 
 /// An HTTP/1.1 connection over TLS to the proxy.
-pub async fn h1_tls(addr: SocketAddr, sni: &str, roots: &[CertificateDer<'static>]) -> hyper::client::conn::http1::SendRequest<Body> {
+pub async fn h1_tls(
+    addr: SocketAddr,
+    sni: &str,
+    roots: &[CertificateDer<'static>],
+) -> hyper::client::conn::http1::SendRequest<Body> {
     let tls = tls_connect(addr, sni, client_config(roots, &[b"http/1.1"])).await.unwrap();
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
     tokio::spawn(async move {
@@ -164,10 +181,15 @@ pub async fn h1_plain(addr: SocketAddr) -> hyper::client::conn::http1::SendReque
 }
 
 /// An HTTP/2 connection over TLS (ALPN h2) to the proxy.
-pub async fn h2_tls(addr: SocketAddr, sni: &str, roots: &[CertificateDer<'static>]) -> hyper::client::conn::http2::SendRequest<Body> {
+pub async fn h2_tls(
+    addr: SocketAddr,
+    sni: &str,
+    roots: &[CertificateDer<'static>],
+) -> hyper::client::conn::http2::SendRequest<Body> {
     let tls = tls_connect(addr, sni, client_config(roots, &[b"h2"])).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "server must negotiate h2");
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(tls)).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(tls)).await.unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });
