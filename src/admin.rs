@@ -124,7 +124,7 @@ pub fn config_dump(proxy: &Proxy) -> serde_json::Value {
         .collect();
     json!({
         "version": snap.version,
-        "applied_at_unix": snap.applied_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "applied_at_unix": snap.applied_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         "settings": {
             "address": s.address.to_string(),
             "http_redirect_address": addr(s.http_redirect_address),

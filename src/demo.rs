@@ -98,7 +98,7 @@ async fn answer(name: &str, conn_id: u64, mut req: Request<Incoming>) -> Respons
     let headers: serde_json::Map<String, serde_json::Value> =
         req.headers().iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("<binary>").into())).collect();
     let (method, uri, version) = (req.method().to_string(), req.uri().to_string(), format!("{:?}", req.version()));
-    let received = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let received = req.into_body().collect().await.map_or(0, |b| b.to_bytes().len());
     let doc = serde_json::json!({
         "upstream": name,
         "connection": conn_id,

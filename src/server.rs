@@ -40,7 +40,9 @@ pub fn alpn_for(codec: CodecType) -> &'static [&'static [u8]] {
     }
 }
 
-/// Binds and starts every listener for `config`.
+/// Binds and starts every listener for `config`. Async although nothing awaits yet: it
+/// spawns tasks, so it must only be called from inside the runtime.
+#[allow(clippy::unused_async)]
 pub async fn start(config: Config) -> io::Result<Running> {
     let proxy = Proxy::new(config, Arc::new(Metrics::new()));
     let snap = proxy.snapshot();

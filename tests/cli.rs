@@ -117,4 +117,5 @@ fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_0() {
         "one access log line per request:\n{logs}"
     );
     let _ = upstream.kill();
+    let _ = upstream.wait();
 }

@@ -46,7 +46,7 @@ async fn status_over(r: &portcullis::server::Running, cfg: rustls::ClientConfig)
 async fn reject_connection_fails_the_handshake_without_a_certificate() {
     let (r, pki) = setup("reject_connection").await;
     assert_eq!(status_over(&r, with_cert(&pki)).await, Ok(200));
-    let without = client_config(&[pki.ca_der.clone()], &[b"http/1.1"]);
+    let without = client_config(std::slice::from_ref(&pki.ca_der), &[b"http/1.1"]);
     assert!(status_over(&r, without).await.is_err(), "no client certificate, no connection");
 }
 
@@ -54,14 +54,14 @@ async fn reject_connection_fails_the_handshake_without_a_certificate() {
 async fn policy_with_default_deny_answers_495_without_a_certificate() {
     let (r, pki) = setup("policy_with_default_deny").await;
     assert_eq!(status_over(&r, with_cert(&pki)).await, Ok(200));
-    let without = client_config(&[pki.ca_der.clone()], &[b"http/1.1"]);
+    let without = client_config(std::slice::from_ref(&pki.ca_der), &[b"http/1.1"]);
     assert_eq!(status_over(&r, without).await, Ok(495));
 }
 
 #[tokio::test]
 async fn policy_mode_lets_routes_decide() {
     let (r, pki) = setup("policy").await;
-    let without = client_config(&[pki.ca_der.clone()], &[b"http/1.1"]);
+    let without = client_config(std::slice::from_ref(&pki.ca_der), &[b"http/1.1"]);
     assert_eq!(status_over(&r, without).await, Ok(200));
     // A certificate from another CA is refused in every mode.
     let other = Pki::new();

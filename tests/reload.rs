@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 use portcullis::config::file::{self, FileSource};
 
 #[tokio::test]
+#[allow(clippy::many_single_char_names)]
 async fn a_reload_in_the_middle_of_a_stream_does_not_break_it() {
     let a = upstream("a").await;
     let b = upstream("b").await;
@@ -42,6 +43,7 @@ async fn a_reload_in_the_middle_of_a_stream_does_not_break_it() {
 }
 
 #[tokio::test]
+#[allow(clippy::many_single_char_names)]
 async fn the_file_watcher_applies_edits_and_rejects_invalid_ones() {
     let a = upstream("a").await;
     let b = upstream("b").await;

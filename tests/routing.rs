@@ -137,6 +137,7 @@ async fn oversized_headers_get_431_with_a_body_and_request_id() {
 }
 
 #[tokio::test]
+#[allow(clippy::many_single_char_names)]
 async fn weighted_round_robin_spreads_by_weight_and_reuses_upstream_connections() {
     let a = upstream("a").await;
     let b = upstream("b").await;

@@ -4,6 +4,7 @@
 //! and the crates that implement it are unmaintained; keeping it here lets the error say
 //! exactly what was wrong.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 /// Why a duration string was rejected.
@@ -88,17 +89,17 @@ pub fn format(d: Duration) -> String {
     let secs = d.as_secs();
     let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
     if h > 0 {
-        out.push_str(&format!("{h}h"));
+        let _ = write!(out, "{h}h");
     }
     if h > 0 || m > 0 {
-        out.push_str(&format!("{m}m"));
+        let _ = write!(out, "{m}m");
     }
     let sub = d.subsec_nanos();
     if sub == 0 {
-        out.push_str(&format!("{s}s"));
+        let _ = write!(out, "{s}s");
     } else {
         let frac = format!("{sub:09}");
-        out.push_str(&format!("{s}.{}s", frac.trim_end_matches('0')));
+        let _ = write!(out, "{s}.{}s", frac.trim_end_matches('0'));
     }
     out
 }

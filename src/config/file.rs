@@ -5,6 +5,7 @@
 //! symlinks, and both defeat naive inotify watches. Hashing a few KiB a second is free.
 
 use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,7 +63,7 @@ impl FileSource {
         let config = parse_config(&root, &material).map_err(|mut errs| {
             for e in &mut errs.0 {
                 if let Some(var) = from_env.iter().find(|v| v.to_ascii_lowercase() == e.path) {
-                    e.message.push_str(&format!(" (from environment variable {var})"));
+                    let _ = write!(e.message, " (from environment variable {var})");
                 }
             }
             errs

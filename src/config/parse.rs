@@ -209,7 +209,7 @@ impl<'a> Obj<'a> {
                 Value::Number(n) => out.push((k.clone(), n.to_string())),
                 Value::Bool(b) => out.push((k.clone(), b.to_string())),
                 other => {
-                    errs.push(format!("{}.{k}", self.at(key)), format!("expected a string, found {}", kind(other)))
+                    errs.push(format!("{}.{k}", self.at(key)), format!("expected a string, found {}", kind(other)));
                 }
             }
         }
@@ -406,14 +406,11 @@ fn parse_certificate(path: &str, v: &Value, material: &dyn Material, errs: &mut 
     let cert = read_pem_field(&mut obj, "cert", "cert_file", material, errs);
     let key = read_pem_field(&mut obj, "key", "key_file", material, errs);
     obj.finish(errs);
-    let (cert, key) = match (cert, key) {
-        (Some(c), Some(k)) => (c, k),
-        (None, _) | (_, None) => {
-            if errs.is_empty() {
-                errs.push(path, "needs cert_file and key_file (or inline cert and key)");
-            }
-            return None;
+    let (Some(cert), Some(key)) = (cert, key) else {
+        if errs.is_empty() {
+            errs.push(path, "needs cert_file and key_file (or inline cert and key)");
         }
+        return None;
     };
     match build_certificate(&cert.1, &key.1, &cert.0) {
         Ok(c) => Some(c),
@@ -544,12 +541,11 @@ pub fn parse_route(path: &str, v: &Value, material: &dyn Material, errs: &mut Er
     let mut obj = Obj::new(path, v, errs)?;
     let name = obj.string("name", errs);
     let from = obj.string("from", errs);
-    let host = match from.as_deref() {
-        Some(f) => parse_from(f).map_err(|e| errs.push(obj.at("from"), e)).ok(),
-        None => {
-            errs.push(obj.at("from"), "is required (for example https://app.example.com)");
-            None
-        }
+    let host = if let Some(f) = from.as_deref() {
+        parse_from(f).map_err(|e| errs.push(obj.at("from"), e)).ok()
+    } else {
+        errs.push(obj.at("from"), "is required (for example https://app.example.com)");
+        None
     };
     let prefix = obj.string("prefix", errs);
     let exact = obj.string("path", errs);
@@ -640,9 +636,10 @@ pub fn parse_route(path: &str, v: &Value, material: &dyn Material, errs: &mut Er
             items
                 .into_iter()
                 .enumerate()
-                .filter_map(|(i, item)| match item.as_str().map(HeaderName::try_from) {
-                    Some(Ok(n)) => Some(n),
-                    _ => {
+                .filter_map(|(i, item)| {
+                    if let Some(Ok(n)) = item.as_str().map(HeaderName::try_from) {
+                        Some(n)
+                    } else {
                         errs.push(
                             format!("{}[{i}]", obj.at("remove_request_headers")),
                             format!("{} is not a valid header name", show(item)),
@@ -709,7 +706,7 @@ pub fn parse_route(path: &str, v: &Value, material: &dyn Material, errs: &mut Er
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim().to_owned()
+    s.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(s).trim().to_owned()
 }
 
 /// A readable, bounded name for routes that have none: `host/path`.

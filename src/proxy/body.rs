@@ -280,6 +280,6 @@ fn idle_expired(dur: Duration, sleep: &mut Pin<Box<Sleep>>, state: Option<&Strea
         if idle_for >= dur {
             return true;
         }
-        sleep.as_mut().reset(tokio::time::Instant::now() + (dur - idle_for));
+        sleep.as_mut().reset(tokio::time::Instant::now() + dur.checked_sub(idle_for).unwrap());
     }
 }

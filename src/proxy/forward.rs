@@ -50,8 +50,8 @@ pub(crate) struct Finish {
     pub upstream: Option<String>,
     pub error: Option<String>,
     pub fault: Option<&'static str>,
-    pub _guard: Option<RequestGuard>,
-    pub _in_flight: Option<InFlight>,
+    pub guard: Option<RequestGuard>,
+    pub in_flight: Option<InFlight>,
 }
 
 impl OnFinish for Finish {
@@ -116,7 +116,7 @@ pub fn request_id() -> String {
 /// Handles one downstream request and never fails: every error becomes a response.
 pub async fn handle(proxy: &Arc<Proxy>, conn: &Arc<ConnInfo>, req: Request<Incoming>) -> Response<ProxyBody> {
     let (guard, started_ms) = conn.state.begin_request();
-    let started = Instant::now() - Duration::from_millis(now_ms().saturating_sub(started_ms));
+    let started = Instant::now().checked_sub(Duration::from_millis(now_ms().saturating_sub(started_ms))).unwrap();
     let snap = proxy.snapshot();
     let host = request_host(&req).unwrap_or_default().to_owned();
     let mut finish = Box::new(Finish {
@@ -134,8 +134,8 @@ pub async fn handle(proxy: &Arc<Proxy>, conn: &Arc<ConnInfo>, req: Request<Incom
         upstream: None,
         error: None,
         fault: None,
-        _guard: Some(guard),
-        _in_flight: None,
+        guard: Some(guard),
+        in_flight: None,
     });
     let result = route_request(proxy, conn, &snap, req, &host, &mut finish).await;
     let mut resp = match result {
@@ -205,7 +205,7 @@ async fn route_request(
     let target_idx = pick(route);
     let target = &route.balancer.targets()[target_idx];
     target.in_flight.fetch_add(1, Ordering::Relaxed);
-    finish._in_flight = Some(InFlight(snap.clone(), route_idx, target_idx));
+    finish.in_flight = Some(InFlight(snap.clone(), route_idx, target_idx));
     finish.upstream = Some(target.upstream.authority.clone());
 
     if super::websocket::is_websocket(&req) {
@@ -508,7 +508,7 @@ pub(crate) async fn wait_idle(state: &StreamState, dur: Duration) {
         if idle_for >= dur {
             return;
         }
-        tokio::time::sleep(dur - idle_for).await;
+        tokio::time::sleep(dur.checked_sub(idle_for).unwrap()).await;
     }
 }
 

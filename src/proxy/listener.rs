@@ -201,30 +201,27 @@ async fn serve_connection(
         generation,
         https_port,
     };
-    match tls {
-        Some(acceptor) => {
-            let handshake_limit = timeouts.read.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(10));
-            let tls_stream = match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let (_, conn) = tls_stream.get_ref();
-            info.sni = conn.server_name().map(str::to_owned);
-            info.client_cert = conn.peer_certificates().is_some_and(|c| !c.is_empty());
-            let h2 = conn.alpn_protocol() == Some(b"h2");
-            serve_http(Metered { inner: tls_stream, state }, Some(h2), codec, info, proxy).await;
-        }
-        None => {
-            let only = (codec == CodecType::Http1).then_some(false);
-            serve_http(Metered { inner: stream, state }, only, codec, info, proxy).await;
-        }
+    if let Some(acceptor) = tls {
+        let handshake_limit = timeouts.read.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(10));
+        let tls_stream = match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let (_, conn) = tls_stream.get_ref();
+        info.sni = conn.server_name().map(str::to_owned);
+        info.client_cert = conn.peer_certificates().is_some_and(|c| !c.is_empty());
+        let h2 = conn.alpn_protocol() == Some(b"h2");
+        serve_http(Metered { inner: tls_stream, state }, Some(h2), codec, info, proxy).await;
+    } else {
+        let only = (codec == CodecType::Http1).then_some(false);
+        serve_http(Metered { inner: stream, state }, only, codec, info, proxy).await;
     }
 }
 

@@ -163,18 +163,15 @@ fn client_tls(tls: &UpstreamTls) -> ClientConfig {
         builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
     } else {
         let mut roots = rustls::RootCertStore::empty();
-        match &tls.custom_ca {
-            Some(cas) => {
-                for ca in cas {
-                    let _ = roots.add(ca.clone());
-                }
+        if let Some(cas) = &tls.custom_ca {
+            for ca in cas {
+                let _ = roots.add(ca.clone());
             }
-            None => {
-                let native = rustls_native_certs::load_native_certs();
-                let (added, _) = roots.add_parsable_certificates(native.certs);
-                if added == 0 {
-                    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-                }
+        } else {
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
             }
         }
         builder.with_root_certificates(roots)
@@ -350,11 +347,15 @@ impl Balancer {
 /// schedule is capped so that huge weights cannot make it huge.
 fn smooth_schedule(mut weights: Vec<u32>) -> Vec<u32> {
     let g = weights.iter().copied().fold(0, gcd).max(1);
-    weights.iter_mut().for_each(|w| *w /= g);
+    for w in &mut weights {
+        *w /= g;
+    }
     let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
     if total > 1024 {
         let scale = total as f64 / 1024.0;
-        weights.iter_mut().for_each(|w| *w = ((f64::from(*w) / scale).round() as u32).max(1));
+        for w in &mut weights {
+            *w = ((f64::from(*w) / scale).round() as u32).max(1);
+        }
     }
     let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
     let mut current = vec![0i64; weights.len()];

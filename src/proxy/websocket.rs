@@ -136,8 +136,8 @@ pub(crate) async fn proxy(
         upstream: finish.upstream.clone(),
         error: None,
         fault: None,
-        _guard: finish._guard.take(),
-        _in_flight: finish._in_flight.take(),
+        guard: finish.guard.take(),
+        in_flight: finish.in_flight.take(),
     });
     let idle = route.stream_idle;
     let close = conn.generation.close.clone();

@@ -1,6 +1,7 @@
 //! Test support: real listeners on loopback, real TLS, real HTTP/1.1 and HTTP/2 clients.
 #![allow(dead_code, missing_docs)]
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Once};
@@ -82,7 +83,9 @@ impl Pki {
         tweak: impl FnOnce(&mut rcgen::CertificateParams),
     ) -> (PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(std::string::ToString::to_string).collect::<Vec<_>>())
+                .unwrap();
         tweak(&mut p);
         p.distinguished_name.push(rcgen::DnType::CommonName, file);
         let cert = p.signed_by(&key, &self.ca).unwrap();
@@ -99,7 +102,7 @@ pub fn with_ports(yaml: &str) -> String {
     let mut out = String::new();
     for key in ["address", "http_redirect_address", "admin_address", "metrics_address"] {
         if !yaml.lines().any(|l| l.starts_with(&format!("{key}:"))) {
-            out.push_str(&format!("{key}: \"127.0.0.1:0\"\n"));
+            let _ = writeln!(out, "{key}: \"127.0.0.1:0\"");
         }
     }
     out.push_str(yaml);
@@ -207,7 +210,7 @@ pub fn get2(host: &str, path: &str) -> Request<Body> {
 
 pub async fn text(resp: Response<Incoming>) -> (u16, String) {
     let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = resp.into_body().collect().await.map(http_body_util::Collected::to_bytes).unwrap_or_default();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
