@@ -90,6 +90,32 @@ async fn answer(name: &str, conn_id: u64, mut req: Request<Incoming>) -> Respons
         });
         return with(StatusCode::OK, "application/octet-stream", StreamBody::new(stream).boxed_unsync());
     }
+    if path == "/duplex" {
+        // gRPC-shaped: echoes each request frame as it arrives, then ends with trailers.
+        let body = req.into_body();
+        let stream = futures_util::stream::unfold((body, 0usize, false), |(mut body, n, done)| async move {
+            if done {
+                return None;
+            }
+            match body.frame().await {
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => {
+                        let len = d.len();
+                        Some((Ok::<_, crate::proxy::body::BoxError>(Frame::data(d)), (body, n + len, false)))
+                    }
+                    Err(_) => Some((Ok(Frame::data(Bytes::new())), (body, n, false))),
+                },
+                Some(Err(e)) => Some((Err(e.into()), (body, n, true))),
+                None => {
+                    let mut t = http::HeaderMap::new();
+                    t.insert("grpc-status", header::HeaderValue::from_static("0"));
+                    t.insert("x-echoed-bytes", header::HeaderValue::from(n));
+                    Some((Ok(Frame::trailers(t)), (body, n, true)))
+                }
+            }
+        });
+        return with(StatusCode::OK, "application/grpc", StreamBody::new(stream).boxed_unsync());
+    }
     if path == "/echo" {
         // Streams the request body straight back.
         let body = req.into_body().map_err(Into::into).boxed_unsync();

@@ -1,0 +1,42 @@
+//! A route lookup allocates nothing, however large the table (counted by a real global
+//! allocator, not assumed).
+
+use std::fmt::Write as _;
+
+use portcullis::config::parse::{parse_config, NoMaterial};
+use portcullis::proxy::route::RouteTable;
+
+#[test]
+fn route_lookup_does_not_allocate() {
+    let mut yaml = String::from("routes:\n");
+    for i in 0..1000 {
+        let _ = writeln!(yaml, " - {{from: https://host{i}.example.com, prefix: /api/v{i}, to: http://10.0.0.1:80}}");
+        let _ = writeln!(yaml, " - {{from: https://host{i}.example.com, path: /exact/{i}, to: http://10.0.0.1:80}}");
+        let _ = writeln!(
+            yaml,
+            " - {{from: \"https://*.w{i}.example.com\", regex: \"/items/[0-9]+/{i}\", to: http://10.0.0.1:80}}"
+        );
+    }
+    yaml.push_str(" - {from: \"https://*\", to: http://10.0.0.1:80}\n");
+    let root = portcullis::config::file::yaml_to_value(&yaml).unwrap();
+    let config = parse_config(&root, &NoMaterial).unwrap();
+    let table = RouteTable::new(config.routes, |r| (&r.host, &r.path));
+    let cases = [
+        ("host500.example.com", "/api/v500/users", Some("host500.example.com/api/v500")),
+        ("HOST7.Example.com:8443", "/exact/7", Some("host7.example.com=/exact/7")),
+        ("a.w9.example.com", "/items/42/9", Some("*.w9.example.com~/items/[0-9]+/9")),
+        ("unknown.org", "/anything", Some("*")),
+    ];
+    // Warm up (the regex engine fills its per-thread cache once).
+    for (h, p, _) in cases {
+        table.lookup(h, p);
+    }
+    let info = allocation_counter::measure(|| {
+        for _ in 0..100 {
+            for (h, p, want) in cases {
+                assert_eq!(table.lookup(h, p).map(|r| r.name.as_str()), want);
+            }
+        }
+    });
+    assert_eq!(info.count_total, 0, "route lookups allocated {} times", info.count_total);
+}
