@@ -112,3 +112,20 @@ async fn codec_http1_offers_only_http1() {
         tls_connect(r.main, "localhost", client_config(&[default_cert(&r)], &[b"h2", b"http/1.1"])).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
 }
+
+#[tokio::test]
+async fn codec_http1_never_speaks_http2_even_with_prior_knowledge() {
+    let (r, _d) = start("codec_type: http1\ninsecure_server: true\nroutes: []\n").await;
+    let tcp = tokio::net::TcpStream::connect(r.main).await.unwrap();
+    let attempt = async {
+        let (mut send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, Body>(hyper_util::rt::TokioIo::new(tcp))
+            .await?;
+        tokio::spawn(conn);
+        send.send_request(get2("a.test", "/")).await
+    };
+    assert!(tokio::time::timeout(ms(5000), attempt).await.unwrap().is_err(), "h2c must be refused");
+    // And HTTP/1.1 works.
+    let mut c = h1_plain(r.main).await;
+    assert_eq!(text(c.send_request(get("a.test", "/")).await.unwrap()).await.0, 404);
+}

@@ -218,28 +218,23 @@ async fn serve_connection(
         info.sni = conn.server_name().map(str::to_owned);
         info.client_cert = conn.peer_certificates().is_some_and(|c| !c.is_empty());
         let h2 = conn.alpn_protocol() == Some(b"h2");
-        serve_http(Metered { inner: tls_stream, state }, Some(h2), codec, info, proxy).await;
+        serve_http(Metered { inner: tls_stream, state }, Some(h2), info, proxy).await;
     } else {
         let only = (codec == CodecType::Http1).then_some(false);
-        serve_http(Metered { inner: stream, state }, only, codec, info, proxy).await;
+        serve_http(Metered { inner: stream, state }, only, info, proxy).await;
     }
 }
 
-/// Serves HTTP on an established connection. `h2`: `Some(true)` HTTP/2 only, `Some(false)`
-/// HTTP/1.1 only, `None` detect (plain listeners accept h2c prior knowledge).
-async fn serve_http<I>(io: I, h2: Option<bool>, _codec: CodecType, info: ConnInfo, proxy: Arc<Proxy>)
+/// Serves HTTP on an established connection. `h2`: `Some(true)` HTTP/2 only (ALPN `h2`),
+/// `Some(false)` HTTP/1.1 only (ALPN `http/1.1` or none on TLS, or `codec_type: http1`),
+/// `None` detect (plain listeners also accept h2c prior knowledge).
+async fn serve_http<I>(io: I, h2: Option<bool>, info: ConnInfo, proxy: Arc<Proxy>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let info = Arc::new(info);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(1000)
-        .keep_alive(true);
+    configure_http1(&mut builder.http1());
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -250,20 +245,59 @@ where
         .max_concurrent_streams(128)
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .keep_alive_interval(None);
-    let builder = match h2 {
-        Some(true) => builder.http2_only(),
-        Some(false) => builder.http1_only(),
-        None => builder,
-    };
     let svc_info = info.clone();
-    let svc_proxy = proxy.clone();
     let service = hyper::service::service_fn(move |req| {
-        let (proxy, info) = (svc_proxy.clone(), svc_info.clone());
+        let (proxy, info) = (proxy.clone(), svc_info.clone());
         async move { Ok::<_, std::convert::Infallible>(super::forward::handle(&proxy, &info, req).await) }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let io = TokioIo::new(io);
+    // hyper-util's `serve_connection_with_upgrades` ignores `http2_only`/`http1_only` (it
+    // documents this) and sniffs for the HTTP/2 preface. When ALPN (or `codec_type`) has
+    // decided the protocol, that protocol's own server is used, so that an h2 connection
+    // without the preface fails with PROTOCOL_ERROR (RFC 9113 section 3.4) and an HTTP/1.1
+    // connection never turns into HTTP/2. HTTP/2 needs no `with_upgrades`: hyper's h2 server
+    // hands out CONNECT (and extended CONNECT) upgrades itself.
+    match h2 {
+        Some(true) => {
+            let builder = builder.http2_only();
+            let conn = builder.serve_connection(io, service);
+            drive(conn, auto::Connection::graceful_shutdown, &info, false).await;
+        }
+        Some(false) => {
+            let mut h1 = hyper::server::conn::http1::Builder::new();
+            h1.timer(TokioTimer::new())
+                .header_read_timeout(None)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .max_headers(1000)
+                .keep_alive(true);
+            let conn = h1.serve_connection(io, service).with_upgrades();
+            drive(conn, hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown, &info, true).await;
+        }
+        None => {
+            let conn = builder.serve_connection_with_upgrades(io, service);
+            drive(conn, auto::UpgradeableConnection::graceful_shutdown, &info, true).await;
+        }
+    }
+}
+
+/// HTTP/1 settings shared by the auto-detecting and the HTTP/1-only servers: our own
+/// watchdog replaces hyper's header timer (which also counts keep-alive idle time).
+fn configure_http1(b: &mut auto::Http1Builder<'_, TokioExecutor>) {
+    b.timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(1000)
+        .keep_alive(true);
+}
+
+/// Runs a connection to its end: closes it gracefully on `timeout_idle` or a drain, and at
+/// once on the HTTP/1 header timeout or when `drain_timeout` ends.
+async fn drive<C, E>(conn: C, graceful_shutdown: fn(Pin<&mut C>), info: &ConnInfo, is_h1: bool)
+where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(conn);
-    let is_h1 = h2 != Some(true);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -277,7 +311,7 @@ where
                 match reason {
                     Watch::Idle => {
                         tracing::debug!(peer = %info.peer, "closing idle connection (timeout_idle)");
-                        conn.as_mut().graceful_shutdown();
+                        graceful_shutdown(conn.as_mut());
                         closing = true;
                     }
                     Watch::HeaderTimeout => {
@@ -288,7 +322,7 @@ where
             }
             () = info.generation.drain.cancelled(), if !closing => {
                 info.draining.store(true, Ordering::Release);
-                conn.as_mut().graceful_shutdown();
+                graceful_shutdown(conn.as_mut());
                 closing = true;
             }
             () = info.generation.close.cancelled() => {
