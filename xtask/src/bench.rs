@@ -29,6 +29,7 @@ const USAGE: &str = "usage: cargo xtask bench [options]
   --h2-clients N       h2load connections, HTTP/2 scenarios (default 16)
   --h2-streams N       h2load concurrent streams per connection (default 8)
   --path PATH          request path on the demo upstream (default /)
+  --upstream-scheme S  how the proxies reach the upstream: http (HTTP/1.1, default) or h2c
   --only NAME[,NAME]   run only these scenarios (h1, h2-tls, h2c)
   --out DIR            where latest.md and latest.json go (default bench/results)";
 
@@ -56,6 +57,7 @@ struct Options {
     h2_clients: u32,
     h2_streams: u32,
     path: String,
+    upstream_scheme: String,
     only: Option<Vec<String>>,
     out: PathBuf,
 }
@@ -70,6 +72,7 @@ impl Default for Options {
             h2_clients: 16,
             h2_streams: 8,
             path: "/".to_owned(),
+            upstream_scheme: "http".to_owned(),
             only: None,
             out: util::root().join("bench/results"),
         }
@@ -104,6 +107,8 @@ impl Options {
                 "--h2-clients" => o.h2_clients = num(key, &v)?,
                 "--h2-streams" => o.h2_streams = num(key, &v)?,
                 "--path" => o.path = v,
+                "--upstream-scheme" if v == "http" || v == "h2c" => o.upstream_scheme = v,
+                "--upstream-scheme" => bail!("--upstream-scheme must be http or h2c"),
                 "--only" => o.only = Some(v.split(',').map(str::to_owned).collect()),
                 "--out" => o.out = PathBuf::from(v),
                 _ => bail!("unknown option {key}\n{USAGE}"),
@@ -138,12 +143,16 @@ const SCENARIOS: &[&str] = &["h1", "h2-tls", "h2c"];
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let Some(opts) = Options::parse(args)? else { return Ok(()) };
     ensure_tools()?;
+    // Taken before the build, which would otherwise dominate it.
+    let load_before = load_average();
     let binary = util::release_binary()?;
     let machine = Machine::describe();
-    let load_before = load_average();
-    if load_before > 0.5 {
+    let (busy, top) = foreign_cpu_now(Duration::from_secs(1));
+    if busy > NOISY_FOREIGN_CPU {
         eprintln!(
-            "\nbench: warning: load average is {load_before:.2} before starting; numbers may be noisy (check `uptime`)"
+            "\nbench: warning: other processes are using {:.0}% of a CPU right now (busiest: {}); the numbers will be noisy",
+            busy * 100.0,
+            top.unwrap_or_default()
         );
     }
 
@@ -165,16 +174,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let upstream_pid = services.spawn("upstream", upstream_cmd, tmp.path("upstream.log"))?;
     wait_for_200(&mut services, upstream, &opts.path, "the demo upstream")?;
 
-    let mut proxy_pids = HashMap::new();
+    let mut proxies = HashMap::new();
     for (label, ports, insecure) in [("plain", &plain, true), ("tls", &tls, false)] {
         let config = tmp.path(&format!("proxy-{label}.yaml"));
-        std::fs::write(&config, proxy_yaml(ports, upstream, insecure)).context("writing the proxy config")?;
+        std::fs::write(&config, proxy_yaml(ports, &opts.upstream_scheme, upstream, insecure))
+            .context("writing the proxy config")?;
         let mut cmd = Pinning::command(pinning.proxy, &binary);
         // A long watch interval: the config never changes, and polling it would only add noise.
         cmd.args(["--log-level", "warn", "serve", "--watch-interval", "1h", "--config"]).arg(&config);
         let pid = services.spawn(&format!("proxy ({label})"), cmd, tmp.path(&format!("proxy-{label}.log")))?;
         wait_for_200(&mut services, ports.admin(), "/readyz", &format!("the {label} proxy's /readyz"))?;
-        proxy_pids.insert(label, pid);
+        proxies.insert(label, ProxyHandle { pid, metrics: ports.metrics() });
     }
     // wrk counts 3xx as success, so make sure the plain listener really routes (a listener
     // that redirected to https would otherwise "succeed" very fast).
@@ -197,7 +207,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             tool: Tool::Wrk,
             proxy_url: format!("http://{}{}", plain.main(), opts.path),
             direct_url: up_url(&opts.path),
-            proxy_pid: proxy_pids["plain"],
+            proxy: proxies["plain"],
         },
         Scenario {
             name: "h2-tls",
@@ -205,7 +215,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             tool: Tool::H2load,
             proxy_url: format!("https://{}{}", tls.main(), opts.path),
             direct_url: up_url(&opts.path),
-            proxy_pid: proxy_pids["tls"],
+            proxy: proxies["tls"],
         },
         Scenario {
             name: "h2c",
@@ -213,7 +223,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             tool: Tool::H2load,
             proxy_url: format!("http://{}{}", plain.main(), opts.path),
             direct_url: up_url(&opts.path),
-            proxy_pid: proxy_pids["plain"],
+            proxy: proxies["plain"],
         },
     ];
     let bench = Bench { opts: &opts, pinning, tmp: &tmp, upstream_pid, ours: services.pids() };
@@ -420,13 +430,17 @@ impl ProxyPorts {
     fn admin(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.admin))
     }
+    fn metrics(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.metrics))
+    }
 }
 
 /// The config of one benchmark proxy: every listener on its own loopback port and a single
 /// catch-all route (`https://*` matches any Host, so the tools can use IP URLs) to the
-/// upstream over plain HTTP/1.1, the usual in-cluster hop. No certificate is configured:
+/// upstream over plain HTTP/1.1 (the usual in-cluster hop; `--upstream-scheme h2c` for
+/// HTTP/2 prior knowledge). No certificate is configured:
 /// the HTTPS listener makes a self-signed one at start, which h2load does not verify.
-fn proxy_yaml(p: &ProxyPorts, upstream: SocketAddr, insecure: bool) -> String {
+fn proxy_yaml(p: &ProxyPorts, scheme: &str, upstream: SocketAddr, insecure: bool) -> String {
     format!(
         "# Generated by `cargo xtask bench`.\n\
          address: \"127.0.0.1:{}\"\n\
@@ -434,20 +448,41 @@ fn proxy_yaml(p: &ProxyPorts, upstream: SocketAddr, insecure: bool) -> String {
          http_redirect_address: \"127.0.0.1:{}\"\n\
          admin_address: \"127.0.0.1:{}\"\n\
          metrics_address: \"127.0.0.1:{}\"\n\
-         routes:\n  - name: bench\n    from: \"https://*\"\n    to: [\"http://{upstream}\"]\n",
+         routes:\n  - name: bench\n    from: \"https://*\"\n    to: [\"{scheme}://{upstream}\"]\n",
         p.address, p.http_redirect, p.admin, p.metrics
     )
 }
 
-/// One HTTP/1.1 GET with `Connection: close` over a plain socket; returns the status code.
-fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+/// One HTTP/1.1 GET with `Connection: close` over a plain socket; returns the status code
+/// and the whole response (head and body) as text.
+fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut head = [0u8; 64];
-    let n = s.read(&mut head)?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    line.split(' ').nth(1).and_then(|c| c.parse().ok()).with_context(|| format!("not an HTTP response: {line:?}"))
+    let mut raw = Vec::new();
+    s.take(16 << 20).read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok());
+    let status = status.with_context(|| format!("not an HTTP response: {:?}", text.lines().next().unwrap_or("")))?;
+    Ok((status, text))
+}
+
+fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    http_get(addr, path).map(|(status, _)| status)
+}
+
+/// How many requests a proxy says it has answered: the sum of
+/// `portcullis_http_requests_total` on its metrics listener.
+fn proxy_answered(metrics: SocketAddr) -> anyhow::Result<u64> {
+    let (status, text) = http_get(metrics, "/metrics").context("scraping the proxy's /metrics")?;
+    if status != 200 {
+        bail!("the proxy's /metrics answered {status}");
+    }
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("portcullis_http_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
 }
 
 /// Polls `http://addr/path` until it answers 200, failing early if a child died.
@@ -470,35 +505,70 @@ fn wait_for_200(services: &mut Services, addr: SocketAddr, path: &str, what: &st
 // ---------------------------------------------------------------------------------------
 // CPU accounting from /proc
 
-/// `(ppid, utime + stime in clock ticks)` from the text of `/proc/<pid>/stat`. The command
-/// name is in parentheses and may contain spaces, so fields are counted after the last `)`.
-fn parse_stat(stat: &str) -> Option<(u32, u64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
+/// `(command name, ppid, utime + stime in clock ticks)` from the text of `/proc/<pid>/stat`.
+/// The name is in parentheses and may contain spaces, so fields are counted after the last
+/// `)`.
+fn parse_stat(stat: &str) -> Option<(String, u32, u64)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let name = stat.get(open + 1..close)?.to_owned();
+    let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
     // After the name: state(3) ppid(4) ... utime(14) stime(15), numbered as in proc(5).
-    Some((f.get(1)?.parse().ok()?, f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))
+    Some((name, f.get(1)?.parse().ok()?, f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))
 }
+
+/// Every userland process: pid → (command name, CPU ticks).
+type ProcessTicks = HashMap<u32, (String, u64)>;
 
 /// CPU ticks of one process (all its threads), `None` once it is gone.
 fn cpu_ticks(pid: u32) -> Option<u64> {
-    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).map(|(_, t)| t)
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).map(|(_, _, t)| t)
 }
 
 /// CPU ticks of every userland process (kernel threads, children of kthreadd, are left out:
 /// they mostly run our own loopback traffic's softirqs).
-fn all_process_ticks() -> HashMap<u32, u64> {
+fn all_process_ticks() -> ProcessTicks {
     let mut out = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else { return out };
     for entry in dir.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        if let Some((ppid, ticks)) = parse_stat(&stat) {
+        if let Some((name, ppid, ticks)) = parse_stat(&stat) {
             if pid != 2 && ppid != 2 {
-                out.insert(pid, ticks);
+                out.insert(pid, (name, ticks));
             }
         }
     }
     out
+}
+
+/// CPU ticks used between two snapshots by processes not in `exclude` (nor this one): the
+/// total, and the busiest process's name and ticks. A process that started in between counts
+/// in full; one that ended in between is missed (so this is a lower bound).
+fn foreign_usage(before: &ProcessTicks, after: &ProcessTicks, exclude: &HashSet<u32>) -> (u64, Option<(String, u64)>) {
+    let me = std::process::id();
+    let mut total = 0;
+    let mut top: Option<(String, u64)> = None;
+    for (pid, (name, ticks)) in after {
+        if *pid == me || exclude.contains(pid) {
+            continue;
+        }
+        let used = ticks.saturating_sub(before.get(pid).map_or(0, |(_, t)| *t));
+        total += used;
+        if used > top.as_ref().map_or(0, |(_, t)| *t) {
+            top = Some((name.clone(), used));
+        }
+    }
+    (total, top)
+}
+
+/// Share of one CPU that userland processes other than this one used over `window`: a
+/// quick "is the machine quiet?" check before starting.
+fn foreign_cpu_now(window: Duration) -> (f64, Option<String>) {
+    let before = all_process_ticks();
+    std::thread::sleep(window);
+    let (used, top) = foreign_usage(&before, &all_process_ticks(), &HashSet::new());
+    let share = |t: u64| t as f64 / clock_ticks_per_second() / window.as_secs_f64();
+    (share(used), top.map(|(name, t)| format!("{name} {:.0}%", share(t) * 100.0)))
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -693,8 +763,15 @@ struct Scenario {
     tool: Tool,
     proxy_url: String,
     direct_url: String,
-    /// The proxy process serving `proxy_url`.
-    proxy_pid: u32,
+    /// The proxy serving `proxy_url`.
+    proxy: ProxyHandle,
+}
+
+/// What a run needs to know about a proxy.
+#[derive(Clone, Copy, Debug)]
+struct ProxyHandle {
+    pid: u32,
+    metrics: SocketAddr,
 }
 
 /// One measured run of one target.
@@ -711,6 +788,8 @@ struct Sample {
     loadgen_util: f64,
     /// Share of one CPU used by userland processes the benchmark did not start.
     foreign_util: f64,
+    /// The busiest of those, as "name N%".
+    foreign_top: Option<String>,
 }
 
 /// The medians of one target's samples, each figure on its own.
@@ -807,11 +886,11 @@ impl Bench<'_> {
         }
         let (mut proxy, mut direct) = (Vec::new(), Vec::new());
         for i in 1..=self.opts.runs {
-            for (target, url, pid, out) in
-                [("proxy", &s.proxy_url, Some(s.proxy_pid), &mut proxy), ("direct", &s.direct_url, None, &mut direct)]
+            for (target, url, handle, out) in
+                [("proxy", &s.proxy_url, Some(s.proxy), &mut proxy), ("direct", &s.direct_url, None, &mut direct)]
             {
                 let sample = self
-                    .measure(s, url, pid, self.opts.duration)
+                    .measure(s, url, handle, self.opts.duration)
                     .with_context(|| format!("{} run {i} against {url}", s.name))?;
                 eprintln!(
                     "    run {i} {target:6}: {:>9.0} req/s  p50 {:>8}  p99 {:>8}  errors {}{}",
@@ -820,7 +899,11 @@ impl Bench<'_> {
                     fmt_latency(sample.load.p99_us),
                     sample.load.errors,
                     if sample.foreign_util > NOISY_FOREIGN_CPU {
-                        format!("  (noisy: other processes used {:.0}% of a CPU)", sample.foreign_util * 100.0)
+                        format!(
+                            "  (noisy: other processes used {:.0}% of a CPU; busiest {})",
+                            sample.foreign_util * 100.0,
+                            sample.foreign_top.as_deref().unwrap_or("?")
+                        )
                     } else {
                         String::new()
                     },
@@ -841,7 +924,13 @@ impl Bench<'_> {
 
     /// One run of the scenario's load generator against `url` for `secs`, pinned next to
     /// the upstream, with the CPU time of every process read before and after.
-    fn measure(&self, s: &Scenario, url: &str, proxy_pid: Option<u32>, secs: u64) -> anyhow::Result<Sample> {
+    ///
+    /// On the proxied path it also checks the proxy's own request counter against the
+    /// tool's: the listeners use SO_REUSEPORT, so a stray process bound to the same port
+    /// would silently take part of the load (and its answers, a redirect say, would count
+    /// as successes).
+    fn measure(&self, s: &Scenario, url: &str, proxy: Option<ProxyHandle>, secs: u64) -> anyhow::Result<Sample> {
+        let proxy_pid = proxy.map(|p| p.pid);
         let stdout_path = self.tmp.path("loadgen.out");
         let request_log = self.tmp.path("h2load-requests.log");
         let mut cmd = Pinning::command(self.pinning.rest, s.tool.name());
@@ -869,6 +958,7 @@ impl Bench<'_> {
                 cmd.arg(format!("--log-file={}", request_log.display())).arg(url);
             }
         }
+        let answered_before = proxy.map(|p| proxy_answered(p.metrics)).transpose()?;
         let before = all_process_ticks();
         let (proxy_before, upstream_before) = (proxy_pid.and_then(cpu_ticks), cpu_ticks(self.upstream_pid));
         let started = Instant::now();
@@ -876,6 +966,7 @@ impl Bench<'_> {
         let wall = started.elapsed().as_secs_f64();
         let (proxy_after, upstream_after) = (proxy_pid.and_then(cpu_ticks), cpu_ticks(self.upstream_pid));
         let after = all_process_ticks();
+        let answered_after = proxy.map(|p| proxy_answered(p.metrics)).transpose()?;
 
         let load = match s.tool {
             Tool::Wrk => parse_wrk(&stdout)?,
@@ -884,6 +975,18 @@ impl Bench<'_> {
                 parse_h2load(&stdout, &log)?
             }
         };
+        if let (Some(b), Some(a)) = (answered_before, answered_after) {
+            let answered = a.saturating_sub(b);
+            // Requests cut off at the end of the run can be counted by the proxy and not by
+            // the tool, never the other way round (beyond rounding).
+            if (answered as f64) < load.requests as f64 * 0.99 {
+                bail!(
+                    "the proxy counted {answered} requests but {} got {} responses: is another process listening on {url} too (SO_REUSEPORT)?",
+                    s.tool.name(),
+                    load.requests
+                );
+            }
+        }
         let hz = clock_ticks_per_second();
         let responses = load.requests.max(1) as f64;
         let secs_of = |ticks: u64| ticks as f64 / hz;
@@ -892,18 +995,14 @@ impl Bench<'_> {
             _ => None,
         };
         let upstream_ticks = upstream_after.unwrap_or(0).saturating_sub(upstream_before.unwrap_or(0));
-        let me = std::process::id();
-        let foreign: u64 = after
-            .iter()
-            .filter(|(pid, _)| !self.ours.contains(pid) && **pid != me)
-            .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
-            .sum();
+        let (foreign, foreign_top) = foreign_usage(&before, &after, &self.ours);
         Ok(Sample {
             proxy_cpu_us: proxy_ticks.map(|t| secs_of(t) * 1e6 / responses),
             proxy_util: proxy_ticks.map(|t| secs_of(t) / wall),
             upstream_cpu_us: secs_of(upstream_ticks) * 1e6 / responses,
             loadgen_util: secs_of(loadgen_ticks) / wall,
             foreign_util: secs_of(foreign) / wall,
+            foreign_top: foreign_top.map(|(name, t)| format!("{name} {:.0}%", secs_of(t) / wall * 100.0)),
             load,
         })
     }
@@ -974,7 +1073,7 @@ impl Machine {
                 .map_or_else(|_| "?".to_owned(), |s| s.trim().to_owned()),
             rustc: command_output("rustc", &["-V"]).unwrap_or_else(|| "?".to_owned()),
             // wrk prints its version in the usage text and exits non-zero.
-            wrk: first_line(command_output("wrk", &["-v"])),
+            wrk: first_line(command_output("wrk", &["-v"])).split(" [").next().unwrap_or("?").to_owned(),
             h2load: first_line(command_output("h2load", &["--version"])),
             git: if dirty { format!("{git} (uncommitted changes)") } else { git },
         }
@@ -1024,8 +1123,8 @@ impl Report<'_> {
     fn load_text(&self) -> String {
         let o = self.opts;
         format!(
-            "wrk 1 thread, {} connections; h2load 1 thread, {} connections × {} concurrent streams; GET {} on the demo upstream (a small JSON echo for /)",
-            o.connections, o.h2_clients, o.h2_streams, o.path
+            "wrk 1 thread, {} connections; h2load 1 thread, {} connections × {} concurrent streams; GET {} on the demo upstream (a small JSON echo for /); proxy to upstream over {}",
+            o.connections, o.h2_clients, o.h2_streams, o.path, if o.upstream_scheme == "h2c" { "h2c (HTTP/2 prior knowledge)" } else { "HTTP/1.1" }
         )
     }
 
@@ -1047,7 +1146,24 @@ impl Report<'_> {
             o.warmup, o.runs, o.duration
         );
         let _ = writeln!(md, "- percentiles: wrk's own HdrHistogram (`--latency`); h2load: nearest rank over every 2xx request in its `--log-file`");
-        let _ = writeln!(md, "- load average (1 min): {:.2} before, {:.2} after\n", self.load_before, self.load_after);
+        let procs: Vec<String> = self
+            .processes
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} on CPU {} ({} threads)",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["cpus_allowed"].as_str().unwrap_or("?"),
+                    p["threads"]
+                )
+            })
+            .collect();
+        let _ = writeln!(md, "- processes as measured: {}", procs.join(", "));
+        let _ = writeln!(
+            md,
+            "- load average (1 min): {:.2} before the build, {:.2} at the end\n",
+            self.load_before, self.load_after
+        );
 
         let _ = writeln!(md, "| scenario | target | req/s | p50 | p99 | errors |");
         let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
@@ -1102,9 +1218,19 @@ impl Report<'_> {
             );
         }
         if self.noisy() {
+            let mut busiest: Vec<&str> = self
+                .results
+                .iter()
+                .flat_map(|r| r.proxy.iter().chain(&r.direct))
+                .filter(|s| s.foreign_util > NOISY_FOREIGN_CPU)
+                .filter_map(|s| s.foreign_top.as_deref()?.rsplit_once(' ').map(|(name, _)| name))
+                .collect();
+            busiest.sort_unstable();
+            busiest.dedup();
             let _ = writeln!(
                 md,
-                "\n**Noisy:** processes not started by the benchmark used more than {:.0}% of a CPU during some runs (see the last column); re-run on a quiet machine.",
+                "\n**Noisy:** processes not started by the benchmark (busiest: {}) used more than {:.0}% of a CPU during some runs (see the last column); re-run on a quiet machine.",
+                busiest.join(", "),
                 NOISY_FOREIGN_CPU * 100.0
             );
         }
@@ -1120,7 +1246,7 @@ impl Report<'_> {
                 "bytes_per_response": s.load.bytes_per_response,
                 "proxy_cpu_us_per_request": s.proxy_cpu_us, "proxy_cpu_busy": s.proxy_util,
                 "upstream_cpu_us_per_request": s.upstream_cpu_us,
-                "loadgen_cpu_busy": s.loadgen_util, "foreign_cpu": s.foreign_util,
+                "loadgen_cpu_busy": s.loadgen_util, "foreign_cpu": s.foreign_util, "foreign_busiest": s.foreign_top,
             })
         };
         let summary = |s: &Summary| {
@@ -1159,6 +1285,7 @@ impl Report<'_> {
                 "duration_s": self.opts.duration, "runs": self.opts.runs, "warmup_s": self.opts.warmup,
                 "wrk_connections": self.opts.connections, "h2load_clients": self.opts.h2_clients,
                 "h2load_streams": self.opts.h2_streams, "path": self.opts.path,
+                "upstream_scheme": self.opts.upstream_scheme,
                 "load": self.load_text(),
                 "pinning": self.pinning.describe(),
                 "percentiles": "wrk: its HdrHistogram (--latency); h2load: nearest rank over 2xx requests in --log-file",
@@ -1229,7 +1356,7 @@ traffic: 29.08MB (400) total, 664.94KB (680903) headers (space savings 89.75%), 
     #[test]
     fn stat_with_spaces_in_the_name() {
         let stat = "1234 (tokio runtime) S 77 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
-        assert_eq!(parse_stat(stat), Some((77, 300)));
+        assert_eq!(parse_stat(stat), Some(("tokio runtime".to_owned(), 77, 300)));
     }
 
     #[test]
