@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod k8s;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

@@ -64,6 +64,8 @@ enum Command {
         #[arg(long, default_value = "demo")]
         name: String,
     },
+    /// Print the CustomResourceDefinitions (Route, ProxyConfig) as YAML.
+    Crds,
     /// Print the version.
     Version,
 }
@@ -85,6 +87,10 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => Ok(check(&config)),
+        Command::Crds => {
+            print!("{}", portcullis::k8s::crd::crds_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { config, watch_interval } => runtime().block_on(serve(config, watch_interval)),
         Command::Demo { upstream } => runtime().block_on(demo(upstream)),
         Command::DemoUpstream { listen, name } => runtime().block_on(async move {

@@ -1,0 +1,404 @@
+//! The `portcullis.io/v1alpha1` custom resources: `Route` (namespaced) and `ProxyConfig`
+//! (cluster-scoped). Their fields are PRODUCT.md's route and global keys in camelCase, so the
+//! translation layer can hand them to the same validator as the standalone file.
+//!
+//! Schema rules the API server can check itself live here (bounded lengths, formats, CEL
+//! rules), so that most mistakes are refused at `kubectl apply` time; everything else is
+//! reported on the object's status by the controller.
+
+// Several printer columns share `type_ = "string"`, which this lint mistakes for a repeat.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Go duration strings as PRODUCT.md fixes them (`0`, `300ms`, `1h45m`).
+const DURATION_PATTERN: &str = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$";
+
+/// A route: which requests (`from` plus a path matcher) go where (`to`), and how.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "portcullis.io",
+    version = "v1alpha1",
+    kind = "Route",
+    namespaced,
+    status = "RouteStatus",
+    shortname = "pcroute",
+    category = "portcullis",
+    doc = "A Portcullis route: requests matching from and a path go to the upstreams in to.",
+    printcolumn(name = "From", type_ = "string", json_path = ".spec.from"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Programmed\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("[has(self.prefix), has(self.path), has(self.regex)].filter(x, x).size() <= 1").message("set only one of prefix, path and regex"))]
+#[x_kube(validation = Rule::new("has(self.regexRewritePattern) == has(self.regexRewriteSubstitution)").message("regexRewritePattern and regexRewriteSubstitution go together"))]
+#[x_kube(validation = Rule::new("!(has(self.preserveHostHeader) && self.preserveHostHeader && has(self.hostRewrite))").message("hostRewrite cannot be combined with preserveHostHeader"))]
+#[x_kube(validation = Rule::new("!(has(self.prefixRewrite) && has(self.regexRewritePattern))").message("prefixRewrite cannot be combined with regexRewritePattern"))]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSpec {
+    /// `https://host`, `https://*.example.com` or `https://*`.
+    #[schemars(length(min = 1, max = 300), regex(pattern = r"^https?://[^/?#@]+/?$"))]
+    pub from: String,
+    /// Whole-path-element prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), regex(pattern = r"^/"))]
+    pub prefix: Option<String>,
+    /// Exact path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), regex(pattern = r"^/"))]
+    pub path: Option<String>,
+    /// Whole-path regular expression (RE2 syntax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub regex: Option<String>,
+    /// Upstreams: `http://`, `https://` or `h2c://` URLs, optionally `,weight`. A host that
+    /// names a Service (`name`, `name.namespace`, `name.namespace.svc[.cluster.local]`) is
+    /// resolved to that Service's ready endpoints.
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 300)))]
+    pub to: Vec<String>,
+    /// Upstream timeout (Go duration; `0` disables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub timeout: Option<String>,
+    /// Stream idle timeout (Go duration; `0` disables; capped at `timeoutIdle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub idle_timeout: Option<String>,
+    /// Allow WebSocket upgrades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_websockets: Option<bool>,
+    /// Send the client's Host upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preserve_host_header: Option<bool>,
+    /// Send this Host upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 300))]
+    pub host_rewrite: Option<String>,
+    /// Replace the matched prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub prefix_rewrite: Option<String>,
+    /// Regex path rewrite: pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub regex_rewrite_pattern: Option<String>,
+    /// Regex path rewrite: substitution (`$1` for groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub regex_rewrite_substitution: Option<String>,
+    /// Headers set on the upstream request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub set_request_headers: Option<BTreeMap<String, String>>,
+    /// Headers removed from the upstream request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), inner(length(max = 256)))]
+    pub remove_request_headers: Option<Vec<String>>,
+    /// Headers set on the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub set_response_headers: Option<BTreeMap<String, String>>,
+    /// Accept any upstream certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_skip_verify: Option<bool>,
+    /// SNI and verification name for https upstreams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub tls_server_name: Option<String>,
+    /// Secret in this namespace whose `ca.crt` is trusted for https upstreams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub tls_custom_ca_secret: Option<String>,
+    /// `kubernetes.io/tls` Secret in this namespace presented to upstreams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub tls_client_secret: Option<String>,
+    /// `ROUND_ROBIN`, `RANDOM` or `LEAST_REQUEST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancing_policy: Option<LoadBalancingPolicy>,
+    /// Active health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4))]
+    pub health_checks: Option<Vec<HealthCheckSpec>>,
+    /// The certificate served for this route's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouteTls>,
+}
+
+/// Load balancing policies.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::upper_case_acronyms, non_camel_case_types)]
+pub enum LoadBalancingPolicy {
+    /// Weighted round robin.
+    ROUND_ROBIN,
+    /// Weighted random.
+    RANDOM,
+    /// Fewest requests in flight (power of two choices).
+    LEAST_REQUEST,
+}
+
+/// One active health check.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.httpHealthCheck) != has(self.tcpHealthCheck)").message("set exactly one of httpHealthCheck and tcpHealthCheck"))]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckSpec {
+    /// Time between checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub interval: Option<String>,
+    /// A slower check fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub timeout: Option<String>,
+    /// Failures before an upstream is taken out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub unhealthy_threshold: Option<u32>,
+    /// Successes before it is put back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub healthy_threshold: Option<u32>,
+    /// `GET path`; 2xx is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_health_check: Option<HttpHealthCheck>,
+    /// A TCP connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_health_check: Option<TcpHealthCheck>,
+}
+
+/// HTTP probe.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct HttpHealthCheck {
+    /// Request path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), regex(pattern = r"^/"))]
+    pub path: Option<String>,
+}
+
+/// TCP probe (no settings).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct TcpHealthCheck {}
+
+/// TLS for a route's host.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTls {
+    /// `kubernetes.io/tls` Secret in the route's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// What the controller made of an object.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    /// The `metadata.generation` these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted`, `ResolvedRefs`, `Programmed`.
+    #[serde(default)]
+    #[schemars(length(max = 8))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Global settings of the proxy. The controller reads the one named by `--config-name`
+/// (default `global`).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "portcullis.io",
+    version = "v1alpha1",
+    kind = "ProxyConfig",
+    status = "ProxyConfigStatus",
+    shortname = "pcconfig",
+    category = "portcullis",
+    doc = "Portcullis global settings (listeners, timeouts, certificates).",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Programmed\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("!has(self.timeoutWrite) || self.timeoutWrite == '0' || !has(self.timeoutRead) || self.timeoutRead == '0' || duration(self.timeoutWrite) > duration(self.timeoutRead)").message("timeoutWrite must be greater than timeoutRead (or 0)"))]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyConfigSpec {
+    /// HTTPS listener (`:8443`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub address: Option<String>,
+    /// Redirect listener (`:8080`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub http_redirect_address: Option<String>,
+    /// Serve routes without TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_server: Option<bool>,
+    /// `auto`, `http1`, `http2`, `http3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codec_type: Option<CodecType>,
+    /// Whole downstream request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub timeout_read: Option<String>,
+    /// Whole request/response cycle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub timeout_write: Option<String>,
+    /// Idle connections and streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub timeout_idle: Option<String>,
+    /// Upstream timeout of routes that set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub default_upstream_timeout: Option<String>,
+    /// Grace period of a draining listener generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub drain_timeout: Option<String>,
+    /// Default certificates (`kubernetes.io/tls` Secrets); the first is the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub certificates: Option<Vec<SecretRef>>,
+    /// Client certificate verification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream_mtls: Option<DownstreamMtlsSpec>,
+    /// Prometheus listener (`:9902`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub metrics_address: Option<String>,
+    /// Admin listener (`127.0.0.1:9901`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub admin_address: Option<String>,
+}
+
+/// Downstream HTTP versions.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CodecType {
+    /// ALPN chooses.
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 preferred.
+    Http2,
+    /// HTTP/3 as well.
+    Http3,
+}
+
+/// A Secret by namespace and name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SecretRef {
+    /// Namespace (the controller's own when empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub namespace: Option<String>,
+    /// Name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Downstream mTLS settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DownstreamMtlsSpec {
+    /// Secret whose `ca.crt` signs client certificates (and optional `ca.crl`).
+    pub ca_secret: SecretRef,
+    /// `policy_with_default_deny` (default), `policy`, `reject_connection`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<MtlsEnforcement>,
+    /// Intermediates allowed between leaf and CA (default 1; 0 = no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 16))]
+    pub max_verify_depth: Option<u32>,
+}
+
+/// mTLS enforcement modes.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MtlsEnforcement {
+    /// Deny requests without a client certificate.
+    PolicyWithDefaultDeny,
+    /// Verify when present.
+    Policy,
+    /// Require one in the handshake.
+    RejectConnection,
+}
+
+/// Whether the settings are in force, and what is wrong with them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyConfigStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted`, `ResolvedRefs`, `Programmed`.
+    #[serde(default)]
+    #[schemars(length(max = 8))]
+    pub conditions: Vec<Condition>,
+    /// Every error found, with the field it concerns.
+    #[serde(default)]
+    #[schemars(length(max = 100), inner(length(max = 1024)))]
+    pub errors: Vec<String>,
+}
+
+/// The CRDs as a multi-document YAML stream (what `portcullis crds` prints and `crds/` holds).
+pub fn crds_yaml() -> String {
+    use kube::CustomResourceExt;
+    let mut out = String::new();
+    for crd in [Route::crd(), ProxyConfig::crd()] {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(&crd).expect("a CRD serialises"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `crds/` is what users apply and what the Helm chart ships; it must match the types.
+    #[test]
+    fn crds_directory_is_up_to_date() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/portcullis.io.yaml");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == crds_yaml(),
+            "crds/portcullis.io.yaml is stale: run `cargo run -- crds > crds/portcullis.io.yaml`"
+        );
+    }
+
+    #[test]
+    fn schemas_carry_the_server_side_rules() {
+        let yaml = crds_yaml();
+        for needle in [
+            "set only one of prefix, path and regex",
+            "timeoutWrite must be greater than timeoutRead",
+            "set exactly one of httpHealthCheck and tcpHealthCheck",
+            "maxItems: 64",
+            "maxLength: 300",
+            "subresources:\n      status: {}",
+            "name: From",
+            "shortNames:\n    - pcroute",
+            "scope: Namespaced",
+            "scope: Cluster",
+        ] {
+            assert!(yaml.contains(needle), "missing {needle:?}");
+        }
+        assert!(!yaml.contains("anyOf") && !yaml.contains("oneOf"), "schemas must stay structural");
+    }
+
+    #[test]
+    fn spec_round_trips_in_camel_case() {
+        let spec: RouteSpec = serde_json::from_value(serde_json::json!({
+            "from": "https://a.example.com",
+            "to": ["http://svc:80"],
+            "idleTimeout": "0",
+            "allowWebsockets": true,
+            "loadBalancingPolicy": "LEAST_REQUEST",
+        }))
+        .unwrap();
+        assert_eq!(spec.idle_timeout.as_deref(), Some("0"));
+        assert_eq!(spec.load_balancing_policy, Some(LoadBalancingPolicy::LEAST_REQUEST));
+    }
+}
