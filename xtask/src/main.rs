@@ -2,6 +2,7 @@
 //! exactly this), `cargo xtask bench` runs the benchmarks.
 
 mod bench;
+mod e2e;
 mod h2spec;
 mod util;
 
@@ -13,8 +14,9 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("h2spec") => h2spec::run(),
         Some("bench") => bench::run(&args[1..]),
+        Some("e2e-cluster") => e2e::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test|h2spec|bench>\n  test    every check CI runs: fmt, clippy, unit, integration, h2spec\n  h2spec  HTTP/2 conformance against the https listener\n  bench   benchmarks (slow; not part of test)");
+            eprintln!("usage: cargo xtask <test|h2spec|bench|e2e-cluster>\n  test    every check CI runs: fmt, clippy, unit, integration, h2spec\n  h2spec  HTTP/2 conformance against the https listener\n  bench   benchmarks (slow; not part of test)\n  e2e-cluster  build and start a real etcd + kube-apiserver (work in progress)");
             return ExitCode::from(2);
         }
     };
