@@ -261,7 +261,8 @@ pub struct Route {
     pub host: HostMatch,
     /// Path matcher.
     pub path: PathMatch,
-    /// Destinations, at least one.
+    /// Destinations. At least one from a file; empty when a cluster Service has no ready
+    /// endpoints (requests then get 503).
     pub to: Vec<Upstream>,
     /// Upstream timeout as set on the route (`None`: not set, the default applies).
     /// `Some(None)` is an explicit `0`: disabled.

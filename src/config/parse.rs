@@ -535,8 +535,21 @@ fn parse_mtls(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors)
     Some(DownstreamMtls { ca, crls, enforcement, max_verify_depth })
 }
 
-/// Parses one route mapping (the standalone `routes[i]`, or a translated CRD/Ingress).
+/// Parses one route mapping (the standalone `routes[i]`). `to` must list at least one upstream.
 pub fn parse_route(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors) -> Option<Route> {
+    parse_route_with(path, v, material, errs, false)
+}
+
+/// As [`parse_route`]; with `allow_empty_to` an explicitly empty `to` is valid. The cluster
+/// translation uses it for a Service that has no ready endpoints right now: the route still
+/// exists and answers 503 instead of vanishing into a 404.
+pub fn parse_route_with(
+    path: &str,
+    v: &Value,
+    material: &dyn Material,
+    errs: &mut Errors,
+    allow_empty_to: bool,
+) -> Option<Route> {
     let before = errs.0.len();
     let mut obj = Obj::new(path, v, errs)?;
     let name = obj.string("name", errs);
@@ -574,7 +587,7 @@ pub fn parse_route(path: &str, v: &Value, material: &dyn Material, errs: &mut Er
         }
     };
     let to = match obj.list("to", errs) {
-        Some(items) if !items.is_empty() => {
+        Some(items) if !items.is_empty() || allow_empty_to => {
             let mut out = Vec::new();
             for (i, item) in items.into_iter().enumerate() {
                 match parse_upstream(item) {

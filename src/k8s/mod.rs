@@ -2,3 +2,4 @@
 //! writing grow here. The domain model (`crate::config`) stays free of Kubernetes types.
 
 pub mod crd;
+pub mod translate;

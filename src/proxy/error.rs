@@ -46,6 +46,9 @@ pub enum ProxyError {
     /// mTLS `policy_with_default_deny` and no client certificate.
     #[error("a valid client certificate is required")]
     ClientCertRequired,
+    /// The route has no upstream right now (its Service has no ready endpoints).
+    #[error("no ready endpoints for this route")]
+    NoEndpoints,
     /// Connecting to the upstream failed.
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
@@ -76,7 +79,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::ReadTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientCertRequired => StatusCode::from_u16(495).expect("495 is a valid code"),
-            ProxyError::UpstreamUnreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnreachable(_) | ProxyError::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamReset(_) | ProxyError::UpgradeFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) | ProxyError::WriteTimeout | ProxyError::StreamIdle(_) => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -93,6 +96,7 @@ impl ProxyError {
             | ProxyError::ReadTimeout
             | ProxyError::ClientCertRequired => Fault::Downstream,
             ProxyError::UpstreamUnreachable(_)
+            | ProxyError::NoEndpoints
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::WriteTimeout
@@ -105,6 +109,7 @@ impl ProxyError {
     pub fn outcome(&self) -> &'static str {
         match self {
             ProxyError::UpstreamUnreachable(_) => "connect_failure",
+            ProxyError::NoEndpoints => "no_endpoints",
             ProxyError::UpstreamReset(_) | ProxyError::UpgradeFailed(_) => "reset",
             ProxyError::UpstreamTimeout(_) | ProxyError::WriteTimeout | ProxyError::StreamIdle(_) => "timeout",
             _ => "not_sent",

@@ -202,7 +202,7 @@ async fn route_request(
     };
     let route_idx = snap.routes.routes().iter().position(|r| std::ptr::eq(r, route)).unwrap_or(0);
     finish.route = Some(route.route.name.clone());
-    let target_idx = pick(route);
+    let target_idx = pick(route).ok_or(ProxyError::NoEndpoints)?;
     let target = &route.balancer.targets()[target_idx];
     target.in_flight.fetch_add(1, Ordering::Relaxed);
     finish.in_flight = Some(InFlight(snap.clone(), route_idx, target_idx));
@@ -242,9 +242,9 @@ async fn route_request(
     Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
 }
 
-fn pick(route: &CompiledRoute) -> usize {
-    let t = route.balancer.pick();
-    route.balancer.targets().iter().position(|x| std::ptr::eq(x, t)).unwrap_or(0)
+fn pick(route: &CompiledRoute) -> Option<usize> {
+    let t = route.balancer.pick()?;
+    route.balancer.targets().iter().position(|x| std::ptr::eq(x, t))
 }
 
 fn check_header_limits(headers: &HeaderMap) -> Result<(), ProxyError> {

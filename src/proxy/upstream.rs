@@ -300,12 +300,17 @@ impl Balancer {
     }
 
     /// Chooses a healthy target; when none is healthy, any target (failing open, as Envoy's
-    /// panic threshold does, beats refusing every request on a bad health check).
-    pub fn pick(&self) -> &Target {
-        let n = self.targets.len();
-        if n == 1 {
-            return &self.targets[0];
+    /// panic threshold does, beats refusing every request on a bad health check). `None` only
+    /// when the route has no upstream at all (a Service with no ready endpoints).
+    pub fn pick(&self) -> Option<&Target> {
+        match self.targets.len() {
+            0 => None,
+            1 => Some(&self.targets[0]),
+            _ => Some(self.pick_of_many()),
         }
+    }
+
+    fn pick_of_many(&self) -> &Target {
         match self.policy {
             LbPolicy::RoundRobin => {
                 for _ in 0..self.schedule.len() {

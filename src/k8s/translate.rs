@@ -1,0 +1,730 @@
+//! Pure translation from Kubernetes objects to the domain model: no API calls, no state.
+//! The controller feeds it what its reflectors hold; tests feed it hand-built objects.
+//!
+//! Every value goes through the same validator as the standalone file (`config::parse`), so
+//! an Ingress annotation and a YAML key mean exactly the same thing. Errors name the object's
+//! own field (`metadata.annotations["portcullis.io/timeout"]`, `spec.rules[0]...`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
+use kube::ResourceExt;
+use serde_json::{Map, Value};
+
+use crate::config::parse::{build_certificate, parse_route_with, Errors, FieldError, NoMaterial};
+use crate::config::{Certificate, Route};
+
+/// `spec.controller` of the IngressClasses Portcullis serves.
+pub const CONTROLLER_NAME: &str = "portcullis.io/ingress-controller";
+/// Prefix of the Ingress annotations Portcullis reads.
+pub const ANNOTATION_PREFIX: &str = "portcullis.io/";
+/// The deprecated class annotation, still honoured (and logged).
+pub const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+
+/// Route keys that an Ingress may set as `portcullis.io/<key>` annotations. `from`, `to`
+/// and the path matchers come from the Ingress spec itself.
+pub const ROUTE_ANNOTATIONS: &[&str] = &[
+    "timeout",
+    "idle_timeout",
+    "allow_websockets",
+    "preserve_host_header",
+    "host_rewrite",
+    "prefix_rewrite",
+    "regex_rewrite_pattern",
+    "regex_rewrite_substitution",
+    "set_request_headers",
+    "remove_request_headers",
+    "set_response_headers",
+    "tls_skip_verify",
+    "tls_server_name",
+    "load_balancing_policy",
+    "health_checks",
+];
+/// Annotations that are not route keys: how to reach the backend and Secret references.
+pub const EXTRA_ANNOTATIONS: &[&str] = &["secure_upstream", "path_regex", "tls_custom_ca_secret", "tls_client_secret"];
+
+/// The objects a translation may look at, keyed by (namespace, name). EndpointSlices are
+/// keyed by the Service they belong to (their `kubernetes.io/service-name` label).
+#[derive(Clone, Debug, Default)]
+pub struct Objects {
+    /// Services.
+    pub services: BTreeMap<(String, String), Service>,
+    /// EndpointSlices by owning Service.
+    pub slices: BTreeMap<(String, String), Vec<EndpointSlice>>,
+    /// Secrets.
+    pub secrets: BTreeMap<(String, String), Secret>,
+}
+
+impl Objects {
+    /// Adds an EndpointSlice under the Service named by its label.
+    pub fn add_slice(&mut self, slice: EndpointSlice) {
+        let ns = slice.namespace().unwrap_or_default();
+        if let Some(svc) = slice.labels().get("kubernetes.io/service-name").cloned() {
+            self.slices.entry((ns, svc)).or_default().push(slice);
+        }
+    }
+}
+
+/// Whether an Ingress is ours, and how it said so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassDecision {
+    /// Ours; `deprecated_annotation` when chosen by `kubernetes.io/ingress.class`.
+    Ours {
+        /// The deprecated annotation chose the class.
+        deprecated_annotation: bool,
+    },
+    /// Another controller's (or no class and no default of ours).
+    NotOurs,
+}
+
+/// Kubernetes IngressClass resolution: `spec.ingressClassName`, else the deprecated
+/// annotation, else our IngressClass marked default.
+pub fn ingress_class(ing: &Ingress, classes: &[IngressClass]) -> ClassDecision {
+    let ours = |name: &str| {
+        classes.iter().any(|c| {
+            c.name_any() == name && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER_NAME)
+        })
+    };
+    if let Some(name) = ing.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()) {
+        return if ours(name) { ClassDecision::Ours { deprecated_annotation: false } } else { ClassDecision::NotOurs };
+    }
+    if let Some(name) = ing.annotations().get(CLASS_ANNOTATION) {
+        return if ours(name) { ClassDecision::Ours { deprecated_annotation: true } } else { ClassDecision::NotOurs };
+    }
+    let default_ours = classes.iter().any(|c| {
+        c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER_NAME)
+            && c.annotations().get(DEFAULT_CLASS_ANNOTATION).map(String::as_str) == Some("true")
+    });
+    if default_ours {
+        ClassDecision::Ours { deprecated_annotation: false }
+    } else {
+        ClassDecision::NotOurs
+    }
+}
+
+/// What one object contributes to the config.
+#[derive(Clone, Debug, Default)]
+pub struct Translated {
+    /// Its routes.
+    pub routes: Vec<Route>,
+    /// Its certificates (from TLS Secrets).
+    pub certificates: Vec<Certificate>,
+    /// Problems that do not reject the object (reported as Warning Events).
+    pub warnings: Vec<FieldError>,
+}
+
+/// Translates one Ingress. `Err` holds every error; the caller keeps the last good
+/// translation of this object serving.
+pub fn translate_ingress(ing: &Ingress, objects: &Objects) -> Result<Translated, Vec<FieldError>> {
+    let ns = ing.namespace().unwrap_or_default();
+    let name = ing.name_any();
+    let mut errs = Errors::default();
+    let mut out = Translated::default();
+    let ann = read_annotations(ing.annotations(), &ns, objects, &mut errs);
+    let spec = ing.spec.clone().unwrap_or_default();
+
+    let add_route = |field: String,
+                     host: &str,
+                     matcher: Option<(&str, String)>,
+                     backend: &IngressBackend,
+                     errs: &mut Errors,
+                     out: &mut Translated| {
+        let Some(to) = backend_urls(
+            &ns,
+            backend,
+            &format!("{field}.backend"),
+            objects,
+            ann.secure_upstream,
+            errs,
+            &mut out.warnings,
+        ) else {
+            return;
+        };
+        let mut tree = ann.route.clone();
+        let shown_path = matcher.as_ref().map_or(String::new(), |(_, p)| p.clone());
+        tree.insert(
+            "name".into(),
+            Value::String(format!("{ns}/{name}:{}{shown_path}", if host.is_empty() { "*" } else { host })),
+        );
+        tree.insert("from".into(), Value::String(format!("https://{}", if host.is_empty() { "*" } else { host })));
+        if let Some((key, value)) = matcher {
+            tree.insert(key.into(), Value::String(value));
+        }
+        tree.insert("to".into(), Value::Array(to));
+        let mut route_errs = Errors::default();
+        let route = parse_route_with(&field, &Value::Object(tree), &NoMaterial, &mut route_errs, true);
+        for e in route_errs.into_vec() {
+            errs.push(annotation_field(&field, &e.path), e.message);
+        }
+        if let Some(r) = route {
+            out.routes.push(r);
+        }
+    };
+
+    for (i, rule) in spec.rules.iter().flatten().enumerate() {
+        let host = rule.host.clone().unwrap_or_default();
+        for (j, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
+            let field = format!("spec.rules[{i}].http.paths[{j}]");
+            let path = p.path.clone().unwrap_or_else(|| "/".to_owned());
+            let matcher = match p.path_type.as_str() {
+                "Exact" => ("path", path),
+                // ImplementationSpecific is a prefix unless `path_regex` makes it a regex.
+                "ImplementationSpecific" if ann.path_regex => ("regex", path),
+                "Prefix" | "ImplementationSpecific" => ("prefix", path),
+                other => {
+                    errs.push(
+                        format!("{field}.pathType"),
+                        format!("unknown pathType {other:?}: use Exact, Prefix or ImplementationSpecific"),
+                    );
+                    continue;
+                }
+            };
+            add_route(field, &host, Some(matcher), &p.backend, &mut errs, &mut out);
+        }
+    }
+    if let Some(backend) = &spec.default_backend {
+        add_route("spec.defaultBackend".to_owned(), "", None, backend, &mut errs, &mut out);
+    }
+    for (k, tls) in spec.tls.iter().flatten().enumerate() {
+        let field = format!("spec.tls[{k}].secretName");
+        let Some(secret_name) = tls.secret_name.as_deref() else { continue };
+        match tls_certificate(&ns, secret_name, objects) {
+            Ok(mut cert) => {
+                let hosts: Vec<String> = tls.hosts.iter().flatten().map(|h| h.to_ascii_lowercase()).collect();
+                if !hosts.is_empty() {
+                    cert.names = hosts;
+                }
+                out.certificates.push(cert);
+            }
+            Err(e) => errs.push(field, e),
+        }
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs.into_vec())
+    }
+}
+
+/// The `portcullis.io/` annotations of one Ingress, split into route keys and extras.
+struct Annotations {
+    route: Map<String, Value>,
+    secure_upstream: bool,
+    path_regex: bool,
+}
+
+fn read_annotations(all: &BTreeMap<String, String>, ns: &str, objects: &Objects, errs: &mut Errors) -> Annotations {
+    let mut a = Annotations { route: Map::new(), secure_upstream: false, path_regex: false };
+    for (full, value) in all {
+        let Some(key) = full.strip_prefix(ANNOTATION_PREFIX) else { continue };
+        let field = annotation_path(key);
+        match key {
+            "secure_upstream" | "path_regex" => match value.trim() {
+                "true" => *(if key == "secure_upstream" { &mut a.secure_upstream } else { &mut a.path_regex }) = true,
+                "false" => {}
+                other => errs.push(field, format!("expected \"true\" or \"false\", found {other:?}")),
+            },
+            "tls_custom_ca_secret" => match secret_key(ns, value, "ca.crt", objects) {
+                Ok(pem) => {
+                    a.route.insert("tls_custom_ca".into(), Value::String(pem));
+                }
+                Err(e) => errs.push(field, e),
+            },
+            "tls_client_secret" => {
+                let cert = secret_key(ns, value, "tls.crt", objects);
+                let key_pem = secret_key(ns, value, "tls.key", objects);
+                match (cert, key_pem) {
+                    (Ok(c), Ok(k)) => {
+                        a.route.insert("tls_client_cert".into(), Value::String(c));
+                        a.route.insert("tls_client_key".into(), Value::String(k));
+                    }
+                    (Err(e), _) | (_, Err(e)) => errs.push(field, e),
+                }
+            }
+            k if ROUTE_ANNOTATIONS.contains(&k) => {
+                a.route.insert(k.to_owned(), annotation_value(value));
+            }
+            _ => errs.push(
+                field,
+                format!(
+                    "unknown annotation; Portcullis reads {}",
+                    ROUTE_ANNOTATIONS
+                        .iter()
+                        .chain(EXTRA_ANNOTATIONS)
+                        .map(|k| format!("{ANNOTATION_PREFIX}{k}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+        }
+    }
+    a
+}
+
+fn annotation_path(key: &str) -> String {
+    format!("metadata.annotations[\"{ANNOTATION_PREFIX}{key}\"]")
+}
+
+/// Maps a validator path under a translated route back to the annotation it came from.
+fn annotation_field(route_field: &str, path: &str) -> String {
+    let rest = path.strip_prefix(route_field).and_then(|r| r.strip_prefix('.')).unwrap_or("");
+    let key = rest.split(['.', '[']).next().unwrap_or("");
+    let key = match key {
+        "tls_custom_ca" => "tls_custom_ca_secret",
+        "tls_client_cert" | "tls_client_key" => "tls_client_secret",
+        k => k,
+    };
+    if ROUTE_ANNOTATIONS.contains(&key) || EXTRA_ANNOTATIONS.contains(&key) {
+        annotation_path(key)
+    } else {
+        path.to_owned()
+    }
+}
+
+/// Annotation values are strings; maps and lists are written as YAML/JSON (`{X-A: b}`).
+fn annotation_value(v: &str) -> Value {
+    let t = v.trim();
+    if t.starts_with('{') || t.starts_with('[') {
+        if let Ok(parsed) = crate::config::file::yaml_to_value(t) {
+            return parsed;
+        }
+    }
+    Value::String(v.to_owned())
+}
+
+fn secret_key(ns: &str, name: &str, key: &str, objects: &Objects) -> Result<String, String> {
+    let secret = objects
+        .secrets
+        .get(&(ns.to_owned(), name.to_owned()))
+        .ok_or_else(|| format!("Secret {ns}/{name} not found"))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| format!("Secret {ns}/{name} has no {key:?} key"))?;
+    String::from_utf8(bytes.0.clone()).map_err(|_| format!("Secret {ns}/{name} key {key:?} is not PEM text"))
+}
+
+/// A `kubernetes.io/tls` Secret as a certificate.
+pub fn tls_certificate(ns: &str, name: &str, objects: &Objects) -> Result<Certificate, String> {
+    let secret = objects
+        .secrets
+        .get(&(ns.to_owned(), name.to_owned()))
+        .ok_or_else(|| format!("Secret {ns}/{name} not found"))?;
+    if secret.type_.as_deref() != Some("kubernetes.io/tls") {
+        return Err(format!(
+            "Secret {ns}/{name} has type {:?}; a kubernetes.io/tls Secret is required",
+            secret.type_.as_deref().unwrap_or("Opaque")
+        ));
+    }
+    let cert = secret_key(ns, name, "tls.crt", objects)?;
+    let key = secret_key(ns, name, "tls.key", objects)?;
+    build_certificate(cert.as_bytes(), key.as_bytes(), &format!("secret {ns}/{name}"))
+        .map_err(|e| format!("Secret {ns}/{name}: {e}"))
+}
+
+/// Upstream URLs for a backend: the ready endpoints of its Service (or the ExternalName).
+/// `None` when the backend cannot be used at all (error or warning recorded).
+fn backend_urls(
+    ns: &str,
+    backend: &IngressBackend,
+    field: &str,
+    objects: &Objects,
+    secure: bool,
+    errs: &mut Errors,
+    warnings: &mut Vec<FieldError>,
+) -> Option<Vec<Value>> {
+    if backend.resource.is_some() {
+        warnings.push(FieldError {
+            path: format!("{field}.resource"),
+            message: "resource backends are not supported; this path is skipped".into(),
+        });
+        return None;
+    }
+    let Some(svc_ref) = &backend.service else {
+        errs.push(field, "needs a service backend");
+        return None;
+    };
+    let key = (ns.to_owned(), svc_ref.name.clone());
+    let Some(svc) = objects.services.get(&key) else {
+        errs.push(format!("{field}.service.name"), format!("Service {ns}/{} not found", svc_ref.name));
+        return None;
+    };
+    let spec = svc.spec.clone().unwrap_or_default();
+    let port_ref = svc_ref.port.clone().unwrap_or_default();
+    let svc_port = spec.ports.iter().flatten().find(|p| match (&port_ref.name, port_ref.number) {
+        (Some(n), _) => p.name.as_deref() == Some(n.as_str()),
+        (None, Some(num)) => p.port == num,
+        (None, None) => false,
+    });
+    let scheme = |app_protocol: Option<&str>| match app_protocol {
+        Some("kubernetes.io/h2c") => "h2c",
+        Some("https" | "kubernetes.io/https") => "https",
+        _ if secure => "https",
+        _ => "http",
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        let host = spec.external_name.clone().unwrap_or_default();
+        let port = svc_port.map(|p| p.port).or(port_ref.number);
+        let Some(port) = port else {
+            errs.push(
+                format!("{field}.service.port"),
+                format!("Service {ns}/{} has no port {:?}", svc_ref.name, port_ref.name.unwrap_or_default()),
+            );
+            return None;
+        };
+        return Some(vec![Value::String(format!(
+            "{}://{host}:{port}",
+            scheme(svc_port.and_then(|p| p.app_protocol.as_deref()))
+        ))]);
+    }
+    let Some(svc_port) = svc_port else {
+        let wanted = port_ref.name.clone().unwrap_or_else(|| port_ref.number.unwrap_or_default().to_string());
+        errs.push(format!("{field}.service.port"), format!("Service {ns}/{} has no port {wanted}", svc_ref.name));
+        return None;
+    };
+    let scheme = scheme(svc_port.app_protocol.as_deref());
+    // EndpointSlice ports carry the Service port's name, and the resolved target port.
+    let mut ready = Vec::new();
+    let mut terminating = Vec::new();
+    for slice in objects.slices.get(&key).into_iter().flatten() {
+        let Some(port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or("") == svc_port.name.as_deref().unwrap_or(""))
+            .and_then(|p| p.port)
+        else {
+            continue;
+        };
+        for ep in slice.endpoints.iter().flatten() {
+            let c = ep.conditions.clone().unwrap_or_default();
+            let bucket = if c.ready.unwrap_or(true) {
+                &mut ready
+            } else if c.serving.unwrap_or(false) && c.terminating.unwrap_or(false) {
+                &mut terminating
+            } else {
+                continue;
+            };
+            for addr in &ep.addresses {
+                let host = if addr.contains(':') { format!("[{addr}]") } else { addr.clone() };
+                bucket.push(format!("{scheme}://{host}:{port}"));
+            }
+        }
+    }
+    // Terminating-but-serving endpoints are used only when nothing is ready (as kube-proxy).
+    let mut urls = if ready.is_empty() { terminating } else { ready };
+    urls.sort();
+    urls.dedup();
+    Some(urls.into_iter().map(Value::String).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use k8s_openapi::api::networking::v1::{
+        HTTPIngressPath, HTTPIngressRuleValue, IngressClassSpec, IngressRule, IngressServiceBackend, IngressSpec,
+        IngressTLS, ServiceBackendPort,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::ByteString;
+
+    use crate::config::{HostMatch, PathMatch, UpstreamScheme};
+
+    fn meta(ns: &str, name: &str) -> ObjectMeta {
+        ObjectMeta { namespace: Some(ns.into()), name: Some(name.into()), ..Default::default() }
+    }
+
+    fn backend(svc: &str, port: ServiceBackendPort) -> IngressBackend {
+        IngressBackend { service: Some(IngressServiceBackend { name: svc.into(), port: Some(port) }), resource: None }
+    }
+
+    fn num(n: i32) -> ServiceBackendPort {
+        ServiceBackendPort { number: Some(n), name: None }
+    }
+
+    fn named(n: &str) -> ServiceBackendPort {
+        ServiceBackendPort { number: None, name: Some(n.into()) }
+    }
+
+    /// An Ingress with one rule per (host, path, pathType, backend).
+    fn ingress(annotations: &[(&str, &str)], paths: &[(&str, &str, &str, IngressBackend)]) -> Ingress {
+        let mut m = meta("web", "shop");
+        m.annotations = Some(annotations.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect());
+        let rules = paths
+            .iter()
+            .map(|(host, path, ty, b)| IngressRule {
+                host: (!host.is_empty()).then(|| (*host).into()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some((*path).into()),
+                        path_type: (*ty).into(),
+                        backend: b.clone(),
+                    }],
+                }),
+            })
+            .collect();
+        Ingress { metadata: m, spec: Some(IngressSpec { rules: Some(rules), ..Default::default() }), status: None }
+    }
+
+    /// Service `web/app` with ports http:80 and grpc:9000 (h2c), endpoints on 8080 and 9090.
+    fn objects() -> Objects {
+        let mut o = Objects::default();
+        let svc = Service {
+            metadata: meta("web", "app"),
+            spec: Some(ServiceSpec {
+                ports: Some(vec![
+                    ServicePort { name: Some("http".into()), port: 80, ..Default::default() },
+                    ServicePort {
+                        name: Some("grpc".into()),
+                        port: 9000,
+                        app_protocol: Some("kubernetes.io/h2c".into()),
+                        ..Default::default()
+                    },
+                ]),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        o.services.insert(("web".into(), "app".into()), svc);
+        let ext = Service {
+            metadata: meta("web", "ext"),
+            spec: Some(ServiceSpec {
+                type_: Some("ExternalName".into()),
+                external_name: Some("api.example.org".into()),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        o.services.insert(("web".into(), "ext".into()), ext);
+        let ep = |ip: &str, ready: bool, serving: bool, terminating: bool| Endpoint {
+            addresses: vec![ip.into()],
+            conditions: Some(EndpointConditions {
+                ready: Some(ready),
+                serving: Some(serving),
+                terminating: Some(terminating),
+            }),
+            ..Default::default()
+        };
+        let mut m = meta("web", "app-abc");
+        m.labels = Some([("kubernetes.io/service-name".to_owned(), "app".to_owned())].into());
+        o.add_slice(EndpointSlice {
+            metadata: m,
+            address_type: "IPv4".into(),
+            endpoints: Some(vec![
+                ep("10.244.1.7", true, true, false),
+                ep("10.244.1.8", false, true, true),
+                ep("10.244.1.9", false, false, false),
+            ]),
+            ports: Some(vec![
+                EndpointPort { name: Some("http".into()), port: Some(8080), ..Default::default() },
+                EndpointPort { name: Some("grpc".into()), port: Some(9090), ..Default::default() },
+            ]),
+        });
+        o
+    }
+
+    fn upstreams(r: &Route) -> Vec<String> {
+        r.to.iter().map(|u| format!("{:?}://{}", u.scheme, u.authority)).collect()
+    }
+
+    #[test]
+    fn rules_become_routes_with_kubernetes_path_types() {
+        let ing = ingress(
+            &[],
+            &[
+                ("a.example.com", "/exact", "Exact", backend("app", num(80))),
+                ("a.example.com", "/api/", "Prefix", backend("app", named("http"))),
+                ("*.example.com", "/", "ImplementationSpecific", backend("app", named("grpc"))),
+            ],
+        );
+        let t = translate_ingress(&ing, &objects()).unwrap();
+        assert_eq!(t.routes.len(), 3);
+        assert!(matches!(&t.routes[0].path, PathMatch::Exact(p) if p == "/exact"));
+        assert!(matches!(&t.routes[1].path, PathMatch::Prefix(p) if p == "/api"));
+        assert_eq!(t.routes[2].host, HostMatch::Wildcard("example.com".into()));
+        assert_eq!(
+            upstreams(&t.routes[0]),
+            vec!["Http://10.244.1.7:8080"],
+            "only ready endpoints, target port resolved"
+        );
+        assert_eq!(t.routes[2].to[0].scheme, UpstreamScheme::H2c, "appProtocol kubernetes.io/h2c");
+        assert_eq!(t.routes[2].to[0].authority, "10.244.1.7:9090");
+        assert_eq!(t.routes[0].name, "web/shop:a.example.com/exact");
+    }
+
+    #[test]
+    fn terminating_serving_endpoints_are_used_only_when_none_is_ready() {
+        let mut o = objects();
+        for s in o.slices.values_mut().flatten() {
+            s.endpoints.as_mut().unwrap().retain(|e| e.addresses[0] != "10.244.1.7");
+        }
+        let t = translate_ingress(&ingress(&[], &[("a.test", "/", "Prefix", backend("app", num(80)))]), &o).unwrap();
+        assert_eq!(upstreams(&t.routes[0]), vec!["Http://10.244.1.8:8080"]);
+        o.slices.clear();
+        let t = translate_ingress(&ingress(&[], &[("a.test", "/", "Prefix", backend("app", num(80)))]), &o).unwrap();
+        assert!(t.routes[0].to.is_empty(), "no endpoints: the route stays and answers 503");
+    }
+
+    #[test]
+    fn annotations_are_parsed_by_the_route_validator() {
+        let ing = ingress(
+            &[
+                ("portcullis.io/timeout", "10s"),
+                ("portcullis.io/allow_websockets", "true"),
+                ("portcullis.io/set_request_headers", "{X-A: b}"),
+                ("portcullis.io/secure_upstream", "true"),
+                ("portcullis.io/path_regex", "true"),
+                ("other.io/ignored", "x"),
+            ],
+            &[("a.test", "/items/[0-9]+", "ImplementationSpecific", backend("app", num(80)))],
+        );
+        let r = &translate_ingress(&ing, &objects()).unwrap().routes[0];
+        assert_eq!(r.timeout, Some(Some(std::time::Duration::from_secs(10))));
+        assert!(r.allow_websockets);
+        assert_eq!(r.set_request_headers[0].0, "x-a");
+        assert_eq!(r.to[0].scheme, UpstreamScheme::Https);
+        assert!(matches!(&r.path, PathMatch::Regex(_)));
+    }
+
+    #[test]
+    fn bad_annotations_name_the_annotation() {
+        let ing = ingress(
+            &[
+                ("portcullis.io/timeout", "5 minutes"),
+                ("portcullis.io/timout", "5s"),
+                ("portcullis.io/secure_upstream", "yes"),
+            ],
+            &[("a.test", "/", "Prefix", backend("app", num(80)))],
+        );
+        let errs = translate_ingress(&ing, &objects()).unwrap_err();
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|e| e
+                    .starts_with("metadata.annotations[\"portcullis.io/timeout\"]: invalid duration \"5 minutes\"")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|e| e.starts_with("metadata.annotations[\"portcullis.io/timout\"]: unknown annotation")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|e| e.starts_with("metadata.annotations[\"portcullis.io/secure_upstream\"]")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn missing_service_and_port_are_errors_resource_backends_warnings() {
+        let res = IngressBackend {
+            service: None,
+            resource: Some(k8s_openapi::api::core::v1::TypedLocalObjectReference::default()),
+        };
+        let ing = ingress(
+            &[],
+            &[
+                ("a.test", "/x", "Prefix", backend("nope", num(80))),
+                ("a.test", "/y", "Prefix", backend("app", num(81))),
+                ("a.test", "/z", "Prefix", res.clone()),
+            ],
+        );
+        let errs = translate_ingress(&ing, &objects()).unwrap_err();
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert!(
+            text.contains(&"spec.rules[0].http.paths[0].backend.service.name: Service web/nope not found".to_owned()),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(
+                &"spec.rules[1].http.paths[0].backend.service.port: Service web/app has no port 81".to_owned()
+            ),
+            "{text:?}"
+        );
+        let t = translate_ingress(&ingress(&[], &[("a.test", "/z", "Prefix", res)]), &objects()).unwrap();
+        assert!(t.routes.is_empty() && t.warnings[0].message.contains("resource backends"));
+    }
+
+    #[test]
+    fn external_name_and_default_backend() {
+        let mut ing = ingress(&[], &[]);
+        ing.spec.as_mut().unwrap().default_backend = Some(backend("ext", num(443)));
+        ing.metadata.annotations = Some([("portcullis.io/secure_upstream".to_owned(), "true".to_owned())].into());
+        let t = translate_ingress(&ing, &objects()).unwrap();
+        assert_eq!(t.routes[0].host, HostMatch::Any);
+        assert!(matches!(t.routes[0].path, PathMatch::Any));
+        assert_eq!(upstreams(&t.routes[0]), vec!["Https://api.example.org:443"]);
+    }
+
+    #[test]
+    fn tls_secrets_become_certificates_and_wrong_types_are_errors() {
+        let cert = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).unwrap();
+        let mut o = objects();
+        let secret = |ty: &str| Secret {
+            metadata: meta("web", "tls"),
+            type_: Some(ty.into()),
+            data: Some(
+                [
+                    ("tls.crt".to_owned(), ByteString(cert.cert.pem().into_bytes())),
+                    ("tls.key".to_owned(), ByteString(cert.signing_key.serialize_pem().into_bytes())),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        o.secrets.insert(("web".into(), "tls".into()), secret("kubernetes.io/tls"));
+        let mut ing = ingress(&[], &[("a.test", "/", "Prefix", backend("app", num(80)))]);
+        ing.spec.as_mut().unwrap().tls =
+            Some(vec![IngressTLS { hosts: Some(vec!["A.test".into()]), secret_name: Some("tls".into()) }]);
+        let t = translate_ingress(&ing, &o).unwrap();
+        assert_eq!(t.certificates[0].names, vec!["a.test"]);
+        assert_eq!(t.certificates[0].source, "secret web/tls");
+        o.secrets.insert(("web".into(), "tls".into()), secret("Opaque"));
+        let errs = translate_ingress(&ing, &o).unwrap_err();
+        assert!(
+            errs[0].to_string().starts_with("spec.tls[0].secretName: Secret web/tls has type \"Opaque\""),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn ingress_class_resolution() {
+        let class = |name: &str, controller: &str, default: bool| {
+            let mut m = ObjectMeta { name: Some(name.into()), ..Default::default() };
+            if default {
+                m.annotations = Some([(DEFAULT_CLASS_ANNOTATION.to_owned(), "true".to_owned())].into());
+            }
+            IngressClass {
+                metadata: m,
+                spec: Some(IngressClassSpec { controller: Some(controller.into()), parameters: None }),
+            }
+        };
+        let ours = class("portcullis", CONTROLLER_NAME, false);
+        let nginx = class("nginx", "k8s.io/ingress-nginx", true);
+        let mut ing = ingress(&[], &[]);
+        assert_eq!(
+            ingress_class(&ing, &[ours.clone(), nginx.clone()]),
+            ClassDecision::NotOurs,
+            "no class, default is nginx"
+        );
+        assert_eq!(
+            ingress_class(&ing, &[class("portcullis", CONTROLLER_NAME, true)]),
+            ClassDecision::Ours { deprecated_annotation: false },
+            "our default class"
+        );
+        ing.metadata.annotations = Some([(CLASS_ANNOTATION.to_owned(), "portcullis".to_owned())].into());
+        assert_eq!(
+            ingress_class(&ing, std::slice::from_ref(&ours)),
+            ClassDecision::Ours { deprecated_annotation: true }
+        );
+        ing.spec.as_mut().unwrap().ingress_class_name = Some("nginx".into());
+        assert_eq!(ingress_class(&ing, &[ours.clone(), nginx]), ClassDecision::NotOurs, "spec.ingressClassName wins");
+        ing.spec.as_mut().unwrap().ingress_class_name = Some("portcullis".into());
+        assert_eq!(ingress_class(&ing, &[ours]), ClassDecision::Ours { deprecated_annotation: false });
+    }
+}
