@@ -387,16 +387,25 @@ fn backend_urls(
         return None;
     };
     let scheme = scheme(svc_port.app_protocol.as_deref());
-    // EndpointSlice ports carry the Service port's name, and the resolved target port.
+    Some(endpoint_urls(&key, svc_port, scheme, objects, 1).into_iter().map(Value::String).collect())
+}
+
+/// `scheme://ip:port[,weight]` for the endpoints behind one Service port: ready endpoints,
+/// or, when none is ready, those still serving while terminating (as kube-proxy does).
+fn endpoint_urls(
+    service: &(String, String),
+    svc_port: &k8s_openapi::api::core::v1::ServicePort,
+    scheme: &str,
+    objects: &Objects,
+    weight: u32,
+) -> Vec<String> {
+    // EndpointSlice ports carry the Service port's name and the resolved target port.
     let mut ready = Vec::new();
     let mut terminating = Vec::new();
-    for slice in objects.slices.get(&key).into_iter().flatten() {
-        let Some(port) = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref().unwrap_or("") == svc_port.name.as_deref().unwrap_or(""))
-            .and_then(|p| p.port)
+    for slice in objects.slices.get(service).into_iter().flatten() {
+        let wanted = svc_port.name.as_deref().unwrap_or("");
+        let Some(port) =
+            slice.ports.iter().flatten().find(|p| p.name.as_deref().unwrap_or("") == wanted).and_then(|p| p.port)
         else {
             continue;
         };
@@ -411,15 +420,233 @@ fn backend_urls(
             };
             for addr in &ep.addresses {
                 let host = if addr.contains(':') { format!("[{addr}]") } else { addr.clone() };
-                bucket.push(format!("{scheme}://{host}:{port}"));
+                bucket.push(if weight == 1 {
+                    format!("{scheme}://{host}:{port}")
+                } else {
+                    format!("{scheme}://{host}:{port},{weight}")
+                });
             }
         }
     }
-    // Terminating-but-serving endpoints are used only when nothing is ready (as kube-proxy).
     let mut urls = if ready.is_empty() { terminating } else { ready };
     urls.sort();
     urls.dedup();
-    Some(urls.into_iter().map(Value::String).collect())
+    urls
+}
+
+/// Translates a `Route` custom resource. Its spec is the route keys in camelCase, so it is
+/// turned back into snake_case and handed to the same validator as the standalone file.
+pub fn translate_route(route: &crate::k8s::crd::Route, objects: &Objects) -> Result<Translated, Vec<FieldError>> {
+    let ns = route.namespace().unwrap_or_default();
+    let mut errs = Errors::default();
+    let mut out = Translated::default();
+    let spec = &route.spec;
+    let mut tree = spec_tree(spec)?;
+    tree.insert("name".into(), Value::String(format!("{ns}/{}", route.name_any())));
+    let mut to = Vec::new();
+    for (i, entry) in spec.to.iter().enumerate() {
+        match resolve_to(&ns, entry, objects) {
+            Ok(urls) => to.extend(urls.into_iter().map(Value::String)),
+            Err(e) => errs.push(format!("spec.to[{i}]"), e),
+        }
+    }
+    tree.insert("to".into(), Value::Array(to));
+    for (secret_field, keys) in [
+        ("tls_custom_ca_secret", &["tls_custom_ca"][..]),
+        ("tls_client_secret", &["tls_client_cert", "tls_client_key"][..]),
+    ] {
+        let Some(Value::String(name)) = tree.remove(secret_field) else { continue };
+        let files = if keys.len() == 1 { vec!["ca.crt"] } else { vec!["tls.crt", "tls.key"] };
+        for (key, file) in keys.iter().zip(files) {
+            match secret_key(&ns, &name, file, objects) {
+                Ok(pem) => {
+                    tree.insert((*key).into(), Value::String(pem));
+                }
+                Err(e) => errs.push(format!("spec.{}", camel(secret_field)), e),
+            }
+        }
+    }
+    if let Some(Value::Object(tls)) = tree.remove("tls") {
+        if let Some(Value::String(secret)) = tls.get("secret_name") {
+            match tls_certificate(&ns, secret, objects) {
+                Ok(c) => {
+                    if let Ok(crate::config::HostMatch::Exact(h) | crate::config::HostMatch::Wildcard(h)) =
+                        crate::config::parse::parse_from(&spec.from)
+                    {
+                        if !c.names.iter().any(|n| *n == h || n.strip_prefix("*.") == h.split_once('.').map(|x| x.1)) {
+                            out.warnings.push(FieldError {
+                                path: "spec.tls.secretName".into(),
+                                message: format!("the certificate does not name {h}; clients that verify it will fail"),
+                            });
+                        }
+                    }
+                    out.certificates.push(c);
+                }
+                Err(e) => errs.push("spec.tls.secretName", e),
+            }
+        }
+    }
+    if errs.is_empty() {
+        let mut route_errs = Errors::default();
+        if let Some(r) = parse_route_with("spec", &Value::Object(tree), &NoMaterial, &mut route_errs, true) {
+            out.routes.push(r);
+        }
+        for e in route_errs.into_vec() {
+            errs.push(camel_path(&e.path), e.message);
+        }
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs.into_vec())
+    }
+}
+
+/// Translates the `ProxyConfig` into global settings; certificate and CA Secrets default to
+/// the controller's namespace.
+pub fn translate_proxy_config(
+    pc: &crate::k8s::crd::ProxyConfig,
+    objects: &Objects,
+    default_ns: &str,
+) -> Result<crate::config::Settings, Vec<FieldError>> {
+    let mut errs = Errors::default();
+    let mut tree = spec_tree(&pc.spec)?;
+    // Secret references are resolved here; the validator sees PEM.
+    tree.remove("certificates");
+    let mtls = tree.remove("downstream_mtls");
+    let mut certificates = Vec::new();
+    for (i, c) in pc.spec.certificates.iter().flatten().enumerate() {
+        let ns = c.namespace.as_deref().unwrap_or(default_ns);
+        match tls_certificate(ns, &c.name, objects) {
+            Ok(cert) => certificates.push(cert),
+            Err(e) => errs.push(format!("spec.certificates[{i}]"), e),
+        }
+    }
+    if let (Some(m), Some(_)) = (&pc.spec.downstream_mtls, mtls) {
+        let ns = m.ca_secret.namespace.as_deref().unwrap_or(default_ns);
+        let mut mtls_tree = Map::new();
+        match secret_key(ns, &m.ca_secret.name, "ca.crt", objects) {
+            Ok(pem) => {
+                mtls_tree.insert("ca".into(), Value::String(pem));
+            }
+            Err(e) => errs.push("spec.downstreamMtls.caSecret", e),
+        }
+        if let Ok(crl) = secret_key(ns, &m.ca_secret.name, "ca.crl", objects) {
+            mtls_tree.insert("crl".into(), Value::String(crl));
+        }
+        if let Some(e) = m.enforcement {
+            mtls_tree.insert("enforcement".into(), serde_json::to_value(e).unwrap_or_default());
+        }
+        if let Some(d) = m.max_verify_depth {
+            mtls_tree.insert("max_verify_depth".into(), d.into());
+        }
+        tree.insert("downstream_mtls".into(), Value::Object(mtls_tree));
+    }
+    let root = Value::Object(tree);
+    let mut obj = crate::config::parse::Obj::new("spec", &root, &mut errs).expect("an object");
+    let mut settings = crate::config::parse::parse_settings(&mut obj, &NoMaterial, &mut errs);
+    obj.finish(&mut errs);
+    settings.certificates = certificates;
+    let errs: Vec<FieldError> =
+        errs.into_vec().into_iter().map(|e| FieldError { path: camel_path(&e.path), message: e.message }).collect();
+    if errs.is_empty() {
+        Ok(settings)
+    } else {
+        Err(errs)
+    }
+}
+
+/// Resolves one `to` entry of a Route: a URL whose host names a Service becomes that
+/// Service's ready endpoints (with the entry's weight each); other hosts stay as written.
+fn resolve_to(ns: &str, entry: &str, objects: &Objects) -> Result<Vec<String>, String> {
+    let up = crate::config::parse::parse_upstream(&Value::String(entry.to_owned()))?;
+    let host = up.host.to_ascii_lowercase();
+    let labels: Vec<&str> = host.split('.').collect();
+    let (svc_ns, name, must_exist) = match labels.as_slice() {
+        [name] => (ns.to_owned(), (*name).to_owned(), true),
+        [name, n] => ((*n).to_owned(), (*name).to_owned(), false),
+        [name, n, "svc"] | [name, n, "svc", "cluster", "local"] => ((*n).to_owned(), (*name).to_owned(), true),
+        _ => return Ok(vec![entry.to_owned()]),
+    };
+    let key = (svc_ns.clone(), name.clone());
+    let Some(svc) = objects.services.get(&key) else {
+        return if must_exist { Err(format!("Service {svc_ns}/{name} not found")) } else { Ok(vec![entry.to_owned()]) };
+    };
+    let spec = svc.spec.clone().unwrap_or_default();
+    let port: i32 = up.authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(80);
+    let Some(svc_port) = spec.ports.iter().flatten().find(|p| p.port == port) else {
+        return Err(format!("Service {svc_ns}/{name} has no port {port}"));
+    };
+    let scheme = match up.scheme {
+        crate::config::UpstreamScheme::Http => "http",
+        crate::config::UpstreamScheme::Https => "https",
+        crate::config::UpstreamScheme::H2c => "h2c",
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        let ext = spec.external_name.unwrap_or_default();
+        return Ok(vec![format!("{scheme}://{ext}:{port},{}", up.weight)]);
+    }
+    Ok(endpoint_urls(&key, svc_port, scheme, objects, up.weight))
+}
+
+/// A CRD spec as the snake_case tree the validator reads.
+fn spec_tree<T: serde::Serialize>(spec: &T) -> Result<Map<String, Value>, Vec<FieldError>> {
+    match serde_json::to_value(spec).map(snake_case_keys) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(vec![FieldError { path: "spec".into(), message: "is not a mapping".into() }]),
+    }
+}
+
+/// camelCase keys back to the snake_case route and global keys, except inside header maps
+/// (whose keys are header names).
+fn snake_case_keys(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| {
+                    let key = snake(&k);
+                    let v = if key.ends_with("_headers") && v.is_object() { v } else { snake_case_keys(v) };
+                    (key, v)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(snake_case_keys).collect()),
+        other => other,
+    }
+}
+
+fn snake(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    for c in s.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn camel(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut upper = false;
+    for c in s.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A validator path (`spec.idle_timeout`) in the CRD's own spelling (`spec.idleTimeout`).
+fn camel_path(path: &str) -> String {
+    path.split('.').map(camel).collect::<Vec<_>>().join(".")
 }
 
 #[cfg(test)]
@@ -726,5 +953,73 @@ mod tests {
         assert_eq!(ingress_class(&ing, &[ours.clone(), nginx]), ClassDecision::NotOurs, "spec.ingressClassName wins");
         ing.spec.as_mut().unwrap().ingress_class_name = Some("portcullis".into());
         assert_eq!(ingress_class(&ing, &[ours]), ClassDecision::Ours { deprecated_annotation: false });
+    }
+
+    fn route_cr(spec: serde_json::Value) -> crate::k8s::crd::Route {
+        let spec: crate::k8s::crd::RouteSpec = serde_json::from_value(spec).unwrap();
+        let mut r = crate::k8s::crd::Route::new("api", spec);
+        r.metadata.namespace = Some("web".into());
+        r
+    }
+
+    #[test]
+    fn route_resources_use_the_same_validator_and_resolve_services() {
+        let r = route_cr(serde_json::json!({
+            "from": "https://api.example.com",
+            "prefix": "/v1",
+            "to": ["http://app:80,3", "h2c://app.web.svc.cluster.local:9000", "https://api.example.org"],
+            "idleTimeout": "0",
+            "setRequestHeaders": {"X-Mixed-Case": "1"},
+            "healthChecks": [{"interval": "5s", "httpHealthCheck": {"path": "/healthz"}}],
+        }));
+        let t = translate_route(&r, &objects()).unwrap();
+        let route = &t.routes[0];
+        assert_eq!(route.name, "web/api");
+        assert_eq!(
+            upstreams(route),
+            vec!["Http://10.244.1.7:8080", "H2c://10.244.1.7:9090", "Https://api.example.org:443"]
+        );
+        assert_eq!(route.to[0].weight, 3);
+        assert_eq!(route.idle_timeout, Some(None));
+        assert_eq!(route.set_request_headers[0].0, "x-mixed-case");
+        assert_eq!(route.health_checks[0].interval, std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn route_errors_use_the_crd_spelling() {
+        let r =
+            route_cr(serde_json::json!({"from": "https://a.test", "to": ["http://missing:80"], "idleTimeout": "soon"}));
+        let errs = translate_route(&r, &objects()).unwrap_err();
+        assert_eq!(errs[0].to_string(), "spec.to[0]: Service web/missing not found");
+        let r = route_cr(serde_json::json!({"from": "https://a.test", "to": ["http://app:80"], "idleTimeout": "soon"}));
+        let errs = translate_route(&r, &objects()).unwrap_err();
+        assert!(errs[0].to_string().starts_with("spec.idleTimeout: invalid duration \"soon\""), "{errs:?}");
+        let r = route_cr(serde_json::json!({"from": "https://a.test", "to": ["http://app:81"]}));
+        assert_eq!(
+            translate_route(&r, &objects()).unwrap_err()[0].to_string(),
+            "spec.to[0]: Service web/app has no port 81"
+        );
+    }
+
+    #[test]
+    fn proxy_config_becomes_settings() {
+        let spec: crate::k8s::crd::ProxyConfigSpec =
+            serde_json::from_value(serde_json::json!({"timeoutIdle": "1m", "codecType": "http1", "address": ":9443"}))
+                .unwrap();
+        let pc = crate::k8s::crd::ProxyConfig::new("global", spec);
+        let s = translate_proxy_config(&pc, &objects(), "portcullis").unwrap();
+        assert_eq!(s.timeouts.idle, Some(std::time::Duration::from_secs(60)));
+        assert_eq!(s.address.port(), 9443);
+        assert_eq!(s.codec_type, crate::config::CodecType::Http1);
+        let spec: crate::k8s::crd::ProxyConfigSpec = serde_json::from_value(serde_json::json!({
+            "timeoutRead": "10x",
+            "certificates": [{"name": "nope"}],
+        }))
+        .unwrap();
+        let errs = translate_proxy_config(&crate::k8s::crd::ProxyConfig::new("global", spec), &objects(), "portcullis")
+            .unwrap_err();
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert!(text.contains(&"spec.certificates[0]: Secret portcullis/nope not found".to_owned()), "{text:?}");
+        assert!(text.iter().any(|e| e.starts_with("spec.timeoutRead: invalid duration")), "{text:?}");
     }
 }
