@@ -961,7 +961,8 @@ fn check_route_set(routes: &[Route], errs: &mut Errors) {
     }
 }
 
-fn path_key(p: &PathMatch) -> String {
+/// A comparable key for a path matcher: two routes with the same host and key conflict.
+pub fn path_key(p: &PathMatch) -> String {
     match p {
         PathMatch::Any => "any".to_owned(),
         PathMatch::Prefix(p) => format!("prefix:{p}"),

@@ -1,0 +1,317 @@
+//! Combines every translated object into the one `Config` the data plane serves, applying
+//! PRODUCT.md's "Bad input" rule: a bad object keeps its last good version serving and
+//! affects no other object; an object that leaves our IngressClass is removed; when two
+//! objects claim the same host and path, the older one keeps it.
+//!
+//! Pure and synchronous: the controller calls it with what its reflectors hold and writes the
+//! returned reports to the API (status, Events) when it is the leader.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::{Resource, ResourceExt};
+
+use super::crd::{ProxyConfig, Route as RouteResource};
+use super::translate::{
+    ingress_class, translate_ingress, translate_proxy_config, translate_route, ClassDecision, Objects, Translated,
+};
+use crate::config::parse::{path_key, FieldError};
+use crate::config::{Config, Settings};
+
+/// Which kind of object a report is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// networking.k8s.io/v1 Ingress.
+    Ingress,
+    /// portcullis.io/v1alpha1 Route.
+    Route,
+    /// portcullis.io/v1alpha1 ProxyConfig.
+    ProxyConfig,
+}
+
+/// An object's identity.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// Its kind.
+    pub kind: Kind,
+    /// Namespace (empty for cluster-scoped).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// What happened to one object in this assembly.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// Translated and serving.
+    Accepted {
+        /// Non-fatal problems (Warning Events).
+        warnings: Vec<FieldError>,
+        /// Routes dropped because an older object owns the same host and path.
+        conflicts: Vec<String>,
+    },
+    /// Rejected; `serving_last_good` says whether an earlier version keeps serving.
+    Rejected {
+        /// Every error.
+        errors: Vec<FieldError>,
+        /// An earlier good version is still in force.
+        serving_last_good: bool,
+    },
+}
+
+/// The outcome for one object, for status conditions and Events.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// The object.
+    pub key: ObjectKey,
+    /// `metadata.generation` that was looked at.
+    pub generation: Option<i64>,
+    /// The result.
+    pub verdict: Verdict,
+    /// The class came from the deprecated `kubernetes.io/ingress.class` annotation.
+    pub deprecated_class_annotation: bool,
+}
+
+/// Everything the controller watches, as of one moment.
+pub struct World<'a> {
+    /// Ingresses of every class.
+    pub ingresses: &'a [Ingress],
+    /// IngressClasses.
+    pub classes: &'a [IngressClass],
+    /// Route resources.
+    pub routes: &'a [RouteResource],
+    /// The ProxyConfig named by `--config-name`, if it exists.
+    pub proxy_config: Option<&'a ProxyConfig>,
+    /// Services, EndpointSlices, Secrets.
+    pub objects: &'a Objects,
+    /// Where ProxyConfig Secret references without a namespace point.
+    pub controller_namespace: &'a str,
+}
+
+struct Good {
+    created: String,
+    translated: Translated,
+}
+
+/// Remembers each object's last good translation between assemblies.
+#[derive(Default)]
+pub struct Assembler {
+    last_good: BTreeMap<ObjectKey, Good>,
+    last_settings: Option<Settings>,
+}
+
+impl Assembler {
+    /// Builds the config for `world` and a report per object of ours.
+    pub fn assemble(&mut self, world: &World<'_>) -> (Config, Vec<Report>) {
+        let mut reports = Vec::new();
+        let settings = self.settings(world, &mut reports);
+        let mut seen = Vec::new();
+        for ing in world.ingresses {
+            let key =
+                ObjectKey { kind: Kind::Ingress, namespace: ing.namespace().unwrap_or_default(), name: ing.name_any() };
+            match ingress_class(ing, world.classes) {
+                ClassDecision::NotOurs => {}
+                ClassDecision::Ours { deprecated_annotation } => {
+                    seen.push(key.clone());
+                    let result = translate_ingress(ing, world.objects);
+                    let created = created(ing.meta());
+                    reports.push(self.record(key, ing.meta().generation, created, result, deprecated_annotation));
+                }
+            }
+        }
+        for r in world.routes {
+            let key = ObjectKey { kind: Kind::Route, namespace: r.namespace().unwrap_or_default(), name: r.name_any() };
+            seen.push(key.clone());
+            let result = translate_route(r, world.objects);
+            reports.push(self.record(key, r.meta().generation, created(r.meta()), result, false));
+        }
+        // Objects that were deleted or left our class stop serving.
+        self.last_good.retain(|k, _| seen.contains(k));
+
+        // Older objects first, so that they keep what they had when a newer one conflicts.
+        let mut owners: Vec<(&ObjectKey, &Good)> = self.last_good.iter().collect();
+        owners.sort_by(|a, b| (&a.1.created, a.0).cmp(&(&b.1.created, b.0)));
+        let mut routes = Vec::new();
+        let mut certificates = settings.certificates.clone();
+        let mut claimed: HashMap<(crate::config::HostMatch, String), &ObjectKey> = HashMap::new();
+        let mut conflicts: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
+        for (key, good) in owners {
+            for route in &good.translated.routes {
+                let claim = (route.host.clone(), path_key(&route.path));
+                if let Some(owner) = claimed.get(&claim) {
+                    if *owner != key {
+                        conflicts.entry(key.clone()).or_default().push(format!(
+                            "route {} matches the same host and path as {:?} {}/{}, which is older and keeps it",
+                            route.name, owner.kind, owner.namespace, owner.name
+                        ));
+                        continue;
+                    }
+                }
+                claimed.insert(claim, key);
+                routes.push(route.clone());
+            }
+            certificates.extend(good.translated.certificates.iter().cloned());
+        }
+        for report in &mut reports {
+            if let (Some(c), Verdict::Accepted { conflicts: slot, .. }) =
+                (conflicts.remove(&report.key), &mut report.verdict)
+            {
+                *slot = c;
+            }
+        }
+        let mut settings = settings;
+        settings.certificates = certificates;
+        (Config { settings, routes }, reports)
+    }
+
+    fn settings(&mut self, world: &World<'_>, reports: &mut Vec<Report>) -> Settings {
+        let Some(pc) = world.proxy_config else {
+            self.last_settings = None;
+            return Settings::default();
+        };
+        let key = ObjectKey { kind: Kind::ProxyConfig, namespace: String::new(), name: pc.name_any() };
+        match translate_proxy_config(pc, world.objects, world.controller_namespace) {
+            Ok(s) => {
+                self.last_settings = Some(s.clone());
+                reports.push(Report {
+                    key,
+                    generation: pc.meta().generation,
+                    verdict: Verdict::Accepted { warnings: Vec::new(), conflicts: Vec::new() },
+                    deprecated_class_annotation: false,
+                });
+                s
+            }
+            Err(errors) => {
+                reports.push(Report {
+                    key,
+                    generation: pc.meta().generation,
+                    verdict: Verdict::Rejected { errors, serving_last_good: self.last_settings.is_some() },
+                    deprecated_class_annotation: false,
+                });
+                self.last_settings.clone().unwrap_or_default()
+            }
+        }
+    }
+
+    fn record(
+        &mut self,
+        key: ObjectKey,
+        generation: Option<i64>,
+        created: String,
+        result: Result<Translated, Vec<FieldError>>,
+        deprecated_class_annotation: bool,
+    ) -> Report {
+        let verdict = match result {
+            Ok(t) => {
+                let warnings = t.warnings.clone();
+                self.last_good.insert(key.clone(), Good { created, translated: t });
+                Verdict::Accepted { warnings, conflicts: Vec::new() }
+            }
+            Err(errors) => Verdict::Rejected { errors, serving_last_good: self.last_good.contains_key(&key) },
+        };
+        Report { key, generation, verdict, deprecated_class_annotation }
+    }
+}
+
+fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    meta.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::test_support::*;
+    use crate::k8s::translate::CONTROLLER_NAME;
+    use k8s_openapi::api::networking::v1::IngressClassSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn our_class() -> IngressClass {
+        IngressClass {
+            metadata: ObjectMeta { name: Some("portcullis".into()), ..Default::default() },
+            spec: Some(IngressClassSpec { controller: Some(CONTROLLER_NAME.into()), parameters: None }),
+        }
+    }
+
+    fn named_ingress(name: &str, created_secs: i64, annotations: &[(&str, &str)], path: &str) -> Ingress {
+        let mut ing = ingress(annotations, &[("a.test", path, "Prefix", backend("app", num(80)))]);
+        ing.metadata.name = Some(name.into());
+        ing.metadata.generation = Some(1);
+        ing.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(created_secs).unwrap()));
+        ing.spec.as_mut().unwrap().ingress_class_name = Some("portcullis".into());
+        ing
+    }
+
+    fn run(a: &mut Assembler, ingresses: &[Ingress]) -> (Config, Vec<Report>) {
+        let objects = objects();
+        let classes = [our_class()];
+        a.assemble(&World {
+            ingresses,
+            classes: &classes,
+            routes: &[],
+            proxy_config: None,
+            objects: &objects,
+            controller_namespace: "portcullis",
+        })
+    }
+
+    #[test]
+    fn a_bad_edit_keeps_the_last_good_version_and_touches_no_other_object() {
+        let mut a = Assembler::default();
+        let good = named_ingress("one", 1, &[("portcullis.io/timeout", "5s")], "/one");
+        let other = named_ingress("two", 2, &[], "/two");
+        let (config, _) = run(&mut a, &[good.clone(), other.clone()]);
+        assert_eq!(config.routes.len(), 2);
+        let mut bad = good.clone();
+        bad.metadata.annotations = Some([("portcullis.io/timeout".to_owned(), "soon".to_owned())].into());
+        bad.metadata.generation = Some(2);
+        let (config, reports) = run(&mut a, &[bad, other]);
+        assert_eq!(config.routes.len(), 2, "both still serve");
+        let r1 = config.routes.iter().find(|r| r.name.contains("/one")).unwrap();
+        assert_eq!(r1.timeout, Some(Some(std::time::Duration::from_secs(5))), "the last good version");
+        let rep = reports.iter().find(|r| r.key.name == "one").unwrap();
+        assert_eq!(rep.generation, Some(2));
+        assert!(
+            matches!(&rep.verdict, Verdict::Rejected { serving_last_good: true, errors } if errors[0].path.contains("portcullis.io/timeout"))
+        );
+        assert!(matches!(&reports.iter().find(|r| r.key.name == "two").unwrap().verdict, Verdict::Accepted { .. }));
+    }
+
+    #[test]
+    fn leaving_our_class_or_being_deleted_removes_the_routes() {
+        let mut a = Assembler::default();
+        let ing = named_ingress("one", 1, &[], "/one");
+        assert_eq!(run(&mut a, std::slice::from_ref(&ing)).0.routes.len(), 1);
+        let mut moved = ing.clone();
+        moved.spec.as_mut().unwrap().ingress_class_name = Some("nginx".into());
+        let (config, reports) = run(&mut a, &[moved]);
+        assert!(
+            config.routes.is_empty() && reports.is_empty(),
+            "another class's Ingress is neither served nor reported"
+        );
+        assert_eq!(run(&mut a, std::slice::from_ref(&ing)).0.routes.len(), 1);
+        assert!(run(&mut a, &[]).0.routes.is_empty());
+    }
+
+    #[test]
+    fn the_older_object_keeps_a_contested_host_and_path() {
+        let mut a = Assembler::default();
+        let old = named_ingress("old", 10, &[], "/same");
+        let new = named_ingress("new", 20, &[], "/same");
+        let (config, reports) = run(&mut a, &[new, old]);
+        assert_eq!(config.routes.len(), 1);
+        assert!(config.routes[0].name.starts_with("web/old:"));
+        let rep = reports.iter().find(|r| r.key.name == "new").unwrap();
+        assert!(
+            matches!(&rep.verdict, Verdict::Accepted { conflicts, .. } if conflicts[0].contains("Ingress web/old"))
+        );
+    }
+
+    #[test]
+    fn a_rejected_new_object_serves_nothing() {
+        let mut a = Assembler::default();
+        let bad = named_ingress("bad", 1, &[("portcullis.io/nope", "x")], "/x");
+        let (config, reports) = run(&mut a, &[bad]);
+        assert!(config.routes.is_empty());
+        assert!(matches!(&reports[0].verdict, Verdict::Rejected { serving_last_good: false, .. }));
+    }
+}

@@ -1,0 +1,110 @@
+//! Small builders for Kubernetes objects, shared by the translation and assembly tests.
+#![allow(missing_docs)]
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
+    ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::translate::Objects;
+use crate::config::Route;
+
+pub fn meta(ns: &str, name: &str) -> ObjectMeta {
+    ObjectMeta { namespace: Some(ns.into()), name: Some(name.into()), ..Default::default() }
+}
+
+pub fn backend(svc: &str, port: ServiceBackendPort) -> IngressBackend {
+    IngressBackend { service: Some(IngressServiceBackend { name: svc.into(), port: Some(port) }), resource: None }
+}
+
+pub fn num(n: i32) -> ServiceBackendPort {
+    ServiceBackendPort { number: Some(n), name: None }
+}
+
+pub fn named(n: &str) -> ServiceBackendPort {
+    ServiceBackendPort { number: None, name: Some(n.into()) }
+}
+
+/// An Ingress with one rule per (host, path, pathType, backend).
+pub fn ingress(annotations: &[(&str, &str)], paths: &[(&str, &str, &str, IngressBackend)]) -> Ingress {
+    let mut m = meta("web", "shop");
+    m.annotations = Some(annotations.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect());
+    let rules = paths
+        .iter()
+        .map(|(host, path, ty, b)| IngressRule {
+            host: (!host.is_empty()).then(|| (*host).into()),
+            http: Some(HTTPIngressRuleValue {
+                paths: vec![HTTPIngressPath {
+                    path: Some((*path).into()),
+                    path_type: (*ty).into(),
+                    backend: b.clone(),
+                }],
+            }),
+        })
+        .collect();
+    Ingress { metadata: m, spec: Some(IngressSpec { rules: Some(rules), ..Default::default() }), status: None }
+}
+
+/// Service `web/app` with ports http:80 and grpc:9000 (h2c), endpoints on 8080 and 9090.
+pub fn objects() -> Objects {
+    let mut o = Objects::default();
+    let svc = Service {
+        metadata: meta("web", "app"),
+        spec: Some(ServiceSpec {
+            ports: Some(vec![
+                ServicePort { name: Some("http".into()), port: 80, ..Default::default() },
+                ServicePort {
+                    name: Some("grpc".into()),
+                    port: 9000,
+                    app_protocol: Some("kubernetes.io/h2c".into()),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    o.services.insert(("web".into(), "app".into()), svc);
+    let ext = Service {
+        metadata: meta("web", "ext"),
+        spec: Some(ServiceSpec {
+            type_: Some("ExternalName".into()),
+            external_name: Some("api.example.org".into()),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    o.services.insert(("web".into(), "ext".into()), ext);
+    let ep = |ip: &str, ready: bool, serving: bool, terminating: bool| Endpoint {
+        addresses: vec![ip.into()],
+        conditions: Some(EndpointConditions {
+            ready: Some(ready),
+            serving: Some(serving),
+            terminating: Some(terminating),
+        }),
+        ..Default::default()
+    };
+    let mut m = meta("web", "app-abc");
+    m.labels = Some([("kubernetes.io/service-name".to_owned(), "app".to_owned())].into());
+    o.add_slice(EndpointSlice {
+        metadata: m,
+        address_type: "IPv4".into(),
+        endpoints: Some(vec![
+            ep("10.244.1.7", true, true, false),
+            ep("10.244.1.8", false, true, true),
+            ep("10.244.1.9", false, false, false),
+        ]),
+        ports: Some(vec![
+            EndpointPort { name: Some("http".into()), port: Some(8080), ..Default::default() },
+            EndpointPort { name: Some("grpc".into()), port: Some(9090), ..Default::default() },
+        ]),
+    });
+    o
+}
+
+pub fn upstreams(r: &Route) -> Vec<String> {
+    r.to.iter().map(|u| format!("{:?}://{}", u.scheme, u.authority)).collect()
+}
