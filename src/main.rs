@@ -64,10 +64,39 @@ enum Command {
         #[arg(long, default_value = "demo")]
         name: String,
     },
+    /// Run in a cluster: watch Ingresses, Routes, ProxyConfig, Services, EndpointSlices and
+    /// Secrets, and serve them from the in-process data plane.
+    Controller {
+        /// The cluster-scoped ProxyConfig to read.
+        #[arg(long, default_value = "global", env = "PORTCULLIS_CONFIG_NAME")]
+        config_name: String,
+        /// The controller's namespace (Lease; default for ProxyConfig Secret references).
+        #[arg(long, default_value = "portcullis", env = "POD_NAMESPACE")]
+        namespace: String,
+        /// This replica's identity for leader election and Events (the pod name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Lease used for leader election.
+        #[arg(long, default_value = "portcullis-leader")]
+        lease_name: String,
+        /// `namespace/name` of the proxy's Service; its addresses go into Ingress status.
+        #[arg(long, value_parser = parse_ns_name)]
+        publish_service: Option<(String, String)>,
+        /// A fixed address (IP or hostname) for Ingress status instead.
+        #[arg(long, conflicts_with = "publish_service")]
+        publish_address: Option<String>,
+    },
     /// Print the CustomResourceDefinitions (Route, ProxyConfig) as YAML.
     Crds,
     /// Print the version.
     Version,
+}
+
+fn parse_ns_name(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok((ns.to_owned(), name.to_owned())),
+        _ => Err(format!("{s:?}: expected namespace/name")),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -87,6 +116,21 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => Ok(check(&config)),
+        Command::Controller { config_name, namespace, identity, lease_name, publish_service, publish_address } => {
+            let identity = identity.unwrap_or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .map_or_else(|_| "portcullis".to_owned(), |h| h.trim().to_owned())
+            });
+            let options = portcullis::k8s::controller::Options {
+                config_name,
+                namespace,
+                identity,
+                lease_name,
+                publish_service,
+                publish_address,
+            };
+            runtime().block_on(controller(options))
+        }
         Command::Crds => {
             print!("{}", portcullis::k8s::crd::crds_yaml());
             Ok(ExitCode::SUCCESS)
@@ -173,6 +217,27 @@ async fn serve(path: PathBuf, watch_interval: Duration) -> anyhow::Result<ExitCo
     tracing::info!(drain_timeout = ?drain, "shutting down: not ready, not accepting, draining");
     let forced = running.shutdown(drain).await;
     tracing::info!(forced_closes = forced, "shutdown complete");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn controller(options: portcullis::k8s::controller::Options) -> anyhow::Result<ExitCode> {
+    let client =
+        kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let running = std::sync::Arc::new(tokio::sync::Mutex::new(None));
+    let slot = running.clone();
+    let start = |config| async move {
+        let r = server::start(config).await.context("starting listeners")?;
+        let proxy = r.proxy.clone();
+        *slot.lock().await = Some(r);
+        Ok(proxy)
+    };
+    portcullis::k8s::controller::run(client, options, start, wait_for_signal()).await?;
+    if let Some(r) = running.lock().await.take() {
+        let drain = r.proxy.snapshot().settings.drain_timeout;
+        tracing::info!(drain_timeout = ?drain, "shutting down: not ready, not accepting, draining");
+        let forced = r.shutdown(drain).await;
+        tracing::info!(forced_closes = forced, "shutdown complete");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,243 @@
+//! `portcullis controller`: watches the API with reflectors, assembles one config whenever
+//! anything changes, swaps it into the in-process data plane, and (on the leader only)
+//! writes status and Events.
+//!
+//! Every replica watches and serves; a Lease (kube-lease-manager) decides which one writes.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass, IngressLoadBalancerIngress};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use super::assemble::{Assembler, World};
+use super::crd::{ProxyConfig, Route};
+use super::status::StatusWriter;
+use super::translate::Objects;
+use crate::proxy::Proxy;
+
+/// Coalesces bursts of watch events (an apply of many objects) into one assembly.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// The controller's settings (from `portcullis controller` flags).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Name of the cluster-scoped ProxyConfig to read.
+    pub config_name: String,
+    /// The controller's own namespace: the Lease lives here, and ProxyConfig Secret
+    /// references without a namespace point here.
+    pub namespace: String,
+    /// This replica's identity for the Lease and Events (the pod name).
+    pub identity: String,
+    /// Lease name for leader election.
+    pub lease_name: String,
+    /// `namespace/name` of the proxy's own Service, whose addresses go into Ingress status.
+    pub publish_service: Option<(String, String)>,
+    /// Fixed address for Ingress status instead of a Service.
+    pub publish_address: Option<String>,
+}
+
+/// Every store the controller reads.
+struct Stores {
+    ingresses: Store<Ingress>,
+    classes: Store<IngressClass>,
+    routes: Store<Route>,
+    configs: Store<ProxyConfig>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    secrets: Store<Secret>,
+}
+
+fn watch<K>(api: Api<K>, changed: &Arc<Notify>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+    let changed = changed.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => changed.notify_one(),
+                Err(e) => {
+                    tracing::warn!(kind = %K::kind(&K::DynamicType::default()), error = %e, "watch failed; retrying with backoff");
+                }
+            }
+        }
+    });
+    reader
+}
+
+/// Runs the controller until `shutdown` resolves. `start` is called once with the first
+/// config (to bind the listeners) and returns the data plane to update afterwards.
+pub async fn run<F, Fut>(
+    client: Client,
+    opts: Options,
+    start: F,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(crate::config::Config) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Arc<Proxy>>>,
+{
+    let changed = Arc::new(Notify::new());
+    let stores = Stores {
+        ingresses: watch(Api::all(client.clone()), &changed),
+        classes: watch(Api::all(client.clone()), &changed),
+        routes: watch(Api::all(client.clone()), &changed),
+        configs: watch(Api::all(client.clone()), &changed),
+        services: watch(Api::all(client.clone()), &changed),
+        slices: watch(Api::all(client.clone()), &changed),
+        secrets: watch(Api::all(client.clone()), &changed),
+    };
+    let t = Instant::now();
+    for ready in [
+        stores.ingresses.wait_until_ready().await,
+        stores.classes.wait_until_ready().await,
+        stores.routes.wait_until_ready().await,
+        stores.configs.wait_until_ready().await,
+        stores.services.wait_until_ready().await,
+        stores.slices.wait_until_ready().await,
+        stores.secrets.wait_until_ready().await,
+    ] {
+        ready.map_err(|e| anyhow::anyhow!("a watch ended before its first list: {e}"))?;
+    }
+    tracing::info!(elapsed = ?t.elapsed(), "initial list of every watched kind complete");
+
+    let leader = leader_election(client.clone(), &opts).await?;
+    let mut writer = StatusWriter::new(client.clone(), &opts.identity);
+    let mut assembler = Assembler::default();
+    let (config, reports, ingresses) = assemble(&mut assembler, &stores, &opts);
+    let proxy = start(config).await?;
+    tracing::info!(elapsed = ?t.elapsed(), routes = proxy.snapshot().routes.routes().len(), "serving the cluster config");
+    let mut was_leader = false;
+    let mut pending = Some((reports, ingresses));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let is_leader = *leader.borrow();
+        if is_leader && !was_leader {
+            tracing::info!(identity = %opts.identity, "became the leader: writing status and Events");
+            writer.reset();
+        }
+        was_leader = is_leader;
+        if let (true, Some((reports, ingresses))) = (is_leader, pending.take()) {
+            writer.write(&reports, &ingresses, &publish_addresses(&stores, &opts)).await;
+        }
+        let mut leader_changed = leader.clone();
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            () = changed.notified() => {}
+            _ = leader_changed.changed() => {}
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+        let t = Instant::now();
+        let (config, reports, ingresses) = assemble(&mut assembler, &stores, &opts);
+        proxy.apply(config);
+        tracing::debug!(elapsed = ?t.elapsed(), "config assembled and applied");
+        pending = Some((reports, ingresses));
+    }
+}
+
+fn assemble(
+    assembler: &mut Assembler,
+    s: &Stores,
+    opts: &Options,
+) -> (crate::config::Config, Vec<super::assemble::Report>, Vec<Ingress>) {
+    let ingresses: Vec<Ingress> = owned(s.ingresses.state());
+    let classes: Vec<IngressClass> = owned(s.classes.state());
+    let routes: Vec<Route> = owned(s.routes.state());
+    let config = s.configs.state().into_iter().find(|c| c.name_any() == opts.config_name).map(|c| (*c).clone());
+    let mut objects = Objects::default();
+    let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default())
+    };
+    objects.services =
+        s.services.state().into_iter().map(|x| (key(&x.metadata), (*x).clone())).collect::<BTreeMap<_, _>>();
+    objects.secrets =
+        s.secrets.state().into_iter().map(|x| (key(&x.metadata), (*x).clone())).collect::<BTreeMap<_, _>>();
+    for slice in s.slices.state() {
+        objects.add_slice((*slice).clone());
+    }
+    let world = World {
+        ingresses: &ingresses,
+        classes: &classes,
+        routes: &routes,
+        proxy_config: config.as_ref(),
+        objects: &objects,
+        controller_namespace: &opts.namespace,
+    };
+    let (config, reports) = assembler.assemble(&world);
+    (config, reports, ingresses)
+}
+
+fn owned<T: Clone>(v: Vec<Arc<T>>) -> Vec<T> {
+    v.into_iter().map(|a| (*a).clone()).collect()
+}
+
+/// What Ingress `status.loadBalancer` says: the fixed address, or the proxy Service's.
+fn publish_addresses(s: &Stores, opts: &Options) -> Vec<IngressLoadBalancerIngress> {
+    let entry = |a: &str| {
+        if a.parse::<std::net::IpAddr>().is_ok() {
+            IngressLoadBalancerIngress { ip: Some(a.to_owned()), ..Default::default() }
+        } else {
+            IngressLoadBalancerIngress { hostname: Some(a.to_owned()), ..Default::default() }
+        }
+    };
+    if let Some(a) = &opts.publish_address {
+        return vec![entry(a)];
+    }
+    let Some((ns, name)) = &opts.publish_service else { return Vec::new() };
+    let Some(svc) =
+        s.services.state().into_iter().find(|x| x.metadata.namespace.as_deref() == Some(ns) && &x.name_any() == name)
+    else {
+        return Vec::new();
+    };
+    let from_lb: Vec<_> = svc
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| i.ip.or(i.hostname))
+        .map(|a| entry(&a))
+        .collect();
+    if !from_lb.is_empty() {
+        return from_lb;
+    }
+    let spec = svc.spec.clone().unwrap_or_default();
+    spec.external_ips
+        .unwrap_or_default()
+        .iter()
+        .chain(spec.cluster_ip.iter())
+        .filter(|a| *a != "None")
+        .map(|a| entry(a))
+        .collect()
+}
+
+async fn leader_election(client: Client, opts: &Options) -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &opts.lease_name)
+        .with_namespace(&opts.namespace)
+        .with_identity(&opts.identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("setting up leader election (Lease {}/{}): {e}", opts.namespace, opts.lease_name)
+        })?;
+    let (receiver, _task) = manager.watch().await;
+    Ok(receiver)
+}
