@@ -659,3 +659,31 @@ fn apply_crds(cluster: &Cluster) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `cargo xtask e2e`: builds the control plane and the tests, starts the cluster, applies the
+/// CRDs, and runs the `portcullis-e2e` tests inside the cluster's network namespace.
+pub fn suite() -> anyhow::Result<()> {
+    util::step("build portcullis", &["cargo", "build", "--package", "portcullis"])?;
+    util::step("build the end-to-end tests", &["cargo", "test", "--package", "portcullis-e2e", "--no-run"])?;
+    let bins = build()?;
+    let started = Instant::now();
+    let cluster = Cluster::start(&bins)?;
+    apply_crds(&cluster)?;
+    eprintln!("==> cluster ready with CRDs in {:.1?}", started.elapsed());
+    let bin = util::root().join("target/debug/portcullis");
+    let status = cluster
+        .netns_command(&["cargo", "test", "--package", "portcullis-e2e", "--", "--nocapture"])
+        .env("PORTCULLIS_E2E_KUBECONFIG", &cluster.kubeconfig)
+        .env("PORTCULLIS_BIN", &bin)
+        .env("CARGO_NET_OFFLINE", "true")
+        .current_dir(util::root())
+        .status()
+        .context("running the end-to-end tests")?;
+    if !status.success() {
+        cluster.print_log_tails();
+        let log = std::env::temp_dir().join("portcullis-e2e-controller.log");
+        eprintln!("--- controller log ({}):\n{}", log.display(), tail(&log, 60));
+        bail!("end-to-end tests failed ({status})");
+    }
+    Ok(())
+}
