@@ -30,18 +30,87 @@ pub async fn client() -> Client {
     Client::try_from(cfg).expect("kube client")
 }
 
+/// Applies `deploy/rbac.yaml` (the controller's exact permissions) and returns a kubeconfig
+/// that authenticates as its ServiceAccount with a token minted by the TokenRequest API.
+pub async fn service_account_kubeconfig(admin: &Client) -> std::path::PathBuf {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    use kube::api::PostParams;
+    use kube::Api;
+    let pp = PostParams::default();
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "portcullis"}})).expect("namespace");
+    Api::<Namespace>::all(admin.clone()).create(&pp, &ns).await.expect("namespace portcullis");
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).expect("deploy/rbac.yaml");
+    for doc in text.split("\n---").filter(|d| d.contains("kind:")) {
+        let v: serde_json::Value = serde_yaml_ng::from_str(doc).expect("RBAC YAML");
+        let ns = v["metadata"]["namespace"].as_str().unwrap_or("portcullis").to_owned();
+        let c = admin.clone();
+        let created = match v["kind"].as_str().unwrap_or_default() {
+            "ServiceAccount" => Api::<ServiceAccount>::namespaced(c, &ns)
+                .create(&pp, &serde_json::from_value(v).expect("sa"))
+                .await
+                .map(drop),
+            "ClusterRole" => {
+                Api::<ClusterRole>::all(c).create(&pp, &serde_json::from_value(v).expect("cr")).await.map(drop)
+            }
+            "ClusterRoleBinding" => {
+                Api::<ClusterRoleBinding>::all(c).create(&pp, &serde_json::from_value(v).expect("crb")).await.map(drop)
+            }
+            "Role" => {
+                Api::<Role>::namespaced(c, &ns).create(&pp, &serde_json::from_value(v).expect("role")).await.map(drop)
+            }
+            "RoleBinding" => Api::<RoleBinding>::namespaced(c, &ns)
+                .create(&pp, &serde_json::from_value(v).expect("rb"))
+                .await
+                .map(drop),
+            other => panic!("unexpected kind {other} in deploy/rbac.yaml"),
+        };
+        created.expect("creating an RBAC object from deploy/rbac.yaml");
+    }
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
+        ..Default::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(admin.clone(), "portcullis")
+        .create_token_request("portcullis", &pp, &request)
+        .await
+        .expect("TokenRequest for the portcullis ServiceAccount")
+        .status
+        .and_then(|s| s.token)
+        .expect("a token");
+    let mut kc = kube::config::Kubeconfig::read_from(kubeconfig()).expect("admin kubeconfig");
+    for named in &mut kc.auth_infos {
+        named.auth_info = Some(kube::config::AuthInfo { token: Some(token.clone().into()), ..Default::default() });
+    }
+    let path = std::env::temp_dir().join("portcullis-e2e-serviceaccount.kubeconfig");
+    std::fs::write(&path, serde_yaml_ng::to_string(&kc).expect("kubeconfig YAML")).expect("writing the kubeconfig");
+    path
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from(path: &std::path::Path) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(path).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    Client::try_from(cfg).expect("kube client")
+}
+
 /// A running `portcullis controller`; killed on drop.
 pub struct Controller(Child);
 
 impl Controller {
-    /// Starts the controller binary against the e2e cluster and waits for `/readyz`.
-    pub fn start(extra: &[&str]) -> Self {
+    /// Starts the controller binary with `kubeconfig` and waits for `/readyz`.
+    pub fn start(kubeconfig: &std::path::Path, extra: &[&str]) -> Self {
         let bin = std::env::var("PORTCULLIS_BIN").expect("PORTCULLIS_BIN is not set: run with `cargo xtask e2e`");
         let log = std::fs::File::create(std::env::temp_dir().join("portcullis-e2e-controller.log")).expect("log file");
         let child = Command::new(bin)
-            .args(["--log-level", "info,access=warn", "controller", "--namespace", "default", "--identity", "e2e-a"])
+            .args(["--log-level", "info,access=warn", "controller", "--namespace", "portcullis", "--identity", "e2e-a"])
             .args(extra)
-            .env("KUBECONFIG", kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

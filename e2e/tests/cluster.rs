@@ -12,7 +12,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use portcullis::k8s::crd::{ProxyConfig, Route};
-use portcullis_e2e::{client, eventually, get, https, pod, Controller};
+use portcullis_e2e::{client, client_from, eventually, get, https, pod, service_account_kubeconfig, Controller};
 use serde_json::json;
 
 const NS: &str = "e2e-shop";
@@ -95,7 +95,23 @@ async fn ingress_and_route_lifecycle_against_a_real_api_server() {
         .await
         .expect("ingress without a class");
 
-    let mut controller = Controller::start(&["--publish-address", "203.0.113.10"]);
+    // The controller runs as its ServiceAccount with exactly deploy/rbac.yaml's permissions.
+    let sa = service_account_kubeconfig(&kube).await;
+    let sa_client = client_from(&sa).await;
+    let forbidden =
+        Api::<k8s_openapi::api::core::v1::Pod>::all(sa_client.clone()).list(&kube::api::ListParams::default()).await;
+    assert!(
+        matches!(&forbidden, Err(kube::Error::Api(s)) if s.code == 403),
+        "listing Pods is not in the list: {forbidden:?}"
+    );
+    let forbidden = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(sa_client, NS)
+        .create(&pp, &obj(json!({"metadata": {"name": "nope"}, "stringData": {"a": "b"}})))
+        .await;
+    assert!(
+        matches!(&forbidden, Err(kube::Error::Api(s)) if s.code == 403),
+        "creating Secrets is not in the list: {forbidden:?}"
+    );
+    let mut controller = Controller::start(&sa, &["--publish-address", "203.0.113.10"]);
     let c = https();
 
     // Host and path rules, PRODUCT.md's table.
@@ -235,7 +251,7 @@ async fn ingress_and_route_lifecycle_against_a_real_api_server() {
 
     // A controller restart resyncs from the API and serves the same config.
     drop(controller);
-    controller = Controller::start(&["--publish-address", "203.0.113.10"]);
+    controller = Controller::start(&sa, &["--publish-address", "203.0.113.10"]);
     let c = https();
     assert_eq!(get(&c, "shop.test", "/foo").await.0, 200, "after a restart");
     assert_eq!(get(&c, "api.test", "/").await.0, 200, "after a restart");
