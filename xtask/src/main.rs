@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         Some("e2e-cluster") => e2e::run(&args[1..]),
         Some("e2e") => e2e::suite(),
         _ => {
-            eprintln!("usage: cargo xtask <test|h2spec|e2e|bench|e2e-cluster>\n  test    every check CI runs: fmt, clippy, unit, integration, h2spec\n  h2spec  HTTP/2 conformance against the https listener\n  e2e     end-to-end tests against a real kube-apiserver and etcd\n  bench   benchmarks (slow; not part of test)\n  e2e-cluster  build and start a real etcd + kube-apiserver (work in progress)");
+            eprintln!("usage: cargo xtask <test|h2spec|e2e|bench|e2e-cluster>\n  test    every check CI runs: fmt, clippy, unit, integration, h2spec, e2e\n  h2spec  HTTP/2 conformance against the https listener\n  e2e     end-to-end tests against a real kube-apiserver and etcd\n  bench   benchmarks (slow; not part of test)\n  e2e-cluster  build | up [--keep]: the e2e control plane alone, for manual use");
             return ExitCode::from(2);
         }
     };
