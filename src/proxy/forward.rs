@@ -197,12 +197,12 @@ async fn route_request(
             return Err(ProxyError::ClientCertRequired);
         }
     }
-    let Some(route) = snap.routes.lookup(host, req.uri().path()) else {
+    let Some(route_idx) = snap.routes.lookup_index(host, req.uri().path()) else {
         return Err(ProxyError::NoRoute);
     };
-    let route_idx = snap.routes.routes().iter().position(|r| std::ptr::eq(r, route)).unwrap_or(0);
+    let route = &snap.routes.routes()[route_idx];
     finish.route = Some(route.route.name.clone());
-    let target_idx = pick(route).ok_or(ProxyError::NoEndpoints)?;
+    let target_idx = route.balancer.pick().ok_or(ProxyError::NoEndpoints)?;
     let target = &route.balancer.targets()[target_idx];
     target.in_flight.fetch_add(1, Ordering::Relaxed);
     finish.in_flight = Some(InFlight(snap.clone(), route_idx, target_idx));
@@ -240,11 +240,6 @@ async fn route_request(
     parts.extensions.insert(StreamIdle(route.stream_idle));
     parts.extensions.insert(state);
     Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
-}
-
-fn pick(route: &CompiledRoute) -> Option<usize> {
-    let t = route.balancer.pick()?;
-    route.balancer.targets().iter().position(|x| std::ptr::eq(x, t))
 }
 
 fn check_header_limits(headers: &HeaderMap) -> Result<(), ProxyError> {

@@ -113,6 +113,11 @@ impl<T> RouteTable<T> {
     /// Finds the route for a request. `host` may carry a port and any case; `path` must not
     /// carry the query. Allocation-free: the host is lower-cased into a stack buffer.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&T> {
+        self.lookup_index(host, path).and_then(|i| self.routes.get(i))
+    }
+
+    /// As [`Self::lookup`], returning the route's index in [`Self::routes`].
+    pub fn lookup_index(&self, host: &str, path: &str) -> Option<usize> {
         let mut buf = [0u8; 256];
         let host = normalize_host(host, &mut buf);
         let table_hit = |t: &PathTable| t.lookup(path);
@@ -124,7 +129,7 @@ impl<T> RouteTable<T> {
                     .or_else(|| h.split_once('.').and_then(|(_, s)| self.wildcard.get(s)).and_then(table_hit))
             })
             .or_else(|| self.any.lookup(path))?;
-        self.routes.get(idx)
+        Some(idx)
     }
 }
 

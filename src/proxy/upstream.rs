@@ -302,31 +302,33 @@ impl Balancer {
     /// Chooses a healthy target; when none is healthy, any target (failing open, as Envoy's
     /// panic threshold does, beats refusing every request on a bad health check). `None` only
     /// when the route has no upstream at all (a Service with no ready endpoints).
-    pub fn pick(&self) -> Option<&Target> {
+    /// Returns the index into [`Self::targets`].
+    pub fn pick(&self) -> Option<usize> {
         match self.targets.len() {
             0 => None,
-            1 => Some(&self.targets[0]),
+            1 => Some(0),
             _ => Some(self.pick_of_many()),
         }
     }
 
-    fn pick_of_many(&self) -> &Target {
+    fn pick_of_many(&self) -> usize {
         match self.policy {
             LbPolicy::RoundRobin => {
                 for _ in 0..self.schedule.len() {
                     let i = self.next.fetch_add(1, Ordering::Relaxed) % self.schedule.len();
-                    let t = &self.targets[self.schedule[i] as usize];
-                    if t.healthy.load(Ordering::Relaxed) {
+                    let t = self.schedule[i] as usize;
+                    if self.targets[t].healthy.load(Ordering::Relaxed) {
                         return t;
                     }
                 }
-                &self.targets[self.schedule[self.next.load(Ordering::Relaxed) % self.schedule.len()] as usize]
+                self.schedule[self.next.load(Ordering::Relaxed) % self.schedule.len()] as usize
             }
             LbPolicy::Random => self.random_healthy(),
             LbPolicy::LeastRequest => {
                 let a = self.random_healthy();
                 let b = self.random_healthy();
-                if b.in_flight.load(Ordering::Relaxed) < a.in_flight.load(Ordering::Relaxed) {
+                let load = |i: usize| self.targets[i].in_flight.load(Ordering::Relaxed);
+                if load(b) < load(a) {
                     b
                 } else {
                     a
@@ -335,15 +337,15 @@ impl Balancer {
         }
     }
 
-    fn random_healthy(&self) -> &Target {
+    fn random_healthy(&self) -> usize {
         for _ in 0..8 {
             let i = rand::random_range(0..self.schedule.len());
-            let t = &self.targets[self.schedule[i] as usize];
-            if t.healthy.load(Ordering::Relaxed) {
+            let t = self.schedule[i] as usize;
+            if self.targets[t].healthy.load(Ordering::Relaxed) {
                 return t;
             }
         }
-        &self.targets[self.schedule[rand::random_range(0..self.schedule.len())] as usize]
+        self.schedule[rand::random_range(0..self.schedule.len())] as usize
     }
 }
 
