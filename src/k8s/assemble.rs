@@ -6,14 +6,17 @@
 //! Pure and synchronous: the controller calls it with what its reflectors hold and writes the
 //! returned reports to the API (status, Events) when it is the leader.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::{Resource, ResourceExt};
 
 use super::crd::{ProxyConfig, Route as RouteResource};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 use super::translate::{
-    ingress_class, translate_ingress, translate_proxy_config, translate_route, ClassDecision, Objects, Translated,
+    ingress_class, translate_ingress, translate_proxy_config, translate_route, ClassDecision, Objects, Read, Translated,
 };
 use crate::config::parse::{path_key, FieldError};
 use crate::config::{Config, Settings};
@@ -75,11 +78,11 @@ pub struct Report {
 /// Everything the controller watches, as of one moment.
 pub struct World<'a> {
     /// Ingresses of every class.
-    pub ingresses: &'a [Ingress],
+    pub ingresses: &'a [Arc<Ingress>],
     /// IngressClasses.
     pub classes: &'a [IngressClass],
     /// Route resources.
-    pub routes: &'a [RouteResource],
+    pub routes: &'a [Arc<RouteResource>],
     /// The ProxyConfig named by `--config-name`, if it exists.
     pub proxy_config: Option<&'a ProxyConfig>,
     /// Services, EndpointSlices, Secrets.
@@ -90,14 +93,26 @@ pub struct World<'a> {
 
 struct Good {
     created: String,
-    translated: Translated,
+    translated: Arc<Translated>,
 }
 
-/// Remembers each object's last good translation between assemblies.
+/// A translation and what it depended on: reused while the object's uid, generation and
+/// annotations and every Service, EndpointSlice and Secret it read are unchanged.
+struct Memo {
+    uid: String,
+    generation: Option<i64>,
+    annotations: BTreeMap<String, String>,
+    reads: Vec<Read>,
+    result: Result<Arc<Translated>, Vec<FieldError>>,
+}
+
+/// Remembers each object's last good translation between assemblies, and memoizes
+/// translations so that an assembly costs little more than the objects that changed.
 #[derive(Default)]
 pub struct Assembler {
     last_good: BTreeMap<ObjectKey, Good>,
     last_settings: Option<Settings>,
+    memo: HashMap<ObjectKey, Memo>,
 }
 
 impl Assembler {
@@ -105,15 +120,16 @@ impl Assembler {
     pub fn assemble(&mut self, world: &World<'_>) -> (Config, Vec<Report>) {
         let mut reports = Vec::new();
         let settings = self.settings(world, &mut reports);
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         for ing in world.ingresses {
             let key =
                 ObjectKey { kind: Kind::Ingress, namespace: ing.namespace().unwrap_or_default(), name: ing.name_any() };
             match ingress_class(ing, world.classes) {
                 ClassDecision::NotOurs => {}
                 ClassDecision::Ours { deprecated_annotation } => {
-                    seen.push(key.clone());
-                    let result = translate_ingress(ing, world.objects);
+                    seen.insert(key.clone());
+                    let result =
+                        self.translate(&key, ing.meta(), world.objects, || translate_ingress(ing, world.objects));
                     let created = created(ing.meta());
                     reports.push(self.record(key, ing.meta().generation, created, result, deprecated_annotation));
                 }
@@ -121,12 +137,13 @@ impl Assembler {
         }
         for r in world.routes {
             let key = ObjectKey { kind: Kind::Route, namespace: r.namespace().unwrap_or_default(), name: r.name_any() };
-            seen.push(key.clone());
-            let result = translate_route(r, world.objects);
+            seen.insert(key.clone());
+            let result = self.translate(&key, r.meta(), world.objects, || translate_route(r, world.objects));
             reports.push(self.record(key, r.meta().generation, created(r.meta()), result, false));
         }
         // Objects that were deleted or left our class stop serving.
         self.last_good.retain(|k, _| seen.contains(k));
+        self.memo.retain(|k, _| seen.contains(k));
 
         // Older objects first, so that they keep what they had when a newer one conflicts.
         let mut owners: Vec<(&ObjectKey, &Good)> = self.last_good.iter().collect();
@@ -193,12 +210,48 @@ impl Assembler {
         }
     }
 
+    /// The memoized translation of an object, or a fresh one. Objects without a uid (built
+    /// by hand in tests) are always translated afresh.
+    fn translate(
+        &mut self,
+        key: &ObjectKey,
+        meta: &ObjectMeta,
+        objects: &Objects,
+        translate: impl FnOnce() -> Result<Translated, Vec<FieldError>>,
+    ) -> Result<Arc<Translated>, Vec<FieldError>> {
+        let empty = BTreeMap::new();
+        let annotations = meta.annotations.as_ref().unwrap_or(&empty);
+        if let (Some(uid), Some(m)) = (&meta.uid, self.memo.get(key)) {
+            if &m.uid == uid
+                && m.generation == meta.generation
+                && &m.annotations == annotations
+                && objects.unchanged(&m.reads)
+            {
+                return m.result.clone();
+            }
+        }
+        objects.take_reads();
+        let result = translate().map(Arc::new);
+        let reads = objects.take_reads();
+        if let Some(uid) = &meta.uid {
+            let memo = Memo {
+                uid: uid.clone(),
+                generation: meta.generation,
+                annotations: annotations.clone(),
+                reads,
+                result: result.clone(),
+            };
+            self.memo.insert(key.clone(), memo);
+        }
+        result
+    }
+
     fn record(
         &mut self,
         key: ObjectKey,
         generation: Option<i64>,
         created: String,
-        result: Result<Translated, Vec<FieldError>>,
+        result: Result<Arc<Translated>, Vec<FieldError>>,
         deprecated_class_annotation: bool,
     ) -> Report {
         let verdict = match result {
@@ -242,14 +295,18 @@ mod tests {
     }
 
     fn run(a: &mut Assembler, ingresses: &[Ingress]) -> (Config, Vec<Report>) {
-        let objects = objects();
+        run_with(a, ingresses, &objects())
+    }
+
+    fn run_with(a: &mut Assembler, ingresses: &[Ingress], objects: &Objects) -> (Config, Vec<Report>) {
         let classes = [our_class()];
+        let ingresses: Vec<Arc<Ingress>> = ingresses.iter().cloned().map(Arc::new).collect();
         a.assemble(&World {
-            ingresses,
+            ingresses: &ingresses,
             classes: &classes,
             routes: &[],
             proxy_config: None,
-            objects: &objects,
+            objects,
             controller_namespace: "portcullis",
         })
     }
@@ -313,5 +370,44 @@ mod tests {
         let (config, reports) = run(&mut a, &[bad]);
         assert!(config.routes.is_empty());
         assert!(matches!(&reports[0].verdict, Verdict::Rejected { serving_last_good: false, .. }));
+    }
+
+    #[test]
+    fn a_translation_is_reused_until_its_object_or_something_it_read_changes() {
+        let mut a = Assembler::default();
+        let mut ing = named_ingress("one", 1, &[], "/one");
+        ing.metadata.uid = Some("uid-1".into());
+        let mut o = objects();
+        let upstreams_now = |a: &mut Assembler, ing: &Ingress, o: &Objects| {
+            let (config, _) = run_with(a, std::slice::from_ref(ing), o);
+            (upstreams(&config.routes[0]), config.routes[0].timeout)
+        };
+        assert_eq!(upstreams_now(&mut a, &ing, &o).0, vec!["Http://10.244.1.7:8080"]);
+
+        // The ready endpoint goes away but the slice's resourceVersion says nothing changed:
+        // the memoized translation is used (what proves that no re-translation happened).
+        let slice = &mut o.slices.get_mut(&("web".into(), "app".into())).unwrap()[0];
+        Arc::make_mut(slice).endpoints.as_mut().unwrap().retain(|e| e.addresses[0] != "10.244.1.7");
+        assert_eq!(upstreams_now(&mut a, &ing, &o).0, vec!["Http://10.244.1.7:8080"], "memoized");
+        // A new resourceVersion, as the API server gives every change, is picked up.
+        Arc::make_mut(&mut o.slices.get_mut(&("web".into(), "app".into())).unwrap()[0]).metadata.resource_version =
+            Some("2".into());
+        assert_eq!(upstreams_now(&mut a, &ing, &o).0, vec!["Http://10.244.1.8:8080"], "the slice changed");
+
+        // Annotations change without a new generation; they are part of the key too.
+        ing.metadata.annotations = Some([("portcullis.io/timeout".to_owned(), "3s".to_owned())].into());
+        assert_eq!(upstreams_now(&mut a, &ing, &o).1, Some(Some(std::time::Duration::from_secs(3))));
+        // A Service that was missing and appears is a change of what was read.
+        let mut missing = named_ingress("two", 2, &[], "/two");
+        missing.metadata.uid = Some("uid-2".into());
+        missing.spec.as_mut().unwrap().rules.as_mut().unwrap()[0].http.as_mut().unwrap().paths[0].backend =
+            backend("later", num(80));
+        let (config, _) = run_with(&mut a, std::slice::from_ref(&missing), &o);
+        assert!(config.routes.is_empty());
+        let mut svc = (*o.services[&("web".to_owned(), "app".to_owned())]).clone();
+        svc.metadata.name = Some("later".into());
+        o.services.insert(("web".into(), "later".into()), svc.into());
+        let (config, _) = run_with(&mut a, std::slice::from_ref(&missing), &o);
+        assert_eq!(config.routes.len(), 1, "the Service appeared");
     }
 }

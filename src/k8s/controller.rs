@@ -117,36 +117,74 @@ where
     tracing::info!(elapsed = ?t.elapsed(), "initial list of every watched kind complete");
 
     let leader = leader_election(client.clone(), &opts).await?;
-    let mut writer = StatusWriter::new(client.clone(), &opts.identity);
     let mut assembler = Assembler::default();
     let (config, reports, ingresses) = assemble(&mut assembler, &stores, &opts);
     let proxy = start(config).await?;
     tracing::info!(elapsed = ?t.elapsed(), routes = proxy.snapshot().routes.routes().len(), "serving the cluster config");
-    let mut was_leader = false;
-    let mut pending = Some((reports, ingresses));
+    let outcome =
+        |reports, ingresses| Arc::new(Outcome { reports, ingresses, addresses: publish_addresses(&stores, &opts) });
+    let (outcomes, latest) = tokio::sync::watch::channel(outcome(reports, ingresses));
+    let writer = StatusWriter::new(client.clone(), &opts.identity);
+    let status_task = tokio::spawn(write_status(writer, leader, latest, opts.identity.clone()));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let is_leader = *leader.borrow();
-        if is_leader && !was_leader {
-            tracing::info!(identity = %opts.identity, "became the leader: writing status and Events");
-            writer.reset();
-        }
-        was_leader = is_leader;
-        if let (true, Some((reports, ingresses))) = (is_leader, pending.take()) {
-            writer.write(&reports, &ingresses, &publish_addresses(&stores, &opts)).await;
-        }
-        let mut leader_changed = leader.clone();
         tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => {
+                status_task.abort();
+                return Ok(());
+            }
             () = changed.notified() => {}
-            _ = leader_changed.changed() => {}
         }
         tokio::time::sleep(DEBOUNCE).await;
         let t = Instant::now();
         let (config, reports, ingresses) = assemble(&mut assembler, &stores, &opts);
-        proxy.apply(config);
-        tracing::debug!(elapsed = ?t.elapsed(), "config assembled and applied");
-        pending = Some((reports, ingresses));
+        let assembled = t.elapsed();
+        if let crate::proxy::Applied::SwappedNeedsRestart(fields) = proxy.apply(config) {
+            // Listener generations (rebinding live) are their own piece of work; until then
+            // say plainly that these settings are not in force yet.
+            tracing::warn!(
+                ?fields,
+                "ProxyConfig changed listener settings; they take effect when the process restarts"
+            );
+        }
+        tracing::debug!(?assembled, applied = ?t.elapsed().saturating_sub(assembled), "config assembled and applied");
+        // Never blocks: the status task picks up the newest outcome when it is free.
+        outcomes.send_replace(outcome(reports, ingresses));
+    }
+}
+
+/// One assembly's conclusions, as the status task needs them.
+struct Outcome {
+    reports: Vec<super::assemble::Report>,
+    ingresses: Vec<Arc<Ingress>>,
+    addresses: Vec<IngressLoadBalancerIngress>,
+}
+
+/// Writes status and Events while this replica leads. It runs apart from the assembly loop
+/// because writing a thousand statuses takes seconds of API calls, and a config edit must
+/// reach the data plane meanwhile; intermediate outcomes are skipped, only the newest counts.
+async fn write_status(
+    mut writer: StatusWriter,
+    mut leader: tokio::sync::watch::Receiver<bool>,
+    mut outcomes: tokio::sync::watch::Receiver<Arc<Outcome>>,
+    identity: String,
+) {
+    let mut was_leader = false;
+    loop {
+        let is_leader = *leader.borrow_and_update();
+        if is_leader && !was_leader {
+            tracing::info!(%identity, "became the leader: writing status and Events");
+            writer.reset();
+        }
+        was_leader = is_leader;
+        if is_leader {
+            let o = outcomes.borrow_and_update().clone();
+            writer.write(&o.reports, &o.ingresses, &o.addresses).await;
+        }
+        tokio::select! {
+            r = leader.changed() => if r.is_err() { return },
+            r = outcomes.changed() => if r.is_err() { return },
+        }
     }
 }
 
@@ -154,36 +192,30 @@ fn assemble(
     assembler: &mut Assembler,
     s: &Stores,
     opts: &Options,
-) -> (crate::config::Config, Vec<super::assemble::Report>, Vec<Ingress>) {
-    let ingresses: Vec<Ingress> = owned(s.ingresses.state());
-    let classes: Vec<IngressClass> = owned(s.classes.state());
-    let routes: Vec<Route> = owned(s.routes.state());
-    let config = s.configs.state().into_iter().find(|c| c.name_any() == opts.config_name).map(|c| (*c).clone());
+) -> (crate::config::Config, Vec<super::assemble::Report>, Vec<Arc<Ingress>>) {
+    let ingresses = s.ingresses.state();
+    let classes: Vec<IngressClass> = s.classes.state().iter().map(|c| (**c).clone()).collect();
+    let routes = s.routes.state();
+    let config = s.configs.state().into_iter().find(|c| c.name_any() == opts.config_name);
     let mut objects = Objects::default();
     let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
         (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default())
     };
-    objects.services =
-        s.services.state().into_iter().map(|x| (key(&x.metadata), (*x).clone())).collect::<BTreeMap<_, _>>();
-    objects.secrets =
-        s.secrets.state().into_iter().map(|x| (key(&x.metadata), (*x).clone())).collect::<BTreeMap<_, _>>();
+    objects.services = s.services.state().into_iter().map(|x| (key(&x.metadata), x)).collect::<BTreeMap<_, _>>();
+    objects.secrets = s.secrets.state().into_iter().map(|x| (key(&x.metadata), x)).collect::<BTreeMap<_, _>>();
     for slice in s.slices.state() {
-        objects.add_slice((*slice).clone());
+        objects.add_slice(slice);
     }
     let world = World {
         ingresses: &ingresses,
         classes: &classes,
         routes: &routes,
-        proxy_config: config.as_ref(),
+        proxy_config: config.as_deref(),
         objects: &objects,
         controller_namespace: &opts.namespace,
     };
     let (config, reports) = assembler.assemble(&world);
     (config, reports, ingresses)
-}
-
-fn owned<T: Clone>(v: Vec<Arc<T>>) -> Vec<T> {
-    v.into_iter().map(|a| (*a).clone()).collect()
 }
 
 /// What Ingress `status.loadBalancer` says: the fixed address, or the proxy Service's.

@@ -3,6 +3,7 @@
 //! the leader calls this; every replica serves traffic.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -17,11 +18,20 @@ use super::crd::{ProxyConfig, Route};
 /// Field manager name for status patches.
 const MANAGER: &str = "portcullis-controller";
 
+/// What was written for one object: compared structurally, it is cheap enough to check a
+/// thousand objects after every assembly.
+#[derive(PartialEq)]
+struct Written {
+    generation: Option<i64>,
+    verdict: Verdict,
+    addresses: Vec<IngressLoadBalancerIngress>,
+}
+
 /// Remembers what was last written so that an unchanged verdict causes no API call.
 pub struct StatusWriter {
     client: Client,
-    recorder: Recorder,
-    written: HashMap<ObjectKey, String>,
+    reporter: kube::runtime::events::Reporter,
+    written: HashMap<ObjectKey, Written>,
 }
 
 impl StatusWriter {
@@ -29,7 +39,7 @@ impl StatusWriter {
     pub fn new(client: Client, identity: &str) -> Self {
         let reporter =
             kube::runtime::events::Reporter { controller: "portcullis".into(), instance: Some(identity.into()) };
-        Self { recorder: Recorder::new(client.clone(), reporter), client, written: HashMap::new() }
+        Self { reporter, client, written: HashMap::new() }
     }
 
     /// Forgets what was written, so that a new leader writes everything once.
@@ -39,28 +49,41 @@ impl StatusWriter {
 
     /// Writes status and Events for every report that changed. `addresses` is what Ingress
     /// `status.loadBalancer` should say (from `--publish-service` or `--publish-address`).
-    pub async fn write(&mut self, reports: &[Report], ingresses: &[Ingress], addresses: &[IngressLoadBalancerIngress]) {
+    pub async fn write(
+        &mut self,
+        reports: &[Report],
+        ingresses: &[Arc<Ingress>],
+        addresses: &[IngressLoadBalancerIngress],
+    ) {
         for report in reports {
-            let fingerprint = format!("{:?}{:?}{addresses:?}", report.generation, report.verdict);
-            if self.written.get(&report.key) == Some(&fingerprint) {
+            let is_current = self.written.get(&report.key).is_some_and(|w| {
+                w.generation == report.generation && w.verdict == report.verdict && w.addresses == addresses
+            });
+            if is_current {
                 continue;
             }
             match self.write_one(report, ingresses, addresses).await {
                 Ok(()) => {
-                    self.written.insert(report.key.clone(), fingerprint);
+                    let written = Written {
+                        generation: report.generation,
+                        verdict: report.verdict.clone(),
+                        addresses: addresses.to_vec(),
+                    };
+                    self.written.insert(report.key.clone(), written);
                 }
                 Err(e) => {
                     tracing::warn!(object = ?report.key, error = %e, "writing status failed; will retry on the next change");
                 }
             }
         }
-        self.written.retain(|k, _| reports.iter().any(|r| &r.key == k));
+        let current: std::collections::HashSet<&ObjectKey> = reports.iter().map(|r| &r.key).collect();
+        self.written.retain(|k, _| current.contains(k));
     }
 
     async fn write_one(
         &self,
         report: &Report,
-        ingresses: &[Ingress],
+        ingresses: &[Arc<Ingress>],
         addresses: &[IngressLoadBalancerIngress],
     ) -> Result<(), kube::Error> {
         let key = &report.key;
@@ -112,6 +135,11 @@ impl StatusWriter {
                 ing.object_ref(&())
             }
         };
+        // A fresh Recorder per object and verdict: kube's Recorder treats an Event with the same
+        // type, reason, action and object as a repeat and re-sends its *first* note, so a
+        // changed error ("Secret not found", then "Secret has type Opaque") would keep the
+        // stale message. Verdicts are only written when they change, so nothing repeats.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         for (reason, note) in events(report) {
             let ev = Event {
                 type_: EventType::Warning,
@@ -120,7 +148,7 @@ impl StatusWriter {
                 action: "Reconcile".into(),
                 secondary: None,
             };
-            if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            if let Err(e) = recorder.publish(&ev, &reference).await {
                 tracing::warn!(object = ?key, error = %e, "publishing an Event failed");
             }
         }

@@ -67,7 +67,7 @@ pub fn objects() -> Objects {
         }),
         status: None,
     };
-    o.services.insert(("web".into(), "app".into()), svc);
+    o.services.insert(("web".into(), "app".into()), svc.into());
     let ext = Service {
         metadata: meta("web", "ext"),
         spec: Some(ServiceSpec {
@@ -77,7 +77,7 @@ pub fn objects() -> Objects {
         }),
         status: None,
     };
-    o.services.insert(("web".into(), "ext".into()), ext);
+    o.services.insert(("web".into(), "ext".into()), ext.into());
     let ep = |ip: &str, ready: bool, serving: bool, terminating: bool| Endpoint {
         addresses: vec![ip.into()],
         conditions: Some(EndpointConditions {

@@ -5,7 +5,9 @@
 //! an Ingress annotation and a YAML key mean exactly the same thing. Errors name the object's
 //! own field (`metadata.annotations["portcullis.io/timeout"]`, `spec.rules[0]...`).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -48,23 +50,98 @@ pub const EXTRA_ANNOTATIONS: &[&str] = &["secure_upstream", "path_regex", "tls_c
 
 /// The objects a translation may look at, keyed by (namespace, name). EndpointSlices are
 /// keyed by the Service they belong to (their `kubernetes.io/service-name` label).
+///
+/// Translations read them only through [`Objects::service`], [`Objects::slices_of`] and
+/// [`Objects::secret`], which record what was read and at which `resourceVersion`: the
+/// assembler keeps a translation until its object or one of those reads changes, so an edit
+/// in a cluster of a thousand Ingresses re-translates one object, not a thousand.
 #[derive(Clone, Debug, Default)]
 pub struct Objects {
     /// Services.
-    pub services: BTreeMap<(String, String), Service>,
+    pub services: BTreeMap<(String, String), Arc<Service>>,
     /// EndpointSlices by owning Service.
-    pub slices: BTreeMap<(String, String), Vec<EndpointSlice>>,
+    pub slices: BTreeMap<(String, String), Vec<Arc<EndpointSlice>>>,
     /// Secrets.
-    pub secrets: BTreeMap<(String, String), Secret>,
+    pub secrets: BTreeMap<(String, String), Arc<Secret>>,
+    reads: RefCell<Vec<Read>>,
+}
+
+/// Which map a [`Read`] looked in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadKind {
+    Service,
+    Slices,
+    Secret,
+}
+
+/// One lookup a translation made and the version it saw (`-` when the object was missing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Read {
+    kind: ReadKind,
+    key: (String, String),
+    version: String,
+}
+
+fn version_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.resource_version.as_deref().unwrap_or("")
 }
 
 impl Objects {
     /// Adds an EndpointSlice under the Service named by its label.
-    pub fn add_slice(&mut self, slice: EndpointSlice) {
+    pub fn add_slice(&mut self, slice: impl Into<Arc<EndpointSlice>>) {
+        let slice = slice.into();
         let ns = slice.namespace().unwrap_or_default();
         if let Some(svc) = slice.labels().get("kubernetes.io/service-name").cloned() {
             self.slices.entry((ns, svc)).or_default().push(slice);
         }
+    }
+
+    /// A Service, recording the read.
+    pub fn service(&self, key: &(String, String)) -> Option<&Service> {
+        self.record(ReadKind::Service, key);
+        self.services.get(key).map(AsRef::as_ref)
+    }
+
+    /// The EndpointSlices of a Service, recording the read.
+    pub fn slices_of(&self, key: &(String, String)) -> impl Iterator<Item = &EndpointSlice> {
+        self.record(ReadKind::Slices, key);
+        self.slices.get(key).into_iter().flatten().map(AsRef::as_ref)
+    }
+
+    /// A Secret, recording the read.
+    pub fn secret(&self, key: &(String, String)) -> Option<&Secret> {
+        self.record(ReadKind::Secret, key);
+        self.secrets.get(key).map(AsRef::as_ref)
+    }
+
+    fn record(&self, kind: ReadKind, key: &(String, String)) {
+        let version = self.version(kind, key);
+        self.reads.borrow_mut().push(Read { kind, key: key.clone(), version });
+    }
+
+    fn version(&self, kind: ReadKind, key: &(String, String)) -> String {
+        match kind {
+            ReadKind::Service => {
+                self.services.get(key).map_or_else(|| "-".to_owned(), |s| version_of(&s.metadata).to_owned())
+            }
+            ReadKind::Secret => {
+                self.secrets.get(key).map_or_else(|| "-".to_owned(), |s| version_of(&s.metadata).to_owned())
+            }
+            ReadKind::Slices => self.slices.get(key).map_or_else(
+                || "-".to_owned(),
+                |v| v.iter().map(|s| version_of(&s.metadata)).collect::<Vec<_>>().join(","),
+            ),
+        }
+    }
+
+    /// Hands over (and forgets) the reads recorded since the last call.
+    pub fn take_reads(&self) -> Vec<Read> {
+        std::mem::take(&mut *self.reads.borrow_mut())
+    }
+
+    /// Whether every read would see the same version now.
+    pub fn unchanged(&self, reads: &[Read]) -> bool {
+        reads.iter().all(|r| self.version(r.kind, &r.key) == r.version)
     }
 }
 
@@ -132,15 +209,9 @@ pub fn translate_ingress(ing: &Ingress, objects: &Objects) -> Result<Translated,
                      backend: &IngressBackend,
                      errs: &mut Errors,
                      out: &mut Translated| {
-        let Some(to) = backend_urls(
-            &ns,
-            backend,
-            &format!("{field}.backend"),
-            objects,
-            ann.secure_upstream,
-            errs,
-            &mut out.warnings,
-        ) else {
+        let Some(to) =
+            backend_urls(&ns, backend, &backend_field(&field), objects, ann.secure_upstream, errs, &mut out.warnings)
+        else {
             return;
         };
         let mut tree = ann.route.clone();
@@ -209,6 +280,16 @@ pub fn translate_ingress(ing: &Ingress, objects: &Objects) -> Result<Translated,
     }
 }
 
+/// Where the backend of a translated route lives: `spec.rules[i].http.paths[j].backend`, or
+/// `spec.defaultBackend` itself (which *is* a backend).
+fn backend_field(route_field: &str) -> String {
+    if route_field == "spec.defaultBackend" {
+        route_field.to_owned()
+    } else {
+        format!("{route_field}.backend")
+    }
+}
+
 /// The `portcullis.io/` annotations of one Ingress, split into route keys and extras.
 struct Annotations {
     route: Map<String, Value>,
@@ -268,7 +349,10 @@ fn annotation_path(key: &str) -> String {
     format!("metadata.annotations[\"{ANNOTATION_PREFIX}{key}\"]")
 }
 
-/// Maps a validator path under a translated route back to the annotation it came from.
+/// Maps a validator path under a translated route back to the Ingress field it came from:
+/// the annotation for route keys, `...paths[j].path` for the matcher (`prefix`, `path` or
+/// `regex`, which an Ingress spells `path`), `spec.rules[i].host` for `from`, and
+/// `...backend` for `to`. The validator's own key names are not fields of an Ingress.
 fn annotation_field(route_field: &str, path: &str) -> String {
     let rest = path.strip_prefix(route_field).and_then(|r| r.strip_prefix('.')).unwrap_or("");
     let key = rest.split(['.', '[']).next().unwrap_or("");
@@ -278,9 +362,15 @@ fn annotation_field(route_field: &str, path: &str) -> String {
         k => k,
     };
     if ROUTE_ANNOTATIONS.contains(&key) || EXTRA_ANNOTATIONS.contains(&key) {
-        annotation_path(key)
-    } else {
-        path.to_owned()
+        return annotation_path(key);
+    }
+    match key {
+        "prefix" | "path" | "regex" => format!("{route_field}.path"),
+        "to" => backend_field(route_field),
+        "from" => {
+            route_field.split_once(".http.").map_or_else(|| route_field.to_owned(), |(rule, _)| format!("{rule}.host"))
+        }
+        _ => path.to_owned(),
     }
 }
 
@@ -296,10 +386,8 @@ fn annotation_value(v: &str) -> Value {
 }
 
 fn secret_key(ns: &str, name: &str, key: &str, objects: &Objects) -> Result<String, String> {
-    let secret = objects
-        .secrets
-        .get(&(ns.to_owned(), name.to_owned()))
-        .ok_or_else(|| format!("Secret {ns}/{name} not found"))?;
+    let secret =
+        objects.secret(&(ns.to_owned(), name.to_owned())).ok_or_else(|| format!("Secret {ns}/{name} not found"))?;
     let bytes = secret
         .data
         .as_ref()
@@ -310,10 +398,8 @@ fn secret_key(ns: &str, name: &str, key: &str, objects: &Objects) -> Result<Stri
 
 /// A `kubernetes.io/tls` Secret as a certificate.
 pub fn tls_certificate(ns: &str, name: &str, objects: &Objects) -> Result<Certificate, String> {
-    let secret = objects
-        .secrets
-        .get(&(ns.to_owned(), name.to_owned()))
-        .ok_or_else(|| format!("Secret {ns}/{name} not found"))?;
+    let secret =
+        objects.secret(&(ns.to_owned(), name.to_owned())).ok_or_else(|| format!("Secret {ns}/{name} not found"))?;
     if secret.type_.as_deref() != Some("kubernetes.io/tls") {
         return Err(format!(
             "Secret {ns}/{name} has type {:?}; a kubernetes.io/tls Secret is required",
@@ -349,7 +435,7 @@ fn backend_urls(
         return None;
     };
     let key = (ns.to_owned(), svc_ref.name.clone());
-    let Some(svc) = objects.services.get(&key) else {
+    let Some(svc) = objects.service(&key) else {
         errs.push(format!("{field}.service.name"), format!("Service {ns}/{} not found", svc_ref.name));
         return None;
     };
@@ -402,7 +488,7 @@ fn endpoint_urls(
     // EndpointSlice ports carry the Service port's name and the resolved target port.
     let mut ready = Vec::new();
     let mut terminating = Vec::new();
-    for slice in objects.slices.get(service).into_iter().flatten() {
+    for slice in objects.slices_of(service) {
         let wanted = svc_port.name.as_deref().unwrap_or("");
         let Some(port) =
             slice.ports.iter().flatten().find(|p| p.name.as_deref().unwrap_or("") == wanted).and_then(|p| p.port)
@@ -569,7 +655,7 @@ fn resolve_to(ns: &str, entry: &str, objects: &Objects) -> Result<Vec<String>, S
         _ => return Ok(vec![entry.to_owned()]),
     };
     let key = (svc_ns.clone(), name.clone());
-    let Some(svc) = objects.services.get(&key) else {
+    let Some(svc) = objects.service(&key) else {
         return if must_exist { Err(format!("Service {svc_ns}/{name} not found")) } else { Ok(vec![entry.to_owned()]) };
     };
     let spec = svc.spec.clone().unwrap_or_default();
@@ -688,7 +774,7 @@ mod tests {
     fn terminating_serving_endpoints_are_used_only_when_none_is_ready() {
         let mut o = objects();
         for s in o.slices.values_mut().flatten() {
-            s.endpoints.as_mut().unwrap().retain(|e| e.addresses[0] != "10.244.1.7");
+            Arc::make_mut(s).endpoints.as_mut().unwrap().retain(|e| e.addresses[0] != "10.244.1.7");
         }
         let t = translate_ingress(&ingress(&[], &[("a.test", "/", "Prefix", backend("app", num(80)))]), &o).unwrap();
         assert_eq!(upstreams(&t.routes[0]), vec!["Http://10.244.1.8:8080"]);
@@ -747,6 +833,35 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_regex_path_names_the_ingress_path_field() {
+        let ing = ingress(
+            &[("portcullis.io/path_regex", "true")],
+            &[
+                ("a.test", "/items/[0-9]+", "ImplementationSpecific", backend("app", num(80))),
+                ("a.test", "/items/[0-9+", "ImplementationSpecific", backend("app", num(80))),
+            ],
+        );
+        let errs = translate_ingress(&ing, &objects()).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "spec.rules[1].http.paths[0].path", "the Ingress's own field, not the route key");
+        assert!(errs[0].message.contains("invalid regular expression"), "{errs:?}");
+    }
+
+    #[test]
+    fn route_keys_map_back_to_ingress_fields() {
+        let f = "spec.rules[2].http.paths[1]";
+        assert_eq!(annotation_field(f, &format!("{f}.regex")), format!("{f}.path"));
+        assert_eq!(annotation_field(f, &format!("{f}.prefix")), format!("{f}.path"));
+        assert_eq!(annotation_field(f, &format!("{f}.to[0]")), format!("{f}.backend"));
+        assert_eq!(annotation_field(f, &format!("{f}.from")), "spec.rules[2].host");
+        assert_eq!(
+            annotation_field(f, &format!("{f}.idle_timeout")),
+            "metadata.annotations[\"portcullis.io/idle_timeout\"]"
+        );
+        assert_eq!(annotation_field("spec.defaultBackend", "spec.defaultBackend.to[0]"), "spec.defaultBackend");
+    }
+
+    #[test]
     fn missing_service_and_port_are_errors_resource_backends_warnings() {
         let res = IngressBackend {
             service: None,
@@ -777,6 +892,14 @@ mod tests {
     }
 
     #[test]
+    fn default_backend_errors_name_spec_default_backend() {
+        let mut ing = ingress(&[], &[]);
+        ing.spec.as_mut().unwrap().default_backend = Some(backend("nope", num(80)));
+        let errs = translate_ingress(&ing, &objects()).unwrap_err();
+        assert_eq!(errs[0].to_string(), "spec.defaultBackend.service.name: Service web/nope not found");
+    }
+
+    #[test]
     fn external_name_and_default_backend() {
         let mut ing = ingress(&[], &[]);
         ing.spec.as_mut().unwrap().default_backend = Some(backend("ext", num(443)));
@@ -803,14 +926,14 @@ mod tests {
             ),
             ..Default::default()
         };
-        o.secrets.insert(("web".into(), "tls".into()), secret("kubernetes.io/tls"));
+        o.secrets.insert(("web".into(), "tls".into()), secret("kubernetes.io/tls").into());
         let mut ing = ingress(&[], &[("a.test", "/", "Prefix", backend("app", num(80)))]);
         ing.spec.as_mut().unwrap().tls =
             Some(vec![IngressTLS { hosts: Some(vec!["A.test".into()]), secret_name: Some("tls".into()) }]);
         let t = translate_ingress(&ing, &o).unwrap();
         assert_eq!(t.certificates[0].names, vec!["a.test"]);
         assert_eq!(t.certificates[0].source, "secret web/tls");
-        o.secrets.insert(("web".into(), "tls".into()), secret("Opaque"));
+        o.secrets.insert(("web".into(), "tls".into()), secret("Opaque").into());
         let errs = translate_ingress(&ing, &o).unwrap_err();
         assert!(
             errs[0].to_string().starts_with("spec.tls[0].secretName: Secret web/tls has type \"Opaque\""),
