@@ -1,5 +1,7 @@
 //! Support for the end-to-end tests: the cluster that `cargo xtask e2e` started (its
-//! kubeconfig), the controller process under test, upstreams on "pod IPs" and an HTTPS client.
+//! kubeconfig, and a handle to restart its apiserver), the controller process under test,
+//! upstreams on "pod IPs", HTTPS clients for both HTTP versions, a strict TLS client that
+//! reports the certificate served, and polling helpers for Events and eventual state.
 //!
 //! These tests only make sense inside the network namespace the harness creates, where
 //! 127.0.0.1:6443 is a real kube-apiserver and 10.244.0.0/16 is local; outside it they fail
@@ -7,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -161,31 +164,164 @@ pub async fn pod(addr: &str, name: &str) -> SocketAddr {
     a
 }
 
-/// An HTTPS client to the proxy on 127.0.0.1:8443 that accepts its certificate.
+/// An HTTPS client to the proxy on 127.0.0.1:8443 that accepts its certificate. It offers
+/// `h2` and `http/1.1` in ALPN (the proxy's own upstream client, all versions enabled), so
+/// against the default `codec_type: auto` it speaks HTTP/2.
 pub fn https() -> HttpClient {
+    proxy_client(false)
+}
+
+/// Like [`https`], but offering only `http/1.1` in ALPN: browsers and many tools still
+/// connect this way, and it takes a different server code path than HTTP/2.
+pub fn https_h1() -> HttpClient {
+    proxy_client(true)
+}
+
+fn proxy_client(h1_only: bool) -> HttpClient {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let target = portcullis::config::parse::parse_upstream(&serde_json::json!("https://127.0.0.1:8443")).expect("url");
-    ClientCache::default().get(&target, &UpstreamTls { skip_verify: true, ..UpstreamTls::default() }, false)
+    ClientCache::default().get(&target, &UpstreamTls { skip_verify: true, ..UpstreamTls::default() }, h1_only)
+}
+
+/// One answer from the proxy. `status` is 0 (and `body` the error) when no response came.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// The HTTP version the response came on (what ALPN negotiated).
+    pub version: http::Version,
+    /// The body as text.
+    pub body: String,
 }
 
 /// GET `https://host/path` through the proxy: status and body.
 pub async fn get(client: &HttpClient, host: &str, path: &str) -> (u16, String) {
+    let r = fetch(client, host, path).await;
+    (r.status, r.body)
+}
+
+/// GET `https://host/path` through the proxy, keeping the response's HTTP version.
+pub async fn fetch(client: &HttpClient, host: &str, path: &str) -> Reply {
     let req = http::Request::get(format!("https://{host}{path}"))
         .header(http::header::HOST, host)
         .body(Empty::<Bytes>::new().map_err(|n| match n {}).boxed_unsync())
         .expect("request");
     match client.request(req).await {
         Ok(resp) => {
-            let status = resp.status().as_u16();
+            let (status, version) = (resp.status().as_u16(), resp.version());
             let body = resp.into_body().collect().await.map(http_body_util::Collected::to_bytes).unwrap_or_default();
-            (status, String::from_utf8_lossy(&body).into_owned())
+            Reply { status, version, body: String::from_utf8_lossy(&body).into_owned() }
         }
-        Err(e) => (0, e.to_string()),
+        Err(e) => Reply { status: 0, version: http::Version::default(), body: e.to_string() },
     }
 }
 
+/// The name of the demo upstream that answered (its JSON body's `upstream`), or "" when the
+/// body is not the demo's (a 404 from the proxy, an error).
+pub fn upstream_of(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["upstream"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Completes a TLS handshake with the proxy on 127.0.0.1:8443 sending `sni`, verifying the
+/// chain against `roots` and the name against `sni`, and returns the leaf certificate it
+/// presented. The proxy's HTTP client above skips verification and sends no SNI (it
+/// connects to an IP), so certificate selection needs this separate, strict client.
+pub async fn served_leaf(
+    sni: &str,
+    roots: &[rustls_pki_types::CertificateDer<'static>],
+) -> Result<rustls_pki_types::CertificateDer<'static>, String> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone()).map_err(|e| format!("adding a root: {e}"))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect("127.0.0.1:8443").await.map_err(|e| format!("connect: {e}"))?;
+    let tls = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "TLS handshake timed out".to_owned())?
+    .map_err(|e| format!("TLS handshake: {e}"))?;
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.clone().into_owned())
+        .ok_or_else(|| "no certificate presented".to_owned())
+}
+
+/// Waits for a Warning Event with `reason` about the object `name` in `namespace` whose note
+/// contains every one of `needles`, and returns that note. Events are the only place a bad
+/// Ingress is reported (Ingress has no status conditions), so most bad-input steps end here.
+/// Matching on the note, not just the reason, keeps an earlier Event about the same object
+/// from satisfying a later check.
+pub async fn warning_event(kube: &Client, namespace: &str, name: &str, reason: &str, needles: &[&str]) -> String {
+    use k8s_openapi::api::events::v1::Event;
+    let events = kube::Api::<Event>::namespaced(kube.clone(), namespace);
+    let what = format!("a Warning Event {reason} on {namespace}/{name} saying {needles:?}");
+    let last_seen = std::sync::Mutex::new(Vec::<String>::new());
+    let found = eventually_or(Duration::from_secs(15), || {
+        let events = events.clone();
+        let last_seen = &last_seen;
+        async move {
+            let list = events.list(&kube::api::ListParams::default()).await.ok()?;
+            let about: Vec<Event> = list
+                .items
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+                .collect();
+            *last_seen.lock().expect("lock") =
+                about.iter().map(|e| format!("{:?} {:?}: {:?}", e.type_, e.reason, e.note)).collect();
+            about
+                .into_iter()
+                .filter(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
+                .filter_map(|e| e.note)
+                .find(|note| needles.iter().all(|n| note.contains(n)))
+        }
+    })
+    .await;
+    found.unwrap_or_else(|| {
+        panic!("timed out waiting for {what}; Events about {name}: {:#?}", last_seen.lock().expect("lock"))
+    })
+}
+
+/// Whether some Event with `reason` exists about `name` (for asserting one was *not* sent).
+pub async fn has_event(kube: &Client, namespace: &str, name: &str, reason: &str) -> bool {
+    use k8s_openapi::api::events::v1::Event;
+    let list = kube::Api::<Event>::namespaced(kube.clone(), namespace)
+        .list(&kube::api::ListParams::default())
+        .await
+        .expect("listing Events");
+    list.items.iter().any(|e| {
+        e.reason.as_deref() == Some(reason) && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+    })
+}
+
 /// Polls `check` until it returns `Some` or `limit` passes; panics with `what` on timeout.
-pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    match eventually_or(limit, check).await {
+        Some(v) => v,
+        None => panic!("timed out after {limit:?} waiting for: {what}"),
+    }
+}
+
+/// Like [`eventually`], but `None` on timeout so the caller can say what it saw instead.
+/// Polls every 50 ms: the controller applies a change within tens of milliseconds, so a
+/// coarser interval would be most of each step's time.
+pub async fn eventually_or<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -193,9 +329,133 @@ where
     let t = Instant::now();
     loop {
         if let Some(v) = check().await {
-            return v;
+            return Some(v);
         }
-        assert!(t.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if t.elapsed() >= limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The kube-apiserver `cargo xtask e2e` started, as described by the JSON file named in
+/// `PORTCULLIS_E2E_APISERVER`: its pid and exact command line. Lets a test stop it and start
+/// an identical one against the same etcd (every object survives), to prove the controller
+/// keeps serving while the API is gone and resyncs when it is back.
+pub struct ApiServer {
+    pid: u32,
+    argv: Vec<String>,
+    log: std::path::PathBuf,
+}
+
+impl ApiServer {
+    /// Reads the handle xtask wrote.
+    pub fn from_env() -> Self {
+        let path = std::env::var("PORTCULLIS_E2E_APISERVER")
+            .expect("PORTCULLIS_E2E_APISERVER is not set: run the end-to-end tests with `cargo xtask e2e`");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("reading the apiserver handle"))
+                .expect("apiserver handle JSON");
+        Self {
+            pid: v["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).expect("pid"),
+            argv: v["argv"]
+                .as_array()
+                .expect("argv")
+                .iter()
+                .map(|a| a.as_str().expect("argv entries are strings").to_owned())
+                .collect(),
+            log: v["log"].as_str().expect("log").into(),
+        }
+    }
+
+    /// Stops the running apiserver the way the kubelet stops a pod: SIGTERM, then SIGKILL if
+    /// it has not exited after a short grace period. It stops listening at once, but Go's
+    /// `http.Server.Shutdown` then waits up to `--request-timeout` (60 s) for connections with
+    /// open watches, such as the controller's, to close; the grace period keeps the test short.
+    /// Returns what happened, for the log.
+    ///
+    /// The apiserver is xtask's child, so it stays a zombie (state `Z`) until xtask reaps it at
+    /// teardown; a zombie holds no sockets, so port 6443 is free then.
+    pub async fn stop(&self) -> String {
+        const GRACE: Duration = Duration::from_secs(2);
+        let t = Instant::now();
+        self.signal("TERM");
+        let listening = || std::net::TcpStream::connect("127.0.0.1:6443").is_ok();
+        let stopped_listening = eventually_or(Duration::from_secs(10), || async { (!listening()).then_some(()) }).await;
+        assert!(stopped_listening.is_some(), "kube-apiserver still accepts connections 10 s after SIGTERM");
+        let listening_for = t.elapsed();
+        if self.wait_exited(GRACE).await {
+            return format!("exited {:.1?} after SIGTERM", t.elapsed());
+        }
+        self.signal("KILL");
+        assert!(self.wait_exited(Duration::from_secs(10)).await, "kube-apiserver survived SIGKILL");
+        format!("stopped listening {listening_for:.1?} after SIGTERM, still draining connections after {GRACE:?}, then SIGKILL")
+    }
+
+    fn signal(&self, name: &str) {
+        let status =
+            Command::new("kill").args([&format!("-{name}"), &self.pid.to_string()]).status().expect("running kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid);
+    }
+
+    /// Whether the process has exited (or become a zombie) within `limit`.
+    async fn wait_exited(&self, limit: Duration) -> bool {
+        let pid = self.pid;
+        eventually_or(limit, move || async move {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // `pid (comm) S ...`: the state follows the last ')'.
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+            matches!(state, None | Some('Z' | 'X')).then_some(())
+        })
+        .await
+        .is_some()
+    }
+
+    /// Starts a new apiserver with the same command line, under `setpriv --pdeathsig KILL`
+    /// (so it dies with the test even if the test is killed outright), logging to the file
+    /// xtask named (xtask prints its tail on failure). The returned guard kills it on drop.
+    pub fn start_again(&self) -> RestartedApiServer {
+        let log = std::fs::File::create(&self.log).expect("apiserver log file");
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL"])
+            .args(&self.argv)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("starting kube-apiserver again");
+        RestartedApiServer(child)
+    }
+}
+
+/// A kube-apiserver started by the test; killed on drop.
+pub struct RestartedApiServer(Child);
+
+impl RestartedApiServer {
+    /// Waits until `/readyz` answers 200 (through `kube`, whose broken connections to the old
+    /// process are replaced transparently). Returns how long that took.
+    pub async fn wait_ready(&mut self, kube: &Client) -> Duration {
+        let t = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                panic!("the restarted kube-apiserver exited ({status})");
+            }
+            let req = http::Request::get("/readyz").body(Vec::new()).expect("request");
+            if kube.request_text(req).await.is_ok_and(|t| t.trim() == "ok") {
+                return t.elapsed();
+            }
+            assert!(
+                t.elapsed() < Duration::from_mins(2),
+                "the restarted kube-apiserver was not ready within 2 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for RestartedApiServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -22,6 +22,10 @@
 //! kernel kills it if xtask itself dies without unwinding (SIGKILL, Ctrl-C). The pdeath signal
 //! fires when the *thread* that spawned the child exits, so start the cluster from a thread
 //! that outlives it (the main thread does).
+//!
+//! `cargo xtask e2e` also hands the tests `PORTCULLIS_E2E_APISERVER`, a JSON file with the
+//! apiserver's pid and exact command line, so that a test can kill it and start an identical
+//! one (against the same etcd) to prove the controller survives an apiserver restart.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -52,6 +56,8 @@ const SERVICE_CIDR: &str = "10.96.0.0/16";
 const POD_CIDR: &str = "10.244.0.0/16";
 /// The pod IP the smoke check puts in an EndpointSlice.
 const POD_IP: &str = "10.244.1.7";
+/// Log name of the kube-apiserver a test starts after killing the original.
+const RESTARTED_APISERVER: &str = "kube-apiserver-restarted";
 /// How long the apiserver gets to become ready (cold start on a busy 2-core box takes ~20 s).
 const READY_TIMEOUT: Duration = Duration::from_mins(3);
 
@@ -216,6 +222,9 @@ pub struct Cluster {
     holder: Child,
     /// etcd and kube-apiserver, in start order (killed in reverse).
     processes: Vec<(&'static str, Child)>,
+    /// kube-apiserver's binary and arguments, so a test can restart it exactly (see
+    /// [`Cluster::write_apiserver_handle`]).
+    apiserver_argv: Vec<String>,
 }
 
 impl Cluster {
@@ -239,6 +248,7 @@ impl Cluster {
             dir,
             holder,
             processes: Vec::new(),
+            apiserver_argv: Vec::new(),
         };
         cluster.wait_for_netns()?;
         cluster.netns_run(&["ip", "link", "set", "lo", "up"])?;
@@ -290,6 +300,8 @@ impl Cluster {
             "--v=1".to_string(),
         ];
         cluster.start_in_netns("kube-apiserver", &bins.kube_apiserver, &apiserver_args)?;
+        cluster.apiserver_argv =
+            std::iter::once(bins.kube_apiserver.display().to_string()).chain(apiserver_args).collect();
         cluster.wait_ready()?;
         Ok(cluster)
     }
@@ -428,11 +440,39 @@ impl Cluster {
         std::fs::write(&self.kubeconfig, text).with_context(|| format!("writing {}", self.kubeconfig.display()))
     }
 
-    /// The last lines of each process's log, for diagnosing a failed start or check.
+    /// The last lines of each process's log, for diagnosing a failed start or check (and of
+    /// the apiserver a test restarted, if it did).
     pub fn print_log_tails(&self) {
         for (name, _) in &self.processes {
             eprintln!("--- {name} (last 30 lines) ---\n{}", tail(&self.dir.join(format!("{name}.log")), 30));
         }
+        let restarted = self.dir.join(format!("{RESTARTED_APISERVER}.log"));
+        if restarted.exists() {
+            eprintln!("--- {RESTARTED_APISERVER} (last 30 lines) ---\n{}", tail(&restarted, 30));
+        }
+    }
+
+    /// Writes `<dir>/kube-apiserver.json`, what a test needs to restart the apiserver:
+    /// `{"pid": <running apiserver>, "argv": [binary, args...], "log": <file for the new one>}`.
+    /// The test runs inside the namespace already, so `argv` is run as is (no nsenter). etcd
+    /// keeps running, so every object survives the restart. Killing the old process is
+    /// harmless to `Drop` (killing and reaping an exited child is a no-op); the new one is the
+    /// test's child and dies with it.
+    fn write_apiserver_handle(&self) -> anyhow::Result<PathBuf> {
+        let pid = self
+            .processes
+            .iter()
+            .find(|(name, _)| *name == "kube-apiserver")
+            .map(|(_, child)| child.id())
+            .context("kube-apiserver is not running")?;
+        let path = self.dir.join("kube-apiserver.json");
+        let handle = json!({
+            "pid": pid,
+            "argv": self.apiserver_argv,
+            "log": self.dir.join(format!("{RESTARTED_APISERVER}.log")),
+        });
+        std::fs::write(&path, handle.to_string()).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
     }
 }
 
@@ -618,7 +658,7 @@ fn smoke_check(cluster: &Cluster, k8s_version: &str) -> anyhow::Result<()> {
 
 /// POSTs every CustomResourceDefinition in `crds/portcullis.io.yaml` and waits until each is
 /// Established (the apiserver serves its resource).
-fn apply_crds(cluster: &Cluster) -> anyhow::Result<()> {
+pub fn apply_crds(cluster: &Cluster) -> anyhow::Result<()> {
     let path = util::root().join("crds/portcullis.io.yaml");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut names = Vec::new();
@@ -671,9 +711,12 @@ pub fn suite() -> anyhow::Result<()> {
     apply_crds(&cluster)?;
     eprintln!("==> cluster ready with CRDs in {:.1?}", started.elapsed());
     let bin = util::root().join("target/debug/portcullis");
+    let apiserver = cluster.write_apiserver_handle()?;
+    let tests_started = Instant::now();
     let status = cluster
         .netns_command(&["cargo", "test", "--package", "portcullis-e2e", "--", "--nocapture"])
         .env("PORTCULLIS_E2E_KUBECONFIG", &cluster.kubeconfig)
+        .env("PORTCULLIS_E2E_APISERVER", &apiserver)
         .env("PORTCULLIS_BIN", &bin)
         .env("CARGO_NET_OFFLINE", "true")
         .current_dir(util::root())
@@ -685,5 +728,6 @@ pub fn suite() -> anyhow::Result<()> {
         eprintln!("--- controller log ({}):\n{}", log.display(), tail(&log, 60));
         bail!("end-to-end tests failed ({status})");
     }
+    eprintln!("==> end-to-end tests passed in {:.1?}", tests_started.elapsed());
     Ok(())
 }
