@@ -4,6 +4,7 @@
 mod bench;
 mod e2e;
 mod h2spec;
+mod scale;
 mod util;
 
 use std::process::ExitCode;
@@ -13,11 +14,12 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("h2spec") => h2spec::run(),
+        Some("bench") if args.get(1).map(String::as_str) == Some("controller") => scale::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("e2e-cluster") => e2e::run(&args[1..]),
         Some("e2e") => e2e::suite(),
         _ => {
-            eprintln!("usage: cargo xtask <test|h2spec|e2e|bench|e2e-cluster>\n  test    every check CI runs: fmt, clippy, unit, integration, h2spec, e2e\n  h2spec  HTTP/2 conformance against the https listener\n  e2e     end-to-end tests against a real kube-apiserver and etcd\n  bench   benchmarks (slow; not part of test)\n  e2e-cluster  build | up [--keep]: the e2e control plane alone, for manual use");
+            eprintln!("usage: cargo xtask <test|h2spec|e2e|bench|e2e-cluster>\n  test    every check CI runs: fmt, clippy, unit, integration, h2spec, e2e\n  h2spec  HTTP/2 conformance against the https listener\n  e2e     end-to-end tests against a real kube-apiserver and etcd\n  bench   benchmarks (slow; not part of test); `bench controller`: the controller scale benchmark\n  e2e-cluster  build | up [--keep]: the e2e control plane alone, for manual use");
             return ExitCode::from(2);
         }
     };
