@@ -79,6 +79,10 @@ enum Command {
         /// Lease used for leader election.
         #[arg(long, default_value = "portcullis-leader")]
         lease_name: String,
+        /// ConfigMap (in `--namespace`) where the leader keeps the last good version of every
+        /// object that is invalid now, so that a restarted replica serves it too.
+        #[arg(long, default_value = "portcullis-last-good")]
+        last_good_configmap: String,
         /// `namespace/name` of the proxy's Service; its addresses go into Ingress status.
         #[arg(long, value_parser = parse_ns_name)]
         publish_service: Option<(String, String)>,
@@ -116,7 +120,15 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => Ok(check(&config)),
-        Command::Controller { config_name, namespace, identity, lease_name, publish_service, publish_address } => {
+        Command::Controller {
+            config_name,
+            namespace,
+            identity,
+            lease_name,
+            last_good_configmap,
+            publish_service,
+            publish_address,
+        } => {
             let identity = identity.unwrap_or_else(|| {
                 std::fs::read_to_string("/etc/hostname")
                     .map_or_else(|_| "portcullis".to_owned(), |h| h.trim().to_owned())
@@ -126,6 +138,7 @@ fn main() -> ExitCode {
                 namespace,
                 identity,
                 lease_name,
+                last_good_configmap,
                 publish_service,
                 publish_address,
             };

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use http::Version;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -57,10 +57,13 @@ async fn ingress_and_route_lifecycle_against_a_real_api_server() {
     let tls = step("TLS from Secrets and rotation", tls_secrets(&k, &h2)).await;
     step("ProxyConfig status", proxy_config_status(&k, &h2)).await;
 
-    // A controller restart resyncs from the API and serves the same config.
+    step("a bad edit stores the last good version", store_last_good(&k)).await;
+    // A controller restart resyncs from the API and serves the same config, including the
+    // stored last good version of the object that is bad now.
     drop(controller);
     controller = Controller::start(&sa, CONTROLLER_ARGS);
     step("controller restart", after_controller_restart(&https(), &tls)).await;
+    step("a fixed object leaves the store", release_last_good(&k)).await;
 
     step("kube-apiserver restart", apiserver_restart(&k, &https(), &tls)).await;
     drop(controller);
@@ -746,6 +749,18 @@ async fn tls_secrets(k: &Kube, c: &HttpClient) -> ServedCert {
     assert_eq!(served_leaf("secure.test", &roots).await.as_ref().ok(), Some(&second.der), "other objects unaffected");
     others_unaffected(c).await;
 
+    // The object stays the same while its error changes (the Secret appears, with the wrong
+    // type): the Warning must say what is wrong now, not repeat the first message.
+    let mut later = ingress("tls-later", "later.test", &[path("/", "Prefix", "two")]);
+    later["spec"]["tls"] = json!([{"hosts": ["later.test"], "secretName": "later-tls"}]);
+    k.create_ingress(later).await;
+    k.warning("tls-later", "InvalidConfig", &["spec.tls[0].secretName: Secret e2e-shop/later-tls not found"]).await;
+    k.secrets
+        .create(&pp, &tls_secret("later-tls", "Opaque", &[("tls.crt", &first.cert_pem), ("tls.key", &first.key_pem)]))
+        .await
+        .expect("Opaque Secret");
+    k.warning("tls-later", "InvalidConfig", &["Secret e2e-shop/later-tls has type \"Opaque\""]).await;
+
     // Fixed again.
     k.patch_ingress("secure", json!({"spec": {"tls": [{"hosts": ["secure.test"], "secretName": "secure-tls"}]}})).await;
     ServedCert { root: pki.root(), leaf: second.der }
@@ -803,6 +818,42 @@ async fn after_controller_restart(c: &HttpClient, tls: &ServedCert) {
     .await;
     let leaf = served_leaf("secure.test", std::slice::from_ref(&tls.root)).await;
     assert_eq!(leaf.as_ref().ok(), Some(&tls.leaf), "the Secret's certificate after a restart");
+}
+
+/// The stored last good versions, as the leader keeps them in its ConfigMap.
+async fn stored_last_good(k: &Kube) -> std::collections::BTreeMap<String, String> {
+    Api::<ConfigMap>::namespaced(k.client.clone(), "portcullis")
+        .get_opt("portcullis-last-good")
+        .await
+        .expect("reading the last good ConfigMap")
+        .and_then(|cm| cm.data)
+        .unwrap_or_default()
+}
+
+/// Breaking `shop` again: the leader stores its last good version (the whole object as it
+/// was when good), so that the restart below can serve it although no process remembers it.
+async fn store_last_good(k: &Kube) {
+    k.patch_ingress("shop", json!({"metadata": {"annotations": {"portcullis.io/timeout": "soon"}}})).await;
+    let stored =
+        eventually("the last good version of shop in ConfigMap portcullis/portcullis-last-good", SOON, || async {
+            stored_last_good(k).await.remove("ingress.e2e-shop.shop")
+        })
+        .await;
+    let good: Ingress = serde_json::from_str(&stored).expect("the stored value is the Ingress as JSON");
+    assert_eq!(
+        good.metadata.annotations.unwrap_or_default().get("portcullis.io/timeout").map(String::as_str),
+        Some("9s"),
+        "the version stored is the last good one"
+    );
+}
+
+/// Fixing `shop` removes its entry: only objects that are bad now are stored.
+async fn release_last_good(k: &Kube) {
+    k.patch_ingress("shop", json!({"metadata": {"annotations": {"portcullis.io/timeout": "9s"}}})).await;
+    eventually("shop leaves the last good ConfigMap", SOON, || async {
+        (!stored_last_good(k).await.contains_key("ingress.e2e-shop.shop")).then_some(())
+    })
+    .await;
 }
 
 /// kube-apiserver goes away: the proxy keeps serving what it has. It comes back (same etcd):

@@ -84,7 +84,11 @@ pub struct World<'a> {
     /// Route resources.
     pub routes: &'a [Arc<RouteResource>],
     /// The ProxyConfig named by `--config-name`, if it exists.
-    pub proxy_config: Option<&'a ProxyConfig>,
+    pub proxy_config: Option<&'a Arc<ProxyConfig>>,
+    /// Last good versions the leader stored (see [`Assembler::to_store`]), by
+    /// [`ObjectKey::store_key`]: what a controller that has just started serves for an object
+    /// that is invalid now but was good before.
+    pub stored: &'a BTreeMap<String, String>,
     /// Services, EndpointSlices, Secrets.
     pub objects: &'a Objects,
     /// Where ProxyConfig Secret references without a namespace point.
@@ -94,6 +98,47 @@ pub struct World<'a> {
 struct Good {
     created: String,
     translated: Arc<Translated>,
+    source: Source,
+}
+
+/// The object a last good translation came from, kept (cheaply, shared with the reflector)
+/// so that the leader can store it when the object turns bad.
+#[derive(Clone)]
+enum Source {
+    Ingress(Arc<Ingress>),
+    Route(Arc<RouteResource>),
+}
+
+impl ObjectKey {
+    /// The key of this object's entry in the stored last good versions (a ConfigMap data
+    /// key: `ingress.<namespace>.<name>`, `route.<namespace>.<name>`, `proxyconfig.<name>`).
+    pub fn store_key(&self) -> String {
+        let kind = match self.kind {
+            Kind::Ingress => "ingress",
+            Kind::Route => "route",
+            Kind::ProxyConfig => "proxyconfig",
+        };
+        if self.namespace.is_empty() {
+            format!("{kind}.{}", self.name)
+        } else {
+            format!("{kind}.{}.{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// An object as stored: what translation reads, without status and managed fields.
+fn stored_json<K: serde::Serialize + Resource + Clone>(object: &K, strip: impl FnOnce(&mut K)) -> String {
+    let mut o = object.clone();
+    o.meta_mut().managed_fields = None;
+    o.meta_mut().resource_version = None;
+    strip(&mut o);
+    serde_json::to_string(&o).unwrap_or_default()
+}
+
+/// A stored object, if it parses and is the same object (same uid) as the one in the API now.
+fn from_store<K: serde::de::DeserializeOwned + Resource>(text: &str, uid: Option<&str>) -> Option<K> {
+    let o: K = serde_json::from_str(text).ok()?;
+    (uid.is_some() && o.meta().uid.as_deref() == uid).then_some(o)
 }
 
 /// A translation and what it depended on: reused while the object's uid, generation and
@@ -111,7 +156,7 @@ struct Memo {
 #[derive(Default)]
 pub struct Assembler {
     last_good: BTreeMap<ObjectKey, Good>,
-    last_settings: Option<Settings>,
+    last_settings: Option<(Settings, Arc<ProxyConfig>)>,
     memo: HashMap<ObjectKey, Memo>,
 }
 
@@ -130,8 +175,8 @@ impl Assembler {
                     seen.insert(key.clone());
                     let result =
                         self.translate(&key, ing.meta(), world.objects, || translate_ingress(ing, world.objects));
-                    let created = created(ing.meta());
-                    reports.push(self.record(key, ing.meta().generation, created, result, deprecated_annotation));
+                    let source = Source::Ingress(ing.clone());
+                    reports.push(self.record(key, source, result, deprecated_annotation, world));
                 }
             }
         }
@@ -139,7 +184,7 @@ impl Assembler {
             let key = ObjectKey { kind: Kind::Route, namespace: r.namespace().unwrap_or_default(), name: r.name_any() };
             seen.insert(key.clone());
             let result = self.translate(&key, r.meta(), world.objects, || translate_route(r, world.objects));
-            reports.push(self.record(key, r.meta().generation, created(r.meta()), result, false));
+            reports.push(self.record(key, Source::Route(r.clone()), result, false, world));
         }
         // Objects that were deleted or left our class stop serving.
         self.last_good.retain(|k, _| seen.contains(k));
@@ -187,26 +232,76 @@ impl Assembler {
             return Settings::default();
         };
         let key = ObjectKey { kind: Kind::ProxyConfig, namespace: String::new(), name: pc.name_any() };
+        let generation = pc.meta().generation;
         match translate_proxy_config(pc, world.objects, world.controller_namespace) {
             Ok(s) => {
-                self.last_settings = Some(s.clone());
-                reports.push(Report {
-                    key,
-                    generation: pc.meta().generation,
-                    verdict: Verdict::Accepted { warnings: Vec::new(), conflicts: Vec::new() },
-                    deprecated_class_annotation: false,
-                });
+                self.last_settings = Some((s.clone(), pc.clone()));
+                let verdict = Verdict::Accepted { warnings: Vec::new(), conflicts: Vec::new() };
+                reports.push(Report { key, generation, verdict, deprecated_class_annotation: false });
                 s
             }
             Err(errors) => {
-                reports.push(Report {
-                    key,
-                    generation: pc.meta().generation,
-                    verdict: Verdict::Rejected { errors, serving_last_good: self.last_settings.is_some() },
-                    deprecated_class_annotation: false,
-                });
-                self.last_settings.clone().unwrap_or_default()
+                if self.last_settings.is_none() {
+                    self.last_settings = world
+                        .stored
+                        .get(&key.store_key())
+                        .and_then(|text| from_store::<ProxyConfig>(text, pc.meta().uid.as_deref()))
+                        .and_then(|stored| {
+                            let s = translate_proxy_config(&stored, world.objects, world.controller_namespace).ok()?;
+                            tracing::info!(object = %key.store_key(), "serving the stored last good version");
+                            Some((s, Arc::new(stored)))
+                        });
+                }
+                let serving_last_good = self.last_settings.is_some();
+                let verdict = Verdict::Rejected { errors, serving_last_good };
+                reports.push(Report { key, generation, verdict, deprecated_class_annotation: false });
+                self.last_settings.as_ref().map(|(s, _)| s.clone()).unwrap_or_default()
             }
+        }
+    }
+
+    /// The last good versions to store: every rejected object that still serves one, as JSON
+    /// by [`ObjectKey::store_key`]. The leader keeps them in a ConfigMap, so that a restarted
+    /// controller, or a replica that starts while an object is bad, serves what the others do
+    /// instead of nothing.
+    pub fn to_store(&self, reports: &[Report]) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for r in reports {
+            if !matches!(r.verdict, Verdict::Rejected { serving_last_good: true, .. }) {
+                continue;
+            }
+            let json = match r.key.kind {
+                Kind::ProxyConfig => self.last_settings.as_ref().map(|(_, pc)| stored_json(&**pc, |o| o.status = None)),
+                Kind::Ingress | Kind::Route => self.last_good.get(&r.key).map(|g| match &g.source {
+                    Source::Ingress(i) => stored_json(&**i, |o| o.status = None),
+                    Source::Route(rt) => stored_json(&**rt, |o| o.status = None),
+                }),
+            };
+            if let Some(json) = json {
+                out.insert(r.key.store_key(), json);
+            }
+        }
+        out
+    }
+
+    /// Restores an object's last good version from the store, if there is one for this very
+    /// object (same uid) and it still translates.
+    fn recover(&mut self, key: &ObjectKey, uid: Option<&str>, world: &World<'_>) {
+        let Some(text) = world.stored.get(&key.store_key()) else { return };
+        let source = match key.kind {
+            Kind::Ingress => from_store::<Ingress>(text, uid).map(|o| Source::Ingress(Arc::new(o))),
+            Kind::Route => from_store::<RouteResource>(text, uid).map(|o| Source::Route(Arc::new(o))),
+            Kind::ProxyConfig => None,
+        };
+        let Some(source) = source else { return };
+        let (result, meta) = match &source {
+            Source::Ingress(i) => (translate_ingress(i, world.objects), i.meta()),
+            Source::Route(r) => (translate_route(r, world.objects), r.meta()),
+        };
+        if let Ok(t) = result {
+            tracing::info!(object = %key.store_key(), generation = ?meta.generation, "serving the stored last good version");
+            let good = Good { created: created(meta), translated: Arc::new(t), source };
+            self.last_good.insert(key.clone(), good);
         }
     }
 
@@ -249,18 +344,29 @@ impl Assembler {
     fn record(
         &mut self,
         key: ObjectKey,
-        generation: Option<i64>,
-        created: String,
+        source: Source,
         result: Result<Arc<Translated>, Vec<FieldError>>,
         deprecated_class_annotation: bool,
+        world: &World<'_>,
     ) -> Report {
+        let meta = match &source {
+            Source::Ingress(i) => i.meta(),
+            Source::Route(r) => r.meta(),
+        };
+        let generation = meta.generation;
         let verdict = match result {
             Ok(t) => {
                 let warnings = t.warnings.clone();
-                self.last_good.insert(key.clone(), Good { created, translated: t });
+                self.last_good.insert(key.clone(), Good { created: created(meta), translated: t, source });
                 Verdict::Accepted { warnings, conflicts: Vec::new() }
             }
-            Err(errors) => Verdict::Rejected { errors, serving_last_good: self.last_good.contains_key(&key) },
+            Err(errors) => {
+                if !self.last_good.contains_key(&key) {
+                    let uid = meta.uid.clone();
+                    self.recover(&key, uid.as_deref(), world);
+                }
+                Verdict::Rejected { errors, serving_last_good: self.last_good.contains_key(&key) }
+            }
         };
         Report { key, generation, verdict, deprecated_class_annotation }
     }
@@ -299,6 +405,15 @@ mod tests {
     }
 
     fn run_with(a: &mut Assembler, ingresses: &[Ingress], objects: &Objects) -> (Config, Vec<Report>) {
+        run_stored(a, ingresses, objects, &BTreeMap::new())
+    }
+
+    fn run_stored(
+        a: &mut Assembler,
+        ingresses: &[Ingress],
+        objects: &Objects,
+        stored: &BTreeMap<String, String>,
+    ) -> (Config, Vec<Report>) {
         let classes = [our_class()];
         let ingresses: Vec<Arc<Ingress>> = ingresses.iter().cloned().map(Arc::new).collect();
         a.assemble(&World {
@@ -306,6 +421,7 @@ mod tests {
             classes: &classes,
             routes: &[],
             proxy_config: None,
+            stored,
             objects,
             controller_namespace: "portcullis",
         })
@@ -409,5 +525,43 @@ mod tests {
         o.services.insert(("web".into(), "later".into()), svc.into());
         let (config, _) = run_with(&mut a, std::slice::from_ref(&missing), &o);
         assert_eq!(config.routes.len(), 1, "the Service appeared");
+    }
+
+    #[test]
+    fn a_restarted_controller_serves_the_stored_last_good_version_of_the_same_object() {
+        let mut good = named_ingress("one", 1, &[("portcullis.io/timeout", "5s")], "/one");
+        good.metadata.uid = Some("uid-1".into());
+        good.metadata.managed_fields =
+            Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry::default()]);
+        let mut bad = good.clone();
+        bad.metadata.annotations = Some([("portcullis.io/timeout".to_owned(), "soon".to_owned())].into());
+        bad.metadata.generation = Some(2);
+
+        let mut first = Assembler::default();
+        run(&mut first, std::slice::from_ref(&good));
+        let (_, reports) = run(&mut first, std::slice::from_ref(&bad));
+        let stored = first.to_store(&reports);
+        assert_eq!(stored.keys().collect::<Vec<_>>(), ["ingress.web.one"]);
+        assert!(stored["ingress.web.one"].contains("\"5s\""), "the good version is stored");
+        assert!(!stored["ingress.web.one"].contains("managedFields"), "without managed fields");
+
+        // A new process knows nothing but the store, and serves what the first one served.
+        let mut restarted = Assembler::default();
+        let (config, reports) = run_stored(&mut restarted, std::slice::from_ref(&bad), &objects(), &stored);
+        assert_eq!(config.routes.len(), 1);
+        assert_eq!(config.routes[0].timeout, Some(Some(std::time::Duration::from_secs(5))));
+        assert!(matches!(&reports[0].verdict, Verdict::Rejected { serving_last_good: true, .. }));
+        assert_eq!(restarted.to_store(&reports), stored, "and keeps it stored");
+
+        // An object deleted and created again under the same name is another object.
+        let mut recreated = bad.clone();
+        recreated.metadata.uid = Some("uid-2".into());
+        let (config, reports) = run_stored(&mut Assembler::default(), &[recreated], &objects(), &stored);
+        assert!(config.routes.is_empty());
+        assert!(matches!(&reports[0].verdict, Verdict::Rejected { serving_last_good: false, .. }));
+
+        // Once the object is good again nothing needs storing.
+        let (_, reports) = run(&mut restarted, std::slice::from_ref(&good));
+        assert!(restarted.to_store(&reports).is_empty());
     }
 }

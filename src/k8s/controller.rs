@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass, IngressLoadBalancerIngress};
 use kube::runtime::reflector::{self, Store};
@@ -26,6 +26,8 @@ use super::status::StatusWriter;
 use super::translate::Objects;
 use crate::proxy::Proxy;
 
+/// How soon failed status, Event or store writes are tried again when nothing else changes.
+const WRITE_RETRY: Duration = Duration::from_secs(5);
 /// Coalesces bursts of watch events (an apply of many objects) into one assembly.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
@@ -41,6 +43,8 @@ pub struct Options {
     pub identity: String,
     /// Lease name for leader election.
     pub lease_name: String,
+    /// ConfigMap in `namespace` holding the stored last good versions.
+    pub last_good_configmap: String,
     /// `namespace/name` of the proxy's own Service, whose addresses go into Ingress status.
     pub publish_service: Option<(String, String)>,
     /// Fixed address for Ingress status instead of a Service.
@@ -56,6 +60,7 @@ struct Stores {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     secrets: Store<Secret>,
+    stored: Store<ConfigMap>,
 }
 
 fn watch<K>(api: Api<K>, changed: &Arc<Notify>) -> Store<K>
@@ -63,8 +68,16 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
+    watch_with(api, watcher::Config::default(), changed)
+}
+
+fn watch_with<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     let changed = changed.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -101,6 +114,11 @@ where
         services: watch(Api::all(client.clone()), &changed),
         slices: watch(Api::all(client.clone()), &changed),
         secrets: watch(Api::all(client.clone()), &changed),
+        stored: watch_with(
+            Api::namespaced(client.clone(), &opts.namespace),
+            watcher::Config::default().fields(&format!("metadata.name={}", opts.last_good_configmap)),
+            &changed,
+        ),
     };
     let t = Instant::now();
     for ready in [
@@ -111,6 +129,7 @@ where
         stores.services.wait_until_ready().await,
         stores.slices.wait_until_ready().await,
         stores.secrets.wait_until_ready().await,
+        stores.stored.wait_until_ready().await,
     ] {
         ready.map_err(|e| anyhow::anyhow!("a watch ended before its first list: {e}"))?;
     }
@@ -118,14 +137,13 @@ where
 
     let leader = leader_election(client.clone(), &opts).await?;
     let mut assembler = Assembler::default();
-    let (config, reports, ingresses) = assemble(&mut assembler, &stores, &opts);
+    let (config, outcome) = assemble(&mut assembler, &stores, &opts);
     let proxy = start(config).await?;
     tracing::info!(elapsed = ?t.elapsed(), routes = proxy.snapshot().routes.routes().len(), "serving the cluster config");
-    let outcome =
-        |reports, ingresses| Arc::new(Outcome { reports, ingresses, addresses: publish_addresses(&stores, &opts) });
-    let (outcomes, latest) = tokio::sync::watch::channel(outcome(reports, ingresses));
+    let (outcomes, latest) = tokio::sync::watch::channel(Arc::new(outcome));
     let writer = StatusWriter::new(client.clone(), &opts.identity);
-    let status_task = tokio::spawn(write_status(writer, leader, latest, opts.identity.clone()));
+    let store = (opts.namespace.clone(), opts.last_good_configmap.clone());
+    let status_task = tokio::spawn(write_status(writer, leader, latest, opts.identity.clone(), store));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -137,7 +155,7 @@ where
         }
         tokio::time::sleep(DEBOUNCE).await;
         let t = Instant::now();
-        let (config, reports, ingresses) = assemble(&mut assembler, &stores, &opts);
+        let (config, outcome) = assemble(&mut assembler, &stores, &opts);
         let assembled = t.elapsed();
         if let crate::proxy::Applied::SwappedNeedsRestart(fields) = proxy.apply(config) {
             // Listener generations (rebinding live) are their own piece of work; until then
@@ -149,7 +167,7 @@ where
         }
         tracing::debug!(?assembled, applied = ?t.elapsed().saturating_sub(assembled), "config assembled and applied");
         // Never blocks: the status task picks up the newest outcome when it is free.
-        outcomes.send_replace(outcome(reports, ingresses));
+        outcomes.send_replace(Arc::new(outcome));
     }
 }
 
@@ -158,6 +176,9 @@ struct Outcome {
     reports: Vec<super::assemble::Report>,
     ingresses: Vec<Arc<Ingress>>,
     addresses: Vec<IngressLoadBalancerIngress>,
+    /// The last good versions that should be stored, and what is stored now.
+    to_store: BTreeMap<String, String>,
+    stored: BTreeMap<String, String>,
 }
 
 /// Writes status and Events while this replica leads. It runs apart from the assembly loop
@@ -168,8 +189,10 @@ async fn write_status(
     mut leader: tokio::sync::watch::Receiver<bool>,
     mut outcomes: tokio::sync::watch::Receiver<Arc<Outcome>>,
     identity: String,
+    (namespace, configmap): (String, String),
 ) {
     let mut was_leader = false;
+    let mut failed = false;
     loop {
         let is_leader = *leader.borrow_and_update();
         if is_leader && !was_leader {
@@ -179,20 +202,19 @@ async fn write_status(
         was_leader = is_leader;
         if is_leader {
             let o = outcomes.borrow_and_update().clone();
-            writer.write(&o.reports, &o.ingresses, &o.addresses).await;
+            let written = writer.write(&o.reports, &o.ingresses, &o.addresses).await;
+            let stored = o.to_store == o.stored || writer.store_last_good(&namespace, &configmap, &o.to_store).await;
+            failed = !(written && stored);
         }
         tokio::select! {
             r = leader.changed() => if r.is_err() { return },
             r = outcomes.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(WRITE_RETRY), if failed => {}
         }
     }
 }
 
-fn assemble(
-    assembler: &mut Assembler,
-    s: &Stores,
-    opts: &Options,
-) -> (crate::config::Config, Vec<super::assemble::Report>, Vec<Arc<Ingress>>) {
+fn assemble(assembler: &mut Assembler, s: &Stores, opts: &Options) -> (crate::config::Config, Outcome) {
     let ingresses = s.ingresses.state();
     let classes: Vec<IngressClass> = s.classes.state().iter().map(|c| (**c).clone()).collect();
     let routes = s.routes.state();
@@ -206,16 +228,20 @@ fn assemble(
     for slice in s.slices.state() {
         objects.add_slice(slice);
     }
+    let stored = s.stored.state().first().and_then(|cm| cm.data.clone()).unwrap_or_default();
     let world = World {
         ingresses: &ingresses,
         classes: &classes,
         routes: &routes,
-        proxy_config: config.as_deref(),
+        proxy_config: config.as_ref(),
+        stored: &stored,
         objects: &objects,
         controller_namespace: &opts.namespace,
     };
     let (config, reports) = assembler.assemble(&world);
-    (config, reports, ingresses)
+    let to_store = assembler.to_store(&reports);
+    let outcome = Outcome { reports, ingresses, addresses: publish_addresses(s, opts), to_store, stored };
+    (config, outcome)
 }
 
 /// What Ingress `status.loadBalancer` says: the fixed address, or the proxy Service's.

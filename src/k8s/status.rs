@@ -2,9 +2,10 @@
 //! ProxyConfig, `status.loadBalancer` on Ingresses, and Warning Events for bad input. Only
 //! the leader calls this; every replica serves traffic.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
@@ -17,6 +18,8 @@ use super::crd::{ProxyConfig, Route};
 
 /// Field manager name for status patches.
 const MANAGER: &str = "portcullis-controller";
+/// What fits in a ConfigMap (1 MiB), with room for metadata.
+const STORE_LIMIT: usize = 1_000_000;
 
 /// What was written for one object: compared structurally, it is cheap enough to check a
 /// thousand objects after every assembly.
@@ -49,12 +52,14 @@ impl StatusWriter {
 
     /// Writes status and Events for every report that changed. `addresses` is what Ingress
     /// `status.loadBalancer` should say (from `--publish-service` or `--publish-address`).
+    /// Returns whether every write succeeded (the caller retries the others later).
     pub async fn write(
         &mut self,
         reports: &[Report],
         ingresses: &[Arc<Ingress>],
         addresses: &[IngressLoadBalancerIngress],
-    ) {
+    ) -> bool {
+        let mut all_ok = true;
         for report in reports {
             let is_current = self.written.get(&report.key).is_some_and(|w| {
                 w.generation == report.generation && w.verdict == report.verdict && w.addresses == addresses
@@ -72,12 +77,44 @@ impl StatusWriter {
                     self.written.insert(report.key.clone(), written);
                 }
                 Err(e) => {
-                    tracing::warn!(object = ?report.key, error = %e, "writing status failed; will retry on the next change");
+                    tracing::warn!(object = ?report.key, error = %e, "writing status failed; will retry");
+                    all_ok = false;
                 }
             }
         }
         let current: std::collections::HashSet<&ObjectKey> = reports.iter().map(|r| &r.key).collect();
         self.written.retain(|k, _| current.contains(k));
+        all_ok
+    }
+
+    /// Makes the last good versions ConfigMap hold exactly `data` (server-side apply, so
+    /// entries no longer wanted disappear). Entries beyond ConfigMap's 1 MiB limit are left
+    /// out, largest first, with an error in the log: those objects would serve nothing after
+    /// a restart, as without the store.
+    pub async fn store_last_good(&self, namespace: &str, name: &str, data: &BTreeMap<String, String>) -> bool {
+        let mut data = data.clone();
+        let mut total: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
+        while total > STORE_LIMIT {
+            let Some(largest) = data.iter().max_by_key(|(_, v)| v.len()).map(|(k, _)| k.clone()) else { break };
+            let v = data.remove(&largest).unwrap_or_default();
+            total -= largest.len() + v.len();
+            tracing::error!(object = %largest, bytes = v.len(), "last good version too large to store in ConfigMap {namespace}/{name}");
+        }
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+        let body = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "portcullis"}},
+            "data": data,
+        });
+        let result = api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(body)).await;
+        if let Err(e) = result {
+            let what = format!("storing the last good versions in ConfigMap {namespace}/{name} failed");
+            tracing::warn!(error = %e, "{what}; will retry");
+            false
+        } else {
+            tracing::debug!(entries = data.len(), "stored the last good versions");
+            true
+        }
     }
 
     async fn write_one(
