@@ -146,6 +146,17 @@ impl Drop for Controller {
     }
 }
 
+/// One sample from the proxy's `/metrics` (on 127.0.0.1:9902): the line that starts with
+/// `series` (name and labels exactly as exposed). Used to show that something did *not*
+/// happen, such as a downstream connection being opened again. Counters and gauges of
+/// connections are whole numbers.
+pub fn metric(series: &str) -> u64 {
+    let text = http_get_plain("127.0.0.1:9902", "/metrics").expect("the proxy's /metrics answers");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no sample {series} in /metrics"))
+}
+
 fn http_get_plain(addr: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;

@@ -17,7 +17,7 @@ use kube::{Api, Client};
 use portcullis::k8s::crd::{ProxyConfig, Route};
 use portcullis::proxy::upstream::HttpClient;
 use portcullis_e2e::{
-    client, client_from, eventually, fetch, get, has_event, https, https_h1, pod, served_leaf,
+    client, client_from, eventually, fetch, get, has_event, https, https_h1, metric, pod, served_leaf,
     service_account_kubeconfig, upstream_of, warning_event, ApiServer, Controller,
 };
 use rustls_pki_types::CertificateDer;
@@ -416,6 +416,11 @@ async fn external_name(c: &HttpClient) {
 /// Endpoints scale up, then the first pod stops being ready.
 async fn endpoints_scale(k: &Kube, c: &HttpClient) {
     let pp = PostParams::default();
+    // The HTTP/2 client below keeps one connection to the proxy; endpoint changes must not
+    // close it (they swap the upstream set only), so no new connection is accepted meanwhile.
+    get(c, "shop.test", "/foo").await;
+    let accepted = || metric("portcullis_downstream_connections_total{listener=\"https-ingress\"}");
+    let before = accepted();
     k.slices
         .replace("app-1", &pp, &slice("app", &[("10.244.1.7", true), ("10.244.1.8", true)]))
         .await
@@ -441,6 +446,7 @@ async fn endpoints_scale(k: &Kube, c: &HttpClient) {
         Some(())
     })
     .await;
+    assert_eq!(accepted(), before, "the client's connection to the proxy survived every endpoint change");
 }
 
 /// `spec.defaultBackend` catches every request no rule matched (any host; a known host
