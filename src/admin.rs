@@ -51,7 +51,24 @@ fn answer(plane: Plane, proxy: &Proxy, req: &Request<Incoming>) -> Response<Prox
         (Plane::Admin, "/readyz") => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_owned()),
         (Plane::Admin, "/config_dump") => (StatusCode::OK, "application/json", pretty(&config_dump(proxy))),
         (Plane::Admin, "/listeners") => {
-            (StatusCode::OK, "application/json", pretty(&json!({ "listeners": proxy.listeners() })))
+            let generation = proxy.listener_generation();
+            let connections: std::collections::BTreeMap<String, usize> =
+                proxy.drains.connections().into_iter().map(|(g, n)| (g.to_string(), n)).collect();
+            let body = json!({
+                "listeners": proxy.listeners(),
+                "generation": {
+                    "current": generation.id,
+                    "certificates": generation.cert_ids.iter().map(|(names, fp)| json!({"names": names, "sha1_fingerprint": fp})).collect::<Vec<_>>(),
+                    "codec_type": generation.settings.codec_type,
+                    "timeout_read": opt_duration(generation.settings.timeouts.read),
+                    "timeout_write": opt_duration(generation.settings.timeouts.write),
+                    "timeout_idle": opt_duration(generation.settings.timeouts.idle),
+                    "downstream_mtls": generation.settings.downstream_mtls.is_some(),
+                },
+                "connections_by_generation": connections,
+                "draining": proxy.drains.status(),
+            });
+            (StatusCode::OK, "application/json", pretty(&body))
         }
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
     };

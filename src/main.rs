@@ -24,6 +24,11 @@ struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info,access=warn`.
     #[arg(long, global = true, default_value = "info", env = "PORTCULLIS_LOG")]
     log_level: String,
+    /// How long the process may take to exit after SIGTERM (set it to the pod's
+    /// `terminationGracePeriodSeconds`): the shutdown drain lasts `drain_timeout`, but ends
+    /// 2 s before this so that the process exits in time.
+    #[arg(long, global = true, default_value = "30s", value_parser = parse_duration, env = "PORTCULLIS_TERMINATION_GRACE_PERIOD")]
+    termination_grace_period: Duration,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -142,13 +147,15 @@ fn main() -> ExitCode {
                 publish_service,
                 publish_address,
             };
-            runtime().block_on(controller(options))
+            runtime().block_on(controller(options, cli.termination_grace_period))
         }
         Command::Crds => {
             print!("{}", portcullis::k8s::crd::crds_yaml());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { config, watch_interval } => runtime().block_on(serve(config, watch_interval)),
+        Command::Serve { config, watch_interval } => {
+            runtime().block_on(serve(config, watch_interval, cli.termination_grace_period))
+        }
         Command::Demo { upstream } => runtime().block_on(demo(upstream)),
         Command::DemoUpstream { listen, name } => runtime().block_on(async move {
             let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
@@ -195,7 +202,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn serve(path: PathBuf, watch_interval: Duration) -> anyhow::Result<ExitCode> {
+async fn serve(path: PathBuf, watch_interval: Duration, grace: Duration) -> anyhow::Result<ExitCode> {
     let source = FileSource::new(&path);
     let loaded = match source.load() {
         Ok(l) => l,
@@ -226,14 +233,14 @@ async fn serve(path: PathBuf, watch_interval: Duration) -> anyhow::Result<ExitCo
     });
     wait_for_signal().await;
     watcher.abort();
-    let drain = running.proxy.snapshot().settings.drain_timeout;
-    tracing::info!(drain_timeout = ?drain, "shutting down: not ready, not accepting, draining");
+    let drain = shutdown_drain(running.proxy.snapshot().settings.drain_timeout, grace);
+    tracing::info!(drain = ?drain, "shutting down: not ready, not accepting, draining");
     let forced = running.shutdown(drain).await;
     tracing::info!(forced_closes = forced, "shutdown complete");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn controller(options: portcullis::k8s::controller::Options) -> anyhow::Result<ExitCode> {
+async fn controller(options: portcullis::k8s::controller::Options, grace: Duration) -> anyhow::Result<ExitCode> {
     let client =
         kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
     let running = std::sync::Arc::new(tokio::sync::Mutex::new(None));
@@ -246,12 +253,18 @@ async fn controller(options: portcullis::k8s::controller::Options) -> anyhow::Re
     };
     portcullis::k8s::controller::run(client, options, start, wait_for_signal()).await?;
     if let Some(r) = running.lock().await.take() {
-        let drain = r.proxy.snapshot().settings.drain_timeout;
-        tracing::info!(drain_timeout = ?drain, "shutting down: not ready, not accepting, draining");
+        let drain = shutdown_drain(r.proxy.snapshot().settings.drain_timeout, grace);
+        tracing::info!(drain = ?drain, "shutting down: not ready, not accepting, draining");
         let forced = r.shutdown(drain).await;
         tracing::info!(forced_closes = forced, "shutdown complete");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The shutdown drain: `drain_timeout`, cut short to end 2 s before the termination grace
+/// period, which leaves time to close what is left and exit before the kubelet's SIGKILL.
+fn shutdown_drain(drain_timeout: Duration, grace: Duration) -> Duration {
+    drain_timeout.min(grace.saturating_sub(Duration::from_secs(2)))
 }
 
 async fn wait_for_signal() {

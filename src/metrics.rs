@@ -52,6 +52,15 @@ pub struct UpstreamHealthLabels {
     pub upstream: String,
 }
 
+/// Labels of the per-generation connection gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GenerationLabels {
+    /// Listener name.
+    pub listener: &'static str,
+    /// Listener generation (a series disappears when its generation has no connection left).
+    pub generation: u64,
+}
+
 /// Labels with just the listener.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -77,6 +86,8 @@ pub struct Metrics {
     pub upstream_healthy: Family<UpstreamHealthLabels, Gauge>,
     /// Listener generations currently draining.
     pub draining: Gauge,
+    /// Open downstream connections per listener generation.
+    pub generation_connections: Family<GenerationLabels, Gauge>,
     /// 1 when the last reload was applied, 0 when it was rejected.
     pub reload_success: Gauge,
     /// Unix time of the last applied reload.
@@ -119,6 +130,12 @@ impl Metrics {
             "Listener generations draining (0 when none)",
             draining.clone(),
         );
+        let generation_connections = Family::<GenerationLabels, Gauge>::default();
+        registry.register(
+            "listener_generation_connections_active",
+            "Open downstream connections per listener generation",
+            generation_connections.clone(),
+        );
         let reload_success = Gauge::default();
         registry.register(
             "config_last_reload_success",
@@ -148,6 +165,7 @@ impl Metrics {
             upstream_requests,
             upstream_healthy,
             draining,
+            generation_connections,
             reload_success,
             reload_success_timestamp,
         }

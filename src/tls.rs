@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -92,15 +91,26 @@ impl CertStore {
     }
 }
 
-/// Resolves certificates from a store that reloads swap atomically, so a new handshake
-/// sees new certificates without a new listener.
+/// Resolves certificates from one listener generation's store. A certificate change makes a
+/// new generation (see `proxy::drain`), so a connection's certificate is known from the
+/// generation that accepted it.
 #[derive(Debug)]
-pub struct SniResolver(pub Arc<ArcSwap<CertStore>>);
+pub struct SniResolver(pub Arc<CertStore>);
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         // rustls hands us the SNI already validated and lower-cased.
-        Some(self.0.load().resolve(hello.server_name()))
+        Some(self.0.resolve(hello.server_name()))
+    }
+}
+
+/// ALPN offered for a codec. `http2` prefers HTTP/2 but still accepts HTTP/1.1 clients:
+/// an h2-only listener breaks cert-manager's HTTP-01 self-check and old clients.
+pub fn alpn_for(codec: crate::config::CodecType) -> &'static [&'static [u8]] {
+    use crate::config::CodecType;
+    match codec {
+        CodecType::Http1 => &[b"http/1.1"],
+        CodecType::Auto | CodecType::Http2 | CodecType::Http3 => &[b"h2", b"http/1.1"],
     }
 }
 

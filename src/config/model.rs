@@ -86,6 +86,16 @@ pub enum MtlsEnforcement {
     RejectConnection,
 }
 
+/// Which connections a certificate change drains (`drain_scope`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainScope {
+    /// Only connections that negotiated a certificate that changed; the rest stay up.
+    Affected,
+    /// Every connection of the old listener generation, as Pomerium (Envoy) does.
+    All,
+}
+
 /// Process-wide settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -103,6 +113,8 @@ pub struct Settings {
     pub default_upstream_timeout: Option<Duration>,
     /// Grace period of a draining listener generation (and of shutdown).
     pub drain_timeout: Duration,
+    /// Which connections a certificate change drains.
+    pub drain_scope: DrainScope,
     /// Server certificates; the first is the default for unknown SNI.
     pub certificates: Vec<Certificate>,
     /// Client-certificate verification, when configured.
@@ -127,6 +139,7 @@ impl Default for Settings {
             },
             default_upstream_timeout: Some(Duration::from_secs(30)),
             drain_timeout: Duration::from_secs(600),
+            drain_scope: DrainScope::Affected,
             certificates: Vec::new(),
             downstream_mtls: None,
             metrics_address: Some(SocketAddr::from(([0, 0, 0, 0], 9902))),

@@ -19,8 +19,8 @@ use serde_json::{Map, Value};
 
 use super::duration;
 use super::model::{
-    Certificate, ClientCert, CodecType, Config, DownstreamMtls, HealthCheck, HealthCheckKind, HostMatch, LbPolicy,
-    MtlsEnforcement, PathMatch, Route, Settings, Upstream, UpstreamScheme, UpstreamTls,
+    Certificate, ClientCert, CodecType, Config, DownstreamMtls, DrainScope, HealthCheck, HealthCheckKind, HostMatch,
+    LbPolicy, MtlsEnforcement, PathMatch, Route, Settings, Upstream, UpstreamScheme, UpstreamTls,
 };
 
 /// One problem with one field.
@@ -279,6 +279,7 @@ pub const GLOBAL_SCALAR_KEYS: &[&str] = &[
     "timeout_idle",
     "default_upstream_timeout",
     "drain_timeout",
+    "drain_scope",
     "metrics_address",
     "admin_address",
 ];
@@ -368,6 +369,13 @@ pub fn parse_settings(obj: &mut Obj<'_>, material: &dyn Material, errs: &mut Err
     }
     if let Some(d) = obj.duration("drain_timeout", errs) {
         s.drain_timeout = d.unwrap_or(Duration::ZERO);
+    }
+    if let Some(v) = obj.string("drain_scope", errs) {
+        match v.as_str() {
+            "affected" => s.drain_scope = DrainScope::Affected,
+            "all" => s.drain_scope = DrainScope::All,
+            _ => errs.push(obj.at("drain_scope"), format!("unknown drain scope {v:?}: use affected or all")),
+        }
     }
     if let Some(items) = obj.list("certificates", errs) {
         for (i, item) in items.into_iter().enumerate() {
@@ -990,6 +998,7 @@ mod tests {
         assert_eq!(s.timeouts.idle, Some(Duration::from_secs(300)));
         assert_eq!(s.default_upstream_timeout, Some(Duration::from_secs(30)));
         assert_eq!(s.drain_timeout, Duration::from_secs(600));
+        assert_eq!(s.drain_scope, DrainScope::Affected);
         assert_eq!(s.admin_address.unwrap().to_string(), "127.0.0.1:9901");
         assert_eq!(s.metrics_address.unwrap().port(), 9902);
     }
@@ -1000,6 +1009,7 @@ mod tests {
             r#"
 timeout_read: 5 minutes
 codec_type: http9
+drain_scope: some
 routes:
   - from: https://a.example.com
     to: [http://127.0.0.1:1]
@@ -1016,6 +1026,7 @@ routes:
         for needle in [
             "timeout_read: invalid duration \"5 minutes\"",
             "codec_type: unknown codec \"http9\"",
+            "drain_scope: unknown drain scope \"some\": use affected or all",
             "routes[1].to[0]: \"ftp://x\" must start with",
             "routes[1].timeout: invalid duration \"soon\"",
             "routes[1].timout: unknown field (did you mean \"timeout\"?)",
@@ -1024,7 +1035,7 @@ routes:
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
-        assert_eq!(errs.0.len(), 7, "{text}");
+        assert_eq!(errs.0.len(), 8, "{text}");
     }
 
     #[test]

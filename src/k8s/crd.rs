@@ -255,6 +255,10 @@ pub struct ProxyConfigSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub drain_timeout: Option<String>,
+    /// Which connections a certificate change drains: `affected` (those that negotiated a
+    /// certificate that changed; the default) or `all` (every connection, as Pomerium does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_scope: Option<DrainScope>,
     /// Default certificates (`kubernetes.io/tls` Secrets); the first is the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
@@ -284,6 +288,16 @@ pub enum CodecType {
     Http2,
     /// HTTP/3 as well.
     Http3,
+}
+
+/// Which connections a certificate change drains.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainScope {
+    /// Only connections whose certificate changed.
+    Affected,
+    /// Every connection of the old listener generation.
+    All,
 }
 
 /// A Secret by namespace and name.

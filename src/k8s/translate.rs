@@ -1025,14 +1025,16 @@ mod tests {
 
     #[test]
     fn proxy_config_becomes_settings() {
-        let spec: crate::k8s::crd::ProxyConfigSpec =
-            serde_json::from_value(serde_json::json!({"timeoutIdle": "1m", "codecType": "http1", "address": ":9443"}))
-                .unwrap();
+        let spec: crate::k8s::crd::ProxyConfigSpec = serde_json::from_value(
+            serde_json::json!({"timeoutIdle": "1m", "codecType": "http1", "address": ":9443", "drainScope": "all"}),
+        )
+        .unwrap();
         let pc = crate::k8s::crd::ProxyConfig::new("global", spec);
         let s = translate_proxy_config(&pc, &objects(), "portcullis").unwrap();
         assert_eq!(s.timeouts.idle, Some(std::time::Duration::from_secs(60)));
         assert_eq!(s.address.port(), 9443);
         assert_eq!(s.codec_type, crate::config::CodecType::Http1);
+        assert_eq!(s.drain_scope, crate::config::DrainScope::All);
         let spec: crate::k8s::crd::ProxyConfigSpec = serde_json::from_value(serde_json::json!({
             "timeoutRead": "10x",
             "certificates": [{"name": "nope"}],

@@ -10,17 +10,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::body::now_ms;
+use super::drain::{ConnHandle, ListenerGeneration};
+use super::Proxy;
+use crate::config::{CodecType, Timeouts};
+use crate::metrics::ListenerLabels;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio_rustls::TlsAcceptor;
-
-use super::body::now_ms;
-use super::{Generation, Proxy};
-use crate::config::{CodecType, Timeouts};
-use crate::metrics::ListenerLabels;
 
 /// PRODUCT.md: per-connection buffer limit.
 pub const CONNECTION_BUFFER: usize = 32 * 1024;
@@ -131,30 +130,30 @@ pub struct ConnInfo {
     pub state: Arc<ConnState>,
     /// Set when the connection is draining: HTTP/1 responses get `Connection: close`.
     pub draining: AtomicBool,
-    /// The listener generation, for long-lived streams that must end with it.
-    pub generation: Generation,
+    /// Its registration with the drains: the drain and close signals, held by tunnels too so
+    /// that an upgraded connection stays accounted for until it ends.
+    pub conn: Arc<ConnHandle>,
+    /// The listener generation that accepted it.
+    pub generation: u64,
     /// The https listener's port, for redirects from `http-ingress`.
     pub https_port: u16,
 }
 
-/// Accepts connections until the generation stops accepting.
-pub async fn run(
-    kind: ListenerKind,
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    tls: Option<TlsAcceptor>,
-    https_port: u16,
-) {
-    let generation = proxy.generation.clone();
+/// Accepts connections until shutdown. The socket stays the same across listener
+/// generations: each connection is stamped with the generation current when it is accepted,
+/// so a new generation refuses no connection attempt.
+pub async fn run(kind: ListenerKind, listener: TcpListener, proxy: Arc<Proxy>, https_port: u16) {
+    let stop = proxy.stop_accepting.clone();
     loop {
         let accepted = tokio::select! {
-            () = generation.stop_accepting.cancelled() => break,
+            () = stop.cancelled() => break,
             r = listener.accept() => r,
         };
         match accepted {
             Ok((stream, peer)) => {
-                let (proxy, tls, g) = (proxy.clone(), tls.clone(), generation.clone());
-                generation.tracker.spawn(serve_connection(kind, stream, peer, proxy, tls, g, https_port));
+                let generation = proxy.listener_generation();
+                let conn = proxy.drains.register(kind.name(), generation.id, kind == ListenerKind::Https);
+                tokio::spawn(serve_connection(kind, stream, peer, proxy.clone(), generation, conn, https_port));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -171,8 +170,8 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
-    tls: Option<TlsAcceptor>,
-    generation: Generation,
+    generation: Arc<ListenerGeneration>,
+    conn: ConnHandle,
     https_port: u16,
 ) {
     let labels = ListenerLabels { listener: kind.name() };
@@ -184,10 +183,8 @@ async fn serve_connection(
     });
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
-    let snapshot = proxy.snapshot();
-    let timeouts = snapshot.settings.timeouts;
-    let codec = snapshot.settings.codec_type;
-    drop(snapshot);
+    let timeouts = generation.settings.timeouts;
+    let codec = generation.settings.codec_type;
     let state = ConnState::new();
     let mut info = ConnInfo {
         kind,
@@ -198,28 +195,37 @@ async fn serve_connection(
         timeouts,
         state: state.clone(),
         draining: AtomicBool::new(false),
-        generation,
+        conn: Arc::new(conn),
+        generation: generation.id,
         https_port,
     };
-    if let Some(acceptor) = tls {
+    if kind == ListenerKind::Https {
         let handshake_limit = timeouts.read.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(10));
-        let tls_stream = match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
-            }
+        let accept = generation.tls.accept(stream);
+        let tls_stream = tokio::select! {
+            r = tokio::time::timeout(handshake_limit, accept) => match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            },
+            () = info.conn.signals.close.cancelled() => return,
         };
-        let (_, conn) = tls_stream.get_ref();
-        info.sni = conn.server_name().map(str::to_owned);
-        info.client_cert = conn.peer_certificates().is_some_and(|c| !c.is_empty());
-        let h2 = conn.alpn_protocol() == Some(b"h2");
+        let (_, tls) = tls_stream.get_ref();
+        info.sni = tls.server_name().map(str::to_owned);
+        info.client_cert = tls.peer_certificates().is_some_and(|c| !c.is_empty());
+        let h2 = tls.alpn_protocol() == Some(b"h2");
+        let fingerprint = generation.certs.fingerprint_for(info.sni.as_deref()).map(str::to_owned);
+        info.conn.handshake_done(info.sni.clone(), fingerprint);
+        drop(generation);
         serve_http(Metered { inner: tls_stream, state }, Some(h2), info, proxy).await;
     } else {
+        drop(generation);
         let only = (codec == CodecType::Http1).then_some(false);
         serve_http(Metered { inner: stream, state }, only, info, proxy).await;
     }
@@ -320,12 +326,12 @@ where
                     }
                 }
             }
-            () = info.generation.drain.cancelled(), if !closing => {
+            () = info.conn.signals.drain.cancelled(), if !closing => {
                 info.draining.store(true, Ordering::Release);
                 graceful_shutdown(conn.as_mut());
                 closing = true;
             }
-            () = info.generation.close.cancelled() => {
+            () = info.conn.signals.close.cancelled() => {
                 tracing::debug!(peer = %info.peer, "closing connection: drain_timeout ended");
                 break;
             }

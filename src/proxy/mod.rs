@@ -6,6 +6,7 @@
 //! The request path takes no lock: it loads the current [`Snapshot`] from an `ArcSwap`.
 
 pub mod body;
+pub mod drain;
 pub mod error;
 pub mod forward;
 pub mod health;
@@ -14,17 +15,18 @@ pub mod route;
 pub mod upstream;
 pub mod websocket;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::config::{Certificate, Config, HostMatch, Route, Settings};
+use crate::config::{Certificate, Config, DrainScope, HostMatch, Route, Settings};
 use crate::metrics::Metrics;
 use crate::tls::CertStore;
+use drain::{Drains, ListenerGeneration, ListenerSettings, Take};
 use route::RouteTable;
 use upstream::{Balancer, ClientCache};
 
@@ -39,10 +41,19 @@ pub struct CompiledRoute {
     pub stream_idle: Option<Duration>,
     /// Upstream selection.
     pub balancer: Balancer,
+    /// Cancelled when the route is deleted: its long-lived connections (tunnels) end. The
+    /// same token is carried into every snapshot that still has a route of this name.
+    pub closed: CancellationToken,
 }
 
 impl CompiledRoute {
-    fn new(route: Route, settings: &Settings, clients: &ClientCache, health: &health::Registry) -> Self {
+    fn new(
+        route: Route,
+        settings: &Settings,
+        clients: &ClientCache,
+        health: &health::Registry,
+        closed: CancellationToken,
+    ) -> Self {
         // Pomerium: a WebSocket route gets no upstream timeout and no stream idle timeout
         // unless the route sets them; a route can disable the idle timeout but not raise it
         // above timeout_idle.
@@ -61,7 +72,7 @@ impl CompiledRoute {
         let balancer = Balancer::new(&route.to, &route.tls, route.load_balancing_policy, clients, |u| {
             health.flag(&name, &u.authority)
         });
-        Self { route, upstream_timeout, stream_idle, balancer }
+        Self { route, upstream_timeout, stream_idle, balancer, closed }
     }
 }
 
@@ -77,19 +88,6 @@ pub struct Snapshot {
     pub applied_at: SystemTime,
 }
 
-/// Signals for one listener generation: stop accepting, drain gracefully, close for good.
-#[derive(Clone, Default)]
-pub struct Generation {
-    /// Cancelled when listeners must stop accepting.
-    pub stop_accepting: CancellationToken,
-    /// Cancelled when connections must finish in-flight work and close.
-    pub drain: CancellationToken,
-    /// Cancelled when every remaining connection must close now.
-    pub close: CancellationToken,
-    /// Every connection task, to wait for the drain.
-    pub tracker: TaskTracker,
-}
-
 /// A bound listener, for `/listeners`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ListenerInfo {
@@ -99,14 +97,13 @@ pub struct ListenerInfo {
     pub address: std::net::SocketAddr,
     /// `tcp`.
     pub protocol: &'static str,
-    /// Listener generation (0 for the first).
-    pub generation: u64,
 }
 
 /// The running data plane: current snapshot, certificates, upstream clients, metrics.
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
-    certs: Arc<ArcSwap<CertStore>>,
+    listener_generation: ArcSwap<ListenerGeneration>,
+    lifetimes: RouteLifetimes,
     clients: ClientCache,
     health: health::Registry,
     default_cert: Certificate,
@@ -114,8 +111,10 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     ready: AtomicBool,
     version: AtomicU64,
-    /// The current listener generation.
-    pub generation: Generation,
+    /// Every live connection and drain.
+    pub drains: Arc<Drains>,
+    /// Cancelled at shutdown: every accept loop stops.
+    pub stop_accepting: CancellationToken,
     listeners: Mutex<Vec<ListenerInfo>>,
 }
 
@@ -124,14 +123,34 @@ pub struct Proxy {
 pub enum Applied {
     /// Routes (and certificates) swapped in; no connection touched.
     Swapped,
-    /// Swapped, but listener addresses or codec changed and need a restart to take effect.
+    /// Swapped, but listener addresses changed and need a restart to take effect.
     SwappedNeedsRestart(Vec<&'static str>),
+}
+
+/// The listener generation for `settings`, or why rustls refused its TLS setup.
+fn listener_generation(id: u64, settings: &Settings, default_cert: &Certificate) -> Result<ListenerGeneration, String> {
+    let certs = effective_certs(settings, default_cert);
+    let store = Arc::new(CertStore::new(&certs));
+    let listener = ListenerSettings::of(settings);
+    let cfg = crate::tls::server_config(
+        Arc::new(crate::tls::SniResolver(store.clone())),
+        crate::tls::alpn_for(listener.codec_type),
+        listener.downstream_mtls.as_ref(),
+    )
+    .map_err(|e| format!("TLS setup: {e}"))?;
+    Ok(ListenerGeneration {
+        id,
+        settings: listener,
+        certs: store,
+        cert_ids: certs.iter().map(|c| (c.names.clone(), c.fingerprint.clone())).collect(),
+        tls: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+    })
 }
 
 impl Proxy {
     /// Builds the first snapshot. When no certificate is configured, a self-signed one for
     /// `localhost` and the routes' hosts is made now and kept for the process lifetime.
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
         let mut names = vec!["localhost".to_owned()];
         names.extend(config.routes.iter().filter_map(|r| match &r.host {
             HostMatch::Exact(h) => Some(h.clone()),
@@ -143,24 +162,28 @@ impl Proxy {
         let default_cert = crate::tls::self_signed(&names);
         let clients = ClientCache::default();
         let health = health::Registry::default();
-        let certs = Arc::new(ArcSwap::from_pointee(CertStore::new(&effective_certs(&config.settings, &default_cert))));
-        let first = Arc::new(build_snapshot(config, 1, &clients, &health));
+        let generation = listener_generation(1, &config.settings, &default_cert)?;
+        let lifetimes = RouteLifetimes::default();
+        let first = Arc::new(build_snapshot(config, 1, &clients, &health, &lifetimes));
+        lifetimes.retain(&first);
         health.restart(&first, &metrics.upstream_healthy);
         let snapshot = ArcSwap::new(first);
         metrics.reload_success.set(1);
         metrics.reload_success_timestamp.set(unix_now());
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             snapshot,
-            certs,
+            listener_generation: ArcSwap::from_pointee(generation),
+            lifetimes,
             clients,
             health,
             default_cert,
-            metrics,
             ready: AtomicBool::new(false),
             version: AtomicU64::new(1),
-            generation: Generation::default(),
+            drains: Drains::new(metrics.clone()),
+            metrics,
+            stop_accepting: CancellationToken::new(),
             listeners: Mutex::new(Vec::new()),
-        })
+        }))
     }
 
     /// The current snapshot. Cheap: one atomic increment.
@@ -168,9 +191,9 @@ impl Proxy {
         self.snapshot.load_full()
     }
 
-    /// The certificate store the TLS resolver reads.
-    pub fn cert_store(&self) -> Arc<ArcSwap<CertStore>> {
-        self.certs.clone()
+    /// The current listener generation: what a connection accepted now is served with.
+    pub fn listener_generation(&self) -> Arc<ListenerGeneration> {
+        self.listener_generation.load_full()
     }
 
     /// Swaps in a new config atomically. In-flight requests keep the snapshot they started
@@ -191,16 +214,11 @@ impl Proxy {
         if a.admin_address != b.admin_address {
             restart.push("admin_address");
         }
-        if a.codec_type != b.codec_type {
-            restart.push("codec_type");
-        }
-        if a.downstream_mtls.is_some() != b.downstream_mtls.is_some() {
-            restart.push("downstream_mtls");
-        }
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
-        self.certs.store(Arc::new(CertStore::new(&effective_certs(&config.settings, &self.default_cert))));
-        let snap = Arc::new(build_snapshot(config, version, &self.clients, &self.health));
+        self.new_listener_generation(&config.settings);
+        let snap = Arc::new(build_snapshot(config, version, &self.clients, &self.health, &self.lifetimes));
         self.snapshot.store(snap.clone());
+        self.lifetimes.retain(&snap);
         self.health.restart(&snap, &self.metrics.upstream_healthy);
         self.metrics.reload_success.set(1);
         self.metrics.reload_success_timestamp.set(unix_now());
@@ -209,6 +227,38 @@ impl Proxy {
         } else {
             Applied::SwappedNeedsRestart(restart)
         }
+    }
+
+    /// Starts a new listener generation when what a listener holds changed, and drains the
+    /// old one (see [`drain`]). Route-only changes never get here.
+    fn new_listener_generation(&self, settings: &Settings) {
+        let current = self.listener_generation();
+        let next = ListenerSettings::of(settings);
+        let mut changes = current.settings.changes(&next);
+        let certs = effective_certs(settings, &self.default_cert);
+        let cert_ids: Vec<_> = certs.iter().map(|c| (c.names.clone(), c.fingerprint.clone())).collect();
+        let certs_changed = cert_ids != current.cert_ids;
+        if certs_changed {
+            changes.push("certificates");
+        }
+        if changes.is_empty() {
+            return;
+        }
+        let generation = match listener_generation(current.id + 1, settings, &self.default_cert) {
+            Ok(g) => Arc::new(g),
+            Err(e) => {
+                // Validated configs build; if rustls still refuses, keep serving what works.
+                tracing::error!(error = %e, "new listener generation refused; the current one keeps serving");
+                return;
+            }
+        };
+        let take = if changes == ["certificates"] && settings.drain_scope == DrainScope::Affected {
+            Take::CertificateChanged(generation.certs.clone())
+        } else {
+            Take::All
+        };
+        self.listener_generation.store(generation.clone());
+        self.drains.retire(current.id, generation.id, &take, settings.drain_timeout, &changes.join(", "));
     }
 
     /// Records a rejected reload: the metric drops to 0, the snapshot stays.
@@ -250,14 +300,54 @@ fn effective_certs(settings: &Settings, default_cert: &Certificate) -> Vec<Certi
     }
 }
 
-fn build_snapshot(config: Config, version: u64, clients: &ClientCache, health: &health::Registry) -> Snapshot {
+fn build_snapshot(
+    config: Config,
+    version: u64,
+    clients: &ClientCache,
+    health: &health::Registry,
+    lifetimes: &RouteLifetimes,
+) -> Snapshot {
     let Config { settings, routes } = config;
-    let compiled = routes.into_iter().map(|r| CompiledRoute::new(r, &settings, clients, health)).collect();
+    let compiled = routes
+        .into_iter()
+        .map(|r| {
+            let closed = lifetimes.token(&r.name);
+            CompiledRoute::new(r, &settings, clients, health, closed)
+        })
+        .collect();
     Snapshot {
         version,
         routes: RouteTable::new(compiled, |r: &CompiledRoute| (&r.route.host, &r.route.path)),
         settings,
         applied_at: SystemTime::now(),
+    }
+}
+
+/// One cancellation token per route name, alive while some snapshot has a route of that name:
+/// the hook that ends long-lived connections of a deleted route (and, once policies exist,
+/// of a route whose policy stops admitting them).
+#[derive(Default)]
+struct RouteLifetimes(Mutex<HashMap<String, CancellationToken>>);
+
+impl RouteLifetimes {
+    fn token(&self, name: &str) -> CancellationToken {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Cancels (and forgets) the tokens of routes `snap` no longer has.
+    fn retain(&self, snap: &Snapshot) {
+        let names: std::collections::HashSet<&str> =
+            snap.routes.routes().iter().map(|r| r.route.name.as_str()).collect();
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|name, token| {
+            let keep = names.contains(name.as_str());
+            if !keep {
+                tracing::info!(route = %name, "route deleted: closing its long-lived connections");
+                token.cancel();
+            }
+            keep
+        });
     }
 }
 

@@ -140,7 +140,11 @@ pub(crate) async fn proxy(
         in_flight: finish.in_flight.take(),
     });
     let idle = route.stream_idle;
-    let close = conn.generation.close.clone();
+    // The tunnel keeps the connection registered with the drains until it ends, so a drain
+    // waits for it and `drain_timeout` closes it.
+    let registration = conn.conn.clone();
+    let route_closed = route.closed.clone();
+    let route_name = route.route.name.clone();
     tokio::spawn(async move {
         let (down, up) = match tokio::join!(downstream_upgrade, upstream_upgrade) {
             (Ok(d), Ok(u)) => (d, u),
@@ -165,7 +169,13 @@ pub(crate) async fn proxy(
                 Err(e) => (0, Some(format!("tunnel ended: {e}"))),
             },
             () = idle_wait => (0, Some("tunnel closed: stream idle timeout".to_owned())),
-            () = close.cancelled() => (0, Some("tunnel closed: listener drain_timeout ended".to_owned())),
+            () = registration.signals.close.cancelled() => {
+                (0, Some("tunnel closed: drain_timeout of its listener generation ended".to_owned()))
+            }
+            () = route_closed.cancelled() => {
+                tracing::info!(route = %route_name, "closing a tunnel: its route was deleted");
+                (0, Some("tunnel closed: its route was deleted".to_owned()))
+            }
         };
         state.request_done.store(true, Ordering::Relaxed);
         record.error = error;

@@ -1,0 +1,466 @@
+//! Listener generations and their drains: how a change to what a listener holds
+//! (certificates, the downstream mTLS CA, `codec_type`, the connection timeouts) reaches
+//! connections without failing a request.
+//!
+//! A [`ListenerGeneration`] is everything a connection is accepted with. The listening socket
+//! is never closed for a new generation: the accept loop stamps each new connection with the
+//! generation current at that moment, so not one connection attempt is refused during the
+//! hand-over. The old generation then drains: its connections finish their in-flight work
+//! and close (HTTP/1.1 with `Connection: close` on the in-flight response, idle ones at once;
+//! HTTP/2 with a graceful GOAWAY); upgraded connections keep running until `drain_timeout`,
+//! when everything still open in that drain is closed.
+//!
+//! With `drain_scope: affected` (the default) a certificate-only change drains only the
+//! connections that negotiated a certificate that changed; the others are adopted by the new
+//! generation, since nothing they hold changed. Every other change drains all of them.
+//!
+//! [`Drains`] keeps one entry per live connection, under a mutex taken when a connection
+//! opens, finishes its TLS handshake and closes, and when a generation is retired: never per
+//! request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CodecType, DownstreamMtls, Settings, Timeouts};
+use crate::metrics::{GenerationLabels, Metrics};
+use crate::tls::CertStore;
+
+/// The settings a connection keeps for its whole life; a change to any of them (or to the
+/// certificates) makes a new generation.
+#[derive(Clone, Debug)]
+pub struct ListenerSettings {
+    /// Downstream HTTP versions.
+    pub codec_type: CodecType,
+    /// Connection-level timeouts.
+    pub timeouts: Timeouts,
+    /// Client-certificate verification.
+    pub downstream_mtls: Option<DownstreamMtls>,
+}
+
+impl ListenerSettings {
+    /// The listener part of the global settings.
+    pub fn of(s: &Settings) -> Self {
+        Self { codec_type: s.codec_type, timeouts: s.timeouts, downstream_mtls: s.downstream_mtls.clone() }
+    }
+
+    /// Which settings differ (for the log line of a drain).
+    pub fn changes(&self, other: &Self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.codec_type != other.codec_type {
+            out.push("codec_type");
+        }
+        if self.timeouts.read != other.timeouts.read {
+            out.push("timeout_read");
+        }
+        if self.timeouts.write != other.timeouts.write {
+            out.push("timeout_write");
+        }
+        if self.timeouts.idle != other.timeouts.idle {
+            out.push("timeout_idle");
+        }
+        let mtls_same = match (&self.downstream_mtls, &other.downstream_mtls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                a.ca == b.ca
+                    && a.crls == b.crls
+                    && a.enforcement == b.enforcement
+                    && a.max_verify_depth == b.max_verify_depth
+            }
+            _ => false,
+        };
+        if !mtls_same {
+            out.push("downstream_mtls");
+        }
+        out
+    }
+}
+
+/// One listener generation: what connections accepted under it are served with.
+pub struct ListenerGeneration {
+    /// Increases by one per generation; 1 is the first.
+    pub id: u64,
+    /// Timeouts, codec, mTLS.
+    pub settings: ListenerSettings,
+    /// The certificates its TLS handshakes choose from, fixed for the generation.
+    pub certs: Arc<CertStore>,
+    /// `(names, fingerprint)` of each certificate: tells whether a reload changed any.
+    pub cert_ids: Vec<(Vec<String>, String)>,
+    /// The https listener's TLS acceptor (with this generation's certificates and mTLS).
+    pub tls: TlsAcceptor,
+}
+
+/// Which connections of the retired generation a drain takes.
+#[derive(Clone)]
+pub enum Take {
+    /// Every one.
+    All,
+    /// Those whose server name now gets a different certificate than the one they
+    /// negotiated (and TLS connections still in their handshake); plain HTTP connections are
+    /// not affected by certificates.
+    CertificateChanged(Arc<CertStore>),
+}
+
+/// A connection's signals: finish in-flight work and close; close now.
+#[derive(Clone, Default)]
+pub struct ConnSignals {
+    /// Graceful: GOAWAY / `Connection: close`.
+    pub drain: CancellationToken,
+    /// At once: `drain_timeout` ended (or shutdown's grace did).
+    pub close: CancellationToken,
+}
+
+struct Entry {
+    listener: &'static str,
+    generation: u64,
+    tls: bool,
+    sni: Option<String>,
+    fingerprint: Option<String>,
+    handshake_done: bool,
+    signals: ConnSignals,
+    /// The generation whose drain took this connection.
+    draining: Option<u64>,
+}
+
+impl Entry {
+    fn taken_by(&self, take: &Take) -> bool {
+        match take {
+            Take::All => true,
+            Take::CertificateChanged(store) => {
+                self.tls
+                    && (!self.handshake_done
+                        || store.fingerprint_for(self.sni.as_deref()) != self.fingerprint.as_deref())
+            }
+        }
+    }
+}
+
+struct Drain {
+    started: Instant,
+    remaining: usize,
+    reason: String,
+    expired: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_id: u64,
+    current: u64,
+    conns: HashMap<u64, Entry>,
+    drains: HashMap<u64, Drain>,
+    /// Live connections per (listener, generation), for the per-generation gauge.
+    per_generation: HashMap<(&'static str, u64), i64>,
+}
+
+/// A draining generation, for `/listeners`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DrainStatus {
+    /// The retired generation.
+    pub generation: u64,
+    /// Connections it still has open.
+    pub connections: usize,
+    /// Seconds since the drain started.
+    pub seconds: f64,
+    /// What changed.
+    pub reason: String,
+    /// `drain_timeout` has ended and its connections were told to close.
+    pub expired: bool,
+}
+
+/// Every live downstream connection and every drain in progress.
+pub struct Drains {
+    inner: Mutex<Inner>,
+    metrics: Arc<Metrics>,
+    emptied: Notify,
+}
+
+impl Drains {
+    /// No connections yet; generation 1 is current.
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        let inner = Inner { current: 1, ..Inner::default() };
+        Arc::new(Self { inner: Mutex::new(inner), metrics, emptied: Notify::new() })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock would be a bug in this module; the data is still
+        // consistent enough to keep serving and draining.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn count(&self, inner: &mut Inner, listener: &'static str, generation: u64, delta: i64) {
+        let n = inner.per_generation.entry((listener, generation)).or_default();
+        *n += delta;
+        let labels = GenerationLabels { listener, generation };
+        if *n == 0 && generation != inner.current {
+            inner.per_generation.remove(&(listener, generation));
+            self.metrics.generation_connections.remove(&labels);
+        } else {
+            self.metrics.generation_connections.get_or_create(&labels).set(*n);
+        }
+    }
+
+    /// Registers a connection accepted under `generation`; dropping the handle unregisters it.
+    pub fn register(self: &Arc<Self>, listener: &'static str, generation: u64, tls: bool) -> ConnHandle {
+        let signals = ConnSignals::default();
+        let mut inner = self.lock();
+        inner.next_id += 1;
+        let id = inner.next_id;
+        let entry = Entry {
+            listener,
+            generation,
+            tls,
+            sni: None,
+            fingerprint: None,
+            handshake_done: false,
+            signals: signals.clone(),
+            draining: None,
+        };
+        inner.conns.insert(id, entry);
+        self.count(&mut inner, listener, generation, 1);
+        ConnHandle { id, drains: self.clone(), signals }
+    }
+
+    fn handshake_done(&self, id: u64, sni: Option<String>, fingerprint: Option<String>) {
+        if let Some(e) = self.lock().conns.get_mut(&id) {
+            e.sni = sni;
+            e.fingerprint = fingerprint;
+            e.handshake_done = true;
+        }
+    }
+
+    fn unregister(&self, id: u64) {
+        let mut inner = self.lock();
+        let Some(e) = inner.conns.remove(&id) else { return };
+        self.count(&mut inner, e.listener, e.generation, -1);
+        if let Some(generation) = e.draining {
+            let done = inner.drains.get_mut(&generation).is_some_and(|d| {
+                d.remaining -= 1;
+                d.remaining == 0
+            });
+            if done {
+                let d = inner.drains.remove(&generation).expect("present");
+                self.metrics.draining.dec();
+                tracing::info!(generation, elapsed = ?d.started.elapsed(), reason = %d.reason, "listener generation drained");
+            }
+        }
+        if inner.conns.is_empty() {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    /// Retires generation `old` (and any older connection not draining yet) for `new`:
+    /// connections `take` selects drain, and are closed when `timeout` ends; the others are
+    /// adopted by `new`. Returns how many connections drain.
+    pub fn retire(self: &Arc<Self>, old: u64, new: u64, take: &Take, timeout: Duration, reason: &str) -> usize {
+        let mut inner = self.lock();
+        inner.current = new;
+        let mut taken = 0;
+        let mut adopted = Vec::new();
+        for e in inner.conns.values_mut() {
+            if e.draining.is_some() || e.generation > old {
+                continue;
+            }
+            if e.taken_by(take) {
+                e.draining = Some(old);
+                e.signals.drain.cancel();
+                taken += 1;
+            } else {
+                adopted.push((e.listener, e.generation));
+                e.generation = new;
+            }
+        }
+        for (listener, generation) in adopted {
+            self.count(&mut inner, listener, generation, -1);
+            self.count(&mut inner, listener, new, 1);
+        }
+        // Generations with nothing left are dropped from the gauge.
+        let empty: Vec<_> =
+            inner.per_generation.iter().filter(|(k, n)| **n == 0 && k.1 != new).map(|(k, _)| *k).collect();
+        for (listener, generation) in empty {
+            inner.per_generation.remove(&(listener, generation));
+            self.metrics.generation_connections.remove(&GenerationLabels { listener, generation });
+        }
+        let adopted_count = inner.conns.values().filter(|e| e.generation == new).count();
+        tracing::info!(
+            generation = old,
+            next = new,
+            draining = taken,
+            adopted = adopted_count,
+            drain_timeout = ?timeout,
+            %reason,
+            "listener generation draining"
+        );
+        if taken == 0 {
+            tracing::info!(generation = old, "listener generation drained (nothing to drain)");
+            return 0;
+        }
+        // Two retirements of the same id (shutdown after a reload) merge into one drain.
+        let d = inner.drains.entry(old).or_insert_with(|| {
+            self.metrics.draining.inc();
+            Drain { started: Instant::now(), remaining: 0, reason: reason.to_owned(), expired: false }
+        });
+        d.remaining += taken;
+        drop(inner);
+        let drains = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            drains.expire(old);
+        });
+        taken
+    }
+
+    /// `drain_timeout` ended for a drain: close what is left of it.
+    fn expire(&self, generation: u64) {
+        let mut inner = self.lock();
+        let Some(d) = inner.drains.get_mut(&generation) else { return };
+        d.expired = true;
+        tracing::warn!(generation, connections = d.remaining, "drain_timeout ended; closing the remaining connections");
+        for e in inner.conns.values().filter(|e| e.draining == Some(generation)) {
+            e.signals.close.cancel();
+        }
+    }
+
+    /// Drains every connection (shutdown): returns how many had to be closed by force when
+    /// `grace` ended.
+    pub async fn drain_all(self: &Arc<Self>, grace: Duration) -> usize {
+        let current = self.lock().current;
+        self.retire(current, current + 1, &Take::All, grace, "shutdown");
+        let wait = async {
+            loop {
+                let emptied = self.emptied.notified();
+                if self.lock().conns.is_empty() {
+                    return;
+                }
+                emptied.await;
+            }
+        };
+        if tokio::time::timeout(grace, wait).await.is_ok() {
+            return 0;
+        }
+        let left = self.lock().conns.len();
+        for e in self.lock().conns.values() {
+            e.signals.close.cancel();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while !self.lock().conns.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        left
+    }
+
+    /// The drains in progress, oldest first.
+    pub fn status(&self) -> Vec<DrainStatus> {
+        let inner = self.lock();
+        let mut out: Vec<_> = inner
+            .drains
+            .iter()
+            .map(|(g, d)| DrainStatus {
+                generation: *g,
+                connections: d.remaining,
+                seconds: d.started.elapsed().as_secs_f64(),
+                reason: d.reason.clone(),
+                expired: d.expired,
+            })
+            .collect();
+        out.sort_by_key(|d| d.generation);
+        out
+    }
+
+    /// Live connections per generation.
+    pub fn connections(&self) -> HashMap<u64, usize> {
+        let mut out = HashMap::new();
+        for e in self.lock().conns.values() {
+            *out.entry(e.generation).or_default() += 1;
+        }
+        out
+    }
+}
+
+/// A live connection's registration; unregisters on drop (when the connection, and any tunnel
+/// it was upgraded into, has ended).
+pub struct ConnHandle {
+    id: u64,
+    drains: Arc<Drains>,
+    /// Its drain and close signals.
+    pub signals: ConnSignals,
+}
+
+impl ConnHandle {
+    /// Records what the TLS handshake chose, which decides whether a certificate change
+    /// affects this connection.
+    pub fn handshake_done(&self, sni: Option<String>, fingerprint: Option<String>) {
+        self.drains.handshake_done(self.id, sni, fingerprint);
+    }
+}
+
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        self.drains.unregister(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Certificate;
+
+    fn store(certs: &[Certificate]) -> Arc<CertStore> {
+        Arc::new(CertStore::new(certs))
+    }
+
+    #[tokio::test]
+    async fn a_certificate_change_drains_only_the_connections_that_negotiated_it() {
+        let metrics = Arc::new(Metrics::new());
+        let drains = Drains::new(metrics.clone());
+        let a1 = crate::tls::self_signed(&["a.test".to_owned()]);
+        let b = crate::tls::self_signed(&["b.test".to_owned()]);
+        let a2 = crate::tls::self_signed(&["a.test".to_owned()]);
+        let old = store(&[a1.clone(), b.clone()]);
+        let new = store(&[a2, b]);
+
+        let on_a = drains.register("https-ingress", 1, true);
+        on_a.handshake_done(Some("a.test".into()), old.fingerprint_for(Some("a.test")).map(str::to_owned));
+        let on_b = drains.register("https-ingress", 1, true);
+        on_b.handshake_done(Some("b.test".into()), old.fingerprint_for(Some("b.test")).map(str::to_owned));
+        let handshaking = drains.register("https-ingress", 1, true);
+        let plain = drains.register("http-ingress", 1, false);
+
+        let n = drains.retire(1, 2, &Take::CertificateChanged(new), Duration::from_secs(60), "certificates");
+        assert_eq!(n, 2, "a.test's connection and the one still in its handshake");
+        assert!(on_a.signals.drain.is_cancelled() && handshaking.signals.drain.is_cancelled());
+        assert!(!on_b.signals.drain.is_cancelled() && !plain.signals.drain.is_cancelled());
+        assert_eq!(metrics.draining.get(), 1);
+        assert_eq!(drains.connections()[&2], 2, "the others are adopted by the new generation");
+        drop(on_a);
+        assert_eq!(metrics.draining.get(), 1, "one connection of the drain is still open");
+        drop(handshaking);
+        assert_eq!(metrics.draining.get(), 0, "drained");
+        assert!(drains.status().is_empty());
+        let text = metrics.encode();
+        assert!(!text.contains("generation=\"1\""), "the finished generation leaves the gauge:\n{text}");
+        assert!(text.contains("listener=\"https-ingress\",generation=\"2\"} 1"), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_timeout_closes_what_is_left_and_all_takes_everything() {
+        let metrics = Arc::new(Metrics::new());
+        let drains = Drains::new(metrics.clone());
+        let upgraded = drains.register("https-ingress", 1, true);
+        let plain = drains.register("http-ingress", 1, false);
+        assert_eq!(drains.retire(1, 2, &Take::All, Duration::from_secs(600), "timeout_idle"), 2);
+        assert!(!upgraded.signals.close.is_cancelled());
+        tokio::time::sleep(Duration::from_secs(599)).await;
+        assert!(!upgraded.signals.close.is_cancelled(), "not before drain_timeout");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(upgraded.signals.close.is_cancelled() && plain.signals.close.is_cancelled());
+        assert!(drains.status()[0].expired);
+        drop((upgraded, plain));
+        assert_eq!(metrics.draining.get(), 0);
+    }
+}

@@ -1,0 +1,495 @@
+//! Listener generations and drains under load: certificate rotations and route edits while
+//! real HTTP/1.1 and HTTP/2 clients keep sending, WebSockets that must (or must not) survive,
+//! GOAWAY and `Connection: close` on in-flight responses.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::config::file::{self, FileSource};
+use portcullis::server::Running;
+use rustls_pki_types::CertificateDer;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+/// What the load clients saw.
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// Requests retried as HTTP allows: the connection closed before the request was taken
+    /// (an idle keep-alive connection closed by a drain, a stream refused after GOAWAY).
+    retried: AtomicU64,
+    /// Connections refused or reset while connecting or mid-response.
+    resets: AtomicU64,
+    connections: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn fail(&self, what: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut e = self.errors.lock().unwrap();
+        if e.len() < 10 {
+            e.push(what);
+        }
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "sent {} ok {} failed {} retried {} resets {} connections {} errors {:?}",
+            self.sent.load(Ordering::Relaxed),
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.retried.load(Ordering::Relaxed),
+            self.resets.load(Ordering::Relaxed),
+            self.connections.load(Ordering::Relaxed),
+            self.errors.lock().unwrap()
+        )
+    }
+}
+
+/// Whether a client error means the request was never taken by the server, so that HTTP lets
+/// a client send it again (RFC 9112 section 9.3.1, RFC 9113 section 8.7).
+fn retryable(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    if e.is_canceled() || e.is_incomplete_message() {
+        return true;
+    }
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM) || h2.is_go_away();
+        }
+        source = s.source();
+    }
+    false
+}
+
+async fn connect(
+    addr: std::net::SocketAddr,
+    host: &str,
+    roots: &[CertificateDer<'static>],
+    alpn: &[u8],
+    t: &Tally,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    match tls_connect(addr, host, client_config(roots, &[alpn])).await {
+        Ok(s) => {
+            t.connections.fetch_add(1, Ordering::Relaxed);
+            Some(s)
+        }
+        Err(e) => {
+            t.resets.fetch_add(1, Ordering::Relaxed);
+            t.fail(format!("connect: {e}"));
+            tokio::time::sleep(ms(20)).await;
+            None
+        }
+    }
+}
+
+/// An HTTP/1.1 keep-alive client: one request at a time, a new connection when a response
+/// says `Connection: close` (or the connection is gone).
+async fn h1_load(
+    addr: std::net::SocketAddr,
+    host: String,
+    roots: Vec<CertificateDer<'static>>,
+    stop: CancellationToken,
+    t: Arc<Tally>,
+) {
+    // Set when the request in hand is being sent again on a new connection.
+    let mut retry = false;
+    'connection: while !stop.is_cancelled() {
+        let Some(tls) = connect(addr, &host, &roots, b"http/1.1", &t).await else { continue };
+        let Ok((mut send, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await else { continue };
+        tokio::spawn(conn);
+        while !stop.is_cancelled() {
+            if send.ready().await.is_err() {
+                continue 'connection;
+            }
+            if !retry {
+                t.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            match send.send_request(get(&host, "/status/200")).await {
+                Ok(resp) => {
+                    retry = false;
+                    let close = resp.headers().get(http::header::CONNECTION).is_some_and(|v| v == "close");
+                    let (status, body) = text(resp).await;
+                    if status == 200 {
+                        t.ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        t.fail(format!("h1 {status}: {body}"));
+                    }
+                    if close {
+                        continue 'connection;
+                    }
+                }
+                Err(e) if retryable(&e) && !retry => {
+                    t.retried.fetch_add(1, Ordering::Relaxed);
+                    retry = true;
+                    continue 'connection;
+                }
+                Err(e) => {
+                    retry = false;
+                    t.fail(format!("h1: {e:?}"));
+                    continue 'connection;
+                }
+            }
+        }
+    }
+}
+
+/// An HTTP/2 client with `streams` requests in flight on one connection; a new connection
+/// after GOAWAY.
+async fn h2_load(
+    addr: std::net::SocketAddr,
+    host: String,
+    roots: Vec<CertificateDer<'static>>,
+    streams: usize,
+    stop: CancellationToken,
+    t: Arc<Tally>,
+) {
+    while !stop.is_cancelled() {
+        let Some(tls) = connect(addr, &host, &roots, b"h2", &t).await else { continue };
+        let Ok((send, conn)) =
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(tls)).await
+        else {
+            continue;
+        };
+        let conn = tokio::spawn(conn);
+        let workers: Vec<_> = (0..streams)
+            .map(|_| {
+                let (mut send, host, stop, t) = (send.clone(), host.clone(), stop.clone(), t.clone());
+                tokio::spawn(async move {
+                    let mut retry = false;
+                    while !stop.is_cancelled() {
+                        if send.ready().await.is_err() {
+                            return retry;
+                        }
+                        if !retry {
+                            t.sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        match send.send_request(get2(&host, "/status/200")).await {
+                            Ok(resp) => {
+                                retry = false;
+                                let (status, body) = text(resp).await;
+                                if status == 200 {
+                                    t.ok.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    t.fail(format!("h2 {status}: {body}"));
+                                }
+                            }
+                            Err(e) if retryable(&e) && !retry => {
+                                t.retried.fetch_add(1, Ordering::Relaxed);
+                                return true;
+                            }
+                            Err(e) => {
+                                t.fail(format!("h2: {e:?}"));
+                                return false;
+                            }
+                        }
+                    }
+                    false
+                })
+            })
+            .collect();
+        drop(send);
+        for w in workers {
+            // A retried request is counted once: the new connection's worker sends it.
+            if w.await.unwrap_or(false) {
+                t.sent.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        conn.abort();
+    }
+}
+
+/// An HTTP/1.1 WebSocket (echo) on `host`.
+async fn websocket(
+    r: &Running,
+    host: &str,
+    roots: &[CertificateDer<'static>],
+) -> WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
+    let mut c = h1_tls(r.main, host, roots).await;
+    let req = Request::get("/ws")
+        .header("host", host)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(empty())
+        .unwrap();
+    let resp = c.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let upgraded = hyper::upgrade::on(resp).await.unwrap();
+    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
+}
+
+async fn echoes<S>(ws: &mut WebSocketStream<S>, what: &str) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if ws.send(Message::text(what.to_owned())).await.is_err() {
+        return false;
+    }
+    matches!(tokio::time::timeout(ms(2000), ws.next()).await, Ok(Some(Ok(m))) if m.to_text().ok() == Some(what))
+}
+
+/// The leaf certificate a fresh handshake for `sni` gets.
+async fn served(r: &Running, sni: &str, roots: &[CertificateDer<'static>]) -> Option<CertificateDer<'static>> {
+    let tls = tls_connect(r.main, sni, client_config(roots, &[b"http/1.1"])).await.ok()?;
+    tls.get_ref().1.peer_certificates()?.first().cloned()
+}
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+}
+
+/// Starts the proxy from `yaml` in `pki`'s directory with the file watcher on (100 ms).
+async fn serve_watched(pki: &Pki, yaml: &str) -> (Running, tokio::task::JoinHandle<()>) {
+    let r = start_in(pki.dir.path(), yaml).await;
+    let path = pki.dir.path().join("portcullis.yaml");
+    let source = FileSource::new(&path);
+    let loaded = source.load_with_env(&|_| None).unwrap();
+    let proxy = r.proxy.clone();
+    let watcher = file::watch(source, loaded.inputs, loaded.fingerprint, ms(100), move |res| {
+        if let Ok(l) = res {
+            proxy.apply(l.config);
+        }
+    });
+    (r, watcher)
+}
+
+const ROTATIONS: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotations_under_load_fail_no_request_and_drain_only_affected_connections() {
+    let up = upstream("u").await;
+    let pki = Pki::new();
+    pki.leaf("a", &["a.test"]);
+    pki.leaf("b", &["b.test"]);
+    let yaml = format!(
+        "drain_timeout: 3s
+certificates:
+ - {{cert_file: a.pem, key_file: a-key.pem}}
+ - {{cert_file: b.pem, key_file: b-key.pem}}
+routes:
+ - {{from: https://a.test, to: http://{up}, allow_websockets: true}}
+ - {{from: https://b.test, to: http://{up}, allow_websockets: true}}
+"
+    );
+    let (r, watcher) = serve_watched(&pki, &yaml).await;
+    let roots = vec![pki.ca_der.clone()];
+    let mut ws_a = websocket(&r, "a.test", &roots).await;
+    let mut ws_b = websocket(&r, "b.test", &roots).await;
+
+    let stop = CancellationToken::new();
+    let tally = Arc::new(Tally::default());
+    let mut load = Vec::new();
+    for host in ["a.test", "b.test"] {
+        load.push(tokio::spawn(h1_load(r.main, host.into(), roots.clone(), stop.clone(), tally.clone())));
+        load.push(tokio::spawn(h2_load(r.main, host.into(), roots.clone(), 4, stop.clone(), tally.clone())));
+    }
+    // The draining gauge, sampled throughout.
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (metrics_addr, peak, stop) = (r.metrics.unwrap(), peak.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let mut c = h1_plain(metrics_addr).await;
+                let m = text(c.send_request(get("m", "/metrics")).await.unwrap()).await.1;
+                peak.fetch_max(
+                    metric(&m, "portcullis_listener_manager_total_filter_chains_draining"),
+                    Ordering::Relaxed,
+                );
+                tokio::time::sleep(ms(50)).await;
+            }
+        })
+    };
+    tokio::time::sleep(ms(500)).await;
+
+    let started = Instant::now();
+    let mut first_rotation = None;
+    let mut slowest = Duration::ZERO;
+    for i in 0..ROTATIONS {
+        let before = served(&r, "a.test", &roots).await.expect("a handshake");
+        pki.leaf("a", &["a.test"]);
+        let t = Instant::now();
+        first_rotation.get_or_insert(t);
+        loop {
+            if served(&r, "a.test", &roots).await.is_some_and(|c| c != before) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "rotation {i}: a new handshake still sees the old certificate after 1 s"
+            );
+            tokio::time::sleep(ms(10)).await;
+        }
+        slowest = slowest.max(t.elapsed());
+        if i == 2 {
+            // Within drain_timeout of the first rotation: the old connection's WebSocket works.
+            assert!(
+                echoes(&mut ws_a, "during the drain").await,
+                "a WebSocket keeps working while its generation drains"
+            );
+        }
+        tokio::time::sleep(ms(200)).await;
+    }
+    let rotations_took = started.elapsed();
+    // drain_timeout (3 s) after the first rotation, the WebSocket on a.test is closed...
+    let first = first_rotation.unwrap();
+    tokio::time::sleep((first + Duration::from_millis(3500)).saturating_duration_since(Instant::now())).await;
+    assert!(!echoes(&mut ws_a, "after drain_timeout").await, "drain_timeout closes the drained WebSocket");
+    // ... and the one on b.test, whose certificate never changed, was never touched.
+    assert!(echoes(&mut ws_b, "still here").await, "drain_scope affected: b.test's WebSocket stays up");
+
+    stop.cancel();
+    for l in load {
+        l.await.unwrap();
+    }
+    sampler.await.unwrap();
+    watcher.abort();
+    let secs = rotations_took.as_secs_f64();
+    let sent = tally.sent.load(Ordering::Relaxed);
+    eprintln!("{ROTATIONS} rotations in {secs:.1} s; slowest new certificate {slowest:?}; {}", tally.summary());
+    assert_eq!(tally.failed.load(Ordering::Relaxed), 0, "{}", tally.summary());
+    assert_eq!(tally.resets.load(Ordering::Relaxed), 0, "{}", tally.summary());
+    assert!(sent as f64 / secs > 200.0, "load too light to prove anything: {}", tally.summary());
+    assert!(peak.load(Ordering::Relaxed) >= 1, "the draining gauge went up");
+    // Every drain ends (the last one by drain_timeout at the latest).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = metrics(&r).await;
+        if metric(&m, "portcullis_listener_manager_total_filter_chains_draining") == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the draining gauge did not return to 0:\n{m}");
+        tokio::time::sleep(ms(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_edits_under_load_fail_no_request_and_touch_no_connection() {
+    let up = upstream("u").await;
+    let other = upstream("v").await;
+    let pki = Pki::new();
+    pki.leaf("a", &["a.test"]);
+    let yaml = |n: usize, to| {
+        format!(
+            "certificates:\n - {{cert_file: a.pem, key_file: a-key.pem}}\nroutes:\n - {{from: https://a.test, to: http://{to}, allow_websockets: true}}\n - {{from: https://edit-{n}.test, to: http://{to}}}\n"
+        )
+    };
+    let r = start_in(pki.dir.path(), &yaml(0, up)).await;
+    let roots = vec![pki.ca_der.clone()];
+    let mut ws = websocket(&r, "a.test", &roots).await;
+    let stop = CancellationToken::new();
+    let tally = Arc::new(Tally::default());
+    let load = vec![
+        tokio::spawn(h1_load(r.main, "a.test".into(), roots.clone(), stop.clone(), tally.clone())),
+        tokio::spawn(h2_load(r.main, "a.test".into(), roots.clone(), 4, stop.clone(), tally.clone())),
+    ];
+    tokio::time::sleep(ms(300)).await;
+    let connections_before = tally.connections.load(Ordering::Relaxed);
+    let path = pki.dir.path().join("portcullis.yaml");
+    let started = Instant::now();
+    for n in 1..=100 {
+        std::fs::write(&path, with_ports(&yaml(n, if n % 2 == 0 { up } else { other }))).unwrap();
+        let loaded = FileSource::new(&path).load_with_env(&|_| None).unwrap();
+        assert_eq!(r.proxy.apply(loaded.config), portcullis::proxy::Applied::Swapped);
+        tokio::time::sleep(ms(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    assert!(echoes(&mut ws, "after 100 edits").await, "the WebSocket is untouched");
+    stop.cancel();
+    for l in load {
+        l.await.unwrap();
+    }
+    eprintln!("100 route edits in {secs:.1} s; {}", tally.summary());
+    assert_eq!(tally.failed.load(Ordering::Relaxed) + tally.retried.load(Ordering::Relaxed), 0, "{}", tally.summary());
+    assert_eq!(
+        tally.connections.load(Ordering::Relaxed),
+        connections_before,
+        "no connection was closed: {}",
+        tally.summary()
+    );
+    assert!(tally.sent.load(Ordering::Relaxed) as f64 / secs > 200.0, "{}", tally.summary());
+    let m = metrics(&r).await;
+    assert_eq!(
+        metric(&m, "portcullis_listener_manager_total_filter_chains_draining"),
+        0,
+        "a route edit drains nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_requests_finish_with_goaway_or_connection_close() {
+    let up = upstream("u").await;
+    let pki = Pki::new();
+    pki.leaf("a", &["a.test"]);
+    let yaml = "drain_timeout: 30s\ncertificates:\n - {cert_file: a.pem, key_file: a-key.pem}\nroutes:\n - {from: https://a.test, to: http://UP}\n";
+    let r = start_in(pki.dir.path(), &yaml.replace("UP", &up.to_string())).await;
+    let roots = vec![pki.ca_der.clone()];
+    let mut h1 = h1_tls(r.main, "a.test", &roots).await;
+    let mut h2 = h2_tls(r.main, "a.test", &roots).await;
+    let slow1 = tokio::spawn(h1.send_request(get("a.test", "/delay?ms=800")));
+    let slow2 = tokio::spawn(h2.send_request(get2("a.test", "/delay?ms=800")));
+    tokio::time::sleep(ms(200)).await;
+    // A new certificate: a new generation; both connections negotiated the old one.
+    pki.leaf("a", &["a.test"]);
+    let path = pki.dir.path().join("portcullis.yaml");
+    r.proxy.apply(FileSource::new(&path).load_with_env(&|_| None).unwrap().config);
+    let resp1 = slow1.await.unwrap().expect("the in-flight HTTP/1.1 request completes");
+    assert_eq!(
+        resp1.headers().get("connection").map(|v| v.to_str().unwrap()),
+        Some("close"),
+        "Connection: close on the in-flight response"
+    );
+    assert_eq!(text(resp1).await.0, 200);
+    let resp2 = slow2.await.unwrap().expect("the in-flight HTTP/2 stream completes after GOAWAY");
+    assert_eq!(text(resp2).await.0, 200);
+    // The HTTP/2 client saw GOAWAY: the connection takes no new stream and closes.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while h2.ready().await.is_ok() && !h2.is_closed() {
+        assert!(Instant::now() < deadline, "no GOAWAY seen");
+        tokio::time::sleep(ms(20)).await;
+    }
+    let listeners = {
+        let mut c = h1_plain(r.admin.unwrap()).await;
+        json(c.send_request(get("x", "/listeners")).await.unwrap()).await.1
+    };
+    assert_eq!(listeners["generation"]["current"], 2, "{listeners}");
+    // Both connections were drained and closed: generation 1 is over.
+    let m = metrics(&r).await;
+    assert_eq!(metric(&m, "portcullis_listener_manager_total_filter_chains_draining"), 0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_route_closes_its_websockets_and_no_others() {
+    let up = upstream("u").await;
+    let pki = Pki::new();
+    pki.leaf("a", &["a.test", "b.test"]);
+    let both = format!(
+        "certificates:\n - {{cert_file: a.pem, key_file: a-key.pem}}\nroutes:\n - {{from: https://a.test, to: http://{up}, allow_websockets: true}}\n - {{from: https://b.test, to: http://{up}, allow_websockets: true}}\n"
+    );
+    let r = start_in(pki.dir.path(), &both).await;
+    let roots = vec![pki.ca_der.clone()];
+    let mut on_a = websocket(&r, "a.test", &roots).await;
+    let mut on_b = websocket(&r, "b.test", &roots).await;
+    assert!(echoes(&mut on_a, "a").await && echoes(&mut on_b, "b").await);
+    let path = pki.dir.path().join("portcullis.yaml");
+    let only_b = both.lines().filter(|l| !l.contains("a.test, to")).collect::<Vec<_>>().join("\n");
+    std::fs::write(&path, with_ports(&only_b)).unwrap();
+    r.proxy.apply(FileSource::new(&path).load_with_env(&|_| None).unwrap().config);
+    let closed = tokio::time::timeout(ms(2000), on_a.next()).await.expect("closed at once, not at drain_timeout");
+    assert!(!matches!(closed, Some(Ok(Message::Text(_)))), "the deleted route's WebSocket ends: {closed:?}");
+    assert!(echoes(&mut on_b, "b again").await, "the other route's WebSocket is untouched");
+}
