@@ -188,10 +188,24 @@ pub fn https_h1() -> HttpClient {
     proxy_client(true)
 }
 
+/// A pooled client that sends SNI `sni` (the other clients send none, and so get the default
+/// certificate): what a browser does, and what a certificate rotation for that host affects.
+/// Like any pooling client it opens a new connection after `Connection: close` or GOAWAY.
+pub fn https_sni(sni: &str, h1_only: bool) -> HttpClient {
+    proxy_client_with(
+        &UpstreamTls { skip_verify: true, server_name: Some(sni.to_owned()), ..UpstreamTls::default() },
+        h1_only,
+    )
+}
+
 fn proxy_client(h1_only: bool) -> HttpClient {
+    proxy_client_with(&UpstreamTls { skip_verify: true, ..UpstreamTls::default() }, h1_only)
+}
+
+fn proxy_client_with(tls: &UpstreamTls, h1_only: bool) -> HttpClient {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let target = portcullis::config::parse::parse_upstream(&serde_json::json!("https://127.0.0.1:8443")).expect("url");
-    ClientCache::default().get(&target, &UpstreamTls { skip_verify: true, ..UpstreamTls::default() }, h1_only)
+    ClientCache::default().get(&target, tls, h1_only)
 }
 
 /// One answer from the proxy. `status` is 0 (and `body` the error) when no response came.

@@ -6,6 +6,8 @@
 //! function below, in the order the scenario runs them; e2e/README.md lists what they assert.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::Version;
@@ -17,7 +19,7 @@ use kube::{Api, Client};
 use portcullis::k8s::crd::{ProxyConfig, Route};
 use portcullis::proxy::upstream::HttpClient;
 use portcullis_e2e::{
-    client, client_from, eventually, fetch, get, has_event, https, https_h1, metric, pod, served_leaf,
+    client, client_from, eventually, fetch, get, has_event, https, https_h1, https_sni, metric, pod, served_leaf,
     service_account_kubeconfig, upstream_of, warning_event, ApiServer, Controller,
 };
 use rustls_pki_types::CertificateDer;
@@ -620,6 +622,7 @@ struct Pki {
 }
 
 /// One leaf certificate: PEM for the Secret, DER to compare with what the proxy serves.
+#[derive(Clone)]
 struct Leaf {
     cert_pem: String,
     key_pem: String,
@@ -656,6 +659,69 @@ fn tls_secret(name: &str, type_: &str, data: &[(&str, &str)]) -> Secret {
 struct ServedCert {
     root: CertificateDer<'static>,
     leaf: CertificateDer<'static>,
+}
+
+/// Rotations of the TLS Secret while HTTP/1.1 and HTTP/2 clients with SNI `secure.test` keep
+/// sending: no request fails, each new certificate reaches new handshakes within a second,
+/// and the drains of the old listener generations end. The last rotation puts `last` back.
+async fn rotations_under_load(k: &Kube, pki: &Pki, last: &Leaf) {
+    const ROTATIONS: u64 = 5;
+    let roots = [pki.root()];
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(Vec::new())));
+    let mut load = Vec::new();
+    for h1_only in [false, true] {
+        let client = https_sni("secure.test", h1_only);
+        for _ in 0..2 {
+            let (client, stop, sent, failed) = (client.clone(), stop.clone(), sent.clone(), failed.clone());
+            load.push(tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    let (status, body) = get(&client, "secure.test", "/").await;
+                    if status != 200 || upstream_of(&body) != "pod-one" {
+                        failed.lock().unwrap().push(format!("{status} {body}"));
+                    }
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for i in 0..ROTATIONS {
+        let next = if i + 1 == ROTATIONS { last.clone() } else { pki.leaf("secure.test", 10 + i) };
+        let mut replacement =
+            tls_secret("secure-tls", "kubernetes.io/tls", &[("tls.crt", &next.cert_pem), ("tls.key", &next.key_pem)]);
+        replacement.metadata.resource_version = None;
+        k.secrets.replace("secure-tls", &PostParams::default(), &replacement).await.expect("rotating the Secret");
+        let t = Instant::now();
+        while served_leaf("secure.test", &roots).await.ok().as_ref() != Some(&next.der) {
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "rotation {i}: new handshakes see the new certificate within 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        slowest = slowest.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.cancel();
+    for l in load {
+        l.await.expect("load task");
+    }
+    let sent = sent.load(Ordering::Relaxed);
+    let failed = failed.lock().unwrap().clone();
+    eprintln!(
+        "{ROTATIONS} Secret rotations in {:.1?} under load: {sent} requests, {} failed, slowest rotation {slowest:.1?}",
+        started.elapsed(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "requests failed during rotations: {:?}", &failed[..failed.len().min(5)]);
+    assert!(sent > 100, "the load was real: {sent} requests");
+    eventually("the drains of the rotated generations end", SOON, || async {
+        (metric("portcullis_listener_manager_total_filter_chains_draining") == 0).then_some(())
+    })
+    .await;
 }
 
 /// TLS from a `kubernetes.io/tls` Secret: the proxy presents it for the Ingress's host,
@@ -700,6 +766,8 @@ async fn tls_secrets(k: &Kube, c: &HttpClient) -> ServedCert {
     };
     eprintln!("TLS Secret rotation: the new certificate was served {rotated:.1?} after the replace call returned ({handshakes} handshakes)");
     assert!(rotated < Duration::from_secs(2), "the issue requires rotation within a second; took {rotated:?}");
+
+    rotations_under_load(k, &pki, &second).await;
 
     // A missing Secret on an edit: reported; the last good certificate and routes stay.
     k.patch_ingress("secure", json!({"spec": {"tls": [{"hosts": ["secure.test"], "secretName": "missing-tls"}]}}))

@@ -296,6 +296,13 @@ fn configure_http1(b: &mut auto::Http1Builder<'_, TokioExecutor>) {
         .keep_alive(true);
 }
 
+/// How long a drained HTTP/1.1 connection may stay idle before it is closed. Not zero: a
+/// keep-alive client may be sending its next request at the very moment the connection is
+/// closed, and that request fails (the keep-alive race). A connection busy with requests gets
+/// its next response with `Connection: close` instead; one idle this long is closed, as a
+/// keep-alive timeout would.
+const DRAIN_LINGER: Duration = Duration::from_secs(1);
+
 /// Runs a connection to its end: closes it gracefully on `timeout_idle` or a drain, and at
 /// once on the HTTP/1 header timeout or when `drain_timeout` ends.
 async fn drive<C, E>(conn: C, graceful_shutdown: fn(Pin<&mut C>), info: &ConnInfo, is_h1: bool)
@@ -305,7 +312,15 @@ where
 {
     tokio::pin!(conn);
     let mut closing = false;
+    // HTTP/1.1 being drained: the next response carries `Connection: close`; a connection
+    // that stays idle for DRAIN_LINGER is closed.
+    let mut lingering = false;
     loop {
+        let timeouts = if lingering {
+            Timeouts { idle: Some(info.timeouts.idle.map_or(DRAIN_LINGER, |t| t.min(DRAIN_LINGER))), ..info.timeouts }
+        } else {
+            info.timeouts
+        };
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
@@ -313,7 +328,7 @@ where
                 }
                 break;
             }
-            reason = watchdog(&info.state, info.timeouts, is_h1), if !closing => {
+            reason = watchdog(&info.state, timeouts, is_h1), if !closing => {
                 match reason {
                     Watch::Idle => {
                         tracing::debug!(peer = %info.peer, "closing idle connection (timeout_idle)");
@@ -326,10 +341,14 @@ where
                     }
                 }
             }
-            () = info.conn.signals.drain.cancelled(), if !closing => {
+            () = info.conn.signals.drain.cancelled(), if !closing && !lingering => {
                 info.draining.store(true, Ordering::Release);
-                graceful_shutdown(conn.as_mut());
-                closing = true;
+                if is_h1 {
+                    lingering = true;
+                } else {
+                    graceful_shutdown(conn.as_mut());
+                    closing = true;
+                }
             }
             () = info.conn.signals.close.cancelled() => {
                 tracing::debug!(peer = %info.peer, "closing connection: drain_timeout ended");
