@@ -119,3 +119,98 @@ fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_0() {
     let _ = upstream.kill();
     let _ = upstream.wait();
 }
+
+/// Keep-alive HTTP/1.1 requests until the proxy stops taking connections; returns
+/// (answered 200, failed). A request fails when it was taken (written) and no full answer came.
+async fn keep_alive_load(port: u16) -> (u64, u64) {
+    use http_body_util::{BodyExt, Empty};
+    let (mut ok, mut failed) = (0, 0);
+    loop {
+        let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            return (ok, failed); // the listener is closed: the load is over
+        };
+        let Ok((mut send, conn)) =
+            hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp)).await
+        else {
+            return (ok, failed);
+        };
+        tokio::spawn(conn);
+        loop {
+            if send.ready().await.is_err() {
+                break;
+            }
+            let req = http::Request::get("/status/200").header("host", "a.test").body(Empty::new()).unwrap();
+            match send.send_request(req).await {
+                Ok(resp) => {
+                    let close = resp.headers().get("connection").is_some_and(|v| v == "close");
+                    let status = resp.status();
+                    if resp.into_body().collect().await.is_ok() && status == 200 {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                    if close {
+                        break;
+                    }
+                }
+                Err(e) if e.is_canceled() => break, // never sent
+                Err(e) => {
+                    eprintln!("load: {e:?}");
+                    failed += 1;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn sigterm_under_load_answers_every_request_it_took_and_exits_0() {
+    let upstream_port = free_port();
+    let (main, admin) = (free_port(), free_port());
+    let mut upstream = Command::new(BIN)
+        .args(["demo-upstream", "--listen", &format!("127.0.0.1:{upstream_port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "insecure_server: true\naddress: 127.0.0.1:{main}\nadmin_address: 127.0.0.1:{admin}\nmetrics_address: \"\"\nhttp_redirect_address: \"\"\nroutes:\n - {{from: https://a.test, to: http://127.0.0.1:{upstream_port}}}\n"
+        ),
+    )
+    .unwrap();
+    let mut proxy = Command::new(BIN)
+        .args(["--log-level", "warn", "--termination-grace-period", "10s", "serve", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while http_get(admin, "/readyz").map_or(true, |r| !r.starts_with("HTTP/1.1 200")) {
+        assert!(start.elapsed() < Duration::from_secs(20), "proxy did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let load: Vec<_> = (0..4).map(|_| rt.spawn(keep_alive_load(main))).collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let term = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &proxy.id().to_string()]).status().unwrap().success());
+    let (mut ok, mut failed) = (0, 0);
+    for l in load {
+        let (o, f) = rt.block_on(l).unwrap();
+        ok += o;
+        failed += f;
+    }
+    let exit = proxy.wait().unwrap();
+    let took = term.elapsed();
+    eprintln!("SIGTERM under load: {ok} answered, {failed} failed; exited {exit} {took:?} after SIGTERM");
+    assert_eq!(failed, 0, "every request the proxy took was answered");
+    assert!(ok > 100, "the load was real: {ok}");
+    assert_eq!(exit.code(), Some(0));
+    assert!(took < Duration::from_secs(10), "exited within --termination-grace-period");
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+}

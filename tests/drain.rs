@@ -493,3 +493,36 @@ async fn deleting_a_route_closes_its_websockets_and_no_others() {
     assert!(!matches!(closed, Some(Ok(Message::Text(_)))), "the deleted route's WebSocket ends: {closed:?}");
     assert!(echoes(&mut on_b, "b again").await, "the other route's WebSocket is untouched");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_scope_all_drains_every_connection_of_the_old_generation() {
+    let up = upstream("u").await;
+    let pki = Pki::new();
+    pki.leaf("a", &["a.test"]);
+    pki.leaf("b", &["b.test"]);
+    let yaml = format!(
+        "drain_scope: all
+drain_timeout: 1s
+certificates:
+ - {{cert_file: a.pem, key_file: a-key.pem}}
+ - {{cert_file: b.pem, key_file: b-key.pem}}
+routes:
+ - {{from: https://a.test, to: http://{up}, allow_websockets: true}}
+ - {{from: https://b.test, to: http://{up}, allow_websockets: true}}
+"
+    );
+    let r = start_in(pki.dir.path(), &yaml).await;
+    let roots = vec![pki.ca_der.clone()];
+    let mut on_a = websocket(&r, "a.test", &roots).await;
+    let mut on_b = websocket(&r, "b.test", &roots).await;
+    pki.leaf("a", &["a.test"]);
+    let path = pki.dir.path().join("portcullis.yaml");
+    r.proxy.apply(FileSource::new(&path).load_with_env(&|_| None).unwrap().config);
+    let rotated = Instant::now();
+    assert!(echoes(&mut on_b, "during").await, "draining, not closed: WebSockets run until drain_timeout");
+    tokio::time::sleep((rotated + ms(1500)).saturating_duration_since(Instant::now())).await;
+    assert!(!echoes(&mut on_a, "a").await, "a.test's WebSocket closed at drain_timeout");
+    assert!(!echoes(&mut on_b, "b").await, "drain_scope all: b.test's too, although its certificate did not change");
+    let m = metrics(&r).await;
+    assert_eq!(metric(&m, "portcullis_listener_manager_total_filter_chains_draining"), 0, "{m}");
+}

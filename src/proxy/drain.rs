@@ -150,6 +150,8 @@ struct Drain {
 struct Inner {
     next_id: u64,
     current: u64,
+    /// Set by [`Drains::drain_all`]: a connection registered from now on drains at once.
+    shutting_down: bool,
     conns: HashMap<u64, Entry>,
     drains: HashMap<u64, Drain>,
     /// Live connections per (listener, generation), for the per-generation gauge.
@@ -221,6 +223,15 @@ impl Drains {
         };
         inner.conns.insert(id, entry);
         self.count(&mut inner, listener, generation, 1);
+        if inner.shutting_down {
+            // Accepted from the queue after shutdown began: part of the shutdown drain.
+            let last = inner.current - 1;
+            if let Some(d) = inner.drains.get_mut(&last) {
+                d.remaining += 1;
+                inner.conns.get_mut(&id).expect("just inserted").draining = Some(last);
+                signals.drain.cancel();
+            }
+        }
         ConnHandle { id, drains: self.clone(), signals }
     }
 
@@ -327,7 +338,16 @@ impl Drains {
     /// Drains every connection (shutdown): returns how many had to be closed by force when
     /// `grace` ended.
     pub async fn drain_all(self: &Arc<Self>, grace: Duration) -> usize {
-        let current = self.lock().current;
+        let current = {
+            let mut inner = self.lock();
+            inner.shutting_down = true;
+            inner.current
+        };
+        // Even with no connection open, the shutdown drain exists (late connections join it).
+        self.lock().drains.entry(current).or_insert_with(|| {
+            self.metrics.draining.inc();
+            Drain { started: Instant::now(), remaining: 0, reason: "shutdown".to_owned(), expired: false }
+        });
         self.retire(current, current + 1, &Take::All, grace, "shutdown");
         let wait = async {
             loop {

@@ -162,7 +162,20 @@ pub async fn run(kind: ListenerKind, listener: TcpListener, proxy: Arc<Proxy>, h
             }
         }
     }
-    tracing::info!(listener = kind.name(), "listener stopped accepting");
+    // Connections the kernel has completed but nobody accepted would be reset when the socket
+    // closes: take them too, to be drained like the rest (their requests get answers with
+    // `Connection: close`).
+    let mut late = 0;
+    if let Ok(std_listener) = listener.into_std() {
+        while let Ok((stream, peer)) = std_listener.accept() {
+            let Ok(stream) = stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) else { continue };
+            let generation = proxy.listener_generation();
+            let conn = proxy.drains.register(kind.name(), generation.id, kind == ListenerKind::Https);
+            tokio::spawn(serve_connection(kind, stream, peer, proxy.clone(), generation, conn, https_port));
+            late += 1;
+        }
+    }
+    tracing::info!(listener = kind.name(), accepted_from_queue = late, "listener stopped accepting");
 }
 
 async fn serve_connection(
