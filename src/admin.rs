@@ -25,9 +25,13 @@ pub enum Plane {
 }
 
 /// Serves `plane` on `listener` until the process ends.
-pub async fn run(plane: Plane, listener: TcpListener, proxy: Arc<Proxy>) {
+pub async fn run(plane: Plane, listener: TcpListener, proxy: Arc<Proxy>, stop: tokio_util::sync::CancellationToken) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let Ok((stream, _)) = accepted else { continue };
         let proxy = proxy.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {

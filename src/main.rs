@@ -218,10 +218,10 @@ async fn serve(path: PathBuf, watch_interval: Duration, grace: Duration) -> anyh
     let watcher = file::watch(source, loaded.inputs, loaded.fingerprint, watch_interval, move |result| match result {
         Ok(loaded) => match proxy.apply(loaded.config) {
             Applied::Swapped => tracing::info!(version = proxy.snapshot().version, "config reloaded"),
-            Applied::SwappedNeedsRestart(keys) => tracing::warn!(
+            Applied::SwappedWithListenerErrors(errors) => tracing::error!(
                 version = proxy.snapshot().version,
-                ?keys,
-                "config reloaded; these listener settings take effect after a restart"
+                ?errors,
+                "config reloaded, but a listener could not move to its new address; it keeps the old one"
             ),
         },
         Err(errors) => {

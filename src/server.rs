@@ -3,16 +3,16 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Plane};
-use crate::config::Config;
+use crate::config::{Config, Settings};
 use crate::metrics::Metrics;
 use crate::proxy::listener::{self, ListenerKind};
-use crate::proxy::{ListenerInfo, Proxy};
+use crate::proxy::{ListenerInfo, Proxy, Sockets};
 
 /// A started data plane and the addresses it actually bound (ports may have been 0).
 pub struct Running {
@@ -26,7 +26,163 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     /// `metrics-ingress`.
     pub metrics: Option<SocketAddr>,
-    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What a listener socket serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// `address`: https-ingress, or the plain routes listener with `insecure_server`.
+    Main(ListenerKind),
+    /// `http_redirect_address`.
+    Redirect,
+    /// `admin_address`.
+    Admin,
+    /// `metrics_address`.
+    Metrics,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Main(kind) => kind.name(),
+            Role::Redirect => "http-ingress",
+            Role::Admin => "admin",
+            Role::Metrics => "metrics-ingress",
+        }
+    }
+
+    /// Which slot it fills (the main listener keeps its slot when its kind changes).
+    fn slot(self) -> u8 {
+        match self {
+            Role::Main(_) => 0,
+            Role::Redirect => 1,
+            Role::Admin => 2,
+            Role::Metrics => 3,
+        }
+    }
+}
+
+/// One open listener socket and its accept loop.
+struct Slot {
+    role: Role,
+    /// The configured address (port 0 stays 0 here; `bound` has the real one).
+    addr: SocketAddr,
+    bound: SocketAddr,
+    /// For the redirect listener: the https port its redirects point to.
+    https_port: u16,
+    stop: CancellationToken,
+}
+
+/// The listener sockets, moved when their addresses change (see [`crate::proxy::Sockets`]).
+struct ServerSockets {
+    proxy: Weak<Proxy>,
+    slots: Mutex<Vec<Slot>>,
+}
+
+/// The listeners `s` asks for, the main one first (its port feeds the redirects).
+fn wanted(s: &Settings) -> Vec<(Role, SocketAddr)> {
+    let kind = if s.insecure_server { ListenerKind::Insecure } else { ListenerKind::Https };
+    let mut out = vec![(Role::Main(kind), s.address)];
+    if let (false, Some(a)) = (s.insecure_server, s.http_redirect_address) {
+        out.push((Role::Redirect, a));
+    }
+    if let Some(a) = s.admin_address {
+        out.push((Role::Admin, a));
+    }
+    if let Some(a) = s.metrics_address {
+        out.push((Role::Metrics, a));
+    }
+    out
+}
+
+fn open(proxy: &Arc<Proxy>, role: Role, addr: SocketAddr, https_port: u16) -> io::Result<Slot> {
+    let l = listener::bind(addr)?;
+    let bound = l.local_addr()?;
+    // Routes listeners stop at shutdown (children of the proxy's token); admin and metrics
+    // keep answering during the drain (`/readyz` says 503, scrapes see the drain).
+    let stop = match role {
+        Role::Main(_) | Role::Redirect => proxy.stop_accepting.child_token(),
+        Role::Admin | Role::Metrics => CancellationToken::new(),
+    };
+    let https_port = if let Role::Main(_) = role { bound.port() } else { https_port };
+    match role {
+        Role::Main(kind) => {
+            tokio::spawn(listener::run(kind, l, proxy.clone(), bound.port(), stop.clone()));
+        }
+        Role::Redirect => {
+            tokio::spawn(listener::run(ListenerKind::Redirect, l, proxy.clone(), https_port, stop.clone()));
+        }
+        Role::Admin => {
+            tokio::spawn(admin::run(Plane::Admin, l, proxy.clone(), stop.clone()));
+        }
+        Role::Metrics => {
+            tokio::spawn(admin::run(Plane::Metrics, l, proxy.clone(), stop.clone()));
+        }
+    }
+    Ok(Slot { role, addr, bound, https_port, stop })
+}
+
+impl ServerSockets {
+    /// Opens what `s` wants and is not open yet (or open elsewhere), then closes what it no
+    /// longer wants. A socket that cannot be bound leaves the old one in place.
+    fn apply(&self, s: &Settings) -> Vec<(&'static str, SocketAddr, io::Error)> {
+        let Some(proxy) = self.proxy.upgrade() else { return Vec::new() };
+        let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut errors = Vec::new();
+        let mut next: Vec<Slot> = Vec::new();
+        let mut https_port = slots.iter().find(|x| x.role.slot() == 0).map_or(0, |x| x.bound.port());
+        for (role, addr) in wanted(s) {
+            let existing = slots.iter().position(|x| x.role.slot() == role.slot());
+            let unchanged = existing.is_some_and(|i| {
+                let x = &slots[i];
+                x.role == role && x.addr == addr && (role != Role::Redirect || x.https_port == https_port)
+            });
+            let slot = if unchanged {
+                slots.remove(existing.expect("checked"))
+            } else {
+                match open(&proxy, role, addr, https_port) {
+                    Ok(slot) => {
+                        if let Some(old) = existing.map(|i| slots.remove(i)) {
+                            tracing::info!(listener = role.name(), from = %old.bound, to = %slot.bound, "listener moved");
+                            old.stop.cancel();
+                        }
+                        slot
+                    }
+                    Err(e) => {
+                        errors.push((role.name(), addr, e));
+                        match existing {
+                            Some(i) => slots.remove(i),
+                            None => continue,
+                        }
+                    }
+                }
+            };
+            if slot.role.slot() == 0 {
+                https_port = slot.bound.port();
+            }
+            next.push(slot);
+        }
+        for old in slots.drain(..) {
+            tracing::info!(listener = old.role.name(), address = %old.bound, "listener closed");
+            old.stop.cancel();
+        }
+        proxy.set_listeners(
+            next.iter().map(|x| ListenerInfo { name: x.role.name(), address: x.bound, protocol: "tcp" }).collect(),
+        );
+        *slots = next;
+        errors
+    }
+
+    fn bound(&self, slot: u8) -> Option<SocketAddr> {
+        let slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots.iter().find(|x| x.role.slot() == slot).map(|x| x.bound)
+    }
+}
+
+impl Sockets for ServerSockets {
+    fn update(&self, new: &Settings) -> Vec<String> {
+        self.apply(new).into_iter().map(|(name, addr, e)| format!("{name} on {addr}: {e}")).collect()
+    }
 }
 
 /// Binds and starts every listener for `config`. Async although nothing awaits yet: it
@@ -35,40 +191,33 @@ pub struct Running {
 pub async fn start(config: Config) -> io::Result<Running> {
     let proxy =
         Proxy::new(config, Arc::new(Metrics::new())).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let snap = proxy.snapshot();
-    let s = &snap.settings;
-    let mut tasks = Vec::new();
-
-    let main_listener = listener::bind(s.address)?;
-    let main = main_listener.local_addr()?;
-    let kind = if s.insecure_server { ListenerKind::Insecure } else { ListenerKind::Https };
-    proxy.add_listener(ListenerInfo { name: kind.name(), address: main, protocol: "tcp" });
-    tasks.push(tokio::spawn(listener::run(kind, main_listener, proxy.clone(), main.port())));
-
-    let mut http = None;
-    if let (false, Some(addr)) = (s.insecure_server, s.http_redirect_address) {
-        let l = listener::bind(addr)?;
-        let bound = l.local_addr()?;
-        http = Some(bound);
-        proxy.add_listener(ListenerInfo { name: "http-ingress", address: bound, protocol: "tcp" });
-        tasks.push(tokio::spawn(listener::run(ListenerKind::Redirect, l, proxy.clone(), main.port())));
+    let sockets = Arc::new(ServerSockets { proxy: Arc::downgrade(&proxy), slots: Mutex::new(Vec::new()) });
+    if let Some((name, addr, e)) = sockets.apply(&proxy.snapshot().settings).into_iter().next() {
+        proxy.stop_accepting.cancel();
+        return Err(io::Error::new(e.kind(), format!("binding {name} on {addr}: {e}")));
     }
-    let mut side = |addr: Option<SocketAddr>, plane: Plane, name: &'static str| -> io::Result<Option<SocketAddr>> {
-        let Some(addr) = addr else { return Ok(None) };
-        let l = listener::bind(addr)?;
-        let bound = l.local_addr()?;
-        proxy.add_listener(ListenerInfo { name, address: bound, protocol: "tcp" });
-        tasks.push(tokio::spawn(admin::run(plane, l, proxy.clone())));
-        Ok(Some(bound))
+    let running = Running {
+        main: sockets.bound(0).expect("the main listener is always bound"),
+        http: sockets.bound(1),
+        admin: sockets.bound(2),
+        metrics: sockets.bound(3),
+        proxy: proxy.clone(),
     };
-    let admin = side(s.admin_address, Plane::Admin, "admin")?;
-    let metrics = side(s.metrics_address, Plane::Metrics, "metrics-ingress")?;
-    drop(snap);
+    proxy.set_sockets(Box::new(SharedSockets(sockets)));
     proxy.set_ready(true);
     for l in proxy.listeners() {
         tracing::info!(listener = l.name, address = %l.address, "listening");
     }
-    Ok(Running { proxy, main, http, admin, metrics, tasks })
+    Ok(running)
+}
+
+/// [`ServerSockets`] behind an `Arc`, as the proxy holds it.
+struct SharedSockets(Arc<ServerSockets>);
+
+impl Sockets for SharedSockets {
+    fn update(&self, new: &Settings) -> Vec<String> {
+        self.0.update(new)
+    }
 }
 
 impl Running {
@@ -79,10 +228,6 @@ impl Running {
     pub async fn shutdown(self, grace: Duration) -> usize {
         self.proxy.set_ready(false);
         self.proxy.stop_accepting.cancel();
-        let forced = self.proxy.drains.drain_all(grace).await;
-        for t in self.tasks {
-            t.abort();
-        }
-        forced
+        self.proxy.drains.drain_all(grace).await
     }
 }

@@ -526,3 +526,63 @@ routes:
     let m = metrics(&r).await;
     assert_eq!(metric(&m, "portcullis_listener_manager_total_filter_chains_draining"), 0, "{m}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_addresses_move_live_and_a_failed_bind_keeps_the_old_socket() {
+    let up = upstream("u").await;
+    let pki = Pki::new();
+    pki.leaf("a", &["a.test"]);
+    let (first, second, admin1, admin2) = (free_port(), free_port(), free_port(), free_port());
+    let yaml = |main: u16, admin: u16, metrics: &str| {
+        format!(
+            "address: 127.0.0.1:{main}\nadmin_address: 127.0.0.1:{admin}\nmetrics_address: \"{metrics}\"\ncertificates:\n - {{cert_file: a.pem, key_file: a-key.pem}}\nroutes:\n - {{from: https://a.test, to: http://{up}}}\n"
+        )
+    };
+    let r = start_in(pki.dir.path(), &yaml(first, admin1, "127.0.0.1:0")).await;
+    let metrics_addr = r.metrics.unwrap();
+    let roots = vec![pki.ca_der.clone()];
+    let old_addr = std::net::SocketAddr::from(([127, 0, 0, 1], first));
+    let mut on_old = h1_tls(old_addr, "a.test", &roots).await;
+    let slow = tokio::spawn(on_old.send_request(get("a.test", "/delay?ms=800")));
+    tokio::time::sleep(ms(100)).await;
+
+    let path = pki.dir.path().join("portcullis.yaml");
+    let apply = |yaml: String| {
+        std::fs::write(&path, yaml).unwrap();
+        r.proxy.apply(FileSource::new(&path).load_with_env(&|_| None).unwrap().config)
+    };
+    assert_eq!(apply(yaml(second, admin2, &metrics_addr.to_string())), portcullis::proxy::Applied::Swapped);
+    // The new address serves at once; the old one is closed.
+    let new_addr = std::net::SocketAddr::from(([127, 0, 0, 1], second));
+    let mut on_new = h1_tls(new_addr, "a.test", &roots).await;
+    assert_eq!(text(on_new.send_request(get("a.test", "/")).await.unwrap()).await.0, 200);
+    assert!(tokio::net::TcpStream::connect(old_addr).await.is_err(), "the old address is closed");
+    // The request in flight on the old address finishes, with Connection: close.
+    let resp = slow.await.unwrap().expect("the in-flight request completes");
+    assert_eq!(resp.headers().get("connection").map(|v| v.to_str().unwrap()), Some("close"));
+    assert_eq!(text(resp).await.0, 200);
+    // The admin listener moved too, and /listeners says where everything is.
+    let mut admin = h1_plain(std::net::SocketAddr::from(([127, 0, 0, 1], admin2))).await;
+    let listeners = json(admin.send_request(get("x", "/listeners")).await.unwrap()).await.1;
+    let https =
+        listeners["listeners"].as_array().unwrap().iter().find(|l| l["name"] == "https-ingress").unwrap().clone();
+    assert_eq!(https["address"], new_addr.to_string(), "{listeners}");
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", admin1)).await.is_err(), "the old admin address is closed");
+
+    // A port someone else holds (without SO_REUSEPORT) cannot be bound: the metrics listener
+    // stays where it is and the reload says so.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    match apply(yaml(second, admin2, &busy)) {
+        portcullis::proxy::Applied::SwappedWithListenerErrors(e) => {
+            assert!(e[0].contains("metrics-ingress") && e[0].contains(&busy), "{e:?}");
+        }
+        other @ portcullis::proxy::Applied::Swapped => panic!("expected a listener error, got {other:?}"),
+    }
+    let m = metrics(&r).await;
+    assert!(m.contains("portcullis_http_requests_total"), "metrics still served on the old address");
+}

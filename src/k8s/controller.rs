@@ -157,13 +157,8 @@ where
         let t = Instant::now();
         let (config, outcome) = assemble(&mut assembler, &stores, &opts);
         let assembled = t.elapsed();
-        if let crate::proxy::Applied::SwappedNeedsRestart(fields) = proxy.apply(config) {
-            // Listener generations (rebinding live) are their own piece of work; until then
-            // say plainly that these settings are not in force yet.
-            tracing::warn!(
-                ?fields,
-                "ProxyConfig changed listener settings; they take effect when the process restarts"
-            );
+        if let crate::proxy::Applied::SwappedWithListenerErrors(errors) = proxy.apply(config) {
+            tracing::error!(?errors, "a listener could not move to its new address; it keeps the old one");
         }
         tracing::debug!(?assembled, applied = ?t.elapsed().saturating_sub(assembled), "config assembled and applied");
         // Never blocks: the status task picks up the newest outcome when it is free.

@@ -142,8 +142,13 @@ pub struct ConnInfo {
 /// Accepts connections until shutdown. The socket stays the same across listener
 /// generations: each connection is stamped with the generation current when it is accepted,
 /// so a new generation refuses no connection attempt.
-pub async fn run(kind: ListenerKind, listener: TcpListener, proxy: Arc<Proxy>, https_port: u16) {
-    let stop = proxy.stop_accepting.clone();
+pub async fn run(
+    kind: ListenerKind,
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    https_port: u16,
+    stop: tokio_util::sync::CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,

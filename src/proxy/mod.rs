@@ -116,15 +116,25 @@ pub struct Proxy {
     /// Cancelled at shutdown: every accept loop stops.
     pub stop_accepting: CancellationToken,
     listeners: Mutex<Vec<ListenerInfo>>,
+    sockets: std::sync::OnceLock<Box<dyn Sockets>>,
 }
 
 /// What [`Proxy::apply`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applied {
-    /// Routes (and certificates) swapped in; no connection touched.
+    /// Everything is in force.
     Swapped,
-    /// Swapped, but listener addresses changed and need a restart to take effect.
-    SwappedNeedsRestart(Vec<&'static str>),
+    /// Swapped, but a listener could not move to its new address (it stays where it was).
+    SwappedWithListenerErrors(Vec<String>),
+}
+
+/// Opens and closes listener sockets when their addresses change. The server layer
+/// implements it (it knows every plane, admin and metrics included); the proxy only says
+/// when.
+pub trait Sockets: Send + Sync {
+    /// Moves the listeners to `new`'s addresses: binds each new socket first, then stops the
+    /// old one (which hands its accept queue to the drain). Returns what could not be bound.
+    fn update(&self, new: &Settings) -> Vec<String>;
 }
 
 /// The listener generation for `settings`, or why rustls refused its TLS setup.
@@ -183,6 +193,7 @@ impl Proxy {
             metrics,
             stop_accepting: CancellationToken::new(),
             listeners: Mutex::new(Vec::new()),
+            sockets: std::sync::OnceLock::new(),
         }))
     }
 
@@ -200,41 +211,54 @@ impl Proxy {
     /// with; upstream connection pools are reused.
     pub fn apply(&self, config: Config) -> Applied {
         let old = self.snapshot();
-        let mut restart = Vec::new();
         let (a, b) = (&old.settings, &config.settings);
-        if a.address != b.address || a.insecure_server != b.insecure_server {
-            restart.push("address");
-        }
-        if a.http_redirect_address != b.http_redirect_address {
-            restart.push("http_redirect_address");
-        }
-        if a.metrics_address != b.metrics_address {
-            restart.push("metrics_address");
-        }
-        if a.admin_address != b.admin_address {
-            restart.push("admin_address");
+        let main_moved = a.address != b.address || a.insecure_server != b.insecure_server;
+        let any_moved = main_moved
+            || a.http_redirect_address != b.http_redirect_address
+            || a.metrics_address != b.metrics_address
+            || a.admin_address != b.admin_address;
+        let mut listener_errors = Vec::new();
+        if any_moved {
+            match self.sockets.get() {
+                Some(sockets) => listener_errors = sockets.update(b),
+                None => listener_errors.push("no listener sockets to move (not started by server::start)".to_owned()),
+            }
         }
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
-        self.new_listener_generation(&config.settings);
+        self.new_listener_generation(&config.settings, main_moved);
         let snap = Arc::new(build_snapshot(config, version, &self.clients, &self.health, &self.lifetimes));
         self.snapshot.store(snap.clone());
         self.lifetimes.retain(&snap);
         self.health.restart(&snap, &self.metrics.upstream_healthy);
         self.metrics.reload_success.set(1);
         self.metrics.reload_success_timestamp.set(unix_now());
-        if restart.is_empty() {
+        if listener_errors.is_empty() {
             Applied::Swapped
         } else {
-            Applied::SwappedNeedsRestart(restart)
+            Applied::SwappedWithListenerErrors(listener_errors)
         }
+    }
+
+    /// Hands the proxy the server layer's listener sockets, so that address changes move
+    /// them (once, at start).
+    pub fn set_sockets(&self, sockets: Box<dyn Sockets>) {
+        let _ = self.sockets.set(sockets);
+    }
+
+    /// Replaces the bound listeners shown by `/listeners`.
+    pub fn set_listeners(&self, infos: Vec<ListenerInfo>) {
+        *self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = infos;
     }
 
     /// Starts a new listener generation when what a listener holds changed, and drains the
     /// old one (see [`drain`]). Route-only changes never get here.
-    fn new_listener_generation(&self, settings: &Settings) {
+    fn new_listener_generation(&self, settings: &Settings, moved: bool) {
         let current = self.listener_generation();
         let next = ListenerSettings::of(settings);
         let mut changes = current.settings.changes(&next);
+        if moved {
+            changes.push("address");
+        }
         let certs = effective_certs(settings, &self.default_cert);
         let cert_ids: Vec<_> = certs.iter().map(|c| (c.names.clone(), c.fingerprint.clone())).collect();
         let certs_changed = cert_ids != current.cert_ids;
