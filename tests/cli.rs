@@ -7,6 +7,17 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
+/// A child process killed when the test ends, also when it fails: a leftover child would keep
+/// the test harness's output pipe open.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -67,11 +78,13 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
 fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_0() {
     let upstream_port = free_port();
     let (main, admin) = (free_port(), free_port());
-    let mut upstream = Command::new(BIN)
-        .args(["demo-upstream", "--listen", &format!("127.0.0.1:{upstream_port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _upstream = Killed(
+        Command::new(BIN)
+            .args(["demo-upstream", "--listen", &format!("127.0.0.1:{upstream_port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.yaml");
     std::fs::write(
@@ -81,12 +94,14 @@ fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_0() {
         ),
     )
     .unwrap();
-    let mut proxy = Command::new(BIN)
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut proxy = Killed(
+        Command::new(BIN)
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(&cfg)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let start = Instant::now();
     while http_get(admin, "/readyz").map_or(true, |r| !r.starts_with("HTTP/1.1 200")) {
         assert!(start.elapsed() < Duration::from_secs(20), "proxy did not become ready");
@@ -95,7 +110,7 @@ fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_0() {
     // A request that takes 1.5 s upstream is in flight when SIGTERM arrives.
     let in_flight = std::thread::spawn(move || http_get(main, "/delay?ms=1500"));
     std::thread::sleep(Duration::from_millis(300));
-    let status = Command::new("kill").args(["-TERM", &proxy.id().to_string()]).status().unwrap();
+    let status = Command::new("kill").args(["-TERM", &proxy.0.id().to_string()]).status().unwrap();
     assert!(status.success());
     std::thread::sleep(Duration::from_millis(200));
     let ready = http_get(admin, "/readyz").unwrap_or_default();
@@ -104,10 +119,10 @@ fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_0() {
     let answer = in_flight.join().unwrap().unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "the in-flight request completes: {answer}");
     assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
-    let exit = proxy.wait().unwrap();
+    let exit = proxy.0.wait().unwrap();
     assert_eq!(exit.code(), Some(0));
     let mut logs = String::new();
-    BufReader::new(proxy.stderr.take().unwrap()).lines().map_while(Result::ok).for_each(|l| {
+    BufReader::new(proxy.0.stderr.take().unwrap()).lines().map_while(Result::ok).for_each(|l| {
         logs.push_str(&l);
         logs.push('\n');
     });
@@ -116,8 +131,6 @@ fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_0() {
         logs.contains("\"status\":200") && logs.contains("\"target\":\"access\""),
         "one access log line per request:\n{logs}"
     );
-    let _ = upstream.kill();
-    let _ = upstream.wait();
 }
 
 /// Keep-alive HTTP/1.1 requests until the proxy stops taking connections; returns
@@ -168,11 +181,13 @@ async fn keep_alive_load(port: u16) -> (u64, u64) {
 fn sigterm_under_load_answers_every_request_it_took_and_exits_0() {
     let upstream_port = free_port();
     let (main, admin) = (free_port(), free_port());
-    let mut upstream = Command::new(BIN)
-        .args(["demo-upstream", "--listen", &format!("127.0.0.1:{upstream_port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _upstream = Killed(
+        Command::new(BIN)
+            .args(["demo-upstream", "--listen", &format!("127.0.0.1:{upstream_port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.yaml");
     std::fs::write(
@@ -182,12 +197,14 @@ fn sigterm_under_load_answers_every_request_it_took_and_exits_0() {
         ),
     )
     .unwrap();
-    let mut proxy = Command::new(BIN)
-        .args(["--log-level", "warn", "--termination-grace-period", "10s", "serve", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut proxy = Killed(
+        Command::new(BIN)
+            .args(["--log-level", "warn", "--termination-grace-period", "10s", "serve", "--config"])
+            .arg(&cfg)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let start = Instant::now();
     while http_get(admin, "/readyz").map_or(true, |r| !r.starts_with("HTTP/1.1 200")) {
         assert!(start.elapsed() < Duration::from_secs(20), "proxy did not become ready");
@@ -197,20 +214,18 @@ fn sigterm_under_load_answers_every_request_it_took_and_exits_0() {
     let load: Vec<_> = (0..4).map(|_| rt.spawn(keep_alive_load(main))).collect();
     std::thread::sleep(Duration::from_millis(700));
     let term = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &proxy.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill").args(["-TERM", &proxy.0.id().to_string()]).status().unwrap().success());
     let (mut ok, mut failed) = (0, 0);
     for l in load {
         let (o, f) = rt.block_on(l).unwrap();
         ok += o;
         failed += f;
     }
-    let exit = proxy.wait().unwrap();
+    let exit = proxy.0.wait().unwrap();
     let took = term.elapsed();
     eprintln!("SIGTERM under load: {ok} answered, {failed} failed; exited {exit} {took:?} after SIGTERM");
     assert_eq!(failed, 0, "every request the proxy took was answered");
     assert!(ok > 100, "the load was real: {ok}");
     assert_eq!(exit.code(), Some(0));
     assert!(took < Duration::from_secs(10), "exited within --termination-grace-period");
-    let _ = upstream.kill();
-    let _ = upstream.wait();
 }
