@@ -18,6 +18,47 @@ impl Drop for Killed {
     }
 }
 
+/// `portcullis serve` (plain HTTP on `main`, admin on `admin`) in front of a demo upstream,
+/// ready; both processes are killed when it is dropped.
+struct Served {
+    proxy: Killed,
+    _upstream: Killed,
+    _dir: tempfile::TempDir,
+    main: u16,
+    admin: u16,
+}
+
+impl Served {
+    fn start(extra_yaml: &str, args: &[&str], stderr: Stdio) -> Self {
+        let upstream_port = free_port();
+        let (main, admin) = (free_port(), free_port());
+        let upstream = Killed(
+            Command::new(BIN)
+                .args(["demo-upstream", "--listen", &format!("127.0.0.1:{upstream_port}")])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "insecure_server: true\naddress: 127.0.0.1:{main}\nadmin_address: 127.0.0.1:{admin}\nmetrics_address: \"\"\nhttp_redirect_address: \"\"\n{extra_yaml}routes:\n - {{from: https://a.test, to: http://127.0.0.1:{upstream_port}}}\n"
+            ),
+        )
+        .unwrap();
+        let proxy =
+            Killed(Command::new(BIN).args(args).args(["serve", "--config"]).arg(&cfg).stderr(stderr).spawn().unwrap());
+        let start = Instant::now();
+        while http_get(admin, "/readyz").map_or(true, |r| !r.starts_with("HTTP/1.1 200")) {
+            assert!(start.elapsed() < Duration::from_secs(20), "proxy did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { proxy, _upstream: upstream, _dir: dir, main, admin }
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -76,41 +117,12 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
 
 #[test]
 fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_0() {
-    let upstream_port = free_port();
-    let (main, admin) = (free_port(), free_port());
-    let _upstream = Killed(
-        Command::new(BIN)
-            .args(["demo-upstream", "--listen", &format!("127.0.0.1:{upstream_port}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "insecure_server: true\naddress: 127.0.0.1:{main}\nadmin_address: 127.0.0.1:{admin}\nmetrics_address: \"\"\nhttp_redirect_address: \"\"\ndrain_timeout: 20s\nroutes:\n - {{from: https://a.test, to: http://127.0.0.1:{upstream_port}}}\n"
-        ),
-    )
-    .unwrap();
-    let mut proxy = Killed(
-        Command::new(BIN)
-            .args(["--log-format", "json", "serve", "--config"])
-            .arg(&cfg)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let start = Instant::now();
-    while http_get(admin, "/readyz").map_or(true, |r| !r.starts_with("HTTP/1.1 200")) {
-        assert!(start.elapsed() < Duration::from_secs(20), "proxy did not become ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut served = Served::start("drain_timeout: 20s\n", &["--log-format", "json"], Stdio::piped());
+    let (main, admin) = (served.main, served.admin);
     // A request that takes 1.5 s upstream is in flight when SIGTERM arrives.
     let in_flight = std::thread::spawn(move || http_get(main, "/delay?ms=1500"));
     std::thread::sleep(Duration::from_millis(300));
-    let status = Command::new("kill").args(["-TERM", &proxy.0.id().to_string()]).status().unwrap();
+    let status = Command::new("kill").args(["-TERM", &served.proxy.0.id().to_string()]).status().unwrap();
     assert!(status.success());
     std::thread::sleep(Duration::from_millis(200));
     let ready = http_get(admin, "/readyz").unwrap_or_default();
@@ -119,10 +131,10 @@ fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_0() {
     let answer = in_flight.join().unwrap().unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "the in-flight request completes: {answer}");
     assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
-    let exit = proxy.0.wait().unwrap();
+    let exit = served.proxy.0.wait().unwrap();
     assert_eq!(exit.code(), Some(0));
     let mut logs = String::new();
-    BufReader::new(proxy.0.stderr.take().unwrap()).lines().map_while(Result::ok).for_each(|l| {
+    BufReader::new(served.proxy.0.stderr.take().unwrap()).lines().map_while(Result::ok).for_each(|l| {
         logs.push_str(&l);
         logs.push('\n');
     });
@@ -179,49 +191,20 @@ async fn keep_alive_load(port: u16) -> (u64, u64) {
 
 #[test]
 fn sigterm_under_load_answers_every_request_it_took_and_exits_0() {
-    let upstream_port = free_port();
-    let (main, admin) = (free_port(), free_port());
-    let _upstream = Killed(
-        Command::new(BIN)
-            .args(["demo-upstream", "--listen", &format!("127.0.0.1:{upstream_port}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "insecure_server: true\naddress: 127.0.0.1:{main}\nadmin_address: 127.0.0.1:{admin}\nmetrics_address: \"\"\nhttp_redirect_address: \"\"\nroutes:\n - {{from: https://a.test, to: http://127.0.0.1:{upstream_port}}}\n"
-        ),
-    )
-    .unwrap();
-    let mut proxy = Killed(
-        Command::new(BIN)
-            .args(["--log-level", "warn", "--termination-grace-period", "10s", "serve", "--config"])
-            .arg(&cfg)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let start = Instant::now();
-    while http_get(admin, "/readyz").map_or(true, |r| !r.starts_with("HTTP/1.1 200")) {
-        assert!(start.elapsed() < Duration::from_secs(20), "proxy did not become ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut served = Served::start("", &["--log-level", "warn", "--termination-grace-period", "10s"], Stdio::null());
+    let main = served.main;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let load: Vec<_> = (0..4).map(|_| rt.spawn(keep_alive_load(main))).collect();
     std::thread::sleep(Duration::from_millis(700));
     let term = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &proxy.0.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill").args(["-TERM", &served.proxy.0.id().to_string()]).status().unwrap().success());
     let (mut ok, mut failed) = (0, 0);
     for l in load {
         let (o, f) = rt.block_on(l).unwrap();
         ok += o;
         failed += f;
     }
-    let exit = proxy.0.wait().unwrap();
+    let exit = served.proxy.0.wait().unwrap();
     let took = term.elapsed();
     eprintln!("SIGTERM under load: {ok} answered, {failed} failed; exited {exit} {took:?} after SIGTERM");
     assert_eq!(failed, 0, "every request the proxy took was answered");

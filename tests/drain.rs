@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use http::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::config::file::{self, FileSource};
 use portcullis::server::Running;
@@ -219,15 +218,7 @@ async fn websocket(
     roots: &[CertificateDer<'static>],
 ) -> WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
     let mut c = h1_tls(r.main, host, roots).await;
-    let req = Request::get("/ws")
-        .header("host", host)
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .body(empty())
-        .unwrap();
-    let resp = c.send_request(req).await.unwrap();
+    let resp = c.send_request(ws_upgrade(host)).await.unwrap();
     assert_eq!(resp.status(), 101);
     let upgraded = hyper::upgrade::on(resp).await.unwrap();
     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
@@ -268,6 +259,19 @@ async fn serve_watched(pki: &Pki, yaml: &str) -> (Running, tokio::task::JoinHand
     (r, watcher)
 }
 
+/// Two hosts with a certificate each (`a.pem`, `b.pem`) and WebSocket routes to `up`.
+fn two_hosts(up: std::net::SocketAddr, settings: &str) -> String {
+    format!(
+        "{settings}certificates:
+ - {{cert_file: a.pem, key_file: a-key.pem}}
+ - {{cert_file: b.pem, key_file: b-key.pem}}
+routes:
+ - {{from: https://a.test, to: http://{up}, allow_websockets: true}}
+ - {{from: https://b.test, to: http://{up}, allow_websockets: true}}
+"
+    )
+}
+
 const ROTATIONS: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,16 +280,7 @@ async fn certificate_rotations_under_load_fail_no_request_and_drain_only_affecte
     let pki = Pki::new();
     pki.leaf("a", &["a.test"]);
     pki.leaf("b", &["b.test"]);
-    let yaml = format!(
-        "drain_timeout: 3s
-certificates:
- - {{cert_file: a.pem, key_file: a-key.pem}}
- - {{cert_file: b.pem, key_file: b-key.pem}}
-routes:
- - {{from: https://a.test, to: http://{up}, allow_websockets: true}}
- - {{from: https://b.test, to: http://{up}, allow_websockets: true}}
-"
-    );
+    let yaml = two_hosts(up, "drain_timeout: 3s\n");
     let (r, watcher) = serve_watched(&pki, &yaml).await;
     let roots = vec![pki.ca_der.clone()];
     let mut ws_a = websocket(&r, "a.test", &roots).await;
@@ -500,17 +495,7 @@ async fn drain_scope_all_drains_every_connection_of_the_old_generation() {
     let pki = Pki::new();
     pki.leaf("a", &["a.test"]);
     pki.leaf("b", &["b.test"]);
-    let yaml = format!(
-        "drain_scope: all
-drain_timeout: 1s
-certificates:
- - {{cert_file: a.pem, key_file: a-key.pem}}
- - {{cert_file: b.pem, key_file: b-key.pem}}
-routes:
- - {{from: https://a.test, to: http://{up}, allow_websockets: true}}
- - {{from: https://b.test, to: http://{up}, allow_websockets: true}}
-"
-    );
+    let yaml = two_hosts(up, "drain_scope: all\ndrain_timeout: 1s\n");
     let r = start_in(pki.dir.path(), &yaml).await;
     let roots = vec![pki.ca_der.clone()];
     let mut on_a = websocket(&r, "a.test", &roots).await;

@@ -23,18 +23,6 @@ where
     }
 }
 
-/// An HTTP/1.1 WebSocket handshake (RFC 6455's example key) for `/ws` on `host`.
-fn upgrade(host: &str) -> Request<Body> {
-    Request::get("/ws")
-        .header("host", host)
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .body(empty())
-        .unwrap()
-}
-
 const CONFIG: &str = "timeout_idle: 400ms
 routes:
  - {from: https://ws.test, path: /ws, to: http://UP, allow_websockets: true}
@@ -46,7 +34,7 @@ async fn http1_websocket_outlives_timeout_idle() {
     let up = upstream("u").await;
     let (r, _d) = start(&CONFIG.replace("UP", &up.to_string())).await;
     let mut c = h1_tls(r.main, "localhost", &[default_cert(&r)]).await;
-    let resp = c.send_request(upgrade("ws.test")).await.unwrap();
+    let resp = c.send_request(ws_upgrade("ws.test")).await.unwrap();
     assert_eq!(resp.status(), 101);
     assert_eq!(resp.headers()["sec-websocket-accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     let upgraded = hyper::upgrade::on(resp).await.unwrap();
@@ -79,7 +67,7 @@ async fn websocket_on_a_route_that_does_not_allow_it_is_403() {
     let up = upstream("u").await;
     let (r, _d) = start(&CONFIG.replace("UP", &up.to_string())).await;
     let mut c = h1_tls(r.main, "localhost", &[default_cert(&r)]).await;
-    let (status, body) = text(c.send_request(upgrade("plain.test")).await.unwrap()).await;
+    let (status, body) = text(c.send_request(ws_upgrade("plain.test")).await.unwrap()).await;
     assert_eq!(status, 403);
     assert!(body.contains("allow_websockets"), "{body}");
 }

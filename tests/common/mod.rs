@@ -199,6 +199,18 @@ pub async fn h2_tls(
     send
 }
 
+/// An HTTP/1.1 WebSocket handshake (RFC 6455's example key) for `/ws` on `host`.
+pub fn ws_upgrade(host: &str) -> Request<Body> {
+    Request::get("/ws")
+        .header("host", host)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(empty())
+        .unwrap()
+}
+
 pub fn get(host: &str, path: &str) -> Request<Body> {
     Request::get(path).header("host", host).body(empty()).unwrap()
 }
