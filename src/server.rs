@@ -203,21 +203,12 @@ pub async fn start(config: Config) -> io::Result<Running> {
         metrics: sockets.bound(3),
         proxy: proxy.clone(),
     };
-    proxy.set_sockets(Box::new(SharedSockets(sockets)));
+    proxy.set_sockets(sockets);
     proxy.set_ready(true);
     for l in proxy.listeners() {
         tracing::info!(listener = l.name, address = %l.address, "listening");
     }
     Ok(running)
-}
-
-/// [`ServerSockets`] behind an `Arc`, as the proxy holds it.
-struct SharedSockets(Arc<ServerSockets>);
-
-impl Sockets for SharedSockets {
-    fn update(&self, new: &Settings) -> Vec<String> {
-        self.0.update(new)
-    }
 }
 
 impl Running {

@@ -226,11 +226,9 @@ impl Drains {
         if inner.shutting_down {
             // Accepted from the queue after shutdown began: part of the shutdown drain.
             let last = inner.current - 1;
-            if let Some(d) = inner.drains.get_mut(&last) {
-                d.remaining += 1;
-                inner.conns.get_mut(&id).expect("just inserted").draining = Some(last);
-                signals.drain.cancel();
-            }
+            self.drain_of(&mut inner, last, "shutdown").remaining += 1;
+            inner.conns.get_mut(&id).expect("just inserted").draining = Some(last);
+            signals.drain.cancel();
         }
         ConnHandle { id, drains: self.clone(), signals }
     }
@@ -309,12 +307,7 @@ impl Drains {
             tracing::info!(generation = old, "listener generation drained (nothing to drain)");
             return 0;
         }
-        // Two retirements of the same id (shutdown after a reload) merge into one drain.
-        let d = inner.drains.entry(old).or_insert_with(|| {
-            self.metrics.draining.inc();
-            Drain { started: Instant::now(), remaining: 0, reason: reason.to_owned(), expired: false }
-        });
-        d.remaining += taken;
+        self.drain_of(&mut inner, old, reason).remaining += taken;
         drop(inner);
         let drains = self.clone();
         tokio::spawn(async move {
@@ -322,6 +315,15 @@ impl Drains {
             drains.expire(old);
         });
         taken
+    }
+
+    /// The drain of `generation`, started now if it is not running yet (two retirements of
+    /// the same generation, such as shutdown right after a reload, merge into one).
+    fn drain_of<'a>(&self, inner: &'a mut Inner, generation: u64, reason: &str) -> &'a mut Drain {
+        inner.drains.entry(generation).or_insert_with(|| {
+            self.metrics.draining.inc();
+            Drain { started: Instant::now(), remaining: 0, reason: reason.to_owned(), expired: false }
+        })
     }
 
     /// `drain_timeout` ended for a drain: close what is left of it.
@@ -343,11 +345,6 @@ impl Drains {
             inner.shutting_down = true;
             inner.current
         };
-        // Even with no connection open, the shutdown drain exists (late connections join it).
-        self.lock().drains.entry(current).or_insert_with(|| {
-            self.metrics.draining.inc();
-            Drain { started: Instant::now(), remaining: 0, reason: "shutdown".to_owned(), expired: false }
-        });
         self.retire(current, current + 1, &Take::All, grace, "shutdown");
         let wait = async {
             loop {

@@ -155,11 +155,7 @@ pub async fn run(
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let generation = proxy.listener_generation();
-                let conn = proxy.drains.register(kind.name(), generation.id, kind == ListenerKind::Https);
-                tokio::spawn(serve_connection(kind, stream, peer, proxy.clone(), generation, conn, https_port));
-            }
+            Ok((stream, peer)) => spawn_connection(kind, stream, peer, &proxy, https_port),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(listener = kind.name(), error = %e, "accept failed");
@@ -174,13 +170,18 @@ pub async fn run(
     if let Ok(std_listener) = listener.into_std() {
         while let Ok((stream, peer)) = std_listener.accept() {
             let Ok(stream) = stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) else { continue };
-            let generation = proxy.listener_generation();
-            let conn = proxy.drains.register(kind.name(), generation.id, kind == ListenerKind::Https);
-            tokio::spawn(serve_connection(kind, stream, peer, proxy.clone(), generation, conn, https_port));
+            spawn_connection(kind, stream, peer, &proxy, https_port);
             late += 1;
         }
     }
     tracing::info!(listener = kind.name(), accepted_from_queue = late, "listener stopped accepting");
+}
+
+/// Registers an accepted connection under the current listener generation and serves it.
+fn spawn_connection(kind: ListenerKind, stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, https_port: u16) {
+    let generation = proxy.listener_generation();
+    let conn = proxy.drains.register(kind.name(), generation.id, kind == ListenerKind::Https);
+    tokio::spawn(serve_connection(kind, stream, peer, proxy.clone(), generation, conn, https_port));
 }
 
 async fn serve_connection(

@@ -116,7 +116,7 @@ pub struct Proxy {
     /// Cancelled at shutdown: every accept loop stops.
     pub stop_accepting: CancellationToken,
     listeners: Mutex<Vec<ListenerInfo>>,
-    sockets: std::sync::OnceLock<Box<dyn Sockets>>,
+    sockets: std::sync::OnceLock<Arc<dyn Sockets>>,
 }
 
 /// What [`Proxy::apply`] did.
@@ -137,10 +137,15 @@ pub trait Sockets: Send + Sync {
     fn update(&self, new: &Settings) -> Vec<String>;
 }
 
-/// The listener generation for `settings`, or why rustls refused its TLS setup.
-fn listener_generation(id: u64, settings: &Settings, default_cert: &Certificate) -> Result<ListenerGeneration, String> {
-    let certs = effective_certs(settings, default_cert);
-    let store = Arc::new(CertStore::new(&certs));
+/// `(names, fingerprint)` of each certificate: what tells a certificate change apart.
+fn cert_ids(certs: &[Certificate]) -> Vec<(Vec<String>, String)> {
+    certs.iter().map(|c| (c.names.clone(), c.fingerprint.clone())).collect()
+}
+
+/// The listener generation for `settings` and its effective `certs`, or why rustls refused
+/// its TLS setup.
+fn listener_generation(id: u64, settings: &Settings, certs: &[Certificate]) -> Result<ListenerGeneration, String> {
+    let store = Arc::new(CertStore::new(certs));
     let listener = ListenerSettings::of(settings);
     let cfg = crate::tls::server_config(
         Arc::new(crate::tls::SniResolver(store.clone())),
@@ -152,7 +157,7 @@ fn listener_generation(id: u64, settings: &Settings, default_cert: &Certificate)
         id,
         settings: listener,
         certs: store,
-        cert_ids: certs.iter().map(|c| (c.names.clone(), c.fingerprint.clone())).collect(),
+        cert_ids: cert_ids(certs),
         tls: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
     })
 }
@@ -172,7 +177,7 @@ impl Proxy {
         let default_cert = crate::tls::self_signed(&names);
         let clients = ClientCache::default();
         let health = health::Registry::default();
-        let generation = listener_generation(1, &config.settings, &default_cert)?;
+        let generation = listener_generation(1, &config.settings, &effective_certs(&config.settings, &default_cert))?;
         let lifetimes = RouteLifetimes::default();
         let first = Arc::new(build_snapshot(config, 1, &clients, &health, &lifetimes));
         lifetimes.retain(&first);
@@ -241,7 +246,7 @@ impl Proxy {
 
     /// Hands the proxy the server layer's listener sockets, so that address changes move
     /// them (once, at start).
-    pub fn set_sockets(&self, sockets: Box<dyn Sockets>) {
+    pub fn set_sockets(&self, sockets: Arc<dyn Sockets>) {
         let _ = self.sockets.set(sockets);
     }
 
@@ -260,15 +265,13 @@ impl Proxy {
             changes.push("address");
         }
         let certs = effective_certs(settings, &self.default_cert);
-        let cert_ids: Vec<_> = certs.iter().map(|c| (c.names.clone(), c.fingerprint.clone())).collect();
-        let certs_changed = cert_ids != current.cert_ids;
-        if certs_changed {
+        if cert_ids(&certs) != current.cert_ids {
             changes.push("certificates");
         }
         if changes.is_empty() {
             return;
         }
-        let generation = match listener_generation(current.id + 1, settings, &self.default_cert) {
+        let generation = match listener_generation(current.id + 1, settings, &certs) {
             Ok(g) => Arc::new(g),
             Err(e) => {
                 // Validated configs build; if rustls still refuses, keep serving what works.
