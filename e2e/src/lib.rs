@@ -250,38 +250,92 @@ pub fn upstream_of(body: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Completes a TLS handshake with the proxy on 127.0.0.1:8443 sending `sni`, verifying the
-/// chain against `roots` and the name against `sni`, and returns the leaf certificate it
-/// presented. The proxy's HTTP client above skips verification and sends no SNI (it
-/// connects to an IP), so certificate selection needs this separate, strict client.
-pub async fn served_leaf(
+/// A strict TLS connection to the proxy on 127.0.0.1:8443: sends `sni`, offers `alpn`,
+/// verifies the chain against `roots` and the name against `sni`. The proxy's HTTP client
+/// above skips verification and sends no SNI (it connects to an IP), so certificate
+/// selection, and anything that must ride on one host's certificate, needs this one.
+pub async fn tls_to_proxy(
     sni: &str,
     roots: &[rustls_pki_types::CertificateDer<'static>],
-) -> Result<rustls_pki_types::CertificateDer<'static>, String> {
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         store.add(r.clone()).map_err(|e| format!("adding a root: {e}"))?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(store)
-        .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(store)
+            .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
     let tcp = tokio::net::TcpStream::connect("127.0.0.1:8443").await.map_err(|e| format!("connect: {e}"))?;
-    let tls = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
-    )
-    .await
-    .map_err(|_| "TLS handshake timed out".to_owned())?
-    .map_err(|e| format!("TLS handshake: {e}"))?;
+    tokio::time::timeout(Duration::from_secs(5), tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("TLS handshake: {e}"))
+}
+
+/// Completes a TLS handshake with the proxy sending `sni` (see [`tls_to_proxy`]) and returns
+/// the leaf certificate it presented.
+pub async fn served_leaf(
+    sni: &str,
+    roots: &[rustls_pki_types::CertificateDer<'static>],
+) -> Result<rustls_pki_types::CertificateDer<'static>, String> {
+    let tls = tls_to_proxy(sni, roots, &[]).await?;
     tls.get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| c.clone().into_owned())
         .ok_or_else(|| "no certificate presented".to_owned())
+}
+
+/// A WebSocket through the proxy to a demo upstream's echo (`/ws`) on `host`, over HTTP/1.1
+/// on a TLS connection that negotiated `host`'s certificate: the long-lived connection that
+/// a certificate rotation of that host drains and nothing else may touch.
+pub async fn websocket(host: &str, roots: &[rustls_pki_types::CertificateDer<'static>]) -> WebSocket {
+    let tls = tls_to_proxy(host, roots, &[b"http/1.1"]).await.unwrap_or_else(|e| panic!("TLS to {host}: {e}"));
+    let (ws, response) = tokio_tungstenite::client_async(format!("ws://{host}/ws"), tls)
+        .await
+        .unwrap_or_else(|e| panic!("WebSocket handshake with {host}: {e}"));
+    assert_eq!(response.status(), 101, "WebSocket upgrade on {host}");
+    ws
+}
+
+/// A WebSocket made by [`websocket`].
+pub type WebSocket = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Whether `ws` echoes `text` within two seconds: the WebSocket is still up end to end.
+pub async fn echoes(ws: &mut WebSocket, text: &str) -> bool {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    if ws.send(Message::text(text.to_owned())).await.is_err() {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), ws.next()).await,
+        Ok(Some(Ok(m))) if m.to_text().ok() == Some(text)
+    )
+}
+
+/// Waits up to `limit` for the proxy to close `ws` (a close frame, an error or the end of
+/// the stream), and returns whether it did.
+pub async fn closed_within(ws: &mut WebSocket, limit: Duration) -> bool {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(limit, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
 }
 
 /// Waits for a Warning Event with `reason` about the object `name` in `namespace` whose note

@@ -19,14 +19,18 @@ use kube::{Api, Client};
 use portcullis::k8s::crd::{ProxyConfig, Route};
 use portcullis::proxy::upstream::HttpClient;
 use portcullis_e2e::{
-    client, client_from, eventually, fetch, get, has_event, https, https_h1, https_sni, metric, pod, served_leaf,
-    service_account_kubeconfig, upstream_of, warning_event, ApiServer, Controller,
+    client, client_from, closed_within, echoes, eventually, fetch, get, has_event, https, https_h1, https_sni, metric,
+    pod, served_leaf, service_account_kubeconfig, upstream_of, warning_event, websocket, ApiServer, Controller,
+    WebSocket,
 };
 use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};
 
 const NS: &str = "e2e-shop";
 const SOON: Duration = Duration::from_secs(15);
+/// The ProxyConfig's `drainTimeout`: short, so that the scenario sees a drained WebSocket
+/// closed (and controller restarts end their drains quickly).
+const DRAIN_TIMEOUT: &str = "3s";
 /// The controller's flags in every start.
 const CONTROLLER_ARGS: &[&str] = &["--publish-address", "203.0.113.10"];
 
@@ -56,7 +60,8 @@ async fn ingress_and_route_lifecycle_against_a_real_api_server() {
     step("bad Ingress edits", bad_ingress_edits(&k, &h2)).await;
     step("conflicting routes", conflicts(&k, &h2)).await;
     step("Route resources", route_resources(&k, &h2)).await;
-    let tls = step("TLS from Secrets and rotation", tls_secrets(&k, &h2)).await;
+    // Boxed: with its WebSockets and load generators this step is a large future.
+    let tls = Box::pin(step("TLS from Secrets and rotation", tls_secrets(&k, &h2))).await;
     step("ProxyConfig status", proxy_config_status(&k, &h2)).await;
 
     step("a bad edit stores the last good version", store_last_good(&k)).await;
@@ -221,7 +226,7 @@ async fn setup(k: &Kube) {
         .await
         .expect("ingress class");
     k.configs
-        .create(&pp, &obj(json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "ProxyConfig", "metadata": {"name": "global"}, "spec": {"httpRedirectAddress": ":18080"}})))
+        .create(&pp, &obj(json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "ProxyConfig", "metadata": {"name": "global"}, "spec": {"httpRedirectAddress": ":18080", "drainTimeout": DRAIN_TIMEOUT}})))
         .await
         .expect("proxy config");
 
@@ -661,33 +666,71 @@ struct ServedCert {
     leaf: CertificateDer<'static>,
 }
 
-/// Rotations of the TLS Secret while HTTP/1.1 and HTTP/2 clients with SNI `secure.test` keep
-/// sending: no request fails, each new certificate reaches new handshakes within a second,
-/// and the drains of the old listener generations end. The last rotation puts `last` back.
-async fn rotations_under_load(k: &Kube, pki: &Pki, last: &Leaf) {
+/// HTTP/1.1 and HTTP/2 clients with SNI `secure.test` sending `GET /` (answered by pod-one)
+/// as fast as they can, two tasks each, until [`Load::finish`]: the traffic that listener
+/// changes and route edits must not fail.
+struct Load {
+    stop: tokio_util::sync::CancellationToken,
+    sent: Arc<AtomicU64>,
+    failed: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    async fn start() -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(Vec::new())));
+        let mut tasks = Vec::new();
+        for h1_only in [false, true] {
+            let client = https_sni("secure.test", h1_only);
+            for _ in 0..2 {
+                let (client, stop, sent, failed) = (client.clone(), stop.clone(), sent.clone(), failed.clone());
+                tasks.push(tokio::spawn(async move {
+                    while !stop.is_cancelled() {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        let (status, body) = get(&client, "secure.test", "/").await;
+                        if status != 200 || upstream_of(&body) != "pod-one" {
+                            failed.lock().unwrap().push(format!("{status} {body}"));
+                        }
+                    }
+                }));
+            }
+        }
+        // Let every client open its connections before anything changes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Self { stop, sent, failed, tasks }
+    }
+
+    /// Stops the load and asserts it was real and that not one request failed; returns a
+    /// summary for the log.
+    async fn finish(self, what: &str) -> String {
+        self.stop.cancel();
+        for t in self.tasks {
+            t.await.expect("load task");
+        }
+        let sent = self.sent.load(Ordering::Relaxed);
+        let failed = self.failed.lock().unwrap().clone();
+        assert!(failed.is_empty(), "{what}: requests failed: {:?}", &failed[..failed.len().min(5)]);
+        assert!(sent > 100, "{what}: the load was real: {sent} requests");
+        format!("{sent} requests, {} failed", failed.len())
+    }
+}
+
+/// Rotations of the TLS Secret while [`Load`] keeps sending: no request fails, each new
+/// certificate reaches new handshakes within a second, and the drains of the old listener
+/// generations end. A WebSocket on secure.test opened before the first rotation keeps
+/// working while its generation drains and is closed when `drainTimeout` ends; `other`, a
+/// WebSocket on a host whose certificate did not change, is never touched (`drainScope:
+/// affected`, the default). The last rotation puts `last` back.
+async fn rotations_under_load(k: &Kube, pki: &Pki, last: &Leaf, other: &mut WebSocket) {
     const ROTATIONS: u64 = 5;
     let roots = [pki.root()];
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(Vec::new())));
-    let mut load = Vec::new();
-    for h1_only in [false, true] {
-        let client = https_sni("secure.test", h1_only);
-        for _ in 0..2 {
-            let (client, stop, sent, failed) = (client.clone(), stop.clone(), sent.clone(), failed.clone());
-            load.push(tokio::spawn(async move {
-                while !stop.is_cancelled() {
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    let (status, body) = get(&client, "secure.test", "/").await;
-                    if status != 200 || upstream_of(&body) != "pod-one" {
-                        failed.lock().unwrap().push(format!("{status} {body}"));
-                    }
-                }
-            }));
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut drained = websocket("secure.test", &roots).await;
+    assert!(echoes(&mut drained, "before").await, "the WebSocket on secure.test works");
+    let load = Load::start().await;
     let started = Instant::now();
     let mut slowest = Duration::ZERO;
+    let mut first_rotation = None;
     for i in 0..ROTATIONS {
         let next = if i + 1 == ROTATIONS { last.clone() } else { pki.leaf("secure.test", 10 + i) };
         let mut replacement =
@@ -703,25 +746,99 @@ async fn rotations_under_load(k: &Kube, pki: &Pki, last: &Leaf) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         slowest = slowest.max(t.elapsed());
+        if first_rotation.is_none() {
+            first_rotation = Some(t);
+            assert!(echoes(&mut drained, "draining").await, "a WebSocket keeps working while its generation drains");
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    stop.cancel();
-    for l in load {
-        l.await.expect("load task");
-    }
-    let sent = sent.load(Ordering::Relaxed);
-    let failed = failed.lock().unwrap().clone();
+    let summary = load.finish("certificate rotations").await;
     eprintln!(
-        "{ROTATIONS} Secret rotations in {:.1?} under load: {sent} requests, {} failed, slowest rotation {slowest:.1?}",
-        started.elapsed(),
-        failed.len()
+        "{ROTATIONS} Secret rotations in {:.1?} under load: {summary}, slowest rotation {slowest:.1?}",
+        started.elapsed()
     );
-    assert!(failed.is_empty(), "requests failed during rotations: {:?}", &failed[..failed.len().min(5)]);
-    assert!(sent > 100, "the load was real: {sent} requests");
+
+    let first_rotation = first_rotation.expect("rotated");
+    assert!(closed_within(&mut drained, Duration::from_secs(10)).await, "drainTimeout closes the drained WebSocket");
+    let closed_after = first_rotation.elapsed();
+    eprintln!(
+        "the drained WebSocket was closed {closed_after:.1?} after the first rotation (drainTimeout {DRAIN_TIMEOUT})"
+    );
+    assert!(closed_after >= Duration::from_millis(2900), "closed before drainTimeout ended: {closed_after:?}");
+    assert!(echoes(other, "after the rotations").await, "the WebSocket on another host is never closed");
     eventually("the drains of the rotated generations end", SOON, || async {
         (metric("portcullis_listener_manager_total_filter_chains_draining") == 0).then_some(())
     })
     .await;
+}
+
+/// 100 edits of the Ingress that serves [`Load`] and both WebSockets (its annotations and
+/// paths change each time, and each edit is waited for until served): not one request fails,
+/// no connection is opened or closed, nothing drains, and both WebSockets still echo.
+async fn route_edits_under_load(k: &Kube, c: &HttpClient, roots: &[CertificateDer<'static>], other: &mut WebSocket) {
+    const EDITS: u32 = 100;
+    let mut on_edited = websocket("secure.test", roots).await;
+    let load = Load::start().await;
+    get(c, "secure.test", "/").await;
+    let accepted = || metric("portcullis_downstream_connections_total{listener=\"https-ingress\"}");
+    let before = accepted();
+    let started = Instant::now();
+    for n in 1..=EDITS {
+        let (service, pod) = if n % 2 == 0 { ("one", "pod-one") } else { ("two", "pod-two") };
+        let edit = format!("/edit-{n}");
+        k.patch_ingress(
+            "secure",
+            json!({
+                "metadata": {"annotations": {"portcullis.io/timeout": format!("{}s", 10 + n)}},
+                "spec": {"rules": [{"host": "secure.test", "http": {"paths": [
+                    path("/", "Prefix", "one"),
+                    path(&edit, "Exact", service),
+                ]}}]},
+            }),
+        )
+        .await;
+        serves(c, "secure.test", &edit, 200, pod).await;
+    }
+    let took = started.elapsed();
+    let summary = load.finish("route edits").await;
+    eprintln!("{EDITS} Ingress edits, each served, in {took:.1?} under load: {summary}");
+    assert_eq!(accepted(), before, "route edits open or close no downstream connection");
+    assert_eq!(metric("portcullis_listener_manager_total_filter_chains_draining"), 0, "a route edit drains nothing");
+    assert!(echoes(&mut on_edited, "after the edits").await, "the edited route's WebSocket is untouched");
+    assert!(echoes(other, "after the edits").await, "the other host's WebSocket is untouched");
+    k.patch_ingress(
+        "secure",
+        json!({
+            "metadata": {"annotations": {"portcullis.io/timeout": null}},
+            "spec": {"rules": [{"host": "secure.test", "http": {"paths": [path("/", "Prefix", "one")]}}]},
+        }),
+    )
+    .await;
+}
+
+/// A second TLS host, wss.test, with its own Secret and a WebSocket route: the connection
+/// that rotations of secure.test's certificate must leave alone.
+async fn other_tls_host(k: &Kube, pki: &Pki) -> WebSocket {
+    let leaf = pki.leaf("wss.test", 100);
+    k.secrets
+        .create(
+            &PostParams::default(),
+            &tls_secret("wss-tls", "kubernetes.io/tls", &[("tls.crt", &leaf.cert_pem), ("tls.key", &leaf.key_pem)]),
+        )
+        .await
+        .expect("TLS Secret");
+    let mut wss = ingress("wss", "wss.test", &[path("/", "Prefix", "two")]);
+    wss["metadata"]["annotations"] = json!({"portcullis.io/allow_websockets": "true"});
+    wss["spec"]["tls"] = json!([{"hosts": ["wss.test"], "secretName": "wss-tls"}]);
+    k.create_ingress(wss).await;
+    let roots = [pki.root()];
+    eventually("the proxy presents wss.test's certificate", SOON, || async {
+        (served_leaf("wss.test", &roots).await.ok()? == leaf.der).then_some(())
+    })
+    .await;
+    let mut ws = websocket("wss.test", &roots).await;
+    assert!(echoes(&mut ws, "hello").await, "the WebSocket on wss.test works");
+    ws
 }
 
 /// TLS from a `kubernetes.io/tls` Secret: the proxy presents it for the Ingress's host,
@@ -737,6 +854,7 @@ async fn tls_secrets(k: &Kube, c: &HttpClient) -> ServedCert {
     };
     k.secrets.create(&pp, &secret(&first)).await.expect("TLS Secret");
     let mut secure = ingress("secure", "secure.test", &[path("/", "Prefix", "one")]);
+    secure["metadata"]["annotations"] = json!({"portcullis.io/allow_websockets": "true"});
     secure["spec"]["tls"] = json!([{"hosts": ["secure.test"], "secretName": "secure-tls"}]);
     k.create_ingress(secure).await;
     eventually("the proxy presents the Secret's certificate for secure.test", SOON, || async {
@@ -767,7 +885,9 @@ async fn tls_secrets(k: &Kube, c: &HttpClient) -> ServedCert {
     eprintln!("TLS Secret rotation: the new certificate was served {rotated:.1?} after the replace call returned ({handshakes} handshakes)");
     assert!(rotated < Duration::from_secs(2), "the issue requires rotation within a second; took {rotated:?}");
 
-    rotations_under_load(k, &pki, &second).await;
+    let mut other = other_tls_host(k, &pki).await;
+    rotations_under_load(k, &pki, &second, &mut other).await;
+    route_edits_under_load(k, c, &roots, &mut other).await;
 
     // A missing Secret on an edit: reported; the last good certificate and routes stay.
     k.patch_ingress("secure", json!({"spec": {"tls": [{"hosts": ["secure.test"], "secretName": "missing-tls"}]}}))
