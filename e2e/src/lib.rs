@@ -217,6 +217,10 @@ pub struct Reply {
     pub version: http::Version,
     /// The body as text.
     pub body: String,
+    /// No response came, and the request never reached the server: the connection it was
+    /// given had just been closed (HTTP/1.1's keep-alive race, RFC 9112 section 9.3.1) or
+    /// the stream was refused after GOAWAY. Browsers send such a request again.
+    pub retryable: bool,
 }
 
 /// GET `https://host/path` through the proxy: status and body.
@@ -235,9 +239,25 @@ pub async fn fetch(client: &HttpClient, host: &str, path: &str) -> Reply {
         Ok(resp) => {
             let (status, version) = (resp.status().as_u16(), resp.version());
             let body = resp.into_body().collect().await.map(http_body_util::Collected::to_bytes).unwrap_or_default();
-            Reply { status, version, body: String::from_utf8_lossy(&body).into_owned() }
+            Reply { status, version, body: String::from_utf8_lossy(&body).into_owned(), retryable: false }
         }
-        Err(e) => Reply { status: 0, version: http::Version::default(), body: e.to_string() },
+        Err(e) => {
+            let mut body = e.to_string();
+            let mut retryable = false;
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                body.push_str(": ");
+                body.push_str(&s.to_string());
+                if let Some(h) = s.downcast_ref::<hyper::Error>() {
+                    retryable |= h.is_incomplete_message() || h.is_canceled();
+                }
+                if let Some(h2) = s.downcast_ref::<h2::Error>() {
+                    retryable |= h2.reason() == Some(h2::Reason::REFUSED_STREAM) || h2.is_go_away();
+                }
+                source = s.source();
+            }
+            Reply { status: 0, version: http::Version::default(), body, retryable }
+        }
     }
 }
 
