@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Plane};
-use crate::config::{Config, Settings};
+use crate::config::{CodecType, Config, Settings};
 use crate::metrics::Metrics;
 use crate::proxy::listener::{self, ListenerKind};
+use crate::proxy::quic;
 use crate::proxy::{ListenerInfo, Proxy, Sockets};
 
 /// A started data plane and the addresses it actually bound (ports may have been 0).
@@ -26,6 +27,8 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     /// `metrics-ingress`.
     pub metrics: Option<SocketAddr>,
+    /// `quic-ingress` (UDP) when `codec_type` is `http3`.
+    pub quic: Option<SocketAddr>,
 }
 
 /// What a listener socket serves.
@@ -39,6 +42,8 @@ enum Role {
     Admin,
     /// `metrics_address`.
     Metrics,
+    /// `quic-ingress`: UDP on the main listener's port, with `codec_type: http3`.
+    Quic,
 }
 
 impl Role {
@@ -48,6 +53,7 @@ impl Role {
             Role::Redirect => "http-ingress",
             Role::Admin => "admin",
             Role::Metrics => "metrics-ingress",
+            Role::Quic => "quic-ingress",
         }
     }
 
@@ -58,7 +64,13 @@ impl Role {
             Role::Redirect => 1,
             Role::Admin => 2,
             Role::Metrics => 3,
+            Role::Quic => 4,
         }
+    }
+
+    /// Whether it follows the main listener's port (so it moves when that port does).
+    fn follows_https_port(self) -> bool {
+        matches!(self, Role::Redirect | Role::Quic)
     }
 }
 
@@ -68,7 +80,8 @@ struct Slot {
     /// The configured address (port 0 stays 0 here; `bound` has the real one).
     addr: SocketAddr,
     bound: SocketAddr,
-    /// For the redirect listener: the https port its redirects point to.
+    /// For the redirect listener: the https port its redirects point to; for `quic-ingress`
+    /// the port it binds (the same number as the https listener's, on UDP).
     https_port: u16,
     stop: CancellationToken,
 }
@@ -92,18 +105,30 @@ fn wanted(s: &Settings) -> Vec<(Role, SocketAddr)> {
     if let Some(a) = s.metrics_address {
         out.push((Role::Metrics, a));
     }
+    if !s.insecure_server && s.codec_type == CodecType::Http3 {
+        out.push((Role::Quic, s.address));
+    }
     out
 }
 
 fn open(proxy: &Arc<Proxy>, role: Role, addr: SocketAddr, https_port: u16) -> io::Result<Slot> {
-    let l = listener::bind(addr)?;
-    let bound = l.local_addr()?;
     // Routes listeners stop at shutdown (children of the proxy's token); admin and metrics
     // keep answering during the drain (`/readyz` says 503, scrapes see the drain).
     let stop = match role {
-        Role::Main(_) | Role::Redirect => proxy.stop_accepting.child_token(),
+        Role::Main(_) | Role::Redirect | Role::Quic => proxy.stop_accepting.child_token(),
         Role::Admin | Role::Metrics => CancellationToken::new(),
     };
+    if role == Role::Quic {
+        let generation = proxy.listener_generation();
+        let config =
+            generation.quic.as_ref().ok_or_else(|| io::Error::other("the listener generation has no QUIC config"))?;
+        let endpoint = quic::bind(SocketAddr::new(addr.ip(), https_port), config)?;
+        let bound = endpoint.local_addr()?;
+        tokio::spawn(quic::run(endpoint, proxy.clone(), stop.clone()));
+        return Ok(Slot { role, addr, bound, https_port, stop });
+    }
+    let l = listener::bind(addr)?;
+    let bound = l.local_addr()?;
     let https_port = if let Role::Main(_) = role { bound.port() } else { https_port };
     match role {
         Role::Main(kind) => {
@@ -118,6 +143,7 @@ fn open(proxy: &Arc<Proxy>, role: Role, addr: SocketAddr, https_port: u16) -> io
         Role::Metrics => {
             tokio::spawn(admin::run(Plane::Metrics, l, proxy.clone(), stop.clone()));
         }
+        Role::Quic => unreachable!("opened above"),
     }
     Ok(Slot { role, addr, bound, https_port, stop })
 }
@@ -135,7 +161,7 @@ impl ServerSockets {
             let existing = slots.iter().position(|x| x.role.slot() == role.slot());
             let unchanged = existing.is_some_and(|i| {
                 let x = &slots[i];
-                x.role == role && x.addr == addr && (role != Role::Redirect || x.https_port == https_port)
+                x.role == role && x.addr == addr && (!role.follows_https_port() || x.https_port == https_port)
             });
             let slot = if unchanged {
                 slots.remove(existing.expect("checked"))
@@ -167,8 +193,15 @@ impl ServerSockets {
             old.stop.cancel();
         }
         proxy.set_listeners(
-            next.iter().map(|x| ListenerInfo { name: x.role.name(), address: x.bound, protocol: "tcp" }).collect(),
+            next.iter()
+                .map(|x| ListenerInfo {
+                    name: x.role.name(),
+                    address: x.bound,
+                    protocol: if x.role == Role::Quic { "udp" } else { "tcp" },
+                })
+                .collect(),
         );
+        proxy.set_quic_port(next.iter().find(|x| x.role == Role::Quic).map(|x| x.bound.port()));
         *slots = next;
         errors
     }
@@ -201,6 +234,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
         http: sockets.bound(1),
         admin: sockets.bound(2),
         metrics: sockets.bound(3),
+        quic: sockets.bound(4),
         proxy: proxy.clone(),
     };
     proxy.set_sockets(sockets);

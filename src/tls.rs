@@ -104,8 +104,9 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// ALPN offered for a codec. `http2` prefers HTTP/2 but still accepts HTTP/1.1 clients:
-/// an h2-only listener breaks cert-manager's HTTP-01 self-check and old clients.
+/// ALPN offered on TCP for a codec. `http2` prefers HTTP/2 but still accepts HTTP/1.1
+/// clients: an h2-only listener breaks cert-manager's HTTP-01 self-check and old clients.
+/// `http3` keeps TCP as `auto` (QUIC has its own config, see [`quic_server_config`]).
 pub fn alpn_for(codec: crate::config::CodecType) -> &'static [&'static [u8]] {
     use crate::config::CodecType;
     match codec {
@@ -120,9 +121,28 @@ pub fn server_config(
     alpn: &[&[u8]],
     mtls: Option<&DownstreamMtls>,
 ) -> Result<ServerConfig, rustls::Error> {
+    build(resolver, alpn, mtls, &[&rustls::version::TLS13, &rustls::version::TLS12])
+}
+
+/// Builds `quic-ingress`'s rustls config: the same certificates (the same resolver) and
+/// client-certificate verification as the https listener, but TLS 1.3 only (QUIC has no
+/// other) and ALPN `h3`. 0-RTT stays off: early data could be replayed, and making replay
+/// safe would mean holding every non-idempotent request until the handshake completes.
+pub fn quic_server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+    mtls: Option<&DownstreamMtls>,
+) -> Result<ServerConfig, rustls::Error> {
+    build(resolver, &[b"h3"], mtls, &[&rustls::version::TLS13])
+}
+
+fn build(
+    resolver: Arc<dyn ResolvesServerCert>,
+    alpn: &[&[u8]],
+    mtls: Option<&DownstreamMtls>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<ServerConfig, rustls::Error> {
     let provider = downstream_provider();
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
     let builder = match mtls {
         None => builder.with_no_client_auth(),
         Some(m) => {

@@ -92,6 +92,11 @@ pub struct ListenerGeneration {
     pub cert_ids: Vec<(Vec<String>, String)>,
     /// The https listener's TLS acceptor (with this generation's certificates and mTLS).
     pub tls: TlsAcceptor,
+    /// `quic-ingress`'s config (the same certificates and mTLS, TLS 1.3, ALPN h3, the QUIC
+    /// limits from these settings) when `codec_type` is `http3`. Each QUIC connection is
+    /// accepted with the config of the generation current at that moment, on the one UDP
+    /// socket every generation shares.
+    pub quic: Option<Arc<quinn::ServerConfig>>,
 }
 
 /// Which connections of the retired generation a drain takes.

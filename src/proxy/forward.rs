@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body::Body as _;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -113,8 +112,13 @@ pub fn request_id() -> String {
     format!("{prefix:016x}{:08x}", COUNTER.fetch_add(1, Ordering::Relaxed) as u32)
 }
 
-/// Handles one downstream request and never fails: every error becomes a response.
-pub async fn handle(proxy: &Arc<Proxy>, conn: &Arc<ConnInfo>, req: Request<Incoming>) -> Response<ProxyBody> {
+/// Handles one downstream request and never fails: every error becomes a response. The
+/// body type is hyper's for HTTP/1.1 and HTTP/2 and [`super::quic::RequestBody`] for HTTP/3.
+pub async fn handle<B>(proxy: &Arc<Proxy>, conn: &Arc<ConnInfo>, req: Request<B>) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
     let (guard, started_ms) = conn.state.begin_request();
     let started = Instant::now().checked_sub(Duration::from_millis(now_ms().saturating_sub(started_ms))).unwrap();
     let snap = proxy.snapshot();
@@ -146,8 +150,11 @@ pub async fn handle(proxy: &Arc<Proxy>, conn: &Arc<ConnInfo>, req: Request<Incom
             error_response(&e, &finish.request_id)
         }
     };
-    if conn.draining.load(Ordering::Acquire) && finish.version != Version::HTTP_2 {
+    if conn.draining.load(Ordering::Acquire) && finish.version < Version::HTTP_2 {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(alt_svc) = &conn.alt_svc {
+        resp.headers_mut().insert(header::ALT_SVC, alt_svc.clone());
     }
     finish.status = resp.status().as_u16();
     // Upgraded tunnels log when they end; everything else logs when its body ends.
@@ -167,21 +174,25 @@ pub async fn handle(proxy: &Arc<Proxy>, conn: &Arc<ConnInfo>, req: Request<Incom
 #[derive(Clone, Copy)]
 struct StreamIdle(Option<Duration>);
 
-fn request_host(req: &Request<Incoming>) -> Option<&str> {
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
     req.uri()
         .authority()
         .map(http::uri::Authority::as_str)
         .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
 }
 
-async fn route_request(
+async fn route_request<B>(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnInfo>,
     snap: &Arc<Snapshot>,
-    req: Request<Incoming>,
+    req: Request<B>,
     host: &str,
     finish: &mut Finish,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Response<ProxyBody>, ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
     check_header_limits(req.headers())?;
     if host.is_empty() {
         return Err(ProxyError::BadRequest("missing Host header"));
@@ -190,10 +201,7 @@ async fn route_request(
         return Ok(redirect_to_https(&req, host, conn.https_port));
     }
     if let Some(m) = &snap.settings.downstream_mtls {
-        if m.enforcement == MtlsEnforcement::PolicyWithDefaultDeny
-            && conn.kind == ListenerKind::Https
-            && !conn.client_cert
-        {
+        if m.enforcement == MtlsEnforcement::PolicyWithDefaultDeny && conn.kind.is_tls() && !conn.client_cert {
             return Err(ProxyError::ClientCertRequired);
         }
     }
@@ -253,7 +261,7 @@ fn check_header_limits(headers: &HeaderMap) -> Result<(), ProxyError> {
     Ok(())
 }
 
-fn redirect_to_https(req: &Request<Incoming>, host: &str, https_port: u16) -> Response<ProxyBody> {
+fn redirect_to_https<B>(req: &Request<B>, host: &str, https_port: u16) -> Response<ProxyBody> {
     // A Host without a port came through port 80 (or a load balancer); keep the default
     // https port. A Host with a port is a direct connection: point at our https port.
     let location_host = match host.rsplit_once(':') {
@@ -380,10 +388,7 @@ pub(crate) fn forwarding_headers(
     let r = &route.route;
     let ip = conn.peer.ip().to_canonical().to_string();
     headers.insert(&X_FORWARDED_FOR, HeaderValue::from_str(&ip).expect("an IP is a valid header value"));
-    headers.insert(
-        &X_FORWARDED_PROTO,
-        HeaderValue::from_static(if conn.kind == ListenerKind::Https { "https" } else { "http" }),
-    );
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(if conn.kind.is_tls() { "https" } else { "http" }));
     if let Ok(v) = HeaderValue::from_str(host) {
         headers.insert(&X_FORWARDED_HOST, v);
     }
@@ -399,23 +404,36 @@ pub(crate) fn forwarding_headers(
     }
 }
 
-fn build_upstream_request(
+fn build_upstream_request<B>(
     conn: &ConnInfo,
     route: &CompiledRoute,
     target: &Target,
-    req: Request<Incoming>,
+    req: Request<B>,
     host: &str,
     request_id: &str,
     state: &Arc<StreamState>,
-) -> Result<Request<ProxyBody>, ProxyError> {
+) -> Result<Request<ProxyBody>, ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
     let (mut parts, incoming) = req.into_parts();
     parts.uri = upstream_uri(route, target, host, &rewrite_path(&route.route, &parts.uri))?;
     strip_hop_by_hop(&mut parts.headers);
     forwarding_headers(&mut parts.headers, conn, route, target, host, request_id);
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
-    if incoming.is_end_stream() {
+    // hyper's HTTP/1.1 client sends a GET or HEAD whose body length is unknown with no body
+    // at all (and never reads it): say so here, so that the upstream timeout starts now
+    // rather than never. That is a request whose end of stream came after its headers
+    // (HTTP/2 and HTTP/3 allow it), or a chunked GET.
+    let bodyless = incoming.is_end_stream()
+        || (matches!(parts.method, Method::GET | Method::HEAD)
+            && incoming.size_hint().exact().is_none()
+            && !parts.headers.contains_key(header::CONTENT_LENGTH));
+    if bodyless {
         state.request_done.store(true, Ordering::Release);
+        return Ok(Request::from_parts(parts, body::empty()));
     }
     let read_deadline = conn.timeouts.read.map(|r| tokio::time::Instant::now() + r);
     let body = RequestBody::new(incoming, read_deadline, state.clone()).boxed_unsync();

@@ -36,6 +36,8 @@ pub enum ListenerKind {
     Insecure,
     /// Plain HTTP: ACME HTTP-01 paths routed, everything else redirected to https.
     Redirect,
+    /// HTTP/3 over QUIC (`codec_type: http3`), routes served (see [`super::quic`]).
+    Quic,
 }
 
 impl ListenerKind {
@@ -44,7 +46,13 @@ impl ListenerKind {
         match self {
             ListenerKind::Https => "https-ingress",
             ListenerKind::Insecure | ListenerKind::Redirect => "http-ingress",
+            ListenerKind::Quic => "quic-ingress",
         }
+    }
+
+    /// Whether its clients came over TLS (`X-Forwarded-Proto: https`, client certificates).
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Https | ListenerKind::Quic)
     }
 }
 
@@ -73,7 +81,8 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    fn new() -> Arc<Self> {
+    /// A connection that has just opened: idle, nothing pending.
+    pub fn new() -> Arc<Self> {
         let s = Self::default();
         s.idle_since.store(now_ms(), Ordering::Relaxed);
         Arc::new(s)
@@ -137,6 +146,9 @@ pub struct ConnInfo {
     pub generation: u64,
     /// The https listener's port, for redirects from `http-ingress`.
     pub https_port: u16,
+    /// `Alt-Svc` for every response on this TCP connection while `quic-ingress` listens
+    /// (`codec_type: http3`): how browsers find HTTP/3.
+    pub alt_svc: Option<http::HeaderValue>,
 }
 
 /// Accepts connections until shutdown. The socket stays the same across listener
@@ -180,7 +192,7 @@ pub async fn run(
 /// Registers an accepted connection under the current listener generation and serves it.
 fn spawn_connection(kind: ListenerKind, stream: TcpStream, peer: SocketAddr, proxy: &Arc<Proxy>, https_port: u16) {
     let generation = proxy.listener_generation();
-    let conn = proxy.drains.register(kind.name(), generation.id, kind == ListenerKind::Https);
+    let conn = proxy.drains.register(kind.name(), generation.id, kind.is_tls());
     tokio::spawn(serve_connection(kind, stream, peer, proxy.clone(), generation, conn, https_port));
 }
 
@@ -217,6 +229,7 @@ async fn serve_connection(
         conn: Arc::new(conn),
         generation: generation.id,
         https_port,
+        alt_svc: if kind == ListenerKind::Https { proxy.alt_svc() } else { None },
     };
     if kind == ListenerKind::Https {
         let handshake_limit = timeouts.read.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(10));
@@ -320,7 +333,7 @@ fn configure_http1(b: &mut auto::Http1Builder<'_, TokioExecutor>) {
 /// closed, and that request fails (the keep-alive race). A connection busy with requests gets
 /// its next response with `Connection: close` instead; one idle this long is closed, as a
 /// keep-alive timeout would.
-const DRAIN_LINGER: Duration = Duration::from_secs(1);
+pub(crate) const DRAIN_LINGER: Duration = Duration::from_secs(1);
 
 /// Runs a connection to its end: closes it gracefully on `timeout_idle` or a drain, and at
 /// once on the HTTP/1 header timeout or when `drain_timeout` ends.
@@ -377,14 +390,15 @@ where
     }
 }
 
-enum Watch {
+/// Why the watchdog fired.
+pub(crate) enum Watch {
     Idle,
     HeaderTimeout,
 }
 
 /// Resolves when the connection has been idle (no active request) for `timeout_idle`, or
 /// (HTTP/1) a request head has been arriving for longer than `timeout_read`.
-async fn watchdog(state: &ConnState, timeouts: Timeouts, is_h1: bool) -> Watch {
+pub(crate) async fn watchdog(state: &ConnState, timeouts: Timeouts, is_h1: bool) -> Watch {
     loop {
         let notified = state.changed.notified();
         let mut deadline: Option<(u64, bool)> = None;
@@ -463,7 +477,7 @@ impl<T: AsyncWrite> AsyncWrite for Metered<T> {
 }
 
 /// Runs a closure on drop (gauges that must go down however a task ends).
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+pub(crate) fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
     impl<F: FnOnce()> Drop for Guard<F> {
         fn drop(&mut self) {

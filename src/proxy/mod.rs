@@ -1,5 +1,5 @@
-//! The data plane. One module per stage: [`listener`] accepts and serves connections,
-//! [`crate::tls`] terminates TLS, [`route`] finds the route, [`forward`] applies the route's
+//! The data plane. One module per stage: [`listener`] accepts and serves TCP connections,
+//! [`quic`] QUIC connections (HTTP/3), [`crate::tls`] terminates TLS, [`route`] finds the route, [`forward`] applies the route's
 //! policy and headers and talks to the [`upstream`], [`websocket`] carries upgraded streams,
 //! [`body`] enforces timeouts while bytes flow.
 //!
@@ -11,6 +11,7 @@ pub mod error;
 pub mod forward;
 pub mod health;
 pub mod listener;
+pub mod quic;
 pub mod route;
 pub mod upstream;
 pub mod websocket;
@@ -23,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Certificate, Config, DrainScope, HostMatch, Route, Settings};
+use crate::config::{Certificate, CodecType, Config, DrainScope, HostMatch, Route, Settings};
 use crate::metrics::Metrics;
 use crate::tls::CertStore;
 use drain::{Drains, ListenerGeneration, ListenerSettings, Take};
@@ -117,6 +118,8 @@ pub struct Proxy {
     pub stop_accepting: CancellationToken,
     listeners: Mutex<Vec<ListenerInfo>>,
     sockets: std::sync::OnceLock<Arc<dyn Sockets>>,
+    /// `Alt-Svc` for TCP responses while `quic-ingress` listens.
+    alt_svc: arc_swap::ArcSwapOption<http::HeaderValue>,
 }
 
 /// What [`Proxy::apply`] did.
@@ -147,18 +150,28 @@ fn cert_ids(certs: &[Certificate]) -> Vec<(Vec<String>, String)> {
 fn listener_generation(id: u64, settings: &Settings, certs: &[Certificate]) -> Result<ListenerGeneration, String> {
     let store = Arc::new(CertStore::new(certs));
     let listener = ListenerSettings::of(settings);
+    let resolver = Arc::new(crate::tls::SniResolver(store.clone()));
     let cfg = crate::tls::server_config(
-        Arc::new(crate::tls::SniResolver(store.clone())),
+        resolver.clone(),
         crate::tls::alpn_for(listener.codec_type),
         listener.downstream_mtls.as_ref(),
     )
     .map_err(|e| format!("TLS setup: {e}"))?;
+    let quic = match listener.codec_type {
+        CodecType::Http3 => {
+            let tls = crate::tls::quic_server_config(resolver, listener.downstream_mtls.as_ref())
+                .map_err(|e| format!("QUIC TLS setup: {e}"))?;
+            Some(Arc::new(quic::server_config(tls, listener.timeouts)?))
+        }
+        _ => None,
+    };
     Ok(ListenerGeneration {
         id,
         settings: listener,
         certs: store,
         cert_ids: cert_ids(certs),
         tls: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+        quic,
     })
 }
 
@@ -199,6 +212,7 @@ impl Proxy {
             stop_accepting: CancellationToken::new(),
             listeners: Mutex::new(Vec::new()),
             sockets: std::sync::OnceLock::new(),
+            alt_svc: arc_swap::ArcSwapOption::empty(),
         }))
     }
 
@@ -218,10 +232,14 @@ impl Proxy {
         let old = self.snapshot();
         let (a, b) = (&old.settings, &config.settings);
         let main_moved = a.address != b.address || a.insecure_server != b.insecure_server;
+        let http3 = |s: &Settings| s.codec_type == CodecType::Http3;
         let any_moved = main_moved
             || a.http_redirect_address != b.http_redirect_address
             || a.metrics_address != b.metrics_address
-            || a.admin_address != b.admin_address;
+            || a.admin_address != b.admin_address
+            || http3(a) != http3(b);
+        // The generation first: a QUIC socket opened for `codec_type: http3` takes its config.
+        self.new_listener_generation(&config.settings, main_moved);
         let mut listener_errors = Vec::new();
         if any_moved {
             match self.sockets.get() {
@@ -230,7 +248,6 @@ impl Proxy {
             }
         }
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
-        self.new_listener_generation(&config.settings, main_moved);
         let snap = Arc::new(build_snapshot(config, version, &self.clients, &self.health, &self.lifetimes));
         self.snapshot.store(snap.clone());
         self.lifetimes.retain(&snap);
@@ -248,6 +265,21 @@ impl Proxy {
     /// them (once, at start).
     pub fn set_sockets(&self, sockets: Arc<dyn Sockets>) {
         let _ = self.sockets.set(sockets);
+    }
+
+    /// Records the UDP port `quic-ingress` listens on (`None`: not listening), which TCP
+    /// responses advertise in `Alt-Svc`.
+    pub fn set_quic_port(&self, port: Option<u16>) {
+        // A day, as large sites advertise: clients that find QUIC blocked fall back to TCP by
+        // themselves, and one that turns HTTP/3 off costs them one failed attempt each.
+        self.alt_svc.store(port.map(|p| {
+            Arc::new(http::HeaderValue::try_from(format!("h3=\":{p}\"; ma=86400")).expect("a valid header value"))
+        }));
+    }
+
+    /// `Alt-Svc` for a TCP connection accepted now, while HTTP/3 is on.
+    pub fn alt_svc(&self) -> Option<http::HeaderValue> {
+        self.alt_svc.load().as_deref().cloned()
     }
 
     /// Replaces the bound listeners shown by `/listeners`.

@@ -12,7 +12,6 @@ use base64::Engine as _;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::body::{self, OnFinish, ProxyBody, StreamState};
@@ -46,12 +45,12 @@ pub fn is_websocket<B>(req: &Request<B>) -> bool {
 
 /// Proxies a WebSocket handshake and, when the upstream switches protocols, spawns the
 /// tunnel and answers the client (101 on HTTP/1.1, 200 on HTTP/2).
-pub(crate) async fn proxy(
+pub(crate) async fn proxy<B>(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnInfo>,
     route: &CompiledRoute,
     target: &Target,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     host: &str,
     finish: &mut Finish,
 ) -> Result<Response<ProxyBody>, ProxyError> {

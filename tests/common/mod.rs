@@ -247,3 +247,92 @@ pub async fn metrics(r: &Running) -> String {
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
+
+/// An HTTP/3 connection to the proxy's `quic-ingress` (quinn + h3, the same crates as the
+/// server, but the client side of them).
+pub struct H3 {
+    pub conn: quinn::Connection,
+    pub send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    /// The connection driver; ends with the error that closed the connection.
+    pub closed: tokio::task::JoinHandle<h3::error::ConnectionError>,
+    _endpoint: quinn::Endpoint,
+}
+
+/// A QUIC client endpoint on loopback that verifies against `roots` and offers ALPN `h3`.
+pub fn h3_endpoint(roots: &[CertificateDer<'static>]) -> quinn::Endpoint {
+    let tls = client_config(roots, &[b"h3"]);
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    endpoint
+}
+
+/// Connects over QUIC to `addr` with SNI `sni` and sets up HTTP/3.
+pub async fn h3_connect(addr: SocketAddr, sni: &str, roots: &[CertificateDer<'static>]) -> Result<H3, String> {
+    let endpoint = h3_endpoint(roots);
+    let conn = endpoint
+        .connect(addr, sni)
+        .map_err(|e| format!("connect: {e}"))?
+        .await
+        .map_err(|e| format!("QUIC handshake: {e}"))?;
+    let (mut driver, send) =
+        h3::client::new(h3_quinn::Connection::new(conn.clone())).await.map_err(|e| format!("HTTP/3 setup: {e}"))?;
+    let closed = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    Ok(H3 { conn, send, closed, _endpoint: endpoint })
+}
+
+impl H3 {
+    /// The leaf certificate the server presented.
+    pub fn peer_cert(&self) -> Option<CertificateDer<'static>> {
+        let certs = self.conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+        certs.first().cloned()
+    }
+}
+
+/// One HTTP/3 response, read to the end.
+#[derive(Debug)]
+pub struct H3Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl H3Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `req` on `send` with `body` (streamed in 64 KiB chunks) and reads the whole answer.
+pub async fn h3_request(
+    send: &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    req: Request<()>,
+    body: Option<Bytes>,
+) -> Result<H3Reply, h3::error::StreamError> {
+    use bytes::Buf as _;
+    let mut stream = send.send_request(req).await?;
+    if let Some(mut body) = body {
+        while !body.is_empty() {
+            let chunk = body.split_to(body.len().min(64 * 1024));
+            stream.send_data(chunk).await?;
+        }
+    }
+    // A server that answers before reading the whole request may stop it with H3_NO_ERROR;
+    // the response still comes (RFC 9114 section 4.1.1).
+    if let Err(e) = stream.finish().await {
+        if !e.is_h3_no_error() {
+            return Err(e);
+        }
+    }
+    let resp = stream.recv_response().await?;
+    let mut out = bytes::BytesMut::new();
+    while let Some(mut chunk) = stream.recv_data().await? {
+        out.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    Ok(H3Reply { status: resp.status().as_u16(), headers: resp.headers().clone(), body: out.freeze() })
+}
+
+/// `GET https://{host}{path}` over HTTP/3.
+pub fn get3(host: &str, path: &str) -> Request<()> {
+    Request::get(format!("https://{host}{path}")).body(()).unwrap()
+}
