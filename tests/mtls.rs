@@ -5,6 +5,10 @@ mod common;
 use common::*;
 
 async fn setup(mode: &str) -> (portcullis::server::Running, Pki) {
+    setup_with(mode, "").await
+}
+
+async fn setup_with(mode: &str, settings: &str) -> (portcullis::server::Running, Pki) {
     let pki = Pki::new();
     pki.leaf("server", &["a.test"]);
     pki.ca_file();
@@ -12,7 +16,7 @@ async fn setup(mode: &str) -> (portcullis::server::Running, Pki) {
     let r = start_in(
         pki.dir.path(),
         &format!(
-            "certificates: [{{cert_file: server.pem, key_file: server-key.pem}}]
+            "{settings}certificates: [{{cert_file: server.pem, key_file: server-key.pem}}]
 downstream_mtls: {{ca_file: ca.pem, enforcement: {mode}}}
 routes:
  - {{from: https://a.test, to: http://{up}}}
@@ -72,4 +76,27 @@ async fn policy_mode_lets_routes_decide() {
         rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     assert!(status_over(&r, cfg).await.is_err());
+}
+
+#[tokio::test]
+async fn http3_verifies_client_certificates_like_tcp() {
+    let (r, pki) = setup_with("policy_with_default_deny", "codec_type: http3\n").await;
+    let quic = r.quic.expect("quic-ingress");
+    let mut c = h3_connect_with(quic, "a.test", with_cert(&pki)).await.unwrap();
+    assert_eq!(h3_request(&mut c.send, get3("a.test", "/"), None).await.unwrap().status, 200);
+    let mut c = h3_connect(quic, "a.test", std::slice::from_ref(&pki.ca_der)).await.unwrap();
+    assert_eq!(h3_request(&mut c.send, get3("a.test", "/"), None).await.unwrap().status, 495);
+
+    let (r, pki) = setup_with("reject_connection", "codec_type: http3\n").await;
+    let quic = r.quic.expect("quic-ingress");
+    assert!(h3_connect_with(quic, "a.test", with_cert(&pki)).await.is_ok());
+    // TLS 1.3: the client finishes its side of the handshake before the server checks the
+    // (missing) certificate, so the refusal shows on the first use of the connection.
+    let refused = match h3_connect(quic, "a.test", std::slice::from_ref(&pki.ca_der)).await {
+        Ok(mut c) => {
+            h3_request(&mut c.send, get3("a.test", "/"), None).await.map(|r| r.status).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e),
+    };
+    assert!(refused.is_err(), "no client certificate, no QUIC connection: {refused:?}");
 }

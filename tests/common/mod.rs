@@ -258,18 +258,23 @@ pub struct H3 {
     _endpoint: quinn::Endpoint,
 }
 
-/// A QUIC client endpoint on loopback that verifies against `roots` and offers ALPN `h3`.
-pub fn h3_endpoint(roots: &[CertificateDer<'static>]) -> quinn::Endpoint {
-    let tls = client_config(roots, &[b"h3"]);
+/// A QUIC client endpoint on loopback with `tls` (ALPN set to `h3`).
+pub fn h3_endpoint(mut tls: rustls::ClientConfig) -> quinn::Endpoint {
+    tls.alpn_protocols = vec![b"h3".to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
     endpoint
 }
 
-/// Connects over QUIC to `addr` with SNI `sni` and sets up HTTP/3.
+/// Connects over QUIC to `addr` with SNI `sni`, verifying against `roots`, and sets up HTTP/3.
 pub async fn h3_connect(addr: SocketAddr, sni: &str, roots: &[CertificateDer<'static>]) -> Result<H3, String> {
-    let endpoint = h3_endpoint(roots);
+    h3_connect_with(addr, sni, client_config(roots, &[])).await
+}
+
+/// [`h3_connect`] with a TLS config of the caller's (a client certificate, say).
+pub async fn h3_connect_with(addr: SocketAddr, sni: &str, tls: rustls::ClientConfig) -> Result<H3, String> {
+    let endpoint = h3_endpoint(tls);
     let conn = endpoint
         .connect(addr, sni)
         .map_err(|e| format!("connect: {e}"))?
