@@ -118,7 +118,7 @@ fn install_h2spec() -> anyhow::Result<PathBuf> {
 }
 
 /// `N` different free loopback ports (two quick binds can return the same one).
-fn distinct_free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+pub(crate) fn distinct_free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
     let mut ports = Vec::with_capacity(N);
     while ports.len() < N {
         let port = util::free_port()?;
@@ -130,11 +130,11 @@ fn distinct_free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
 }
 
 /// Child processes killed when dropped, so nothing outlives the run, whatever fails.
-struct Children(Vec<Child>);
+pub(crate) struct Children(pub(crate) Vec<Child>);
 
 impl Children {
     /// Starts `program args`, with stdout and stderr appended to `log`.
-    fn spawn(&mut self, program: &Path, args: &[&str], log: &Path) -> anyhow::Result<()> {
+    pub(crate) fn spawn(&mut self, program: &Path, args: &[&str], log: &Path) -> anyhow::Result<()> {
         let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(program)
             .args(args)
@@ -168,7 +168,7 @@ impl Drop for Children {
 }
 
 /// Polls until the upstream accepts connections and the admin `/readyz` answers 200.
-fn wait_ready(children: &mut Children, upstream: u16, admin: u16) -> anyhow::Result<()> {
+pub(crate) fn wait_ready(children: &mut Children, upstream: u16, admin: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         children.check_running()?;
