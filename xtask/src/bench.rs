@@ -30,7 +30,7 @@ const USAGE: &str = "usage: cargo xtask bench [options]
   --h2-streams N       h2load concurrent streams per connection (default 8)
   --path PATH          request path on the demo upstream (default /)
   --upstream-scheme S  how the proxies reach the upstream: http (HTTP/1.1, default) or h2c
-  --only NAME[,NAME]   run only these scenarios (h1, h2-tls, h2c)
+  --only NAME[,NAME]   run only these scenarios (h1, h2-tls, h2c, h3, h2-oha)
   --out DIR            where latest.md and latest.json go (default bench/results)";
 
 /// The external programs the benchmark drives, and the Debian package that ships each.
@@ -137,12 +137,18 @@ impl Options {
 }
 
 /// Scenario names, in the order they run.
-const SCENARIOS: &[&str] = &["h1", "h2-tls", "h2c"];
+const SCENARIOS: &[&str] = &["h1", "h2-tls", "h2c", "h3", "h2-oha"];
+
+/// oha, the load generator of the HTTP/3 scenario (neither wrk nor Debian's h2load speaks
+/// HTTP/3) and of its HTTP/2 twin, so that the two compare like with like. Built with cargo
+/// from crates.io with its `http3` feature, at this version, into `target/tools/`.
+const OHA_VERSION: &str = "1.16.0";
 
 /// Entry point of `cargo xtask bench`.
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let Some(opts) = Options::parse(args)? else { return Ok(()) };
     ensure_tools()?;
+    let oha = if opts.wants("h3") || opts.wants("h2-oha") { Some(install_oha()?) } else { None };
     // Taken before the build, which would otherwise dominate it.
     let load_before = load_average();
     let binary = util::release_binary()?;
@@ -163,11 +169,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let pinning = Pinning::detect();
     eprintln!("\n==> bench: {}", pinning.describe());
 
-    let ports = distinct_ports(9)?;
+    let ports = distinct_ports(13)?;
     let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let upstream = loopback(ports[0]);
     let plain = ProxyPorts::from_slice(&ports[1..5]);
     let tls = ProxyPorts::from_slice(&ports[5..9]);
+    // `codec_type: http3`: the same TLS listener plus quic-ingress on its port over UDP.
+    let quic = ProxyPorts::from_slice(&ports[9..13]);
 
     let mut upstream_cmd = Pinning::command(pinning.rest, &binary);
     upstream_cmd.args(["--log-level", "warn", "demo-upstream", "--listen", &upstream.to_string(), "--name", "bench"]);
@@ -175,10 +183,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     wait_for_200(&mut services, upstream, &opts.path, "the demo upstream")?;
 
     let mut proxies = HashMap::new();
-    for (label, ports, insecure) in [("plain", &plain, true), ("tls", &tls, false)] {
+    let mut wanted = vec![("plain", &plain, true), ("tls", &tls, false)];
+    if oha.is_some() {
+        wanted.push(("h3", &quic, false));
+    }
+    for (label, ports, insecure) in wanted {
         let config = tmp.path(&format!("proxy-{label}.yaml"));
-        std::fs::write(&config, proxy_yaml(ports, &opts.upstream_scheme, upstream, insecure))
-            .context("writing the proxy config")?;
+        let mut yaml = proxy_yaml(ports, &opts.upstream_scheme, upstream, insecure);
+        if label == "h3" {
+            yaml.push_str("codec_type: http3\n");
+        }
+        std::fs::write(&config, yaml).context("writing the proxy config")?;
         let mut cmd = Pinning::command(pinning.proxy, &binary);
         // A long watch interval: the config never changes, and polling it would only add noise.
         cmd.args(["--log-level", "warn", "serve", "--watch-interval", "1h", "--config"]).arg(&config);
@@ -226,9 +241,33 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             proxy: proxies["plain"],
         },
     ];
-    let bench = Bench { opts: &opts, pinning, tmp: &tmp, upstream_pid, ours: services.pids() };
+    // HTTP/3 has no direct path (the upstream speaks HTTP/1.1 and h2c), so both oha
+    // scenarios compare with h2c to the upstream from the same client; h3 against h2-oha is
+    // HTTP/3 beside HTTP/2 through the same proxy process, the same client, the same run.
+    let oha_scenarios = oha.as_ref().map(|_| {
+        [
+            Scenario {
+                name: "h3",
+                title: "HTTP/3 multiplexed: QUIC to the proxy, h2c direct",
+                tool: Tool::Oha,
+                proxy_url: format!("https://{}{}", quic.main(), opts.path),
+                direct_url: up_url(&opts.path),
+                proxy: proxies["h3"],
+            },
+            Scenario {
+                name: "h2-oha",
+                title: "HTTP/2 multiplexed, the h3 scenario's client and proxy: TLS to the proxy, h2c direct",
+                tool: Tool::Oha,
+                proxy_url: format!("https://{}{}", quic.main(), opts.path),
+                direct_url: up_url(&opts.path),
+                proxy: proxies["h3"],
+            },
+        ]
+    });
+    let scenarios: Vec<&Scenario> = scenarios.iter().chain(oha_scenarios.iter().flatten()).collect();
+    let bench = Bench { opts: &opts, pinning, tmp: &tmp, upstream_pid, ours: services.pids(), oha };
     let mut results = Vec::new();
-    for s in scenarios.iter().filter(|s| opts.wants(s.name)) {
+    for s in scenarios.into_iter().filter(|s| opts.wants(s.name)) {
         services.check_alive()?;
         results.push(bench.scenario(s)?);
     }
@@ -603,6 +642,8 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
 enum Tool {
     Wrk,
     H2load,
+    /// HTTP/3 in the `h3` scenario's proxied runs, HTTP/2 otherwise (h2c to the upstream).
+    Oha,
 }
 
 impl Tool {
@@ -610,8 +651,66 @@ impl Tool {
         match self {
             Tool::Wrk => "wrk",
             Tool::H2load => "h2load",
+            Tool::Oha => "oha",
         }
     }
+}
+
+/// Builds oha with HTTP/3 into `target/tools/oha-<version>/` unless it is there (a few
+/// minutes, once). Installed into a scratch directory renamed into place at the end, so an
+/// interrupted build is never mistaken for a finished one.
+fn install_oha() -> anyhow::Result<PathBuf> {
+    let tools = util::root().join("target/tools");
+    let dir = tools.join(format!("oha-{OHA_VERSION}"));
+    let binary = dir.join("bin/oha");
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    let scratch = tools.join(format!("oha-{OHA_VERSION}.{}.tmp", std::process::id()));
+    let root = scratch.display().to_string();
+    util::step(
+        "build oha (HTTP/3 load generator)",
+        &["cargo", "install", "oha", "--version", OHA_VERSION, "--features", "http3", "--locked", "--root", &root],
+    )?;
+    if std::fs::rename(&scratch, &dir).is_err() && binary.is_file() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    anyhow::ensure!(binary.is_file(), "{} is missing after cargo install", binary.display());
+    Ok(binary)
+}
+
+/// Parses oha's `--output-format json`: requests per second and percentiles (in seconds)
+/// as oha measured them, responses by status, and errors other than the requests oha itself
+/// cut off at the end of the run.
+fn parse_oha(out: &str) -> anyhow::Result<LoadResult> {
+    let v: Value = serde_json::from_str(out).context("oha's JSON output")?;
+    let number = |v: &Value, what: &str| v.as_f64().with_context(|| format!("oha's JSON has no {what}"));
+    let mut requests = 0u64;
+    let mut errors = 0u64;
+    if let Some(codes) = v["statusCodeDistribution"].as_object() {
+        for (code, n) in codes {
+            let n = n.as_u64().unwrap_or(0);
+            requests += n;
+            if !code.starts_with('2') {
+                errors += n;
+            }
+        }
+    }
+    if let Some(errs) = v["errorDistribution"].as_object() {
+        errors += errs
+            .iter()
+            .filter(|(e, _)| !e.contains("aborted due to deadline"))
+            .filter_map(|(_, n)| n.as_u64())
+            .sum::<u64>();
+    }
+    Ok(LoadResult {
+        rps: number(&v["summary"]["requestsPerSec"], "requestsPerSec")?,
+        p50_us: number(&v["latencyPercentiles"]["p50"], "p50")? * 1e6,
+        p99_us: number(&v["latencyPercentiles"]["p99"], "p99")? * 1e6,
+        requests,
+        errors,
+        bytes_per_response: v["summary"]["sizePerRequest"].as_f64().unwrap_or(0.0),
+    })
 }
 
 /// What a load generator reported for one run.
@@ -861,6 +960,8 @@ struct Bench<'a> {
     upstream_pid: u32,
     /// The services' pids, left out of the "foreign CPU" sum.
     ours: HashSet<u32>,
+    /// oha's binary, when an oha scenario runs.
+    oha: Option<PathBuf>,
 }
 
 impl Bench<'_> {
@@ -933,8 +1034,19 @@ impl Bench<'_> {
         let proxy_pid = proxy.map(|p| p.pid);
         let stdout_path = self.tmp.path("loadgen.out");
         let request_log = self.tmp.path("h2load-requests.log");
-        let mut cmd = Pinning::command(self.pinning.rest, s.tool.name());
+        let program = match (s.tool, &self.oha) {
+            (Tool::Oha, Some(oha)) => oha.clone(),
+            _ => PathBuf::from(s.tool.name()),
+        };
+        let mut cmd = Pinning::command(self.pinning.rest, program);
         match s.tool {
+            Tool::Oha => {
+                // One worker thread, as wrk and h2load get; c connections × p streams.
+                let version = if s.name == "h3" && url.starts_with("https://") { "3" } else { "2" };
+                cmd.args(["--no-tui", "--insecure", "--worker-threads", "1", "--output-format", "json"]);
+                cmd.args(["--http-version", version, "-c", &self.opts.h2_clients.to_string()]);
+                cmd.args(["-p", &self.opts.h2_streams.to_string(), "-z", &format!("{secs}s"), url]);
+            }
             Tool::Wrk => {
                 cmd.args([
                     "-t1",
@@ -970,6 +1082,7 @@ impl Bench<'_> {
 
         let load = match s.tool {
             Tool::Wrk => parse_wrk(&stdout)?,
+            Tool::Oha => parse_oha(&stdout)?,
             Tool::H2load => {
                 let log = std::fs::read_to_string(&request_log).context("reading h2load's --log-file")?;
                 parse_h2load(&stdout, &log)?
@@ -1123,7 +1236,7 @@ impl Report<'_> {
     fn load_text(&self) -> String {
         let o = self.opts;
         format!(
-            "wrk 1 thread, {} connections; h2load 1 thread, {} connections × {} concurrent streams; GET {} on the demo upstream (a small JSON echo for /); proxy to upstream over {}",
+            "wrk 1 thread, {} connections; h2load and oha {OHA_VERSION} (h3, h2-oha) 1 thread, {} connections × {} concurrent streams; GET {} on the demo upstream (a small JSON echo for /); proxy to upstream over {}",
             o.connections, o.h2_clients, o.h2_streams, o.path, if o.upstream_scheme == "h2c" { "h2c (HTTP/2 prior knowledge)" } else { "HTTP/1.1" }
         )
     }
@@ -1145,7 +1258,7 @@ impl Report<'_> {
             "- runs: {} s warm-up per target, then {} × {} s per target, proxy and direct interleaved; every figure is the median of the runs, ratios are proxy / direct",
             o.warmup, o.runs, o.duration
         );
-        let _ = writeln!(md, "- percentiles: wrk's own HdrHistogram (`--latency`); h2load: nearest rank over every 2xx request in its `--log-file`");
+        let _ = writeln!(md, "- percentiles: wrk's own HdrHistogram (`--latency`); h2load: nearest rank over every 2xx request in its `--log-file`; oha: its own (`--output-format json`)");
         let procs: Vec<String> = self
             .processes
             .iter()
