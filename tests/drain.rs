@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,44 +18,6 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
-
-/// What the load clients saw.
-#[derive(Default)]
-struct Tally {
-    sent: AtomicU64,
-    ok: AtomicU64,
-    failed: AtomicU64,
-    /// Requests retried as HTTP allows: the connection closed before the request was taken
-    /// (an idle keep-alive connection closed by a drain, a stream refused after GOAWAY).
-    retried: AtomicU64,
-    /// Connections refused or reset while connecting or mid-response.
-    resets: AtomicU64,
-    connections: AtomicU64,
-    errors: Mutex<Vec<String>>,
-}
-
-impl Tally {
-    fn fail(&self, what: String) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        let mut e = self.errors.lock().unwrap();
-        if e.len() < 10 {
-            e.push(what);
-        }
-    }
-
-    fn summary(&self) -> String {
-        format!(
-            "sent {} ok {} failed {} retried {} resets {} connections {} errors {:?}",
-            self.sent.load(Ordering::Relaxed),
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            self.retried.load(Ordering::Relaxed),
-            self.resets.load(Ordering::Relaxed),
-            self.connections.load(Ordering::Relaxed),
-            self.errors.lock().unwrap()
-        )
-    }
-}
 
 /// Whether a client error means the request was never taken by the server, so that HTTP lets
 /// a client send it again (RFC 9112 section 9.3.1, RFC 9113 section 8.7).

@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Once};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -340,4 +341,43 @@ pub async fn h3_request(
 /// `GET https://{host}{path}` over HTTP/3.
 pub fn get3(host: &str, path: &str) -> Request<()> {
     Request::get(format!("https://{host}{path}")).body(()).unwrap()
+}
+
+/// What the load clients of the drain tests (HTTP/1.1, HTTP/2, HTTP/3) saw.
+#[derive(Default)]
+pub struct Tally {
+    pub sent: AtomicU64,
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    /// Requests retried as HTTP allows: the connection closed before the request was taken
+    /// (an idle keep-alive connection closed by a drain, a stream refused after GOAWAY, an
+    /// HTTP/3 request not sent because GOAWAY had come).
+    pub retried: AtomicU64,
+    /// Connections refused or reset while connecting or mid-response.
+    pub resets: AtomicU64,
+    pub connections: AtomicU64,
+    pub errors: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    pub fn fail(&self, what: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut e = self.errors.lock().unwrap();
+        if e.len() < 10 {
+            e.push(what);
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "sent {} ok {} failed {} retried {} resets {} connections {} errors {:?}",
+            self.sent.load(Ordering::Relaxed),
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.retried.load(Ordering::Relaxed),
+            self.resets.load(Ordering::Relaxed),
+            self.connections.load(Ordering::Relaxed),
+            self.errors.lock().unwrap()
+        )
+    }
 }
