@@ -71,41 +71,11 @@ enum Command {
     },
     /// Run in a cluster: watch Ingresses, Routes, ProxyConfig, Services, EndpointSlices and
     /// Secrets, and serve them from the in-process data plane.
-    Controller {
-        /// The cluster-scoped ProxyConfig to read.
-        #[arg(long, default_value = "global", env = "PORTCULLIS_CONFIG_NAME")]
-        config_name: String,
-        /// The controller's namespace (Lease; default for ProxyConfig Secret references).
-        #[arg(long, default_value = "portcullis", env = "POD_NAMESPACE")]
-        namespace: String,
-        /// This replica's identity for leader election and Events (the pod name).
-        #[arg(long, env = "POD_NAME")]
-        identity: Option<String>,
-        /// Lease used for leader election.
-        #[arg(long, default_value = "portcullis-leader")]
-        lease_name: String,
-        /// ConfigMap (in `--namespace`) where the leader keeps the last good version of every
-        /// object that is invalid now, so that a restarted replica serves it too.
-        #[arg(long, default_value = "portcullis-last-good")]
-        last_good_configmap: String,
-        /// `namespace/name` of the proxy's Service; its addresses go into Ingress status.
-        #[arg(long, value_parser = parse_ns_name)]
-        publish_service: Option<(String, String)>,
-        /// A fixed address (IP or hostname) for Ingress status instead.
-        #[arg(long, conflicts_with = "publish_service")]
-        publish_address: Option<String>,
-    },
+    Controller(portcullis::k8s::controller::Options),
     /// Print the CustomResourceDefinitions (Route, ProxyConfig) as YAML.
     Crds,
     /// Print the version.
     Version,
-}
-
-fn parse_ns_name(s: &str) -> Result<(String, String), String> {
-    match s.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok((ns.to_owned(), name.to_owned())),
-        _ => Err(format!("{s:?}: expected namespace/name")),
-    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -125,30 +95,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => Ok(check(&config)),
-        Command::Controller {
-            config_name,
-            namespace,
-            identity,
-            lease_name,
-            last_good_configmap,
-            publish_service,
-            publish_address,
-        } => {
-            let identity = identity.unwrap_or_else(|| {
-                std::fs::read_to_string("/etc/hostname")
-                    .map_or_else(|_| "portcullis".to_owned(), |h| h.trim().to_owned())
-            });
-            let options = portcullis::k8s::controller::Options {
-                config_name,
-                namespace,
-                identity,
-                lease_name,
-                last_good_configmap,
-                publish_service,
-                publish_address,
-            };
-            runtime().block_on(controller(options, cli.termination_grace_period))
-        }
+        Command::Controller(options) => runtime().block_on(controller(options, cli.termination_grace_period)),
         Command::Crds => {
             print!("{}", portcullis::k8s::crd::crds_yaml());
             Ok(ExitCode::SUCCESS)

@@ -31,24 +31,45 @@ const WRITE_RETRY: Duration = Duration::from_secs(5);
 /// Coalesces bursts of watch events (an apply of many objects) into one assembly.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
-/// The controller's settings (from `portcullis controller` flags).
-#[derive(Clone, Debug)]
+/// The controller's settings: the flags of `portcullis controller`, parsed by clap straight
+/// into this type, so the CLI and the controller cannot drift apart.
+#[derive(Clone, Debug, clap::Args)]
 pub struct Options {
-    /// Name of the cluster-scoped ProxyConfig to read.
+    /// The cluster-scoped ProxyConfig to read.
+    #[arg(long, default_value = "global", env = "PORTCULLIS_CONFIG_NAME")]
     pub config_name: String,
-    /// The controller's own namespace: the Lease lives here, and ProxyConfig Secret
-    /// references without a namespace point here.
+    /// The controller's namespace (Lease; default for ProxyConfig Secret references).
+    #[arg(long, default_value = "portcullis", env = "POD_NAMESPACE")]
     pub namespace: String,
-    /// This replica's identity for the Lease and Events (the pod name).
+    /// This replica's identity for leader election and Events (the pod name; the host name
+    /// when unset).
+    #[arg(long, env = "POD_NAME", default_value_t = host_name())]
     pub identity: String,
-    /// Lease name for leader election.
+    /// Lease used for leader election.
+    #[arg(long, default_value = "portcullis-leader")]
     pub lease_name: String,
-    /// ConfigMap in `namespace` holding the stored last good versions.
+    /// ConfigMap (in `--namespace`) where the leader keeps the last good version of every
+    /// object that is invalid now, so that a restarted replica serves it too.
+    #[arg(long, default_value = "portcullis-last-good")]
     pub last_good_configmap: String,
-    /// `namespace/name` of the proxy's own Service, whose addresses go into Ingress status.
+    /// `namespace/name` of the proxy's Service; its addresses go into Ingress status.
+    #[arg(long, value_parser = parse_ns_name)]
     pub publish_service: Option<(String, String)>,
-    /// Fixed address for Ingress status instead of a Service.
+    /// A fixed address (IP or hostname) for Ingress status instead.
+    #[arg(long, conflicts_with = "publish_service")]
     pub publish_address: Option<String>,
+}
+
+/// The pod's host name (its name in a cluster), the default identity.
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname").map_or_else(|_| "portcullis".to_owned(), |h| h.trim().to_owned())
+}
+
+fn parse_ns_name(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok((ns.to_owned(), name.to_owned())),
+        _ => Err(format!("{s:?}: expected namespace/name")),
+    }
 }
 
 /// Every store the controller reads.
