@@ -205,13 +205,7 @@ async fn serve_connection(
     conn: ConnHandle,
     https_port: u16,
 ) {
-    let labels = ListenerLabels { listener: kind.name() };
-    proxy.metrics.connections_total.get_or_create(&labels).inc();
-    let active = proxy.metrics.connections_active.get_or_create(&labels).clone();
-    active.inc();
-    let _dec = scopeguard(move || {
-        active.dec();
-    });
+    let _counted = count_connection(&proxy, kind);
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
     let timeouts = generation.settings.timeouts;
@@ -232,10 +226,9 @@ async fn serve_connection(
         alt_svc: if kind == ListenerKind::Https { proxy.alt_svc() } else { None },
     };
     if kind == ListenerKind::Https {
-        let handshake_limit = timeouts.read.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(10));
         let accept = generation.tls.accept(stream);
         let tls_stream = tokio::select! {
-            r = tokio::time::timeout(handshake_limit, accept) => match r {
+            r = tokio::time::timeout(handshake_limit(timeouts), accept) => match r {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -261,6 +254,23 @@ async fn serve_connection(
         let only = (codec == CodecType::Http1).then_some(false);
         serve_http(Metered { inner: stream, state }, only, info, proxy).await;
     }
+}
+
+/// Counts a connection in `portcullis_downstream_connections_total` and `_active` of its
+/// listener; the active gauge goes down when the guard drops, however the connection ends.
+pub(crate) fn count_connection(proxy: &Proxy, kind: ListenerKind) -> impl Drop {
+    let labels = ListenerLabels { listener: kind.name() };
+    proxy.metrics.connections_total.get_or_create(&labels).inc();
+    let active = proxy.metrics.connections_active.get_or_create(&labels).clone();
+    active.inc();
+    scopeguard(move || {
+        active.dec();
+    })
+}
+
+/// How long a TLS (or QUIC) handshake may take: `timeout_read`, at most 10 s.
+pub(crate) fn handshake_limit(timeouts: Timeouts) -> Duration {
+    timeouts.read.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(10))
 }
 
 /// Serves HTTP on an established connection. `h2`: `Some(true)` HTTP/2 only (ALPN `h2`),
@@ -477,7 +487,7 @@ impl<T: AsyncWrite> AsyncWrite for Metered<T> {
 }
 
 /// Runs a closure on drop (gauges that must go down however a task ends).
-pub(crate) fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
     impl<F: FnOnce()> Drop for Guard<F> {
         fn drop(&mut self) {

@@ -31,7 +31,6 @@ use super::drain::{ConnHandle, ListenerGeneration};
 use super::listener::{self, ConnInfo, ConnState, ListenerKind, CONNECTION_BUFFER, MAX_HEAD_BYTES};
 use super::Proxy;
 use crate::config::Timeouts;
-use crate::metrics::ListenerLabels;
 
 /// Request streams a client may have open at once: the same as HTTP/2's
 /// `SETTINGS_MAX_CONCURRENT_STREAMS` on the TCP listener.
@@ -116,13 +115,7 @@ async fn serve_connection(
     local: SocketAddr,
 ) {
     let peer = incoming.remote_address();
-    let labels = ListenerLabels { listener: ListenerKind::Quic.name() };
-    proxy.metrics.connections_total.get_or_create(&labels).inc();
-    let active = proxy.metrics.connections_active.get_or_create(&labels).clone();
-    active.inc();
-    let _dec = listener::scopeguard(move || {
-        active.dec();
-    });
+    let _counted = listener::count_connection(&proxy, ListenerKind::Quic);
     let timeouts = generation.settings.timeouts;
     let connecting = match incoming.accept_with(config) {
         Ok(c) => c,
@@ -131,9 +124,8 @@ async fn serve_connection(
             return;
         }
     };
-    let handshake_limit = timeouts.read.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(10));
     let connection = tokio::select! {
-        r = tokio::time::timeout(handshake_limit, connecting) => match r {
+        r = tokio::time::timeout(listener::handshake_limit(timeouts), connecting) => match r {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "QUIC handshake failed");
