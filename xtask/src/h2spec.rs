@@ -5,14 +5,12 @@
 //! TLS, and fails unless all of them pass. The last line it prints is the summary
 //! `h2spec: N passed, N failed[, N skipped]`.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
 
 use anyhow::{bail, ensure, Context as _};
 
+use crate::standalone::{distinct_free_ports, Standalone};
 use crate::util;
 
 /// h2spec's master branch as a Go pseudo-version (commit 70ac229 of 2020-08-04, the v2.6.0
@@ -32,40 +30,21 @@ const CASE_TIMEOUT_SECS: &str = "5";
 /// must ignore later frames on it (section 5.1), which h2spec reports as a failure. The delay
 /// keeps the stream open until the frame arrives (without it, 4 of 40 runs failed on a busy box).
 const TARGET_PATH: &str = "/delay?ms=50";
-/// How long the proxy and the upstream get to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run() -> anyhow::Result<()> {
     let h2spec = install_h2spec()?;
     let portcullis = util::release_binary()?;
 
-    // Config, logs and the JUnit report live here; removed on success, kept on failure.
-    let dir = std::env::temp_dir().join(format!("portcullis-h2spec-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let [upstream, https, redirect, admin, metrics] = distinct_free_ports()?;
-    let config = dir.join("portcullis.yaml");
+    let ports: [u16; 5] = distinct_free_ports()?;
+    let [upstream, https, ..] = ports;
     // No certificates: the proxy makes a self-signed one (hence h2spec's -k). h2spec sends
     // `:authority: 127.0.0.1:<port>`, so a catch-all route sends it upstream instead of a 404.
-    let yaml = format!(
-        r#"address: "127.0.0.1:{https}"
-http_redirect_address: "127.0.0.1:{redirect}"
-admin_address: "127.0.0.1:{admin}"
-metrics_address: "127.0.0.1:{metrics}"
-routes:
-  - from: https://localhost
-    to: [http://127.0.0.1:{upstream}]
-  - from: https://*
-    to: [http://127.0.0.1:{upstream}]
-"#
+    let routes = format!(
+        "routes:\n  - from: https://localhost\n    to: [http://127.0.0.1:{upstream}]\n  - from: https://*\n    to: [http://127.0.0.1:{upstream}]\n"
     );
-    std::fs::write(&config, yaml).with_context(|| format!("writing {}", config.display()))?;
-
-    let mut children = Children(Vec::new());
-    let upstream_addr = format!("127.0.0.1:{upstream}");
-    children.spawn(&portcullis, &["demo-upstream", "--listen", &upstream_addr], &dir.join("upstream.log"))?;
-    children.spawn(&portcullis, &["serve", "--config", &config.to_string_lossy()], &dir.join("portcullis.log"))?;
-    wait_ready(&mut children, upstream, admin).with_context(|| format!("logs in {}", dir.display()))?;
-
+    // Config, logs and the JUnit report live in `served.dir`; removed on success, kept on failure.
+    let served = Standalone::start("h2spec", &portcullis, ports, &routes, None)?;
+    let dir = served.dir.clone();
     let junit = dir.join("junit.xml");
     eprintln!("\n==> h2spec against https://127.0.0.1:{https}");
     // -t -k: TLS, trusting the self-signed certificate; -o: per-case timeout; -j: JUnit report.
@@ -75,7 +54,7 @@ routes:
         .arg(&junit)
         .status()
         .with_context(|| format!("running {}", h2spec.display()))?;
-    drop(children);
+    drop(served);
 
     let report = std::fs::read_to_string(&junit)
         .with_context(|| format!("h2spec ({status}) wrote no JUnit report; logs in {}", dir.display()))?;
@@ -115,79 +94,6 @@ fn install_h2spec() -> anyhow::Result<PathBuf> {
     }
     ensure!(binary.is_file(), "{} is missing after go install", binary.display());
     Ok(binary)
-}
-
-/// `N` different free loopback ports (two quick binds can return the same one).
-pub(crate) fn distinct_free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let mut ports = Vec::with_capacity(N);
-    while ports.len() < N {
-        let port = util::free_port()?;
-        if !ports.contains(&port) {
-            ports.push(port);
-        }
-    }
-    Ok(ports.try_into().expect("N ports were collected"))
-}
-
-/// Child processes killed when dropped, so nothing outlives the run, whatever fails.
-pub(crate) struct Children(pub(crate) Vec<Child>);
-
-impl Children {
-    /// Starts `program args`, with stdout and stderr appended to `log`.
-    pub(crate) fn spawn(&mut self, program: &Path, args: &[&str], log: &Path) -> anyhow::Result<()> {
-        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {} {}", program.display(), args.join(" ")))?;
-        self.0.push(child);
-        Ok(())
-    }
-
-    /// Fails if a child has already exited (a bad config, a port taken meanwhile).
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        for child in &mut self.0 {
-            if let Some(status) = child.try_wait()? {
-                bail!("a portcullis process exited early ({status})");
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Polls until the upstream accepts connections and the admin `/readyz` answers 200.
-pub(crate) fn wait_ready(children: &mut Children, upstream: u16, admin: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        children.check_running()?;
-        if TcpStream::connect(("127.0.0.1", upstream)).is_ok() && readyz(admin).unwrap_or(false) {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "not ready after {READY_TIMEOUT:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One plain HTTP/1.1 `GET /readyz`; true on a 200.
-fn readyz(port: u16) -> std::io::Result<bool> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response.starts_with("HTTP/1.1 200"))
 }
 
 /// Outcome of an h2spec run, read from its JUnit report (stabler than its console output).

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, ensure, Context as _};
 
-use crate::h2spec::{distinct_free_ports, wait_ready, Children};
+use crate::standalone::{distinct_free_ports, Standalone};
 use crate::util;
 
 /// The aioquic release pip installs. To move it: `pip index versions aioquic` shows the newest.
@@ -28,35 +28,15 @@ pub fn run() -> anyhow::Result<()> {
     let python = install_aioquic()?;
     let portcullis = util::release_binary()?;
 
-    // Config and logs live here; removed on success, kept on failure.
-    let dir = std::env::temp_dir().join(format!("portcullis-h3check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let [upstream, https, redirect, admin, metrics] = ports()?;
-    let config = dir.join("portcullis.yaml");
+    let ports = ports()?;
+    let https = ports[1];
     // No certificates: the proxy makes a self-signed one (the client does not verify it). The
     // QUIC listener binds UDP on the port of `address`.
-    let yaml = format!(
-        r#"address: "127.0.0.1:{https}"
-http_redirect_address: "127.0.0.1:{redirect}"
-admin_address: "127.0.0.1:{admin}"
-metrics_address: "127.0.0.1:{metrics}"
-codec_type: http3
-routes:
-  - from: https://a.test
-    to: [http://127.0.0.1:{upstream}]
-"#
-    );
-    std::fs::write(&config, yaml).with_context(|| format!("writing {}", config.display()))?;
-
-    let mut children = Children(Vec::new());
-    let upstream_addr = format!("127.0.0.1:{upstream}");
-    children.spawn(
-        &portcullis,
-        &["demo-upstream", "--listen", &upstream_addr, "--name", UPSTREAM_NAME],
-        &dir.join("upstream.log"),
-    )?;
-    children.spawn(&portcullis, &["serve", "--config", &config.to_string_lossy()], &dir.join("portcullis.log"))?;
-    wait_ready(&mut children, upstream, admin).with_context(|| format!("logs in {}", dir.display()))?;
+    let body =
+        format!("codec_type: http3\nroutes:\n  - from: https://a.test\n    to: [http://127.0.0.1:{}]\n", ports[0]);
+    // Config and logs live in `served.dir`; removed on success, kept on failure.
+    let served = Standalone::start("h3check", &portcullis, ports, &body, Some(UPSTREAM_NAME))?;
+    let dir = served.dir.clone();
 
     let script = util::root().join("xtask/h3client.py");
     eprintln!("\n==> h3check: aioquic {AIOQUIC_VERSION} against https://127.0.0.1:{https} over QUIC");
@@ -68,7 +48,7 @@ routes:
         .stdin(Stdio::null())
         .status()
         .with_context(|| format!("running {} {}", python.display(), script.display()))?;
-    drop(children);
+    drop(served);
 
     if !status.success() {
         bail!("h3check failed ({status}); config and logs in {}", dir.display());

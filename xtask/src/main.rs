@@ -8,6 +8,7 @@ mod e2e;
 mod h2spec;
 mod h3check;
 mod scale;
+mod standalone;
 mod util;
 
 use std::process::ExitCode;
