@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::parse::{parse_config, ConfigErrors, FieldError, Material, GLOBAL_SCALAR_KEYS};
+use super::parse::{parse_config, ConfigErrors, FieldError, Material, NoMaterial, GLOBAL_SCALAR_KEYS};
 use super::Config;
 
 /// A config file on disk plus the environment that overrides it.
@@ -73,6 +73,28 @@ impl FileSource {
         let fingerprint = hash_contents(&inputs);
         Ok(Loaded { config, inputs: inputs.into_iter().map(|(p, _)| p).collect(), fingerprint })
     }
+}
+
+/// The global settings the environment overrides (the key upper-cased), validated on their
+/// own. The controller applies them on top of the ProxyConfig: a Deployment pins the
+/// addresses its ports, probes and Services depend on (`ADDRESS`, `ADMIN_ADDRESS`, …) so that
+/// a ProxyConfig edit, or a missing ProxyConfig, cannot move a listener away from them.
+pub fn env_overrides(env: &dyn Fn(&str) -> Option<String>) -> Result<serde_json::Map<String, Value>, ConfigErrors> {
+    let mut root = Value::Object(serde_json::Map::new());
+    let applied = apply_env(&mut root, env);
+    if let Err(mut errs) = parse_config(&root, &NoMaterial) {
+        for e in &mut errs.0 {
+            if let Some(var) = applied.iter().find(|v| v.to_ascii_lowercase() == e.path) {
+                e.path.clone_from(var);
+                e.message.insert_str(0, "environment variable: ");
+            }
+        }
+        return Err(errs);
+    }
+    Ok(match root {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    })
 }
 
 /// Parses YAML into the JSON-like tree the validator walks. YAML-only constructs (non-string

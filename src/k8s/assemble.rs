@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use serde_json::{Map, Value};
+
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::{Resource, ResourceExt};
 
@@ -158,9 +160,23 @@ pub struct Assembler {
     last_good: BTreeMap<ObjectKey, Good>,
     last_settings: Option<(Settings, Arc<ProxyConfig>)>,
     memo: HashMap<ObjectKey, Memo>,
+    /// Global settings from the environment, applied over the ProxyConfig (validated).
+    overrides: Map<String, Value>,
+    /// The settings without a ProxyConfig: the defaults plus `overrides`.
+    base_settings: Settings,
 }
 
 impl Assembler {
+    /// An assembler whose settings always include `overrides`, the environment's global
+    /// settings as [`crate::config::file::env_overrides`] validated them.
+    pub fn with_overrides(overrides: Map<String, Value>) -> Self {
+        let root = Value::Object(overrides.clone());
+        let base_settings = crate::config::parse::parse_config(&root, &crate::config::parse::NoMaterial)
+            .map(|c| c.settings)
+            .unwrap_or_default();
+        Self { overrides, base_settings, ..Self::default() }
+    }
+
     /// Builds the config for `world` and a report per object of ours.
     pub fn assemble(&mut self, world: &World<'_>) -> (Config, Vec<Report>) {
         let mut reports = Vec::new();
@@ -229,11 +245,11 @@ impl Assembler {
     fn settings(&mut self, world: &World<'_>, reports: &mut Vec<Report>) -> Settings {
         let Some(pc) = world.proxy_config else {
             self.last_settings = None;
-            return Settings::default();
+            return self.base_settings.clone();
         };
         let key = ObjectKey { kind: Kind::ProxyConfig, namespace: String::new(), name: pc.name_any() };
         let generation = pc.meta().generation;
-        match translate_proxy_config(pc, world.objects, world.controller_namespace) {
+        match translate_proxy_config(pc, world.objects, world.controller_namespace, &self.overrides) {
             Ok(s) => {
                 self.last_settings = Some((s.clone(), pc.clone()));
                 let verdict = Verdict::Accepted { warnings: Vec::new(), conflicts: Vec::new() };
@@ -247,7 +263,13 @@ impl Assembler {
                         .get(&key.store_key())
                         .and_then(|text| from_store::<ProxyConfig>(text, pc.meta().uid.as_deref()))
                         .and_then(|stored| {
-                            let s = translate_proxy_config(&stored, world.objects, world.controller_namespace).ok()?;
+                            let s = translate_proxy_config(
+                                &stored,
+                                world.objects,
+                                world.controller_namespace,
+                                &self.overrides,
+                            )
+                            .ok()?;
                             tracing::info!(object = %key.store_key(), "serving the stored last good version");
                             Some((s, Arc::new(stored)))
                         });
@@ -255,7 +277,7 @@ impl Assembler {
                 let serving_last_good = self.last_settings.is_some();
                 let verdict = Verdict::Rejected { errors, serving_last_good };
                 reports.push(Report { key, generation, verdict, deprecated_class_annotation: false });
-                self.last_settings.as_ref().map(|(s, _)| s.clone()).unwrap_or_default()
+                self.last_settings.as_ref().map_or_else(|| self.base_settings.clone(), |(s, _)| s.clone())
             }
         }
     }
@@ -447,6 +469,16 @@ mod tests {
             matches!(&rep.verdict, Verdict::Rejected { serving_last_good: true, errors } if errors[0].path.contains("portcullis.io/timeout"))
         );
         assert!(matches!(&reports.iter().find(|r| r.key.name == "two").unwrap().verdict, Verdict::Accepted { .. }));
+    }
+
+    #[test]
+    fn environment_overrides_apply_without_a_proxy_config() {
+        let overrides =
+            crate::config::file::env_overrides(&|k| (k == "ADMIN_ADDRESS").then(|| ":9901".into())).unwrap();
+        let mut a = Assembler::with_overrides(overrides);
+        let (config, _) = run(&mut a, &[]);
+        assert_eq!(config.settings.admin_address.map(|a| a.port()), Some(9901));
+        assert!(config.settings.admin_address.is_some_and(|a| a.ip().is_unspecified()), "not the 127.0.0.1 default");
     }
 
     #[test]

@@ -126,6 +126,13 @@ where
     F: FnOnce(crate::config::Config) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Arc<Proxy>>>,
 {
+    // Checked before anything else: a bad variable is the Deployment's mistake, and no
+    // ProxyConfig edit could fix it.
+    let overrides = crate::config::file::env_overrides(&|k| std::env::var(k).ok())
+        .map_err(|e| anyhow::anyhow!("invalid global settings in the environment:\n{e}"))?;
+    if !overrides.is_empty() {
+        tracing::info!(keys = ?overrides.keys().collect::<Vec<_>>(), "global settings from the environment override the ProxyConfig");
+    }
     let changed = Arc::new(Notify::new());
     let stores = Stores {
         ingresses: watch(Api::all(client.clone()), &changed),
@@ -157,7 +164,7 @@ where
     tracing::info!(elapsed = ?t.elapsed(), "initial list of every watched kind complete");
 
     let leader = leader_election(client.clone(), &opts).await?;
-    let mut assembler = Assembler::default();
+    let mut assembler = Assembler::with_overrides(overrides);
     let (config, outcome) = assemble(&mut assembler, &stores, &opts);
     let proxy = start(config).await?;
     tracing::info!(elapsed = ?t.elapsed(), routes = proxy.snapshot().routes.routes().len(), "serving the cluster config");

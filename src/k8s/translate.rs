@@ -589,14 +589,19 @@ pub fn translate_route(route: &crate::k8s::crd::Route, objects: &Objects) -> Res
 }
 
 /// Translates the `ProxyConfig` into global settings; certificate and CA Secrets default to
-/// the controller's namespace.
+/// the controller's namespace. `overrides` (snake_case keys, from the environment) replace
+/// the spec's values.
 pub fn translate_proxy_config(
     pc: &crate::k8s::crd::ProxyConfig,
     objects: &Objects,
     default_ns: &str,
+    overrides: &Map<String, Value>,
 ) -> Result<crate::config::Settings, Vec<FieldError>> {
     let mut errs = Errors::default();
     let mut tree = spec_tree(&pc.spec)?;
+    // The environment's settings win (see `config::file::env_overrides`); they were validated
+    // at start, so they cannot be the cause of an error reported on the ProxyConfig.
+    tree.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
     // Secret references are resolved here; the validator sees PEM.
     tree.remove("certificates");
     let mtls = tree.remove("downstream_mtls");
@@ -1030,7 +1035,7 @@ mod tests {
         )
         .unwrap();
         let pc = crate::k8s::crd::ProxyConfig::new("global", spec);
-        let s = translate_proxy_config(&pc, &objects(), "portcullis").unwrap();
+        let s = translate_proxy_config(&pc, &objects(), "portcullis", &Map::new()).unwrap();
         assert_eq!(s.timeouts.idle, Some(std::time::Duration::from_secs(60)));
         assert_eq!(s.address.port(), 9443);
         assert_eq!(s.codec_type, crate::config::CodecType::Http1);
@@ -1040,10 +1045,38 @@ mod tests {
             "certificates": [{"name": "nope"}],
         }))
         .unwrap();
-        let errs = translate_proxy_config(&crate::k8s::crd::ProxyConfig::new("global", spec), &objects(), "portcullis")
-            .unwrap_err();
+        let errs = translate_proxy_config(
+            &crate::k8s::crd::ProxyConfig::new("global", spec),
+            &objects(),
+            "portcullis",
+            &Map::new(),
+        )
+        .unwrap_err();
         let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
         assert!(text.contains(&"spec.certificates[0]: Secret portcullis/nope not found".to_owned()), "{text:?}");
         assert!(text.iter().any(|e| e.starts_with("spec.timeoutRead: invalid duration")), "{text:?}");
+    }
+
+    #[test]
+    fn environment_overrides_win_over_the_spec() {
+        let spec: crate::k8s::crd::ProxyConfigSpec = serde_json::from_value(
+            serde_json::json!({"address": ":9443", "adminAddress": "127.0.0.1:1", "timeoutIdle": "1m"}),
+        )
+        .unwrap();
+        let pc = crate::k8s::crd::ProxyConfig::new("global", spec);
+        let overrides = crate::config::file::env_overrides(&|k| match k {
+            "ADDRESS" => Some(":8443".into()),
+            "ADMIN_ADDRESS" => Some(":9901".into()),
+            _ => None,
+        })
+        .unwrap();
+        let s = translate_proxy_config(&pc, &objects(), "portcullis", &overrides).unwrap();
+        assert_eq!(s.address.port(), 8443);
+        assert_eq!(s.admin_address.map(|a| a.to_string()), Some("0.0.0.0:9901".to_owned()));
+        assert_eq!(s.timeouts.idle, Some(std::time::Duration::from_secs(60)), "the rest of the spec still applies");
+        let errs =
+            crate::config::file::env_overrides(&|k| (k == "METRICS_ADDRESS").then(|| "nowhere".into())).unwrap_err();
+        assert_eq!(errs.0[0].path, "METRICS_ADDRESS", "{errs}");
+        assert!(errs.0[0].message.starts_with("environment variable: "), "{errs}");
     }
 }
