@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 /// Labels of `portcullis_http_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// Listener name (`https-ingress`, `http-ingress`).
+    /// Listener name (`https-ingress`, `http-ingress`, `quic-ingress`).
     pub listener: &'static str,
     /// Route name, or `none`.
     pub route: String,
@@ -39,7 +39,7 @@ pub struct UpstreamLabels {
     pub route: String,
     /// Upstream `host:port` from the config (bounded by the config).
     pub upstream: String,
-    /// `success`, `connect_failure`, `reset`, `timeout`.
+    /// `success`, `connect_failure`, `no_endpoints`, `reset`, `timeout`, `not_sent`.
     pub outcome: &'static str,
 }
 

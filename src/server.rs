@@ -201,7 +201,9 @@ impl ServerSockets {
                 })
                 .collect(),
         );
-        proxy.set_quic_port(next.iter().find(|x| x.role == Role::Quic).map(|x| x.bound.port()));
+        proxy.set_quic_port(
+            next.iter().find(|x| x.role == Role::Quic).map(|x| s.http3_advertised_port.unwrap_or(x.bound.port())),
+        );
         *slots = next;
         errors
     }

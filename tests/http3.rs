@@ -210,6 +210,15 @@ async fn codec_type_decides_the_tcp_protocols_and_turns_quic_on_and_off_live() {
     let udp = SocketAddr::new(r.main.ip(), r.main.port());
     let mut c = h3_connect(udp, "localhost", &roots).await.expect("HTTP/3 after turning it on live");
     assert_eq!(h3_request(&mut c.send, get3("a.test", "/"), None).await.unwrap().status, 200);
+    // Behind a Service that maps 443 to this port, Alt-Svc must name 443 (the Helm chart
+    // sets it): a route-less reload changes only the header, the socket stays.
+    std::fs::write(dir.path().join("portcullis.yaml"), with_ports_of(&r, &yaml("http3\nhttp3_advertised_port: 443")))
+        .unwrap();
+    reload(&r, dir.path());
+    let mut h1 = h1_tls(r.main, "localhost", &roots).await;
+    let resp = h1.send_request(get("a.test", "/")).await.unwrap();
+    assert_eq!(resp.headers()["alt-svc"], "h3=\":443\"; ma=86400");
+    assert_eq!(h3_request(&mut c.send, get3("a.test", "/"), None).await.unwrap().status, 200, "same QUIC connection");
     // Off again: the UDP socket closes and TCP stops advertising it.
     write("auto").unwrap();
     reload(&r, dir.path());

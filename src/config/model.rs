@@ -107,6 +107,10 @@ pub struct Settings {
     pub insecure_server: bool,
     /// Downstream HTTP versions.
     pub codec_type: CodecType,
+    /// The UDP port `Alt-Svc` names when it is not the one `quic-ingress` binds: behind a
+    /// Service or load balancer that maps 443 to the pod's 8443, clients must be told 443.
+    /// `None`: the bound port.
+    pub http3_advertised_port: Option<u16>,
     /// Connection-level timeouts.
     pub timeouts: Timeouts,
     /// Upstream timeout of a route that sets none; `None` disables it.
@@ -132,6 +136,7 @@ impl Default for Settings {
             http_redirect_address: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
             insecure_server: false,
             codec_type: CodecType::Auto,
+            http3_advertised_port: None,
             timeouts: Timeouts {
                 read: Some(Duration::from_secs(30)),
                 write: None,

@@ -274,6 +274,7 @@ pub const GLOBAL_SCALAR_KEYS: &[&str] = &[
     "http_redirect_address",
     "insecure_server",
     "codec_type",
+    "http3_advertised_port",
     "timeout_read",
     "timeout_write",
     "timeout_idle",
@@ -342,6 +343,12 @@ pub fn parse_settings(obj: &mut Obj<'_>, material: &dyn Material, errs: &mut Err
             "http2" => s.codec_type = CodecType::Http2,
             "http3" => s.codec_type = CodecType::Http3,
             _ => errs.push(obj.at("codec_type"), format!("unknown codec {v:?}: use auto, http1, http2 or http3")),
+        }
+    }
+    if let Some(p) = obj.uint("http3_advertised_port", errs) {
+        match u16::try_from(p) {
+            Ok(p) if p > 0 => s.http3_advertised_port = Some(p),
+            _ => errs.push(obj.at("http3_advertised_port"), format!("{p} is not a port (1-65535)")),
         }
     }
     if let Some(d) = obj.duration("timeout_read", errs) {

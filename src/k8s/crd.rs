@@ -235,6 +235,11 @@ pub struct ProxyConfigSpec {
     /// `auto`, `http1`, `http2`, `http3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub codec_type: Option<CodecType>,
+    /// The UDP port `Alt-Svc` advertises for HTTP/3 when clients reach the pod through a
+    /// Service port other than the one it binds (443 in front of 8443).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub http3_advertised_port: Option<u16>,
     /// Whole downstream request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]

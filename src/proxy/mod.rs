@@ -237,7 +237,9 @@ impl Proxy {
             || a.http_redirect_address != b.http_redirect_address
             || a.metrics_address != b.metrics_address
             || a.admin_address != b.admin_address
-            || http3(a) != http3(b);
+            || http3(a) != http3(b)
+            // Alt-Svc follows the sockets, so a new advertised port goes through them too.
+            || a.http3_advertised_port != b.http3_advertised_port;
         // The generation first: a QUIC socket opened for `codec_type: http3` takes its config.
         self.new_listener_generation(&config.settings, main_moved);
         let mut listener_errors = Vec::new();
