@@ -188,6 +188,10 @@ async fn serve(path: PathBuf, watch_interval: Duration, grace: Duration) -> anyh
 }
 
 async fn controller(options: portcullis::k8s::controller::Options, grace: Duration) -> anyhow::Result<ExitCode> {
+    // Checked before anything else: a bad variable is the Deployment's mistake, and no
+    // ProxyConfig edit could fix it.
+    let overrides = file::env_overrides(&|k| std::env::var(k).ok())
+        .map_err(|e| anyhow::anyhow!("invalid global settings in the environment:\n{e}"))?;
     let client =
         kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
     let running = std::sync::Arc::new(tokio::sync::Mutex::new(None));
@@ -198,7 +202,7 @@ async fn controller(options: portcullis::k8s::controller::Options, grace: Durati
         *slot.lock().await = Some(r);
         Ok(proxy)
     };
-    portcullis::k8s::controller::run(client, options, start, wait_for_signal()).await?;
+    portcullis::k8s::controller::run(client, options, overrides, start, wait_for_signal()).await?;
     if let Some(r) = running.lock().await.take() {
         let drain = shutdown_drain(r.proxy.snapshot().settings.drain_timeout, grace);
         tracing::info!(drain = ?drain, "shutting down: not ready, not accepting, draining");

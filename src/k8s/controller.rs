@@ -116,9 +116,12 @@ where
 
 /// Runs the controller until `shutdown` resolves. `start` is called once with the first
 /// config (to bind the listeners) and returns the data plane to update afterwards.
+/// `overrides`: the environment's global settings ([`crate::config::file::env_overrides`]),
+/// applied over the ProxyConfig.
 pub async fn run<F, Fut>(
     client: Client,
     opts: Options,
+    overrides: serde_json::Map<String, serde_json::Value>,
     start: F,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()>
@@ -126,10 +129,6 @@ where
     F: FnOnce(crate::config::Config) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Arc<Proxy>>>,
 {
-    // Checked before anything else: a bad variable is the Deployment's mistake, and no
-    // ProxyConfig edit could fix it.
-    let overrides = crate::config::file::env_overrides(&|k| std::env::var(k).ok())
-        .map_err(|e| anyhow::anyhow!("invalid global settings in the environment:\n{e}"))?;
     if !overrides.is_empty() {
         tracing::info!(keys = ?overrides.keys().collect::<Vec<_>>(), "global settings from the environment override the ProxyConfig");
     }
@@ -167,6 +166,7 @@ where
     let mut assembler = Assembler::with_overrides(overrides);
     let (config, outcome) = assemble(&mut assembler, &stores, &opts);
     let proxy = start(config).await?;
+    record_rejections(&proxy, &outcome, false);
     tracing::info!(elapsed = ?t.elapsed(), routes = proxy.snapshot().routes.routes().len(), "serving the cluster config");
     let (outcomes, latest) = tokio::sync::watch::channel(Arc::new(outcome));
     let writer = StatusWriter::new(client.clone(), &opts.identity);
@@ -185,12 +185,27 @@ where
         let t = Instant::now();
         let (config, outcome) = assemble(&mut assembler, &stores, &opts);
         let assembled = t.elapsed();
-        if let crate::proxy::Applied::SwappedWithListenerErrors(errors) = proxy.apply(config) {
-            tracing::error!(?errors, "a listener could not move to its new address; it keeps the old one");
-        }
+        let listener_errors = match proxy.apply(config) {
+            crate::proxy::Applied::SwappedWithListenerErrors(errors) => {
+                tracing::error!(?errors, "a listener could not move to its new address; it keeps the old one");
+                true
+            }
+            crate::proxy::Applied::Swapped => false,
+        };
+        record_rejections(&proxy, &outcome, listener_errors);
         tracing::debug!(?assembled, applied = ?t.elapsed().saturating_sub(assembled), "config assembled and applied");
         // Never blocks: the status task picks up the newest outcome when it is free.
         outcomes.send_replace(Arc::new(outcome));
+    }
+}
+
+/// `portcullis_config_last_reload_success` is 0 while any object of ours is rejected (it
+/// serves its last good version or nothing) or a listener could not move: the config in
+/// force is not the one the cluster asks for, which is what the chart's alert watches.
+fn record_rejections(proxy: &Proxy, outcome: &Outcome, listener_errors: bool) {
+    let rejected = outcome.reports.iter().any(|r| matches!(r.verdict, super::assemble::Verdict::Rejected { .. }));
+    if rejected || listener_errors {
+        proxy.reject();
     }
 }
 
