@@ -33,46 +33,15 @@ pub async fn client() -> Client {
     Client::try_from(cfg).expect("kube client")
 }
 
-/// Applies `deploy/rbac.yaml` (the controller's exact permissions) and returns a kubeconfig
-/// that authenticates as its ServiceAccount with a token minted by the TokenRequest API.
+/// A kubeconfig that authenticates as the Helm chart's ServiceAccount (`portcullis` in
+/// namespace `portcullis`, installed by `cargo xtask e2e`) with a token minted by the
+/// TokenRequest API: the controller gets exactly the chart's RBAC, nothing more.
 pub async fn service_account_kubeconfig(admin: &Client) -> std::path::PathBuf {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    use k8s_openapi::api::core::v1::ServiceAccount;
     use kube::api::PostParams;
     use kube::Api;
     let pp = PostParams::default();
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "portcullis"}})).expect("namespace");
-    Api::<Namespace>::all(admin.clone()).create(&pp, &ns).await.expect("namespace portcullis");
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).expect("deploy/rbac.yaml");
-    for doc in text.split("\n---").filter(|d| d.contains("kind:")) {
-        let v: serde_json::Value = serde_yaml_ng::from_str(doc).expect("RBAC YAML");
-        let ns = v["metadata"]["namespace"].as_str().unwrap_or("portcullis").to_owned();
-        let c = admin.clone();
-        let created = match v["kind"].as_str().unwrap_or_default() {
-            "ServiceAccount" => Api::<ServiceAccount>::namespaced(c, &ns)
-                .create(&pp, &serde_json::from_value(v).expect("sa"))
-                .await
-                .map(drop),
-            "ClusterRole" => {
-                Api::<ClusterRole>::all(c).create(&pp, &serde_json::from_value(v).expect("cr")).await.map(drop)
-            }
-            "ClusterRoleBinding" => {
-                Api::<ClusterRoleBinding>::all(c).create(&pp, &serde_json::from_value(v).expect("crb")).await.map(drop)
-            }
-            "Role" => {
-                Api::<Role>::namespaced(c, &ns).create(&pp, &serde_json::from_value(v).expect("role")).await.map(drop)
-            }
-            "RoleBinding" => Api::<RoleBinding>::namespaced(c, &ns)
-                .create(&pp, &serde_json::from_value(v).expect("rb"))
-                .await
-                .map(drop),
-            other => panic!("unexpected kind {other} in deploy/rbac.yaml"),
-        };
-        created.expect("creating an RBAC object from deploy/rbac.yaml");
-    }
     let request = TokenRequest {
         spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
         ..Default::default()
@@ -80,7 +49,7 @@ pub async fn service_account_kubeconfig(admin: &Client) -> std::path::PathBuf {
     let token = Api::<ServiceAccount>::namespaced(admin.clone(), "portcullis")
         .create_token_request("portcullis", &pp, &request)
         .await
-        .expect("TokenRequest for the portcullis ServiceAccount")
+        .expect("TokenRequest for the chart's portcullis ServiceAccount (is the chart installed?)")
         .status
         .and_then(|s| s.token)
         .expect("a token");
@@ -114,6 +83,10 @@ impl Controller {
             .args(["--log-level", "info,access=warn", "controller", "--namespace", "portcullis", "--identity", "e2e-a"])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
+            // The pods' port 8080 is taken on the "pod IPs": the environment moves the
+            // redirect listener, over whatever the chart's ProxyConfig says (as the chart's
+            // Deployment pins its ports).
+            .env("HTTP_REDIRECT_ADDRESS", ":18080")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -157,7 +130,8 @@ pub fn metric(series: &str) -> u64 {
         .unwrap_or_else(|| panic!("no sample {series} in /metrics"))
 }
 
-fn http_get_plain(addr: &str, path: &str) -> Option<String> {
+/// One plain HTTP/1.1 GET to `addr` (metrics, admin): the whole response, head and body.
+pub fn http_get_plain(addr: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use portcullis::k8s::crd::{ProxyConfig, Route};
 use portcullis::proxy::upstream::HttpClient;
 use portcullis_e2e::{
@@ -28,8 +28,8 @@ use serde_json::{json, Value};
 
 const NS: &str = "e2e-shop";
 const SOON: Duration = Duration::from_secs(15);
-/// The ProxyConfig's `drainTimeout`: short, so that the scenario sees a drained WebSocket
-/// closed (and controller restarts end their drains quickly).
+/// The ProxyConfig's `drainTimeout` (set in e2e/chart-values.yaml): short, so that the
+/// scenario sees a drained WebSocket closed (and controller restarts end their drains quickly).
 const DRAIN_TIMEOUT: &str = "3s";
 /// The controller's flags in every start.
 const CONTROLLER_ARGS: &[&str] = &["--publish-address", "203.0.113.10"];
@@ -41,10 +41,11 @@ async fn ingress_and_route_lifecycle_against_a_real_api_server() {
     let k = Kube::new(&kube);
     setup(&k).await;
 
-    // The controller runs as its ServiceAccount with exactly deploy/rbac.yaml's permissions.
+    // The controller runs as the chart's ServiceAccount, with exactly the chart's RBAC.
     let sa = service_account_kubeconfig(&kube).await;
     rbac_is_exactly_the_list(&sa).await;
     let mut controller = Controller::start(&sa, CONTROLLER_ARGS);
+    step("the Helm chart's objects in the API", chart_objects(&kube)).await;
     let h2 = https();
     let h1 = https_h1();
     let both = [(&h2, Version::HTTP_2), (&h1, Version::HTTP_11)];
@@ -218,17 +219,15 @@ async fn setup(k: &Kube) {
         .create(&pp, &obj(json!({"metadata": {"name": NS}})))
         .await
         .expect("namespace");
-    Api::<IngressClass>::all(k.client.clone())
-        .create(&pp, &obj(json!({
-            "metadata": {"name": "portcullis", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
-            "spec": {"controller": "portcullis.io/ingress-controller"},
-        })))
-        .await
-        .expect("ingress class");
-    k.configs
-        .create(&pp, &obj(json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "ProxyConfig", "metadata": {"name": "global"}, "spec": {"httpRedirectAddress": ":18080", "drainTimeout": DRAIN_TIMEOUT}})))
-        .await
-        .expect("proxy config");
+    // The IngressClass (our default) and the ProxyConfig are the Helm chart's, installed by
+    // `cargo xtask e2e` with e2e/chart-values.yaml.
+    let class = Api::<IngressClass>::all(k.client.clone()).get("portcullis").await.expect("the chart's IngressClass");
+    assert_eq!(
+        class.annotations().get("ingressclass.kubernetes.io/is-default-class").map(String::as_str),
+        Some("true")
+    );
+    let global = k.configs.get("global").await.expect("the chart's ProxyConfig");
+    assert_eq!(global.spec.drain_timeout.as_deref(), Some(DRAIN_TIMEOUT), "drainTimeout from the chart's values");
 
     // `app` has two pods (only pod-7 ready for now); `one` and `two` one each.
     k.services
@@ -329,6 +328,96 @@ async fn rbac_is_exactly_the_list(sa: &std::path::Path) {
         matches!(&forbidden, Err(kube::Error::Api(s)) if s.code == 403),
         "creating Secrets is not in the list: {forbidden:?}"
     );
+}
+
+/// What `helm install` put into the API server (e2e/chart-values.yaml), checked as the
+/// cluster sees it: the Deployment's pod template is admitted by the real PodSecurity
+/// admission in a namespace that enforces "restricted" (and a privileged variant of it is
+/// refused, so the check can fail); the ServiceMonitor selects the metrics Service and its
+/// port; the metrics port serves the PRODUCT.md names; the alerts and dashboard exist.
+async fn chart_objects(kube: &Client) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+    const CHART_NS: &str = "portcullis";
+    let deployment = Api::<Deployment>::namespaced(kube.clone(), CHART_NS).get("portcullis").await.expect("Deployment");
+    let template = deployment.spec.expect("spec").template;
+    let pods = Api::<Pod>::namespaced(kube.clone(), CHART_NS);
+    let pod = |name: &str, privileged: bool| {
+        let mut spec = serde_json::to_value(template.spec.clone().expect("pod spec")).expect("json");
+        if privileged {
+            spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = json!(true);
+        }
+        obj::<Pod>(
+            json!({"metadata": {"name": name, "labels": template.metadata.as_ref().and_then(|m| m.labels.clone())}, "spec": spec}),
+        )
+    };
+    pods.create(&PostParams::default(), &pod("chart-pod-restricted", false))
+        .await
+        .expect("the chart's pod template passes the restricted Pod Security Standard");
+    pods.delete("chart-pod-restricted", &DeleteParams::default()).await.expect("delete the pod");
+    let refused = pods.create(&PostParams::default(), &pod("chart-pod-escalating", true)).await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("PodSecurity")),
+        "the namespace enforces restricted: {refused:?}"
+    );
+
+    let gvk = |kind: &str| GroupVersionKind::gvk("monitoring.coreos.com", "v1", kind);
+    let monitors: Api<DynamicObject> =
+        Api::namespaced_with(kube.clone(), CHART_NS, &ApiResource::from_gvk(&gvk("ServiceMonitor")));
+    let monitor = monitors.get("portcullis").await.expect("the chart's ServiceMonitor (the API exists here)");
+    let selector = monitor.data["spec"]["selector"]["matchLabels"].as_object().expect("matchLabels").clone();
+    let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
+    let selected = Api::<Service>::namespaced(kube.clone(), CHART_NS)
+        .list(&ListParams::default().labels(&labels.join(",")))
+        .await
+        .expect("list Services");
+    let names: Vec<String> = selected.items.iter().map(ResourceExt::name_any).collect();
+    assert_eq!(names, ["portcullis-metrics"], "the ServiceMonitor selects exactly the metrics Service");
+    let endpoint_port = monitor.data["spec"]["endpoints"][0]["port"].as_str().expect("endpoint port");
+    let svc_port = selected.items[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ports| ports.iter().find(|p| p.name.as_deref() == Some(endpoint_port)).cloned());
+    let svc_port = svc_port.expect("the endpoint names a port of the metrics Service");
+    let target = match svc_port.target_port {
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name)) => name,
+        other => panic!("targetPort by name: {other:?}"),
+    };
+    let container = &template.spec.as_ref().expect("pod spec").containers[0];
+    let container_port = container.ports.iter().flatten().find(|p| p.name.as_deref() == Some(&target)).expect("port");
+    assert_eq!(container_port.container_port, 9902, "the metrics Service reaches the metrics listener");
+    // The controller under test listens where the pod would (the chart's METRICS_ADDRESS is
+    // the default), and serves every PRODUCT.md name there.
+    let text = portcullis_e2e::http_get_plain("127.0.0.1:9902", "/metrics").expect("/metrics");
+    for name in [
+        "portcullis_http_requests_total",
+        "portcullis_http_request_duration_seconds_bucket",
+        "portcullis_downstream_connections_active",
+        "portcullis_downstream_connections_total",
+        "portcullis_upstream_requests_total",
+        "portcullis_listener_manager_total_filter_chains_draining",
+        "portcullis_config_last_reload_success",
+        "portcullis_config_last_reload_success_timestamp_seconds",
+        "portcullis_build_info",
+    ] {
+        assert!(
+            text.lines().any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(['{', ' ']))),
+            "/metrics has no sample of {name}"
+        );
+    }
+
+    let rules: Api<DynamicObject> =
+        Api::namespaced_with(kube.clone(), CHART_NS, &ApiResource::from_gvk(&gvk("PrometheusRule")));
+    let rule = rules.get("portcullis").await.expect("the chart's PrometheusRule");
+    assert!(rule.data["spec"].to_string().contains("PortcullisConfigRejected"), "alerts: {}", rule.data["spec"]);
+    let dashboard = Api::<ConfigMap>::namespaced(kube.clone(), CHART_NS)
+        .get("portcullis-dashboard")
+        .await
+        .expect("the dashboard ConfigMap");
+    let json = dashboard.data.as_ref().and_then(|d| d.get("portcullis.json")).expect("dashboard JSON");
+    serde_json::from_str::<Value>(json).expect("the dashboard is JSON");
 }
 
 /// PRODUCT.md's host table, over both HTTP versions: ALPN `h2` gets HTTP/2 answers,
@@ -484,6 +573,14 @@ async fn default_backend(k: &Kube, c: &HttpClient) {
 /// Every bad-input kind on an Ingress that was serving: a Warning Event naming the field,
 /// the last good version keeps serving, nothing else changes; fixing it is picked up.
 async fn bad_ingress_edits(k: &Kube, c: &HttpClient) {
+    let reload_success = |want: u64| async move {
+        let what = format!("portcullis_config_last_reload_success {want}");
+        eventually(&what, SOON, move || async move {
+            (metric("portcullis_config_last_reload_success") == want).then_some(())
+        })
+        .await;
+    };
+    reload_success(1).await;
     expect_table(
         &[(c, Version::HTTP_2)],
         &[
@@ -533,6 +630,8 @@ async fn bad_ingress_edits(k: &Kube, c: &HttpClient) {
     )
     .await;
     others_unaffected(c).await;
+    // What the chart's PortcullisConfigRejected alert watches.
+    reload_success(0).await;
 
     // Fixing each edit is picked up like any other edit (`moving` now goes to `two`).
     k.patch_ingress("shop", json!({"metadata": {"annotations": {"portcullis.io/timeout": "9s"}}})).await;
@@ -543,6 +642,7 @@ async fn bad_ingress_edits(k: &Kube, c: &HttpClient) {
     serves(c, "regex.test", "/items/x", 200, "pod-one").await;
     expect_table(&[(c, Version::HTTP_2)], &[("regex.test", "/items/42", 404, ""), ("shop.test", "/foo", 200, "pod-8")])
         .await;
+    reload_success(1).await;
 }
 
 /// Two objects claiming the same host and path: the older keeps it, the newer gets a

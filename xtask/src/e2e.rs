@@ -656,11 +656,62 @@ fn smoke_check(cluster: &Cluster, k8s_version: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The chart as a user installs it, with `e2e/chart-values.yaml`: `helm install` against the
+/// real API server, which validates every object (no kubelet runs, so no pod starts; the
+/// tests check the objects). First the namespace, labelled to enforce the restricted Pod
+/// Security Standard (the tests create a pod from the Deployment's template there), and
+/// minimal ServiceMonitor and PrometheusRule CRDs, so that the chart sees the
+/// monitoring.coreos.com API through discovery and renders its monitoring objects.
+fn install_chart(cluster: &Cluster, helm: &Path) -> anyhow::Result<()> {
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "portcullis", "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }}});
+    cluster.json("POST", "/api/v1/namespaces", Some(&ns), 201)?;
+    apply_crd_file(cluster, &util::root().join("e2e/cluster/monitoring-crds.yaml"))?;
+    let root = util::root();
+    let chart = root.join("charts/portcullis");
+    let values = root.join("e2e/chart-values.yaml");
+    let argv = [
+        &*helm.to_string_lossy(),
+        "install",
+        "portcullis",
+        &*chart.to_string_lossy(),
+        "--namespace",
+        "portcullis",
+        "--values",
+        &*values.to_string_lossy(),
+    ];
+    eprintln!("\n==> {}", argv.join(" "));
+    let out = cluster
+        .netns_command(&argv)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("HELM_CACHE_HOME", cluster.dir.join("helm/cache"))
+        .env("HELM_CONFIG_HOME", cluster.dir.join("helm/config"))
+        .env("HELM_DATA_HOME", cluster.dir.join("helm/data"))
+        .output()
+        .context("running helm install")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "helm install failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{stdout}");
+    Ok(())
+}
+
 /// POSTs every CustomResourceDefinition in `crds/portcullis.io.yaml` and waits until each is
 /// Established (the apiserver serves its resource).
 pub fn apply_crds(cluster: &Cluster) -> anyhow::Result<()> {
-    let path = util::root().join("crds/portcullis.io.yaml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    apply_crd_file(cluster, &util::root().join("crds/portcullis.io.yaml"))
+}
+
+/// POSTs every CustomResourceDefinition in the YAML file `path` and waits until each is
+/// Established.
+fn apply_crd_file(cluster: &Cluster, path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut names = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         let crd = Value::deserialize(doc).with_context(|| format!("parsing {}", path.display()))?;
@@ -700,16 +751,18 @@ pub fn apply_crds(cluster: &Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo xtask e2e`: builds the control plane and the tests, starts the cluster, applies the
-/// CRDs, and runs the `portcullis-e2e` tests inside the cluster's network namespace.
+/// `cargo xtask e2e`: builds the control plane and the tests, starts the cluster, installs the
+/// Helm chart into it (CRDs included) as a user would, and runs the `portcullis-e2e` tests
+/// inside the cluster's network namespace.
 pub fn suite() -> anyhow::Result<()> {
     util::step("build portcullis", &["cargo", "build", "--package", "portcullis"])?;
     util::step("build the end-to-end tests", &["cargo", "test", "--package", "portcullis-e2e", "--no-run"])?;
+    let helm = crate::chart::helm()?;
     let bins = build()?;
     let started = Instant::now();
     let cluster = Cluster::start(&bins)?;
-    apply_crds(&cluster)?;
-    eprintln!("==> cluster ready with CRDs in {:.1?}", started.elapsed());
+    install_chart(&cluster, &helm)?;
+    eprintln!("==> cluster ready with the chart installed in {:.1?}", started.elapsed());
     let bin = util::root().join("target/debug/portcullis");
     let apiserver = cluster.write_apiserver_handle()?;
     let tests_started = Instant::now();

@@ -1,12 +1,16 @@
 //! Project automation: `cargo xtask test` is the one command that runs every test (CI calls
 //! exactly this), `cargo xtask bench` runs the benchmarks. Besides cargo's own tests, `test` runs
 //! h2spec (HTTP/2 conformance, `h2spec.rs`) and an independent HTTP/3 client, Python's aioquic,
-//! against the QUIC listener (`h3check.rs`); each also runs alone as `cargo xtask h2spec|h3check`.
+//! against the QUIC listener (`h3check.rs`), the Helm chart with a real helm (`chart.rs`) and
+//! the Dockerfile's static build (`image.rs`); each also runs alone as
+//! `cargo xtask h2spec|h3check|chart|image`.
 
 mod bench;
+mod chart;
 mod e2e;
 mod h2spec;
 mod h3check;
+mod image;
 mod scale;
 mod standalone;
 mod util;
@@ -19,12 +23,14 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("h2spec") => h2spec::run(),
         Some("h3check") => h3check::run(),
+        Some("chart") => chart::run(&args[1..]),
+        Some("image") => image::run(),
         Some("bench") if args.get(1).map(String::as_str) == Some("controller") => scale::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("e2e-cluster") => e2e::run(&args[1..]),
         Some("e2e") => e2e::suite(),
         _ => {
-            eprintln!("usage: cargo xtask <test|h2spec|h3check|e2e|bench|e2e-cluster>\n  test    every check CI runs: fmt, clippy, unit, integration, h2spec, h3check, e2e\n  h2spec  HTTP/2 conformance against the https listener\n  h3check HTTP/3 checks with an independent client (Python's aioquic) against the QUIC listener\n  e2e     end-to-end tests against a real kube-apiserver and etcd\n  bench   benchmarks (slow; not part of test); `bench controller`: the controller scale benchmark\n  e2e-cluster  build | up [--keep]: the e2e control plane alone, for manual use");
+            eprintln!("usage: cargo xtask <test|h2spec|h3check|chart|image|e2e|bench|e2e-cluster>\n  test    every check CI runs: fmt, clippy, unit, integration, h2spec, h3check, chart, image, e2e\n  h2spec  HTTP/2 conformance against the https listener\n  chart   the Helm chart with a real helm (`--write` regenerates deploy/portcullis.yaml)\n  image   the Dockerfile's static build, run as non-root in an empty root\n  h3check HTTP/3 checks with an independent client (Python's aioquic) against the QUIC listener\n  e2e     end-to-end tests against a real kube-apiserver and etcd\n  bench   benchmarks (slow; not part of test); `bench controller`: the controller scale benchmark\n  e2e-cluster  build | up [--keep]: the e2e control plane alone, for manual use");
             return ExitCode::from(2);
         }
     };
@@ -48,6 +54,8 @@ fn test(_args: &[String]) -> anyhow::Result<()> {
     )?;
     h2spec::run()?;
     h3check::run()?;
+    chart::run(&[])?;
+    image::run()?;
     e2e::suite()?;
     Ok(())
 }

@@ -122,10 +122,15 @@ fn wait_ready(children: &mut Children, upstream: u16, admin: u16) -> anyhow::Res
 
 /// One plain HTTP/1.1 `GET /readyz`; true on a 200.
 fn readyz(port: u16) -> std::io::Result<bool> {
+    Ok(http_get(port, "/readyz")?.starts_with("HTTP/1.1 200"))
+}
+
+/// One plain HTTP/1.1 `GET path` to 127.0.0.1:`port`: the whole response, head and body.
+pub(crate) fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    Ok(response.starts_with("HTTP/1.1 200"))
+    Ok(response)
 }
