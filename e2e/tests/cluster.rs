@@ -45,13 +45,14 @@ async fn ingress_and_route_lifecycle_against_a_real_api_server() {
     let sa = service_account_kubeconfig(&kube).await;
     rbac_is_exactly_the_list(&sa).await;
     let mut controller = Controller::start(&sa, CONTROLLER_ARGS);
-    step("the Helm chart's objects in the API", chart_objects(&kube)).await;
     let h2 = https();
     let h1 = https_h1();
     let both = [(&h2, Version::HTTP_2), (&h1, Version::HTTP_11)];
 
     step("host and path rules over HTTP/2 and HTTP/1.1", host_and_path_table(&both)).await;
     step("Kubernetes path semantics", path_rules(&both)).await;
+    // After traffic, so that every metric family has a series.
+    step("the Helm chart's objects in the API", chart_objects(&kube)).await;
     step("Ingress status.loadBalancer", load_balancer_status(&k)).await;
     step("IngressClass selection", class_selection(&k, &h2)).await;
     step("resource backends", resource_backend(&k, &h2)).await;
