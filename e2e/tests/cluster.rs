@@ -52,7 +52,7 @@ async fn ingress_and_route_lifecycle_against_a_real_api_server() {
     step("host and path rules over HTTP/2 and HTTP/1.1", host_and_path_table(&both)).await;
     step("Kubernetes path semantics", path_rules(&both)).await;
     // After traffic, so that every metric family has a series.
-    step("the Helm chart's objects in the API", chart_objects(&kube)).await;
+    Box::pin(step("the Helm chart's objects in the API", chart_objects(&kube))).await;
     step("Ingress status.loadBalancer", load_balancer_status(&k)).await;
     step("IngressClass selection", class_selection(&k, &h2)).await;
     step("resource backends", resource_backend(&k, &h2)).await;
