@@ -20,7 +20,7 @@ use anyhow::{bail, ensure, Context as _};
 use serde_json::Value;
 
 use crate::standalone::{distinct_free_ports, http_get, Standalone};
-use crate::util;
+use crate::util::{self, Checks};
 
 /// The helm release built from the Go module proxy (v4: its go.mod has no replace directives).
 const HELM_VERSION: &str = "v4.3.1";
@@ -67,57 +67,29 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some(other) => bail!("chart: unknown argument {other:?} (only --write)"),
     }
     let portcullis = util::release_binary()?;
-    let mut checks = Checks::default();
+    let mut checks = Checks::new("chart");
     let h = &helm;
-    checks.run("the chart's crds/ are the repository's crds/", same_crds);
-    checks.run("helm lint --strict, defaults and every ci/ values file", || lint(h));
-    checks.run("defaults: exactly the expected objects", || default_objects(h));
-    checks.run("defaults: Deployment passes the restricted Pod Security Standard", || restricted_pod(h));
-    checks.run("defaults: Deployment ports, probes, grace period, spreading", || deployment_shape(h));
-    checks.run("defaults: LoadBalancer Service maps TCP 80/443, no UDP; metrics Service", || services(h));
-    checks.run("defaults: RBAC rules are exactly docs/rbac.md's table", || rbac_matches_docs(h));
-    checks.run("defaults: the binary accepts the Deployment's flags and environment", || {
+    checks.check("the chart's crds/ are the repository's crds/", same_crds);
+    checks.check("helm lint --strict, defaults and every ci/ values file", || lint(h));
+    checks.check("defaults: exactly the expected objects", || default_objects(h));
+    checks.check("defaults: Deployment passes the restricted Pod Security Standard", || restricted_pod(h));
+    checks.check("defaults: Deployment ports, probes, grace period, spreading", || deployment_shape(h));
+    checks.check("defaults: LoadBalancer Service maps TCP 80/443, no UDP; metrics Service", || services(h));
+    checks.check("defaults: RBAC rules are exactly docs/rbac.md's table", || rbac_matches_docs(h));
+    checks.check("defaults: the binary accepts the Deployment's flags and environment", || {
         binary_accepts_deployment(h, &portcullis)
     });
-    checks.run("defaults: the ProxyConfig spec passes `portcullis check`", || proxy_config_valid(h, &portcullis));
-    checks.run("http3: UDP 443 on Service and pod, Alt-Svc port, NodePorts, Local policy", || http3(h));
-    checks.run("monitoring: ServiceMonitor selects the metrics Service's port", || service_monitor(h));
-    checks.run("monitoring: alerts and dashboard use only metrics the binary exports", || {
+    checks.check("defaults: the ProxyConfig spec passes `portcullis check`", || proxy_config_valid(h, &portcullis));
+    checks.check("http3: UDP 443 on Service and pod, Alt-Svc port, NodePorts, Local policy", || http3(h));
+    checks.check("monitoring: ServiceMonitor selects the metrics Service's port", || service_monitor(h));
+    checks.check("monitoring: alerts and dashboard use only metrics the binary exports", || {
         monitoring_metrics_exist(h, &portcullis)
     });
-    checks.run("monitoring: nothing rendered without the monitoring.coreos.com API", || no_monitoring_api(h));
-    checks.run("hardened: HPA, NetworkPolicy, hard anti-affinity, digest, pull secrets, extras", || hardened(h));
-    checks.run("values.schema.json refuses typos and bad values", || schema_refuses(h));
-    checks.run("deploy/portcullis.yaml is the chart rendered with defaults", || deploy_fresh(h));
+    checks.check("monitoring: nothing rendered without the monitoring.coreos.com API", || no_monitoring_api(h));
+    checks.check("hardened: HPA, NetworkPolicy, hard anti-affinity, digest, pull secrets, extras", || hardened(h));
+    checks.check("values.schema.json refuses typos and bad values", || schema_refuses(h));
+    checks.check("deploy/portcullis.yaml is the chart rendered with defaults", || deploy_fresh(h));
     checks.finish()
-}
-
-/// Named checks, all run, reported at the end.
-#[derive(Default)]
-struct Checks {
-    passed: usize,
-    failed: Vec<String>,
-}
-
-impl Checks {
-    fn run(&mut self, name: &str, f: impl FnOnce() -> anyhow::Result<()>) {
-        match f() {
-            Ok(()) => {
-                self.passed += 1;
-                eprintln!("ok   {name}");
-            }
-            Err(e) => {
-                eprintln!("FAIL {name}: {e:#}");
-                self.failed.push(name.to_owned());
-            }
-        }
-    }
-
-    fn finish(self) -> anyhow::Result<()> {
-        println!("chart: {} passed, {} failed", self.passed, self.failed.len());
-        ensure!(self.failed.is_empty(), "chart checks failed: {}", self.failed.join("; "));
-        Ok(())
-    }
 }
 
 fn chart_dir() -> PathBuf {

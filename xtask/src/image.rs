@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context as _};
 
 use crate::standalone::{distinct_free_ports, http_get};
-use crate::util;
+use crate::util::{self, Checks};
 
 /// The one target the image is built for; explicit, so that `RUSTFLAGS` reaches only the
 /// binary and not build scripts or proc-macros (which must stay dynamic host programs).
@@ -71,7 +71,7 @@ pub fn run() -> anyhow::Result<()> {
     ensure!(effective_uid()? == 0, "cargo xtask image needs root: it runs the binary with chroot as another user");
     let root = util::root();
     let dockerfile = Dockerfile::read(&root.join("Dockerfile"))?;
-    let mut checks = Checks::default();
+    let mut checks = Checks::new("image");
 
     eprintln!("\n==> image: the Dockerfile against this check");
     checks.check("the Dockerfile runs the same cargo command as this check", || dockerfile.check_build_command());
@@ -124,44 +124,12 @@ pub fn run() -> anyhow::Result<()> {
         empty.check_nothing_written()
     });
 
-    if checks.failed.is_empty() {
+    if checks.all_passed() {
         let _ = std::fs::remove_dir_all(&empty.dir);
     } else {
         eprintln!("==> the empty root, config and logs are in {}", empty.dir.display());
     }
     checks.finish()
-}
-
-/// Named checks, reported as they run and counted at the end.
-#[derive(Default)]
-struct Checks {
-    passed: usize,
-    failed: Vec<String>,
-}
-
-impl Checks {
-    /// Runs one check and returns its value if it passed.
-    fn check<T>(&mut self, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> Option<T> {
-        match f() {
-            Ok(value) => {
-                eprintln!("==> ok: {name}");
-                self.passed += 1;
-                Some(value)
-            }
-            Err(e) => {
-                eprintln!("==> FAILED: {name}: {e:#}");
-                self.failed.push(name.to_owned());
-                None
-            }
-        }
-    }
-
-    /// Prints the summary line; an error if any check failed.
-    fn finish(self) -> anyhow::Result<()> {
-        eprintln!("\nimage: {} passed, {} failed", self.passed, self.failed.len());
-        ensure!(self.failed.is_empty(), "image checks failed: {}", self.failed.join("; "));
-        Ok(())
-    }
 }
 
 /// The effective uid of this process, from /proc.

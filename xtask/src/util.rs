@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context as _};
+use anyhow::{bail, ensure, Context as _};
 
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> PathBuf {
@@ -33,4 +33,49 @@ pub fn release_binary() -> anyhow::Result<PathBuf> {
 /// A free TCP port on 127.0.0.1 (bound and released; fine for tests on one machine).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Named checks, reported as they run and counted at the end, for the checks that drive a
+/// real tool or binary from outside (`chart`, `image`): every check runs even after one
+/// fails, and the summary line is the `N passed, N failed` form CI reads.
+pub struct Checks {
+    /// The summary's label (`chart: 16 passed, 0 failed`).
+    label: &'static str,
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Checks {
+    /// No checks run yet.
+    pub fn new(label: &'static str) -> Self {
+        Self { label, passed: 0, failed: Vec::new() }
+    }
+
+    /// Runs one check and returns its value if it passed.
+    pub fn check<T>(&mut self, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> Option<T> {
+        match f() {
+            Ok(value) => {
+                eprintln!("==> ok: {name}");
+                self.passed += 1;
+                Some(value)
+            }
+            Err(e) => {
+                eprintln!("==> FAILED: {name}: {e:#}");
+                self.failed.push(name.to_owned());
+                None
+            }
+        }
+    }
+
+    /// Whether every check so far passed.
+    pub fn all_passed(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// Prints the summary line; an error naming the failed checks if any failed.
+    pub fn finish(self) -> anyhow::Result<()> {
+        println!("{}: {} passed, {} failed", self.label, self.passed, self.failed.len());
+        ensure!(self.failed.is_empty(), "{} checks failed: {}", self.label, self.failed.join("; "));
+        Ok(())
+    }
 }
