@@ -42,10 +42,10 @@ pub fn helm() -> anyhow::Result<PathBuf> {
         return Ok(bin);
     }
     eprintln!("\n==> go install helm.sh/helm/v4/cmd/helm@{HELM_VERSION} (once, into {})", dir.display());
-    let status = Command::new("go")
+    let status = util::Go::new()
+        .command()
         .args(["install", &format!("helm.sh/helm/v4/cmd/helm@{HELM_VERSION}")])
         .env("GOBIN", &dir)
-        .env("GOTOOLCHAIN", "local")
         .env("CGO_ENABLED", "0")
         .status()
         .context("running go (is Go installed?)")?;

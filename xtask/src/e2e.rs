@@ -143,8 +143,11 @@ pub fn build() -> anyhow::Result<Binaries> {
          -X k8s.io/component-base/version.gitMinor={minor} -X k8s.io/component-base/version.gitTreeState=clean",
         v = bins.versions.kubernetes
     );
-    go_build(&bins.kube_apiserver, APISERVER_PACKAGE, &ldflags)?;
-    go_build(&bins.etcd, ETCD_PACKAGE, "")?;
+    // One scratch cache for both: they share most of their packages.
+    let go = util::Go::new();
+    go_build(&go, &bins.kube_apiserver, APISERVER_PACKAGE, &ldflags)?;
+    go_build(&go, &bins.etcd, ETCD_PACKAGE, "")?;
+    drop(go);
     eprintln!(
         "==> control plane: kube-apiserver {} and etcd {} in {}",
         bins.versions.kubernetes,
@@ -155,7 +158,7 @@ pub fn build() -> anyhow::Result<Binaries> {
 }
 
 /// `go build -o <out> <package>` inside the e2e module, unless `out` exists.
-fn go_build(out: &Path, package: &str, ldflags: &str) -> anyhow::Result<()> {
+fn go_build(go: &util::Go, out: &Path, package: &str, ldflags: &str) -> anyhow::Result<()> {
     if out.exists() {
         eprintln!("==> {package}: cached at {}", out.display());
         return Ok(());
@@ -163,13 +166,13 @@ fn go_build(out: &Path, package: &str, ldflags: &str) -> anyhow::Result<()> {
     let tmp = out.with_extension("partial");
     eprintln!("\n==> go build {package} -> {}", out.display());
     let started = Instant::now();
-    let status = Command::new("go")
+    // util::Go sets GOTOOLCHAIN=local: go.mod's `go` line must be satisfiable by the installed Go.
+    let status = go
+        .command()
         .args(["build", "-o"])
         .arg(&tmp)
         .args(["-ldflags", ldflags, package])
         .current_dir(util::root().join(GO_MODULE_DIR))
-        // Use the installed Go, never a downloaded toolchain: go.mod's `go` line must be satisfiable locally.
-        .env("GOTOOLCHAIN", "local")
         .status()
         .context("running go (is Go installed?)")?;
     ensure!(status.success(), "go build {package} failed ({status})");

@@ -80,11 +80,10 @@ fn install_h2spec() -> anyhow::Result<PathBuf> {
     let scratch = tools.join(format!("h2spec-{H2SPEC_VERSION}.{}.tmp", std::process::id()));
     let package = format!("{H2SPEC_PACKAGE}@{H2SPEC_VERSION}");
     eprintln!("\n==> build h2spec: go install {package}");
-    // GOTOOLCHAIN=local: build with the installed Go rather than downloading another toolchain.
-    let status = Command::new("go")
+    let status = util::Go::new()
+        .command()
         .args(["install", &package])
         .env("GOBIN", &scratch)
-        .env("GOTOOLCHAIN", "local")
         .status()
         .context("running `go` (Go is needed to build h2spec)")?;
     ensure!(status.success(), "go install {package} failed ({status})");

@@ -30,6 +30,43 @@ pub fn release_binary() -> anyhow::Result<PathBuf> {
     Ok(root().join("target/release/portcullis"))
 }
 
+/// Runs `go` with the installed toolchain and with its build and module caches in a scratch
+/// directory under `target/tools`, removed when this is dropped.
+///
+/// Building kube-apiserver, etcd and Helm leaves about 6 GB in Go's default caches (~/.cache,
+/// ~/go/pkg/mod), which is more than a CI machine may have free on top of the cargo builds; the
+/// binaries are cached by `target/` paths, so Go's caches would only be read again after a
+/// version bump.
+pub struct Go {
+    scratch: PathBuf,
+}
+
+impl Go {
+    /// A fresh scratch directory, private to this process.
+    pub fn new() -> Self {
+        Self { scratch: root().join("target/tools").join(format!("go-scratch.{}", std::process::id())) }
+    }
+
+    /// `go` with the caches pointed at the scratch directory. `GOTOOLCHAIN=local` builds with
+    /// the installed Go rather than downloading another toolchain; `-modcacherw` lets the module
+    /// cache be deleted without a chmod pass.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new("go");
+        command
+            .env("GOTOOLCHAIN", "local")
+            .env("GOCACHE", self.scratch.join("build"))
+            .env("GOMODCACHE", self.scratch.join("mod"))
+            .env("GOFLAGS", "-modcacherw");
+        command
+    }
+}
+
+impl Drop for Go {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; fine for tests on one machine).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
