@@ -194,3 +194,61 @@ pub fn method_label(m: &http::Method) -> &'static str {
         _ => "OTHER",
     }
 }
+
+/// A route's handles on the series it updates on every request, so that the request path
+/// does not build an owned label set, hash it with SipHash and look it up in a family for
+/// each metric. The handles share their values with the family's series (prometheus-client
+/// metrics are `Arc`s inside), and the series are created by `get_or_create` on first use
+/// exactly as before; none of these families ever removes a series.
+pub struct SeriesCache<K, M> {
+    map: std::sync::RwLock<std::collections::HashMap<K, M, std::hash::BuildHasherDefault<FastHasher>>>,
+}
+
+impl<K, M> Default for SeriesCache<K, M> {
+    fn default() -> Self {
+        Self { map: std::sync::RwLock::default() }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, M: Clone> SeriesCache<K, M> {
+    /// Runs `f` on the cached metric of `key`, which `make` creates on first use.
+    pub fn with<R>(&self, key: K, make: impl FnOnce() -> M, f: impl FnOnce(&M) -> R) -> R {
+        if let Some(m) = self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
+            return f(m);
+        }
+        let m = make();
+        let r = f(&m);
+        self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner).entry(key).or_insert(m);
+        r
+    }
+}
+
+/// A cheap hasher for the small integer (and pointer) keys of [`SeriesCache`].
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}

@@ -37,39 +37,99 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) struct Finish {
     pub metrics: Arc<Metrics>,
     pub listener: &'static str,
-    pub route: Option<String>,
+    /// The snapshot the request was routed with (route and upstream names, metric handles).
+    pub snap: Arc<Snapshot>,
+    /// Index of the route in `snap`, once routed.
+    pub route: Option<usize>,
     pub method: &'static str,
     pub status: u16,
     pub started: Instant,
-    pub request_id: String,
+    pub request_id: RequestId,
     pub peer: SocketAddr,
     pub host: String,
     pub path: String,
     pub version: Version,
-    pub upstream: Option<String>,
+    /// Index of the target in the route's balancer, once picked.
+    pub upstream: Option<usize>,
     pub error: Option<String>,
     pub fault: Option<&'static str>,
     pub guard: Option<RequestGuard>,
     pub in_flight: Option<InFlight>,
 }
 
+impl Finish {
+    fn compiled_route(&self) -> Option<&CompiledRoute> {
+        self.route.map(|i| &self.snap.routes.routes()[i])
+    }
+}
+
+/// The key of a `&'static str` label value in a [`super::RouteSeries`].
+fn label_key(s: &'static str) -> (usize, usize) {
+    (s.as_ptr() as usize, s.len())
+}
+
 impl OnFinish for Finish {
     fn finish(self: Box<Self>, bytes: u64, body_error: Option<&str>) {
-        let route = self.route.clone().unwrap_or_else(|| "none".to_owned());
         let elapsed = self.started.elapsed();
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                listener: self.listener,
-                route: route.clone(),
-                method: self.method,
-                code: self.status,
-            })
-            .inc();
-        self.metrics
-            .duration
-            .get_or_create(&DurationLabels { listener: self.listener, route: route.clone(), method: self.method })
-            .observe(elapsed.as_secs_f64());
+        let route = self.compiled_route();
+        let route_name = route.map_or("none", |r| r.route.name.as_str());
+        if let Some(r) = route {
+            let (l, ll) = label_key(self.listener);
+            let (m, ml) = label_key(self.method);
+            r.series.requests.with(
+                (l, ll, m, ml, self.status),
+                || {
+                    self.metrics
+                        .requests
+                        .get_or_create(&RequestLabels {
+                            listener: self.listener,
+                            route: r.route.name.clone(),
+                            method: self.method,
+                            code: self.status,
+                        })
+                        .clone()
+                },
+                |c| {
+                    c.inc();
+                },
+            );
+            r.series.duration.with(
+                (l, ll, m, ml),
+                || {
+                    self.metrics
+                        .duration
+                        .get_or_create(&DurationLabels {
+                            listener: self.listener,
+                            route: r.route.name.clone(),
+                            method: self.method,
+                        })
+                        .clone()
+                },
+                |h| h.observe(elapsed.as_secs_f64()),
+            );
+        } else {
+            self.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    listener: self.listener,
+                    route: route_name.to_owned(),
+                    method: self.method,
+                    code: self.status,
+                })
+                .inc();
+            self.metrics
+                .duration
+                .get_or_create(&DurationLabels {
+                    listener: self.listener,
+                    route: route_name.to_owned(),
+                    method: self.method,
+                })
+                .observe(elapsed.as_secs_f64());
+        }
+        let upstream = match (route, self.upstream) {
+            (Some(r), Some(t)) => r.balancer.targets()[t].upstream.authority.as_str(),
+            _ => "-",
+        };
         let error = self.error.as_deref().or(body_error);
         tracing::info!(
             target: "access",
@@ -81,8 +141,8 @@ impl OnFinish for Finish {
             path = %self.path,
             protocol = ?self.version,
             status = self.status,
-            route = %route,
-            upstream = self.upstream.as_deref().unwrap_or("-"),
+            route = %route_name,
+            upstream = upstream,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             bytes_sent = bytes,
             fault = self.fault.unwrap_or("-"),
@@ -103,13 +163,53 @@ impl Drop for InFlight {
 }
 
 /// A request id: 16 hex digits of randomness plus a counter, unique enough to grep for.
-pub fn request_id() -> String {
+/// Kept inline (it is copied into the access log, error pages and a header, never owned).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RequestId([u8; 24]);
+
+impl RequestId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// A new request id (see [`RequestId`]).
+pub fn request_id() -> RequestId {
     use std::sync::atomic::AtomicU64;
     use std::sync::OnceLock;
     static PREFIX: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let prefix = *PREFIX.get_or_init(rand::random);
-    format!("{prefix:016x}{:08x}", COUNTER.fetch_add(1, Ordering::Relaxed) as u32)
+    let counter = COUNTER.fetch_add(1, Ordering::Relaxed) as u32;
+    let mut out = [0u8; 24];
+    for (i, b) in out[..16].iter_mut().enumerate() {
+        *b = HEX[(prefix >> (60 - 4 * i) & 0xf) as usize];
+    }
+    for (i, b) in out[16..].iter_mut().enumerate() {
+        *b = HEX[(counter >> (28 - 4 * i) & 0xf) as usize];
+    }
+    RequestId(out)
 }
 
 /// Handles one downstream request and never fails: every error becomes a response. The
@@ -126,13 +226,14 @@ where
     let mut finish = Box::new(Finish {
         metrics: proxy.metrics.clone(),
         listener: conn.kind.name(),
+        snap: snap.clone(),
         route: None,
         method: method_label(req.method()),
         status: 0,
         started,
         request_id: request_id(),
         peer: conn.peer,
-        host: host.clone(),
+        host: String::new(),
         path: req.uri().path().to_owned(),
         version: req.version(),
         upstream: None,
@@ -142,6 +243,7 @@ where
         in_flight: None,
     });
     let result = route_request(proxy, conn, &snap, req, &host, &mut finish).await;
+    finish.host = host;
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -209,12 +311,12 @@ where
         return Err(ProxyError::NoRoute);
     };
     let route = &snap.routes.routes()[route_idx];
-    finish.route = Some(route.route.name.clone());
+    finish.route = Some(route_idx);
     let target_idx = route.balancer.pick().ok_or(ProxyError::NoEndpoints)?;
     let target = &route.balancer.targets()[target_idx];
     target.in_flight.fetch_add(1, Ordering::Relaxed);
     finish.in_flight = Some(InFlight(snap.clone(), route_idx, target_idx));
-    finish.upstream = Some(target.upstream.authority.clone());
+    finish.upstream = Some(target_idx);
 
     if super::websocket::is_websocket(&req) {
         if !route.route.allow_websockets {
@@ -225,20 +327,32 @@ where
 
     let state = Arc::new(StreamState::default());
     let upstream_req = build_upstream_request(conn, route, target, req, host, &finish.request_id, &state)?;
-    let label = |outcome| UpstreamLabels {
-        route: route.route.name.clone(),
-        upstream: target.upstream.authority.clone(),
-        outcome,
+    let count = |outcome: &'static str| {
+        let (o, ol) = label_key(outcome);
+        route.series.upstream.with(
+            (target_idx, o, ol),
+            || {
+                let labels = UpstreamLabels {
+                    route: route.route.name.clone(),
+                    upstream: target.upstream.authority.clone(),
+                    outcome,
+                };
+                proxy.metrics.upstream_requests.get_or_create(&labels).clone()
+            },
+            |c| {
+                c.inc();
+            },
+        );
     };
     let result = send_upstream(conn, route, target, upstream_req, &state, finish.started).await;
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
-            proxy.metrics.upstream_requests.get_or_create(&label(e.outcome())).inc();
+            count(e.outcome());
             return Err(e);
         }
     };
-    proxy.metrics.upstream_requests.get_or_create(&label("success")).inc();
+    count("success");
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     for (name, value) in &route.route.set_response_headers {
@@ -325,6 +439,10 @@ fn join_path(prefix: &str, rest: &str) -> String {
 /// Headers that describe one hop and never cross the proxy (RFC 9110 §7.6.1), plus every
 /// header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names instead of ten lookups.
+    if !headers.keys().any(is_hop_by_hop_name) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -355,6 +473,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `strip_hop_by_hop` could remove or inspect a header of this name (`te` included:
+/// it is kept or removed by value).
+fn is_hop_by_hop_name(n: &HeaderName) -> bool {
+    *n == header::CONNECTION
+        || *n == header::PROXY_AUTHENTICATE
+        || *n == header::PROXY_AUTHORIZATION
+        || *n == header::TRAILER
+        || *n == header::TRANSFER_ENCODING
+        || *n == header::UPGRADE
+        || *n == header::TE
+        || matches!(n.as_str(), "keep-alive" | "proxy-connection")
+}
+
 /// The `Host` (HTTP/1.1) or `:authority` (HTTP/2) the upstream sees.
 pub(crate) fn upstream_host<'a>(r: &'a crate::config::Route, target: &'a Target, host: &'a str) -> &'a str {
     if r.preserve_host_header {
@@ -376,6 +507,34 @@ pub(crate) fn upstream_uri(route: &CompiledRoute, target: &Target, host: &str, p
         .map_err(|_| ProxyError::BadRequest("request path cannot be forwarded"))
 }
 
+/// The upstream request URI without any formatting or parsing, when it is just the target's
+/// own authority with the request's path and query (no rewrite, no host override): the same
+/// URI [`upstream_uri`] builds then. `None` otherwise.
+fn plain_upstream_uri(route: &CompiledRoute, target: &Target, uri: &Uri) -> Option<Uri> {
+    let r = &route.route;
+    if r.preserve_host_header || r.host_rewrite.is_some() || r.prefix_rewrite.is_some() || r.regex_rewrite.is_some() {
+        return None;
+    }
+    let authority = target.authority.as_ref()?;
+    let pq = uri.path_and_query()?;
+    // `rewrite_path` gives `path?query`, which is the request's own text when that starts
+    // with `/`; `upstream_uri` refuses what `Uri` parsing refuses, its length limit included.
+    if !pq.as_str().starts_with('/') || target.scheme.len() + 3 + authority.as_str().len() + pq.as_str().len() > 65_534
+    {
+        return None;
+    }
+    let scheme = match target.scheme {
+        "http" => http::uri::Scheme::HTTP,
+        "https" => http::uri::Scheme::HTTPS,
+        _ => return None,
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(pq.clone());
+    Uri::from_parts(parts).ok()
+}
+
 /// Applies the forwarding headers and the route's header rules.
 pub(crate) fn forwarding_headers(
     headers: &mut HeaderMap,
@@ -386,14 +545,25 @@ pub(crate) fn forwarding_headers(
     request_id: &str,
 ) {
     let r = &route.route;
-    let ip = conn.peer.ip().to_canonical().to_string();
-    headers.insert(&X_FORWARDED_FOR, HeaderValue::from_str(&ip).expect("an IP is a valid header value"));
+    // The request's own `Host` value when it is the host (it usually is): no copy.
+    let host_value = match headers.get(header::HOST) {
+        Some(v) if v.as_bytes() == host.as_bytes() => Some(v.clone()),
+        _ => HeaderValue::from_str(host).ok(),
+    };
+    headers.insert(&X_FORWARDED_FOR, conn.forwarded_for.clone());
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(if conn.kind.is_tls() { "https" } else { "http" }));
-    if let Ok(v) = HeaderValue::from_str(host) {
-        headers.insert(&X_FORWARDED_HOST, v);
+    if let Some(v) = &host_value {
+        headers.insert(&X_FORWARDED_HOST, v.clone());
     }
     headers.insert(&X_REQUEST_ID, HeaderValue::from_str(request_id).expect("hex is a valid header value"));
-    if let Ok(v) = HeaderValue::from_str(upstream_host(r, target, host)) {
+    let upstream_host = if r.preserve_host_header {
+        host_value
+    } else if let Some(h) = &r.host_rewrite {
+        HeaderValue::from_str(h).ok()
+    } else {
+        target.host_value.clone()
+    };
+    if let Some(v) = upstream_host {
         headers.insert(header::HOST, v);
     }
     for name in &r.remove_request_headers {
@@ -418,7 +588,10 @@ where
     B::Error: Into<body::BoxError>,
 {
     let (mut parts, incoming) = req.into_parts();
-    parts.uri = upstream_uri(route, target, host, &rewrite_path(&route.route, &parts.uri))?;
+    parts.uri = match plain_upstream_uri(route, target, &parts.uri) {
+        Some(uri) => uri,
+        None => upstream_uri(route, target, host, &rewrite_path(&route.route, &parts.uri))?,
+    };
     strip_hop_by_hop(&mut parts.headers);
     forwarding_headers(&mut parts.headers, conn, route, target, host, request_id);
     parts.version = Version::HTTP_11;
@@ -583,6 +756,33 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<_> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, vec!["te", "x-kept"]);
+    }
+
+    #[test]
+    fn request_ids_are_prefix_and_counter_in_hex() {
+        let (a, b) = (request_id(), request_id());
+        for id in [a.as_str(), b.as_str()] {
+            assert_eq!(id.len(), 24);
+            assert!(id.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)), "{id}");
+        }
+        assert_eq!(a[..16], b[..16]);
+        let counter = |id: &str| u32::from_str_radix(&id[16..], 16).unwrap();
+        assert!(counter(&b) > counter(&a));
+        assert_eq!(format!("{a}"), a.as_str());
+    }
+
+    #[test]
+    fn hop_by_hop_fast_path_keeps_ordinary_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, vec!["content-type", "x-kept"]);
     }
 
     #[test]

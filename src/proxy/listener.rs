@@ -19,7 +19,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 
 /// PRODUCT.md: per-connection buffer limit.
 pub const CONNECTION_BUFFER: usize = 32 * 1024;
@@ -71,13 +70,15 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Per-connection counters shared by the watchdog, the IO wrapper and request guards.
+///
+/// Nothing here wakes the watchdog: it never sleeps past the earliest deadline a later event
+/// could create (see [`watchdog`]), so the request path pays a few atomics and no wake-up.
 #[derive(Default)]
 pub struct ConnState {
     active: AtomicUsize,
     idle_since: AtomicU64,
     /// First byte of a request head read while no request was active (0 = none).
     pending_since: AtomicU64,
-    changed: Notify,
 }
 
 impl ConnState {
@@ -96,15 +97,12 @@ impl ConnState {
             t => t,
         };
         self.active.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
         (RequestGuard(self.clone()), started)
     }
 
     fn note_read(&self) {
-        if self.active.load(Ordering::Acquire) == 0
-            && self.pending_since.compare_exchange(0, now_ms().max(1), Ordering::AcqRel, Ordering::Relaxed).is_ok()
-        {
-            self.changed.notify_waiters();
+        if self.active.load(Ordering::Acquire) == 0 && self.pending_since.load(Ordering::Relaxed) == 0 {
+            let _ = self.pending_since.compare_exchange(0, now_ms().max(1), Ordering::AcqRel, Ordering::Relaxed);
         }
     }
 }
@@ -116,7 +114,6 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle_since.store(now_ms(), Ordering::Release);
-            self.0.changed.notify_waiters();
         }
     }
 }
@@ -127,6 +124,8 @@ pub struct ConnInfo {
     pub kind: ListenerKind,
     /// Client address (the source of X-Forwarded-For).
     pub peer: SocketAddr,
+    /// `X-Forwarded-For` for its requests: the client IP (see [`forwarded_for`]).
+    pub forwarded_for: http::HeaderValue,
     /// Local port, for redirects.
     pub local: SocketAddr,
     /// TLS server name the client asked for.
@@ -149,6 +148,11 @@ pub struct ConnInfo {
     /// `Alt-Svc` for every response on this TCP connection while `quic-ingress` listens
     /// (`codec_type: http3`): how browsers find HTTP/3.
     pub alt_svc: Option<http::HeaderValue>,
+}
+
+/// The `X-Forwarded-For` value of a client: its IP, IPv4-mapped addresses as IPv4.
+pub fn forwarded_for(peer: SocketAddr) -> http::HeaderValue {
+    http::HeaderValue::from_str(&peer.ip().to_canonical().to_string()).expect("an IP is a valid header value")
 }
 
 /// Accepts connections until shutdown. The socket stays the same across listener
@@ -214,6 +218,7 @@ async fn serve_connection(
     let mut info = ConnInfo {
         kind,
         peer,
+        forwarded_for: forwarded_for(peer),
         local,
         sni: None,
         client_cert: false,
@@ -408,38 +413,47 @@ pub(crate) enum Watch {
 
 /// Resolves when the connection has been idle (no active request) for `timeout_idle`, or
 /// (HTTP/1) a request head has been arriving for longer than `timeout_read`.
+///
+/// Requests starting and ending do not wake it. Instead it never sleeps longer than the
+/// shortest of those timeouts: any deadline an event after it went to sleep can create
+/// (the event's time plus one of the timeouts) is then no earlier than its wake-up, where it
+/// looks at the state again. A busy connection costs one timer wake-up per that timeout.
 pub(crate) async fn watchdog(state: &ConnState, timeouts: Timeouts, is_h1: bool) -> Watch {
+    let header_read = timeouts.read.filter(|_| is_h1);
+    let recheck = match (timeouts.idle, header_read) {
+        (None, None) => return std::future::pending().await,
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+    };
+    let recheck = (recheck.as_millis() as u64).max(1);
+    let sleep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(sleep);
     loop {
-        let notified = state.changed.notified();
         let mut deadline: Option<(u64, bool)> = None;
         if state.active.load(Ordering::Acquire) == 0 {
             if let Some(idle) = timeouts.idle {
                 deadline = Some((state.idle_since.load(Ordering::Acquire) + idle.as_millis() as u64, false));
             }
             let pending = state.pending_since.load(Ordering::Acquire);
-            if let (true, Some(read), true) = (is_h1, timeouts.read, pending != 0) {
+            if let (Some(read), true) = (header_read, pending != 0) {
                 let d = pending + read.as_millis() as u64;
                 if deadline.is_none_or(|(cur, _)| d < cur) {
                     deadline = Some((d, true));
                 }
             }
         }
-        match deadline {
-            None => notified.await,
-            Some((at, header)) => {
-                let now = now_ms();
-                if at <= now {
-                    if state.active.load(Ordering::Acquire) == 0 {
-                        return if header { Watch::HeaderTimeout } else { Watch::Idle };
-                    }
-                    continue;
+        let now = now_ms();
+        if let Some((at, header)) = deadline {
+            if at <= now {
+                if state.active.load(Ordering::Acquire) == 0 {
+                    return if header { Watch::HeaderTimeout } else { Watch::Idle };
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(at - now)) => {}
-                    () = notified => {}
-                }
+                continue;
             }
         }
+        let wake = deadline.map_or(now + recheck, |(at, _)| at.min(now + recheck));
+        sleep.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(wake - now));
+        sleep.as_mut().await;
     }
 }
 

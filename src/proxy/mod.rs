@@ -45,6 +45,23 @@ pub struct CompiledRoute {
     /// Cancelled when the route is deleted: its long-lived connections (tunnels) end. The
     /// same token is carried into every snapshot that still has a route of this name.
     pub closed: CancellationToken,
+    /// Its per-request metric series, looked up once.
+    pub(crate) series: RouteSeries,
+}
+
+/// The series a route's requests update, keyed by the addresses of the `&'static str`
+/// label values (equal addresses mean equal values; two addresses of one value just make
+/// two handles on the same series) and the status code or target index.
+#[derive(Default)]
+pub(crate) struct RouteSeries {
+    /// `portcullis_http_requests_total` by (listener, method, code).
+    pub requests:
+        crate::metrics::SeriesCache<(usize, usize, usize, usize, u16), prometheus_client::metrics::counter::Counter>,
+    /// `portcullis_http_request_duration_seconds` by (listener, method).
+    pub duration:
+        crate::metrics::SeriesCache<(usize, usize, usize, usize), prometheus_client::metrics::histogram::Histogram>,
+    /// `portcullis_upstream_requests_total` by (target index, outcome address and length).
+    pub upstream: crate::metrics::SeriesCache<(usize, usize, usize), prometheus_client::metrics::counter::Counter>,
 }
 
 impl CompiledRoute {
@@ -73,7 +90,7 @@ impl CompiledRoute {
         let balancer = Balancer::new(&route.to, &route.tls, route.load_balancing_policy, clients, |u| {
             health.flag(&name, &u.authority)
         });
-        Self { route, upstream_timeout, stream_idle, balancer, closed }
+        Self { route, upstream_timeout, stream_idle, balancer, closed, series: RouteSeries::default() }
     }
 }
 

@@ -151,6 +151,7 @@ async fn serve_connection(
     let info = Arc::new(ConnInfo {
         kind: ListenerKind::Quic,
         peer,
+        forwarded_for: listener::forwarded_for(peer),
         local,
         sni,
         client_cert,

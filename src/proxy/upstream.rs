@@ -259,6 +259,10 @@ pub struct Target {
     pub base: String,
     /// `Host` sent upstream by default: the authority, without a default port.
     pub host_header: String,
+    /// `host_header` as a header value, if it is a valid one.
+    pub host_value: Option<http::HeaderValue>,
+    /// `host_header` as a URI authority, if it is a valid one.
+    pub authority: Option<http::uri::Authority>,
     /// Requests in flight, for LEAST_REQUEST.
     pub in_flight: AtomicUsize,
     /// Cleared by health checks; shared across snapshots so a reload does not forget it.
@@ -285,19 +289,24 @@ impl Balancer {
     ) -> Self {
         let targets = upstreams
             .iter()
-            .map(|u| Target {
-                scheme: scheme_str(u.scheme),
-                base: format!("{}://{}", scheme_str(u.scheme), u.authority),
-                client: cache.get(u, tls, false),
-                upgrade_client: cache.get(u, tls, true),
-                host_header: match u.authority.rsplit_once(':') {
+            .map(|u| {
+                let host_header = match u.authority.rsplit_once(':') {
                     Some((h, "80")) if u.scheme != UpstreamScheme::Https => h.to_owned(),
                     Some((h, "443")) if u.scheme == UpstreamScheme::Https => h.to_owned(),
                     _ => u.authority.clone(),
-                },
-                upstream: u.clone(),
-                in_flight: AtomicUsize::new(0),
-                healthy: health(u),
+                };
+                Target {
+                    scheme: scheme_str(u.scheme),
+                    base: format!("{}://{}", scheme_str(u.scheme), u.authority),
+                    client: cache.get(u, tls, false),
+                    upgrade_client: cache.get(u, tls, true),
+                    host_value: http::HeaderValue::from_str(&host_header).ok(),
+                    authority: host_header.parse().ok(),
+                    host_header,
+                    upstream: u.clone(),
+                    in_flight: AtomicUsize::new(0),
+                    healthy: health(u),
+                }
             })
             .collect();
         Self {
