@@ -219,10 +219,16 @@ impl rustls::server::danger::ClientCertVerifier for DepthLimited {
     }
 }
 
-/// A self-signed certificate for `names`, used when none is configured so that the https
-/// listener always has something to present (as ingress-nginx's "fake certificate").
+/// At most this many names go into the self-signed certificate. Nobody trusts it; the names
+/// only make a client's error message readable. Thousands of them (one per route host with
+/// 10,000 routes) make a certificate over 64 KiB, which webpki refuses as `BadEncoding`.
+const MAX_SELF_SIGNED_NAMES: usize = 100;
+
+/// A self-signed certificate for `names` (the first 100), used when none is configured so
+/// that the https listener always has something to present (as ingress-nginx's "fake
+/// certificate").
 pub fn self_signed(names: &[String]) -> Certificate {
-    let mut names: Vec<String> = names.to_vec();
+    let mut names: Vec<String> = names.iter().take(MAX_SELF_SIGNED_NAMES).cloned().collect();
     if names.is_empty() {
         names.push("localhost".to_owned());
     }
@@ -249,5 +255,15 @@ mod tests {
         assert_eq!(store.fingerprint_for(Some("x.b.example.com")), Some(d.fingerprint.as_str()));
         assert_eq!(store.fingerprint_for(Some("example.com")), Some(d.fingerprint.as_str()));
         assert_eq!(store.fingerprint_for(None), Some(d.fingerprint.as_str()));
+    }
+
+    /// 10,000 routes used to put 10,000 names in the default certificate, which webpki
+    /// refused, and the process panicked at start.
+    #[test]
+    fn self_signed_with_thousands_of_hosts() {
+        let many: Vec<String> = (0..10_000).map(|i| format!("host{i}.example.com")).collect();
+        let big = self_signed(&many);
+        assert_eq!(big.names.len(), MAX_SELF_SIGNED_NAMES);
+        assert_eq!(big.names[0], "host0.example.com");
     }
 }
