@@ -9,10 +9,10 @@
 //! every check passes. The last line printed is the client's summary `h3check: N passed, N failed`.
 
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{bail, Context as _};
 
 use crate::standalone::{distinct_free_ports, Standalone};
 use crate::util;
@@ -68,57 +68,7 @@ fn ports() -> anyhow::Result<[u16; 5]> {
     bail!("no free loopback port for both TCP and UDP after {PORT_ATTEMPTS} attempts")
 }
 
-/// Creates a venv with aioquic at `target/tools/aioquic-venv/` unless one with the pinned
-/// version is already there, and returns its python. The venv is built in a scratch directory
-/// renamed into place at the end, so an interrupted install is never mistaken for a cached one
-/// (the venv's python finds its packages relative to itself, so it works after the rename).
+/// A venv with aioquic at `target/tools/aioquic-venv/` (see `util::python_venv`).
 fn install_aioquic() -> anyhow::Result<PathBuf> {
-    let tools = util::root().join("target/tools");
-    let dir = tools.join("aioquic-venv");
-    let python = dir.join("bin/python");
-    if has_aioquic(&python) {
-        return Ok(python);
-    }
-    if dir.exists() {
-        // A venv from another pin (or a broken one): start over.
-        eprintln!("\n==> {} lacks aioquic {AIOQUIC_VERSION}; recreating it", dir.display());
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
-    let scratch = tools.join(format!("aioquic-venv.{}.tmp", std::process::id()));
-    std::fs::create_dir_all(&tools).with_context(|| format!("creating {}", tools.display()))?;
-    let _ = std::fs::remove_dir_all(&scratch);
-
-    eprintln!("\n==> install aioquic: python3 -m venv {} && pip install aioquic=={AIOQUIC_VERSION}", dir.display());
-    let status = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&scratch)
-        .status()
-        .context("running `python3` (Python 3 with venv is needed for the HTTP/3 check)")?;
-    ensure!(status.success(), "python3 -m venv {} failed ({status})", scratch.display());
-    let package = format!("aioquic=={AIOQUIC_VERSION}");
-    let status = Command::new(scratch.join("bin/python"))
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", &package])
-        .status()
-        .context("running pip")?;
-    ensure!(status.success(), "pip install {package} failed ({status}); the partial venv is {}", scratch.display());
-    // Another run may have finished first; its venv is the same one.
-    if std::fs::rename(&scratch, &dir).is_err() && has_aioquic(&python) {
-        let _ = std::fs::remove_dir_all(&scratch);
-    }
-    ensure!(has_aioquic(&python), "{} cannot import aioquic {AIOQUIC_VERSION} after pip install", python.display());
-    Ok(python)
-}
-
-/// True if `python` runs and imports aioquic's HTTP/3 client at the pinned version.
-fn has_aioquic(python: &Path) -> bool {
-    let probe = format!(
-        "import aioquic.asyncio.client, aioquic.h3.connection, importlib.metadata as m; \
-         raise SystemExit(m.version('aioquic') != '{AIOQUIC_VERSION}')"
-    );
-    Command::new(python)
-        .args(["-c", &probe])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    util::python_venv("aioquic-venv", "aioquic", AIOQUIC_VERSION, "aioquic.asyncio.client, aioquic.h3.connection")
 }

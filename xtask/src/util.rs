@@ -116,3 +116,55 @@ impl Checks {
         Ok(())
     }
 }
+
+/// Creates a venv with `package==version` at `target/tools/<name>/` unless one that imports
+/// `modules` at that version is already there, and returns its python. The venv is built in a
+/// scratch directory renamed into place at the end, so an interrupted install is never
+/// mistaken for a cached one (a venv's python finds its packages relative to itself, so it
+/// works after the rename).
+pub fn python_venv(name: &str, package: &str, version: &str, modules: &str) -> anyhow::Result<PathBuf> {
+    let tools = root().join("target/tools");
+    let dir = tools.join(name);
+    let python = dir.join("bin/python");
+    let works = |python: &Path| {
+        let probe = format!(
+            "import {modules}, importlib.metadata as m; raise SystemExit(m.version('{package}') != '{version}')"
+        );
+        Command::new(python)
+            .args(["-c", &probe])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works(&python) {
+        return Ok(python);
+    }
+    if dir.exists() {
+        // A venv from another pin (or a broken one): start over.
+        eprintln!("\n==> {} lacks {package} {version}; recreating it", dir.display());
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let scratch = tools.join(format!("{name}.{}.tmp", std::process::id()));
+    std::fs::create_dir_all(&tools).with_context(|| format!("creating {}", tools.display()))?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    eprintln!("\n==> install {package}: python3 -m venv {} && pip install {package}=={version}", dir.display());
+    let status = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&scratch)
+        .status()
+        .context("running `python3` (Python 3 with venv is needed)")?;
+    ensure!(status.success(), "python3 -m venv {} failed ({status})", scratch.display());
+    let pinned = format!("{package}=={version}");
+    let status = Command::new(scratch.join("bin/python"))
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", &pinned])
+        .status()
+        .context("running pip")?;
+    ensure!(status.success(), "pip install {pinned} failed ({status}); the partial venv is {}", scratch.display());
+    // Another run may have finished first; its venv is the same one.
+    if std::fs::rename(&scratch, &dir).is_err() && works(&python) {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    ensure!(works(&python), "{} cannot import {modules} ({package} {version}) after pip install", python.display());
+    Ok(python)
+}

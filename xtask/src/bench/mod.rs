@@ -65,18 +65,8 @@ const STREAM_CONNECTIONS: u32 = 8;
 const STREAM_BYTES: u64 = 1 << 20;
 
 /// Scenario names, in the order they run.
-const SCENARIOS: &[&str] = &[
-    "h1",
-    "h2-tls",
-    "tls-handshake",
-    "stream-1mib",
-    "websocket",
-    "idle-h1",
-    "idle-tls",
-    "h3",
-    "h2-oha",
-    "routes-10k",
-];
+const SCENARIOS: &[&str] =
+    &["h1", "h2-tls", "tls-handshake", "stream-1mib", "websocket", "idle-h1", "idle-tls", "h3", "h2-oha", "routes-10k"];
 
 /// Command-line options.
 #[derive(Debug, Clone)]
@@ -353,7 +343,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let mut cmd = Pinning::command(pinning.proxy, &binary);
         // A long watch interval: the config never changes, and polling it would only add noise.
         cmd.args(["--log-level", "warn", "serve", "--watch-interval", "1h", "--config"]).arg(&config);
-        let pid = services.spawn(&format!("portcullis ({label})"), cmd, tmp.path(&format!("portcullis-{label}.log")))?;
+        let pid =
+            services.spawn(&format!("portcullis ({label})"), cmd, tmp.path(&format!("portcullis-{label}.log")))?;
         procs::wait_for_200(&mut services, ports.admin(), "/readyz", &format!("Portcullis ({label})'s /readyz"))?;
         ours.insert(label, (pid, ports.main(), ports.metrics()));
     }
@@ -483,7 +474,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
 
-    let bench = Bench { opts: &opts, pinning, tmp: &tmp, upstream_pid, ours: services.pids(), oha, loadgen: loadgen_bin };
+    let bench =
+        Bench { opts: &opts, pinning, tmp: &tmp, upstream_pid, ours: services.pids(), oha, loadgen: loadgen_bin };
     let mut results = Vec::new();
     for s in scenarios.iter().filter(|s| opts.wants(s.name)) {
         services.check_alive()?;
@@ -818,9 +810,7 @@ fn noisy_note(sample: &Sample) -> String {
 /// last CPU sample.
 fn run_bounded(mut cmd: Command, limit: Duration, stdout_path: &std::path::Path) -> anyhow::Result<(String, u64)> {
     let stderr_path = stdout_path.with_extension("err");
-    cmd.stdin(Stdio::null())
-        .stdout(std::fs::File::create(stdout_path)?)
-        .stderr(std::fs::File::create(&stderr_path)?);
+    cmd.stdin(Stdio::null()).stdout(std::fs::File::create(stdout_path)?).stderr(std::fs::File::create(&stderr_path)?);
     let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
     let deadline = Instant::now() + limit;
     let mut ticks = 0;
@@ -862,7 +852,8 @@ fn many_routes_yaml(upstream: &str) -> (String, usize) {
     for i in 0..2500 {
         let _ = writeln!(yaml, " - {{from: https://host{i}.example.com, prefix: /api/v{i}, to: {upstream}}}");
         let _ = writeln!(yaml, " - {{from: https://host{i}.example.com, path: /exact/{i}, to: {upstream}}}");
-        let _ = writeln!(yaml, " - {{from: \"https://*.w{i}.example.com\", regex: \"/items/[0-9]+/{i}\", to: {upstream}}}");
+        let _ =
+            writeln!(yaml, " - {{from: \"https://*.w{i}.example.com\", regex: \"/items/[0-9]+/{i}\", to: {upstream}}}");
         let _ = writeln!(yaml, " - {{from: \"https://*.w{i}.example.com\", prefix: /static, to: {upstream}}}");
     }
     let _ = writeln!(yaml, " - {{from: \"https://*\", to: {upstream}}}");

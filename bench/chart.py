@@ -1,0 +1,66 @@
+"""Draws the main ratios of a `cargo xtask bench` run as a PNG.
+
+usage: python chart.py latest.json latest.png
+
+One group of bars per scenario: Portcullis's advantage over nginx, HAProxy and the direct
+path for the scenario's main figure (req/s, MiB/s, new conn/s, msg/s, KiB per idle
+connection). "Advantage" is oriented so that above 1 always means Portcullis is better:
+Portcullis / other for rates, other / Portcullis for memory. Against the direct path it is
+at most about 1 (the upstream alone is the limit a proxy can reach).
+"""
+
+import json
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+OTHERS = [("nginx", "vs nginx", "#4C72B0"), ("haproxy", "vs HAProxy", "#DD8452"), ("direct", "vs direct (limit)", "#8C8C8C")]
+
+
+def advantage(scenario, other):
+    targets = scenario["targets"]
+    if "portcullis" not in targets or other not in targets:
+        return None
+    ours = targets["portcullis"]["median"]["figure"]
+    theirs = targets[other]["median"]["figure"]
+    if not ours or not theirs:
+        return None
+    return ours / theirs if scenario["higher_is_better"] else theirs / ours
+
+
+def main(src, dst):
+    with open(src) as f:
+        report = json.load(f)
+    scenarios = report["scenarios"]
+    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(scenarios)), 5), dpi=120)
+    width = 0.8 / len(OTHERS)
+    for i, (key, label, color) in enumerate(OTHERS):
+        xs, ys = [], []
+        for x, s in enumerate(scenarios):
+            a = advantage(s, key)
+            if a is not None:
+                xs.append(x - 0.4 + width * (i + 0.5))
+                ys.append(a)
+        bars = ax.bar(xs, ys, width, label=label, color=color)
+        ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=7, padding=2)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(scenarios)))
+    ax.set_xticklabels([f"{s['name']}\n({s['unit']})" for s in scenarios], fontsize=8)
+    ax.set_ylabel("Portcullis advantage (>1: Portcullis better)")
+    m = report["machine"]
+    ax.set_title(
+        f"Portcullis {m['git']} vs nginx {m['nginx']}, HAProxy {m['haproxy']}: medians of "
+        f"{report['settings']['runs']} runs, {m['nproc']} CPUs",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(dst)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,532 @@
+//! The report: medians and ratios as a markdown table and JSON, a PNG of the main ratios
+//! (matplotlib, from PyPI, in a venv under target/tools), and the machine they come from.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{ensure, Context as _};
+use serde_json::{json, Value};
+
+use super::loadgen::OHA_VERSION;
+use super::procs::{command_output, Pinning};
+use super::{RoutesScale, Sample, ScenarioResult, Target, Unit, NOISY_FOREIGN_CPU};
+use crate::util;
+
+/// The matplotlib release the chart is drawn with.
+const MATPLOTLIB_VERSION: &str = "3.10.7";
+
+/// The machine and the programs the numbers come from.
+pub struct Machine {
+    nproc: String,
+    cpu_model: String,
+    memory: String,
+    kernel: String,
+    os: String,
+    rustc: String,
+    nginx: String,
+    haproxy: String,
+    wrk: String,
+    h2load: String,
+    git: String,
+}
+
+impl Machine {
+    pub fn describe() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map_or("?", |v| v.trim_start_matches([' ', '\t', ':']))
+            .to_owned();
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines().find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<f64>().ok())
+            })
+            .map_or_else(|| "?".to_owned(), |kib| format!("{:.0} GiB", kib / 1024.0 / 1024.0));
+        let os = std::fs::read_to_string("/etc/os-release")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| Some(l.strip_prefix("PRETTY_NAME=")?.trim_matches('"').to_owned())))
+            .unwrap_or_else(|| "?".to_owned());
+        let root = util::root().display().to_string();
+        let git =
+            command_output("git", &["-C", &root, "rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".to_owned());
+        let dirty = command_output("git", &["-C", &root, "status", "--porcelain"]).is_some();
+        let first_line =
+            |s: Option<String>| s.and_then(|s| s.lines().next().map(str::to_owned)).unwrap_or_else(|| "?".to_owned());
+        // nginx -v writes to stderr.
+        let nginx = Command::new("nginx").arg("-v").output().ok().map_or_else(
+            || "?".to_owned(),
+            |o| String::from_utf8_lossy(&o.stderr).trim().trim_start_matches("nginx version: ").to_owned(),
+        );
+        Self {
+            nproc: command_output("nproc", &[]).unwrap_or_else(|| "?".to_owned()),
+            cpu_model,
+            memory,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map_or_else(|_| "?".to_owned(), |s| s.trim().to_owned()),
+            os,
+            rustc: command_output("rustc", &["-V"]).unwrap_or_else(|| "?".to_owned()),
+            nginx,
+            haproxy: first_line(command_output("haproxy", &["-v"]))
+                .split(" - ")
+                .next()
+                .unwrap_or("?")
+                .trim_start_matches("HAProxy version ")
+                .to_owned(),
+            // wrk prints its version in the usage text and exits non-zero.
+            wrk: first_line(command_output("wrk", &["-v"])).split(" [").next().unwrap_or("?").to_owned(),
+            h2load: first_line(command_output("h2load", &["--version"])),
+            git: if dirty { format!("{git} (uncommitted changes)") } else { git },
+        }
+    }
+}
+
+/// The medians of one target's samples, each figure on its own.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub figure: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub errors: u64,
+    pub proxy_cpu_us: Option<f64>,
+    pub proxy_util: Option<f64>,
+    pub upstream_cpu_us: f64,
+    pub loadgen_util: f64,
+    pub foreign_util_max: f64,
+}
+
+/// The median (mean of the two middle values for an even count).
+pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        f64::midpoint(v[mid - 1], v[mid])
+    }
+}
+
+impl Summary {
+    pub fn of(samples: &[Sample]) -> Self {
+        let opt = |f: fn(&Sample) -> Option<f64>| {
+            let v: Vec<f64> = samples.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        Self {
+            figure: median(samples.iter().map(|s| s.figure)),
+            p50_us: median(samples.iter().map(|s| s.load.p50_us)),
+            p99_us: median(samples.iter().map(|s| s.load.p99_us)),
+            errors: samples.iter().map(|s| s.load.errors).sum(),
+            proxy_cpu_us: opt(|s| s.proxy_cpu_us),
+            proxy_util: opt(|s| s.proxy_util),
+            upstream_cpu_us: median(samples.iter().map(|s| s.upstream_cpu_us)),
+            loadgen_util: median(samples.iter().map(|s| s.loadgen_util)),
+            foreign_util_max: samples.iter().map(|s| s.foreign_util).fold(0.0, f64::max),
+        }
+    }
+}
+
+pub struct Report {
+    pub load_text: String,
+    pub runs: usize,
+    pub warmup: u64,
+    pub duration: u64,
+    pub idle: u32,
+    pub machine: Machine,
+    pub pinning: Pinning,
+    pub processes: Vec<Value>,
+    pub load_before: f64,
+    pub load_after: f64,
+    pub results: Vec<ScenarioResult>,
+    pub routes: Option<RoutesScale>,
+}
+
+pub fn fmt_latency(us: f64) -> String {
+    if us.is_nan() {
+        "–".to_owned()
+    } else if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+/// Thousands separators, no decimals; one decimal below 100.
+pub fn fmt_num(v: f64) -> String {
+    if v.is_nan() {
+        return "–".to_owned();
+    }
+    if v.abs() < 100.0 {
+        return format!("{v:.1}");
+    }
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn fmt_ratio(r: f64) -> String {
+    if r.is_finite() {
+        format!("{r:.2}")
+    } else {
+        "–".to_owned()
+    }
+}
+
+fn timestamp() -> String {
+    command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_else(|| "?".to_owned())
+}
+
+/// One row of the results table: a figure's median for each target.
+struct Row {
+    label: String,
+    values: Vec<(Target, f64)>,
+    /// For the ratio's reading: is a larger value better?
+    higher_is_better: bool,
+    format: fn(f64) -> String,
+}
+
+impl Row {
+    fn get(&self, t: Target) -> Option<f64> {
+        self.values.iter().find(|(x, _)| *x == t).map(|(_, v)| *v).filter(|v| !v.is_nan())
+    }
+
+    /// Portcullis ÷ `other`.
+    fn ratio(&self, other: Target) -> Option<f64> {
+        Some(self.get(Target::Portcullis)? / self.get(other)?)
+    }
+}
+
+fn rows(r: &ScenarioResult) -> Vec<Row> {
+    let sums: Vec<(Target, Summary)> = r.targets.iter().map(|t| (t.target, Summary::of(&t.samples))).collect();
+    let col = |f: fn(&Summary) -> f64| sums.iter().map(|(t, s)| (*t, f(s))).collect::<Vec<_>>();
+    let mut rows = vec![Row {
+        label: r.unit.label().to_owned(),
+        values: col(|s| s.figure),
+        higher_is_better: r.unit.higher_is_better(),
+        format: fmt_num,
+    }];
+    if r.unit != Unit::KiBPerConnection {
+        let what = match r.unit {
+            Unit::Messages => "round trip",
+            Unit::Connections => "connection",
+            _ => "request",
+        };
+        rows.push(Row {
+            label: format!("p50 per {what}"),
+            values: col(|s| s.p50_us),
+            higher_is_better: false,
+            format: fmt_latency,
+        });
+        rows.push(Row {
+            label: format!("p99 per {what}"),
+            values: col(|s| s.p99_us),
+            higher_is_better: false,
+            format: fmt_latency,
+        });
+        let per = match r.unit {
+            Unit::Messages => "message",
+            Unit::Connections => "connection",
+            _ => "response",
+        };
+        rows.push(Row {
+            label: format!("proxy CPU per {per}"),
+            values: col(|s| s.proxy_cpu_us.unwrap_or(f64::NAN)),
+            higher_is_better: false,
+            format: |v| if v.is_nan() { "–".to_owned() } else { format!("{v:.1} µs") },
+        });
+    }
+    rows
+}
+
+impl Report {
+    fn noisy(&self) -> bool {
+        self.results
+            .iter()
+            .flat_map(|r| r.targets.iter().flat_map(|t| &t.samples))
+            .any(|s| s.foreign_util > NOISY_FOREIGN_CPU)
+    }
+
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let mut md = String::new();
+        let _ = writeln!(md, "# Portcullis, nginx and HAProxy, {}\n", timestamp());
+        let _ = writeln!(
+            md,
+            "- machine: {} CPUs ({}), {} memory, {}, kernel {}; {}",
+            m.nproc, m.cpu_model, m.memory, m.os, m.kernel, m.rustc
+        );
+        let _ = writeln!(
+            md,
+            "- code: Portcullis git {} (release build); nginx {} and HAProxy {} from Debian",
+            m.git, m.nginx, m.haproxy
+        );
+        let _ = writeln!(md, "- {}", self.pinning.describe());
+        let _ = writeln!(md, "- load: {}; {}, {}", self.load_text, m.wrk, m.h2load);
+        let _ = writeln!(
+            md,
+            "- runs: {} s warm-up per target, then {} rounds of {} s, each round running every target once in turn; every figure is the median of its runs",
+            self.warmup, self.runs, self.duration
+        );
+        let _ = writeln!(md, "- ratios: Portcullis ÷ the other target, from the same run. For rates above 1 means Portcullis is ahead; for latency, CPU and memory below 1 does");
+        let _ = writeln!(md, "- percentiles: wrk's own HdrHistogram (`--latency`); h2load: nearest rank over every 2xx request in its `--log-file`; oha: its own; portcullis-loadgen: nearest rank over every round trip");
+        let procs: Vec<String> = self
+            .processes
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} on CPU {} ({} threads)",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["cpus_allowed"].as_str().unwrap_or("?"),
+                    p["threads"]
+                )
+            })
+            .collect();
+        let _ = writeln!(md, "- processes as measured: {}", procs.join(", "));
+        let _ = writeln!(
+            md,
+            "- load average (1 min): {:.2} before the build, {:.2} at the end\n",
+            self.load_before, self.load_after
+        );
+        let _ = writeln!(md, "![Portcullis against nginx, HAProxy and the direct path](latest.png)\n");
+
+        let _ = writeln!(
+            md,
+            "| scenario | figure | Portcullis | nginx | HAProxy | direct | ÷ nginx | ÷ HAProxy | ÷ direct |"
+        );
+        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        let mut behind = Vec::new();
+        for r in &self.results {
+            for (i, row) in rows(r).iter().enumerate() {
+                let cell = |t: Target| row.get(t).map_or_else(|| "–".to_owned(), |v| (row.format)(v));
+                let head =
+                    if i == 0 { format!("**{}**: {} ({})", r.name, r.title, r.tool.name()) } else { String::new() };
+                let ratios: Vec<String> = [Target::Nginx, Target::Haproxy, Target::Direct]
+                    .iter()
+                    .map(|&t| row.ratio(t).map_or_else(|| "–".to_owned(), fmt_ratio))
+                    .collect();
+                let _ = writeln!(
+                    md,
+                    "| {head} | {} | {} | {} | {} | {} | {} |",
+                    row.label,
+                    cell(Target::Portcullis),
+                    cell(Target::Nginx),
+                    cell(Target::Haproxy),
+                    cell(Target::Direct),
+                    ratios.join(" | ")
+                );
+                for peer in [Target::Nginx, Target::Haproxy] {
+                    if let Some(x) = row.ratio(peer) {
+                        // Within 3 % is a tie at this run-to-run spread.
+                        let worse = if row.higher_is_better { x < 0.97 } else { x > 1.03 };
+                        if worse {
+                            behind.push(format!("{} {} vs {} ({})", r.name, row.label, peer.label(), fmt_ratio(x)));
+                        }
+                    }
+                }
+            }
+        }
+        let errors: Vec<String> = self
+            .results
+            .iter()
+            .flat_map(|r| {
+                r.targets.iter().filter_map(move |t| {
+                    let e: u64 = t.samples.iter().map(|s| s.load.errors).sum();
+                    (e > 0).then(|| format!("{} {}: {e}", r.name, t.target.label()))
+                })
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "\nErrors (non-2xx, failed streams or connections, wrong echoes), all runs: {}.",
+            if errors.is_empty() { "none".to_owned() } else { errors.join(", ") }
+        );
+        let _ = writeln!(
+            md,
+            "\n**Behind a peer by more than 3 %** (Portcullis ÷ peer): {}.",
+            if behind.is_empty() { "nowhere".to_owned() } else { behind.join("; ") }
+        );
+
+        let _ = writeln!(md, "\n## Where the time goes\n\nMedians; CPU time from /proc/<pid>/stat around each run (a proxy's whole process tree: nginx's master and worker).\n");
+        let _ = writeln!(md, "| scenario | target | proxy CPU busy | upstream CPU per response | load generator CPU busy | other processes, worst run |");
+        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
+        for r in self.results.iter().filter(|r| r.unit != Unit::KiBPerConnection) {
+            for t in &r.targets {
+                let s = Summary::of(&t.samples);
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {:.1} µs | {:.0}% | {:.0}% of a CPU |",
+                    r.name,
+                    t.target.label(),
+                    s.proxy_util.map_or_else(|| "–".to_owned(), |u| format!("{:.0}%", u * 100.0)),
+                    s.upstream_cpu_us,
+                    s.loadgen_util * 100.0,
+                    s.foreign_util_max * 100.0
+                );
+            }
+        }
+        if self.noisy() {
+            let _ = writeln!(
+                md,
+                "\n**Noisy:** processes not started by the benchmark used more than {:.0}% of a CPU during some runs (see the last column); re-run on a quiet machine.",
+                NOISY_FOREIGN_CPU * 100.0
+            );
+        }
+
+        let _ = writeln!(md, "\n## Scale\n");
+        if let Some(rs) = &self.routes {
+            let per_route = (rs.rss_kib.1 - rs.rss_kib.0) / (rs.routes - 1) as f64 * 1024.0;
+            let _ = writeln!(md, "Snapshot build with {} routes (`portcullis serve`, medians of {} starts each; the route mix of `benches/route_lookup.rs`):\n", fmt_num(rs.routes as f64), rs.runs);
+            let _ = writeln!(md, "| | 1 route | {} routes |", fmt_num(rs.routes as f64));
+            let _ = writeln!(md, "|---|---:|---:|");
+            let _ = writeln!(
+                md,
+                "| start to `/readyz` (parse, validate, compile, bind) | {:.0} ms | {:.0} ms |",
+                rs.ready_ms.0, rs.ready_ms.1
+            );
+            let _ = writeln!(
+                md,
+                "| resident memory once ready | {:.1} MiB | {:.1} MiB ({per_route:.0} bytes per route) |",
+                rs.rss_kib.0 / 1024.0,
+                rs.rss_kib.1 / 1024.0
+            );
+        }
+        let _ = writeln!(md, "\nRoute lookup among 10,001 routes: `cargo bench --bench route_lookup` (criterion; figures in bench/README.md). Controller with 1,000 Ingresses against a real API server: `cargo xtask bench controller`, [controller-scale.md](controller-scale.md).");
+        if let Ok(findings) = std::fs::read_to_string(util::root().join("bench/findings.md")) {
+            let _ = writeln!(md, "\n{}", findings.trim_end());
+        }
+        md
+    }
+
+    pub fn json(&self) -> Value {
+        let m = &self.machine;
+        let sample = |s: &Sample| {
+            json!({
+                "figure": s.figure, "rps": s.load.rps, "p50_us": s.load.p50_us, "p99_us": s.load.p99_us,
+                "count": s.load.requests, "errors": s.load.errors,
+                "bytes_per_response": s.load.bytes_per_response,
+                "proxy_cpu_us": s.proxy_cpu_us, "proxy_cpu_busy": s.proxy_util,
+                "upstream_cpu_us": s.upstream_cpu_us,
+                "loadgen_cpu_busy": s.loadgen_util, "foreign_cpu": s.foreign_util, "foreign_busiest": s.foreign_top,
+            })
+        };
+        let scenarios: Vec<Value> = self
+            .results
+            .iter()
+            .map(|r| {
+                let mut targets = serde_json::Map::new();
+                for t in &r.targets {
+                    let s = Summary::of(&t.samples);
+                    targets.insert(
+                        t.target.key().to_owned(),
+                        json!({
+                            "url": t.url,
+                            "median": {
+                                "figure": s.figure, "p50_us": s.p50_us, "p99_us": s.p99_us, "errors": s.errors,
+                                "proxy_cpu_us": s.proxy_cpu_us, "proxy_cpu_busy": s.proxy_util,
+                                "upstream_cpu_us": s.upstream_cpu_us, "loadgen_cpu_busy": s.loadgen_util,
+                                "foreign_cpu_max": s.foreign_util_max,
+                            },
+                            "runs": t.samples.iter().map(sample).collect::<Vec<_>>(),
+                        }),
+                    );
+                }
+                let mut ratios = serde_json::Map::new();
+                for other in [Target::Nginx, Target::Haproxy, Target::Direct] {
+                    let mut by_row = serde_json::Map::new();
+                    for (i, row) in rows(r).iter().enumerate() {
+                        let key = match i {
+                            0 => "figure",
+                            1 => "p50",
+                            2 => "p99",
+                            _ => "proxy_cpu",
+                        };
+                        by_row.insert(key.to_owned(), json!(row.ratio(other).filter(|x| x.is_finite())));
+                    }
+                    ratios.insert(format!("portcullis_over_{}", other.key()), Value::Object(by_row));
+                }
+                json!({
+                    "name": r.name, "title": r.title, "tool": r.tool.name(),
+                    "unit": r.unit.label(), "higher_is_better": r.unit.higher_is_better(),
+                    "targets": targets, "ratios": ratios,
+                })
+            })
+            .collect();
+        json!({
+            "generated_at": timestamp(),
+            "machine": {
+                "nproc": m.nproc, "cpu_model": m.cpu_model, "memory": m.memory, "os": m.os, "kernel": m.kernel,
+                "rustc": m.rustc, "nginx": m.nginx, "haproxy": m.haproxy, "wrk": m.wrk, "h2load": m.h2load,
+                "oha": OHA_VERSION, "git": m.git,
+                "load_average_1m_before": self.load_before, "load_average_1m_after": self.load_after,
+                "noisy": self.noisy(),
+            },
+            "settings": {
+                "duration_s": self.duration, "runs": self.runs, "warmup_s": self.warmup, "idle_connections": self.idle,
+                "load": self.load_text,
+                "pinning": self.pinning.describe(),
+                "aggregate": "median of the runs for each figure; ratio = Portcullis median / other median",
+            },
+            "processes": self.processes,
+            "scenarios": scenarios,
+            "routes_scale": self.routes.as_ref().map(|r| json!({
+                "routes": r.routes, "starts": r.runs,
+                "ready_ms": { "one_route": r.ready_ms.0, "many_routes": r.ready_ms.1 },
+                "rss_kib": { "one_route": r.rss_kib.0, "many_routes": r.rss_kib.1 },
+            })),
+        })
+    }
+}
+
+/// A venv with matplotlib at `target/tools/bench-venv/` unless one with the pinned version is
+/// there; returns its python.
+pub fn install_matplotlib() -> anyhow::Result<PathBuf> {
+    util::python_venv("bench-venv", "matplotlib", MATPLOTLIB_VERSION, "matplotlib.pyplot")
+}
+
+/// Draws the main ratios (`bench/chart.py`) from the JSON into a PNG.
+pub fn chart(python: &Path, json: &Path, png: &Path) -> anyhow::Result<()> {
+    let script = util::root().join("bench/chart.py");
+    let status = Command::new(python)
+        .arg(&script)
+        .arg(json)
+        .arg(png)
+        .env("MPLBACKEND", "Agg")
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(status.success(), "{} failed ({status})", script.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(fmt_num(1_234_567.4), "1,234,567");
+        assert_eq!(fmt_num(999.0), "999");
+        assert_eq!(fmt_num(12.345), "12.3");
+        assert_eq!(fmt_latency(850.0), "850 µs");
+        assert_eq!(fmt_latency(10460.0), "10.46 ms");
+        assert_eq!(fmt_latency(f64::NAN), "–");
+    }
+
+    #[test]
+    fn medians() {
+        assert!((median([3.0, 1.0, 2.0]) - 2.0).abs() < 1e-9);
+        assert!((median([4.0, 1.0, 2.0, 3.0]) - 2.5).abs() < 1e-9);
+        assert!(median([]).is_nan());
+    }
+}
