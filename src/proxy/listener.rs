@@ -313,7 +313,7 @@ where
     match h2 {
         Some(true) => {
             let builder = builder.http2_only();
-            let conn = builder.serve_connection(io, service);
+            let conn = Box::pin(builder.serve_connection(io, service));
             drive(conn, auto::Connection::graceful_shutdown, &info, false).await;
         }
         Some(false) => {
@@ -323,11 +323,11 @@ where
                 .max_buf_size(MAX_HEAD_BYTES)
                 .max_headers(1000)
                 .keep_alive(true);
-            let conn = h1.serve_connection(io, service).with_upgrades();
+            let conn = Box::pin(h1.serve_connection(io, service).with_upgrades());
             drive(conn, hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown, &info, true).await;
         }
         None => {
-            let conn = builder.serve_connection_with_upgrades(io, service);
+            let conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
             drive(conn, auto::UpgradeableConnection::graceful_shutdown, &info, true).await;
         }
     }
@@ -352,12 +352,14 @@ pub(crate) const DRAIN_LINGER: Duration = Duration::from_secs(1);
 
 /// Runs a connection to its end: closes it gracefully on `timeout_idle` or a drain, and at
 /// once on the HTTP/1 header timeout or when `drain_timeout` ends.
-async fn drive<C, E>(conn: C, graceful_shutdown: fn(Pin<&mut C>), info: &ConnInfo, is_h1: bool)
+///
+/// The connection comes boxed: held inline, hyper's connection state (several KiB) was laid
+/// out more than once in this task's future, and every idle connection paid for the copies.
+async fn drive<C, E>(mut conn: Pin<Box<C>>, graceful_shutdown: fn(Pin<&mut C>), info: &ConnInfo, is_h1: bool)
 where
     C: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    tokio::pin!(conn);
     let mut closing = false;
     // HTTP/1.1 being drained: the next response carries `Connection: close`; a connection
     // that stays idle for DRAIN_LINGER is closed.
