@@ -165,8 +165,12 @@ pin_project_lite::pin_project! {
     pub struct ResponseBody {
         #[pin]
         inner: ProxyBody,
-        write_deadline: Option<Pin<Box<Sleep>>>,
-        idle: Option<(Duration, Pin<Box<Sleep>>)>,
+        write_deadline: Option<tokio::time::Instant>,
+        idle: Option<Duration>,
+        // Armed for the earliest of the write deadline and the idle check the first time
+        // the body has to wait: most responses never do, and never pay for a timer.
+        timer: Option<Pin<Box<Sleep>>>,
+        idle_at: Option<tokio::time::Instant>,
         state: Option<Arc<StreamState>>,
         bytes: u64,
         error: Option<String>,
@@ -202,8 +206,10 @@ impl ResponseBody {
         }
         Self {
             inner,
-            write_deadline: write_deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
-            idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+            write_deadline,
+            idle,
+            timer: None,
+            idle_at: idle.map(|d| tokio::time::Instant::now() + d),
             state,
             bytes: 0,
             error: None,
@@ -243,13 +249,8 @@ impl Body for ResponseBody {
             }
             Poll::Pending => {}
         }
-        let timeout = if this.write_deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready()) {
-            Some(BodyTimeout::Write)
-        } else if let Some((dur, sleep)) = this.idle {
-            idle_expired(*dur, sleep, this.state.as_deref(), cx).then_some(BodyTimeout::Idle)
-        } else {
-            None
-        };
+        let timeout =
+            poll_timers(this.timer, *this.write_deadline, *this.idle, this.idle_at, this.state.as_deref(), cx);
         match timeout {
             Some(t) => {
                 *this.error = Some(t.to_string());
@@ -268,18 +269,49 @@ impl Body for ResponseBody {
     }
 }
 
-/// Re-arms the idle timer lazily from the shared activity clock instead of resetting it on
-/// every frame, so a busy stream costs no timer operations.
-fn idle_expired(dur: Duration, sleep: &mut Pin<Box<Sleep>>, state: Option<&StreamState>, cx: &mut Context<'_>) -> bool {
+/// The write deadline and the idle timeout on one timer, created on first use. The idle
+/// check re-arms lazily from the shared activity clock instead of being reset on every
+/// frame, so a busy stream costs no timer operations.
+fn poll_timers(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    write_deadline: Option<tokio::time::Instant>,
+    idle: Option<Duration>,
+    idle_at: &mut Option<tokio::time::Instant>,
+    state: Option<&StreamState>,
+    cx: &mut Context<'_>,
+) -> Option<BodyTimeout> {
     loop {
+        let next = match (write_deadline, *idle_at) {
+            (Some(w), Some(i)) => w.min(i),
+            (Some(w), None) => w,
+            (None, Some(i)) => i,
+            (None, None) => return None,
+        };
+        let sleep = match timer {
+            Some(s) => {
+                if s.deadline() != next {
+                    s.as_mut().reset(next);
+                }
+                s
+            }
+            None => timer.insert(Box::pin(tokio::time::sleep_until(next))),
+        };
         if sleep.as_mut().poll(cx).is_pending() {
-            return false;
+            return None;
         }
-        let last = state.map_or(0, |s| s.last_activity.load(Ordering::Relaxed));
-        let idle_for = Duration::from_millis(now_ms().saturating_sub(last));
-        if idle_for >= dur {
-            return true;
+        let now = tokio::time::Instant::now().max(next);
+        if write_deadline.is_some_and(|w| w <= now) {
+            return Some(BodyTimeout::Write);
         }
-        sleep.as_mut().reset(tokio::time::Instant::now() + dur.checked_sub(idle_for).unwrap());
+        if let (Some(dur), Some(at)) = (idle, *idle_at) {
+            if at <= now {
+                let last = state.map_or(0, |s| s.last_activity.load(Ordering::Relaxed));
+                let idle_for = Duration::from_millis(now_ms().saturating_sub(last));
+                if idle_for >= dur {
+                    return Some(BodyTimeout::Idle);
+                }
+                *idle_at = Some(tokio::time::Instant::now() + dur.checked_sub(idle_for).unwrap());
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! upstream selection, the upstream and write timeouts, and the access log.
 
 use std::fmt::Write as _;
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use hyper::body::Incoming;
 use super::body::{self, now_ms, OnFinish, ProxyBody, RequestBody, ResponseBody, StreamState};
 use super::error::ProxyError;
 use super::listener::{ConnInfo, ListenerKind, RequestGuard};
-use super::upstream::{ConnectError, Target};
+use super::upstream::{ConnectError, H1Error, Target};
 use super::{CompiledRoute, Proxy, Snapshot};
 use crate::config::MtlsEnforcement;
 use crate::metrics::{method_label, DurationLabels, Metrics, RequestLabels, UpstreamLabels};
@@ -242,7 +243,11 @@ where
         guard: Some(guard),
         in_flight: None,
     });
-    let result = route_request(proxy, conn, &snap, req, &host, &mut finish).await;
+    // The stream state and idle timeout of a proxied response, handed back beside it rather
+    // than in its extensions (which would allocate a map per request).
+    let mut stream: Option<(Option<Duration>, Arc<StreamState>)> = None;
+    // Boxed: the routing future is large, and hyper moves (HTTP/2: spawns) this one.
+    let result = Box::pin(route_request(proxy, conn, &snap, req, &host, &mut finish, &mut stream)).await;
     finish.host = host;
     let mut resp = match result {
         Ok(r) => r,
@@ -266,15 +271,13 @@ where
         return resp;
     }
     let (parts, inner) = resp.into_parts();
-    let idle = finish.route.as_ref().and_then(|_| parts.extensions.get::<StreamIdle>().and_then(|s| s.0));
+    let (idle, state) = match stream {
+        Some((idle, state)) => (finish.route.and(idle), Some(state)),
+        None => (None, None),
+    };
     let write_deadline = conn.timeouts.write.map(|w| tokio::time::Instant::from_std(started + w));
-    let state = parts.extensions.get::<Arc<StreamState>>().cloned();
     Response::from_parts(parts, ResponseBody::new(inner, write_deadline, idle, state, finish).boxed_unsync())
 }
-
-/// The effective stream idle timeout, carried on the response for the body wrapper.
-#[derive(Clone, Copy)]
-struct StreamIdle(Option<Duration>);
 
 fn request_host<B>(req: &Request<B>) -> Option<&str> {
     req.uri()
@@ -290,6 +293,7 @@ async fn route_request<B>(
     req: Request<B>,
     host: &str,
     finish: &mut Finish,
+    stream: &mut Option<(Option<Duration>, Arc<StreamState>)>,
 ) -> Result<Response<ProxyBody>, ProxyError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -359,8 +363,7 @@ where
         parts.headers.insert(name.clone(), value.clone());
     }
     parts.version = Version::HTTP_11;
-    parts.extensions.insert(StreamIdle(route.stream_idle));
-    parts.extensions.insert(state);
+    *stream = Some((route.stream_idle, state));
     Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
 }
 
@@ -621,41 +624,140 @@ async fn send_upstream(
     state: &Arc<StreamState>,
     started: Instant,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let upstream_timeout = async {
-        match route.upstream_timeout {
-            Some(t) => {
-                state.request_finished().await;
-                tokio::time::sleep(t).await;
-                t
+    let timers = UpstreamTimers::new(conn, route, state, started);
+    let read_timed_out = || state.read_timed_out.load(Ordering::Acquire);
+    match &target.h1 {
+        Some(pool) if req.method() != Method::CONNECT => match with_timers(pool.send(req), timers).await? {
+            Ok(r) => Ok(r),
+            Err(_) if read_timed_out() => Err(ProxyError::ReadTimeout),
+            Err(H1Error::Connect(c)) => Err(ProxyError::UpstreamUnreachable(c.to_string())),
+            Err(H1Error::Request { kind, error }) => {
+                Err(ProxyError::UpstreamReset(format!("client error ({kind}): {}", chain(&error))))
             }
-            None => std::future::pending().await,
+        },
+        _ => match with_timers(target.client.request(req), timers).await? {
+            Ok(r) => Ok(r),
+            Err(_) if read_timed_out() => Err(ProxyError::ReadTimeout),
+            Err(e) => Err(classify(&e)),
+        },
+    }
+}
+
+/// Runs `send` until it completes or one of the timers expires.
+async fn with_timers<F: std::future::Future>(send: F, mut timers: UpstreamTimers<'_>) -> Result<F::Output, ProxyError> {
+    let mut send = std::pin::pin!(send);
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = send.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Ok(r));
         }
-    };
-    let write_timeout = async {
-        match conn.timeouts.write {
-            Some(w) => tokio::time::sleep_until(tokio::time::Instant::from_std(started + w)).await,
-            None => std::future::pending().await,
-        }
-    };
-    let idle = async {
-        match route.stream_idle {
-            Some(d) => wait_idle(state, d).await,
-            None => std::future::pending().await,
-        }
-    };
-    let send = target.client.request(req);
-    let result = tokio::select! {
-        r = send => r,
-        t = upstream_timeout => return Err(ProxyError::UpstreamTimeout(crate::config::duration::format(t))),
-        () = write_timeout => return Err(ProxyError::WriteTimeout),
-        () = idle => return Err(ProxyError::StreamIdle(crate::config::duration::format(route.stream_idle.unwrap_or_default()))),
-    };
-    result.map_err(|e| {
-        if state.read_timed_out.load(Ordering::Acquire) {
-            return ProxyError::ReadTimeout;
-        }
-        classify(&e)
+        timers.poll(cx).map(Err)
     })
+    .await
+}
+
+/// The upstream timeout (from the end of the request body), the write deadline and the
+/// stream idle timeout while the upstream response head is awaited, on one timer armed
+/// for the earliest of them, and only once the response is not there at the first poll.
+struct UpstreamTimers<'a> {
+    state: &'a StreamState,
+    /// `timeout` of the route, until it starts.
+    upstream: Option<Duration>,
+    /// Waits for the end of the request body (only when there is one still arriving).
+    request_done: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>>,
+    upstream_at: Option<tokio::time::Instant>,
+    write_at: Option<tokio::time::Instant>,
+    idle: Option<Duration>,
+    idle_at: Option<tokio::time::Instant>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    started: bool,
+}
+
+impl<'a> UpstreamTimers<'a> {
+    fn new(conn: &ConnInfo, route: &CompiledRoute, state: &'a StreamState, started: Instant) -> Self {
+        let idle = route.stream_idle;
+        if idle.is_some() {
+            state.touch();
+        }
+        Self {
+            state,
+            upstream: route.upstream_timeout,
+            request_done: None,
+            upstream_at: None,
+            write_at: conn.timeouts.write.map(|w| tokio::time::Instant::from_std(started + w)),
+            idle,
+            idle_at: None,
+            sleep: None,
+            started: false,
+        }
+    }
+
+    /// Ready with the error of the first timer to expire.
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<ProxyError> {
+        use std::task::Poll;
+        let now = tokio::time::Instant::now;
+        if !self.started {
+            self.started = true;
+            if let Some(d) = self.idle {
+                self.idle_at = Some(now() + idle_left(self.state, d).unwrap_or_default());
+            }
+            if self.upstream.is_some() {
+                if self.state.request_done.load(Ordering::Acquire) {
+                    self.upstream_at = Some(now() + self.upstream.unwrap_or_default());
+                } else {
+                    let state = self.state;
+                    self.request_done = Some(Box::pin(state.request_finished()));
+                }
+            }
+        }
+        if let Some(w) = &mut self.request_done {
+            if w.as_mut().poll(cx).is_ready() {
+                self.request_done = None;
+                self.upstream_at = self.upstream.map(|t| now() + t);
+            }
+        }
+        loop {
+            let Some(next) = [self.upstream_at, self.write_at, self.idle_at].into_iter().flatten().min() else {
+                return Poll::Pending;
+            };
+            let sleep = match &mut self.sleep {
+                Some(s) => {
+                    if s.deadline() != next {
+                        s.as_mut().reset(next);
+                    }
+                    s
+                }
+                None => self.sleep.insert(Box::pin(tokio::time::sleep_until(next))),
+            };
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The timer fired at `next` (or later): that deadline has passed.
+            let at = now().max(next);
+            if let Some(t) = self.upstream.filter(|_| self.upstream_at.is_some_and(|u| u <= at)) {
+                return Poll::Ready(ProxyError::UpstreamTimeout(crate::config::duration::format(t)));
+            }
+            if self.write_at.is_some_and(|w| w <= at) {
+                return Poll::Ready(ProxyError::WriteTimeout);
+            }
+            if let (Some(d), Some(i)) = (self.idle, self.idle_at) {
+                if i <= at {
+                    match idle_left(self.state, d) {
+                        None => {
+                            return Poll::Ready(ProxyError::StreamIdle(crate::config::duration::format(d)));
+                        }
+                        Some(left) => self.idle_at = Some(now() + left),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How long until the stream has been idle for `dur`; `None` once it has.
+fn idle_left(state: &StreamState, dur: Duration) -> Option<Duration> {
+    let last = state.last_activity.load(Ordering::Relaxed);
+    let idle_for = Duration::from_millis(now_ms().saturating_sub(last));
+    dur.checked_sub(idle_for).filter(|left| !left.is_zero())
 }
 
 /// Turns a client error into the error that names the fault.

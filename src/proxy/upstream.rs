@@ -70,6 +70,169 @@ impl tower_service::Service<Uri> for TimeoutConnector {
     }
 }
 
+/// How long an idle pooled connection is kept (as hyper_util's pool).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per upstream.
+const POOL_MAX_IDLE: usize = 256;
+
+/// HTTP/1.1 to a plain `http` upstream on a small pool of our own: the same connector
+/// (10 s connect limit, TCP_NODELAY, keep-alive), the same HTTP/1.1 client settings and the
+/// same pool rules as the general client (idle connections expire after 90 s, at most 256
+/// kept, the most recently used first, a request refused by a reused connection before it
+/// was sent is retried on another), without hashing a pool key and moving large futures
+/// around per request. HTTPS (ALPN may pick HTTP/2), h2c, upgrades and health checks keep
+/// using [`HttpClient`].
+#[derive(Clone)]
+pub struct H1Pool {
+    inner: Arc<H1PoolInner>,
+}
+
+struct H1PoolInner {
+    connector: TimeoutConnector,
+    idle: Mutex<Vec<IdleConn>>,
+    reaper: std::sync::Once,
+}
+
+struct IdleConn {
+    tx: hyper::client::conn::http1::SendRequest<ProxyBody>,
+    since: std::time::Instant,
+}
+
+/// Why a request through an [`H1Pool`] failed.
+#[derive(Debug)]
+pub enum H1Error {
+    /// Connecting (or the connect deadline) failed.
+    Connect(ConnectError),
+    /// The connection failed around the request; `kind` is hyper_util's name for it, so
+    /// that the message reads as the general client's does.
+    Request {
+        /// `SendRequest` or `Canceled`.
+        kind: &'static str,
+        /// What hyper said.
+        error: hyper::Error,
+    },
+}
+
+impl H1Pool {
+    fn new(connector: TimeoutConnector) -> Self {
+        Self {
+            inner: Arc::new(H1PoolInner { connector, idle: Mutex::new(Vec::new()), reaper: std::sync::Once::new() }),
+        }
+    }
+
+    /// Sends `req` (absolute-form URI) upstream on a pooled or new connection.
+    pub async fn send(
+        &self,
+        mut req: http::Request<ProxyBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, H1Error> {
+        let uri = req.uri().clone();
+        loop {
+            let (mut tx, reused) = match self.checkout() {
+                Some(tx) => (tx, true),
+                // Boxed: connecting is rare and its future large; this one is moved per request.
+                None => (Box::pin(self.connect()).await?, false),
+            };
+            origin_form(req.uri_mut());
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    self.put_back_when_ready(tx);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) if reused => {
+                        req = r;
+                        *req.uri_mut() = uri.clone();
+                    }
+                    Some(_) => return Err(H1Error::Request { kind: "Canceled", error: e.into_error() }),
+                    None => return Err(H1Error::Request { kind: "SendRequest", error: e.into_error() }),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still usable.
+    fn checkout(&self) -> Option<hyper::client::conn::http1::SendRequest<ProxyBody>> {
+        let mut idle = self.inner.idle.lock().expect("pool poisoned");
+        while let Some(c) = idle.pop() {
+            if c.tx.is_ready() && c.since.elapsed() <= POOL_IDLE_TIMEOUT {
+                return Some(c.tx);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<ProxyBody>, H1Error> {
+        use tower_service::Service as _;
+        let mut connector = self.inner.connector.clone();
+        let io = connector.call(connector.target.clone()).await.map_err(H1Error::Connect)?;
+        let (mut tx, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|error| H1Error::Request { kind: "SendRequest", error })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("client connection error: {e:?}");
+            }
+        });
+        tx.ready().await.map_err(|error| H1Error::Request { kind: "SendRequest", error })?;
+        Ok(tx)
+    }
+
+    /// Returns the connection to the pool once it can take the next request (at once when
+    /// the response came whole; after its body otherwise).
+    fn put_back_when_ready(&self, mut tx: hyper::client::conn::http1::SendRequest<ProxyBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        if tx.is_ready() {
+            self.put(tx);
+        } else {
+            let pool = self.clone();
+            tokio::spawn(async move {
+                if tx.ready().await.is_ok() {
+                    pool.put(tx);
+                }
+            });
+        }
+    }
+
+    fn put(&self, tx: hyper::client::conn::http1::SendRequest<ProxyBody>) {
+        self.inner.reaper.call_once(|| self.spawn_reaper());
+        let mut idle = self.inner.idle.lock().expect("pool poisoned");
+        if idle.len() < POOL_MAX_IDLE {
+            idle.push(IdleConn { tx, since: std::time::Instant::now() });
+        }
+    }
+
+    /// Closes idle connections once they expire, as long as the pool exists.
+    fn spawn_reaper(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POOL_IDLE_TIMEOUT);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let mut idle = inner.idle.lock().expect("pool poisoned");
+                idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() <= POOL_IDLE_TIMEOUT);
+            }
+        });
+    }
+}
+
+/// The request target as an HTTP/1.1 client sends it to an origin (as hyper_util does).
+fn origin_form(uri: &mut Uri) {
+    let path = match uri.path_and_query() {
+        Some(path) if path.as_str() != "/" => {
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(path.clone());
+            Uri::from_parts(parts).expect("path is valid uri")
+        }
+        _ => Uri::default(),
+    };
+    *uri = path;
+}
+
 /// What makes two upstream clients interchangeable.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct ClientKey {
@@ -86,6 +249,7 @@ struct ClientKey {
 #[derive(Default)]
 pub struct ClientCache {
     clients: Mutex<HashMap<ClientKey, HttpClient>>,
+    h1_pools: Mutex<HashMap<String, H1Pool>>,
 }
 
 impl ClientCache {
@@ -107,6 +271,22 @@ impl ClientCache {
         let mut clients = self.clients.lock().expect("client cache poisoned");
         clients.entry(key.clone()).or_insert_with(|| build_client(&key.target, key.h2c, key.h1_only, tls)).clone()
     }
+
+    /// The own HTTP/1.1 pool of a plain `http` upstream (`None` for h2c and https ones),
+    /// shared across snapshots like the clients.
+    pub fn h1_pool(&self, upstream: &Upstream) -> Option<H1Pool> {
+        if upstream.scheme != UpstreamScheme::Http {
+            return None;
+        }
+        let target = format!("http://{}", upstream.authority);
+        let mut pools = self.h1_pools.lock().expect("client cache poisoned");
+        Some(
+            pools
+                .entry(target)
+                .or_insert_with_key(|t| H1Pool::new(timeout_connector(t, true, &UpstreamTls::default())))
+                .clone(),
+        )
+    }
 }
 
 /// `http` or `https`: h2c is plain HTTP on the wire.
@@ -119,6 +299,25 @@ pub fn scheme_str(scheme: UpstreamScheme) -> &'static str {
 }
 
 fn build_client(target: &str, h2c: bool, h1_only: bool, tls: &UpstreamTls) -> HttpClient {
+    let connector = timeout_connector(target, h1_only, tls);
+    let mut b = Client::builder(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE)
+        .http2_initial_stream_window_size(1 << 20)
+        .http2_initial_connection_window_size(4 << 20)
+        .http2_adaptive_window(false)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .http2_keep_alive_while_idle(false)
+        .set_host(false);
+    if h2c {
+        b.http2_only(true);
+    }
+    b.build(connector)
+}
+
+fn timeout_connector(target: &str, h1_only: bool, tls: &UpstreamTls) -> TimeoutConnector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -136,22 +335,7 @@ fn build_client(target: &str, h2c: bool, h1_only: bool, tls: &UpstreamTls) -> Ht
     } else {
         builder.enable_all_versions().wrap_connector(http)
     };
-    let connector = TimeoutConnector { inner: https, target: target.parse().expect("validated upstream authority") };
-    let mut b = Client::builder(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .http2_initial_stream_window_size(1 << 20)
-        .http2_initial_connection_window_size(4 << 20)
-        .http2_adaptive_window(false)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .http2_keep_alive_while_idle(false)
-        .set_host(false);
-    if h2c {
-        b.http2_only(true);
-    }
-    b.build(connector)
+    TimeoutConnector { inner: https, target: target.parse().expect("validated upstream authority") }
 }
 
 fn client_tls(tls: &UpstreamTls) -> ClientConfig {
@@ -253,6 +437,8 @@ pub struct Target {
     pub client: HttpClient,
     /// HTTP/1.1-only client for WebSocket upgrades.
     pub upgrade_client: HttpClient,
+    /// The own HTTP/1.1 pool of a plain `http` upstream, which proxied requests use.
+    pub h1: Option<H1Pool>,
     /// `http` or `https`.
     pub scheme: &'static str,
     /// `scheme://authority` of the upstream itself.
@@ -300,6 +486,7 @@ impl Balancer {
                     base: format!("{}://{}", scheme_str(u.scheme), u.authority),
                     client: cache.get(u, tls, false),
                     upgrade_client: cache.get(u, tls, true),
+                    h1: cache.h1_pool(u),
                     host_value: http::HeaderValue::from_str(&host_header).ok(),
                     authority: host_header.parse().ok(),
                     host_header,
@@ -413,6 +600,81 @@ fn gcd(a: u32, b: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An upstream answering `ok` to every request; `close_after_one` closes each connection
+    /// after its first answer without saying so (a keep-alive race). Counts connections.
+    async fn upstream(close_after_one: bool) -> (String, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        let Ok(n) = s.read(&mut chunk).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                            if close_after_one {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), accepted)
+    }
+
+    async fn get(pool: &H1Pool, base: &str) -> http::StatusCode {
+        let req = http::Request::get(format!("{base}/x")).body(crate::proxy::body::empty()).unwrap();
+        let resp = pool.send(req).await.map_err(|e| format!("{e:?}")).unwrap();
+        let status = resp.status();
+        http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+        status
+    }
+
+    #[tokio::test]
+    async fn h1_pool_reuses_connections() {
+        let (base, accepted) = upstream(false).await;
+        let pool = H1Pool::new(timeout_connector(&base, true, &UpstreamTls::default()));
+        for _ in 0..3 {
+            assert_eq!(get(&pool, &base).await, http::StatusCode::OK);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn h1_pool_survives_upstream_closing_idle_connections() {
+        let (base, accepted) = upstream(true).await;
+        let pool = H1Pool::new(timeout_connector(&base, true, &UpstreamTls::default()));
+        for _ in 0..3 {
+            assert_eq!(get(&pool, &base).await, http::StatusCode::OK);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn h1_pool_reports_refused_connections_as_connect_errors() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        drop(l);
+        let pool = H1Pool::new(timeout_connector(&base, true, &UpstreamTls::default()));
+        let req = http::Request::get(format!("{base}/")).body(crate::proxy::body::empty()).unwrap();
+        assert!(matches!(pool.send(req).await, Err(H1Error::Connect(ConnectError::Failed(_)))));
+    }
 
     #[test]
     fn schedule_is_smooth_and_proportional() {
