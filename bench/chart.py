@@ -48,11 +48,12 @@ def main(src, dst):
         ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=7, padding=2)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(scenarios)))
-    ax.set_xticklabels([f"{s['name']}\n({s['unit']})" for s in scenarios], fontsize=8)
+    short = {"KiB per idle connection": "KiB/idle conn"}
+    ax.set_xticklabels([f"{s['name']}\n({short.get(s['unit'], s['unit'])})" for s in scenarios], fontsize=8)
     ax.set_ylabel("Portcullis advantage (>1: Portcullis better)")
     m = report["machine"]
     ax.set_title(
-        f"Portcullis {m['git']} vs nginx {m['nginx']}, HAProxy {m['haproxy']}: medians of "
+        f"Portcullis {m['git']} vs nginx {m['nginx'].removeprefix('nginx/')}, HAProxy {m['haproxy'].split()[0]}: medians of "
         f"{report['settings']['runs']} runs, {m['nproc']} CPUs",
         fontsize=9,
     )

@@ -128,6 +128,11 @@ impl Services {
 impl Drop for Services {
     fn drop(&mut self) {
         for s in &mut self.0 {
+            // nginx's worker outlives a killed master (and keeps its listening sockets), so
+            // the descendants go first.
+            for pid in process_tree(s.child.id()).into_iter().skip(1) {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status();
+            }
             let _ = s.child.kill();
             let _ = s.child.wait();
         }

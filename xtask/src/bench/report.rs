@@ -58,7 +58,7 @@ impl Machine {
         // nginx -v writes to stderr.
         let nginx = Command::new("nginx").arg("-v").output().ok().map_or_else(
             || "?".to_owned(),
-            |o| String::from_utf8_lossy(&o.stderr).trim().trim_start_matches("nginx version: ").to_owned(),
+            |o| String::from_utf8_lossy(&o.stderr).trim().trim_start_matches("nginx version: nginx/").to_owned(),
         );
         Self {
             nproc: command_output("nproc", &[]).unwrap_or_else(|| "?".to_owned()),
