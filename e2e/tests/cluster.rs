@@ -443,6 +443,13 @@ async fn host_and_path_table(clients: &[(&HttpClient, Version)]) {
         ],
     )
     .await;
+    // The backend sees the client's Host, not its pod IP (the Ingress conformance suite's
+    // "the request host must be foo.bar.com"); the demo upstream echoes what it received.
+    for (c, version) in clients {
+        let r = fetch(c, "shop.test", "/foo").await;
+        let echo: serde_json::Value = serde_json::from_str(&r.body).expect("the upstream's JSON echo");
+        assert_eq!(echo["headers"]["host"], "shop.test", "the Host an Ingress backend sees over {version:?}");
+    }
 }
 
 /// Kubernetes path semantics with two Services behind different pods, over both versions:

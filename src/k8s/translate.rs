@@ -193,6 +193,16 @@ pub struct Translated {
     pub warnings: Vec<FieldError>,
 }
 
+/// Routes from the cluster pass the client's `Host` to the backend unless told otherwise
+/// (`preserve_host_header: false`, or a `host_rewrite`): what the Ingress conformance suite
+/// expects and what every common ingress controller does, where Pomerium's standalone default
+/// (kept by `serve`) is the upstream's own name. docs/configuration.md, "Host".
+fn cluster_host_default(tree: &mut Map<String, Value>) {
+    if !tree.contains_key("preserve_host_header") && !tree.contains_key("host_rewrite") {
+        tree.insert("preserve_host_header".into(), Value::Bool(true));
+    }
+}
+
 /// Translates one Ingress. `Err` holds every error; the caller keeps the last good
 /// translation of this object serving.
 pub fn translate_ingress(ing: &Ingress, objects: &Objects) -> Result<Translated, Vec<FieldError>> {
@@ -225,6 +235,7 @@ pub fn translate_ingress(ing: &Ingress, objects: &Objects) -> Result<Translated,
             tree.insert(key.into(), Value::String(value));
         }
         tree.insert("to".into(), Value::Array(to));
+        cluster_host_default(&mut tree);
         let mut route_errs = Errors::default();
         let route = parse_route_with(&field, &Value::Object(tree), &NoMaterial, &mut route_errs, true);
         for e in route_errs.into_vec() {
@@ -537,6 +548,7 @@ pub fn translate_route(route: &crate::k8s::crd::Route, objects: &Objects) -> Res
         }
     }
     tree.insert("to".into(), Value::Array(to));
+    cluster_host_default(&mut tree);
     for (secret_field, keys) in [
         ("tls_custom_ca_secret", &["tls_custom_ca"][..]),
         ("tls_client_secret", &["tls_client_cert", "tls_client_key"][..]),
@@ -773,6 +785,24 @@ mod tests {
         assert_eq!(t.routes[2].to[0].scheme, UpstreamScheme::H2c, "appProtocol kubernetes.io/h2c");
         assert_eq!(t.routes[2].to[0].authority, "10.244.1.7:9090");
         assert_eq!(t.routes[0].name, "web/shop:a.example.com/exact");
+    }
+
+    #[test]
+    fn cluster_routes_preserve_host_unless_told_otherwise() {
+        let rule = [("a.test", "/", "Prefix", backend("app", num(80)))];
+        let t = translate_ingress(&ingress(&[], &rule), &objects()).unwrap();
+        assert!(t.routes[0].preserve_host_header, "an Ingress backend sees the client's Host by default");
+        let off = [("portcullis.io/preserve_host_header", "false")];
+        let t = translate_ingress(&ingress(&off, &rule), &objects()).unwrap();
+        assert!(!t.routes[0].preserve_host_header);
+        let rewrite = [("portcullis.io/host_rewrite", "backend.internal")];
+        let t = translate_ingress(&ingress(&rewrite, &rule), &objects()).unwrap();
+        assert!(!t.routes[0].preserve_host_header, "host_rewrite wins over the default");
+        assert_eq!(t.routes[0].host_rewrite.as_deref(), Some("backend.internal"));
+        let r = route_cr(serde_json::json!({"from": "https://a.test", "to": ["http://app:80"]}));
+        assert!(translate_route(&r, &objects()).unwrap().routes[0].preserve_host_header, "a Route too");
+        let r = route_cr(serde_json::json!({"from": "https://a.test", "to": ["http://app:80"], "preserveHostHeader": false}));
+        assert!(!translate_route(&r, &objects()).unwrap().routes[0].preserve_host_header);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -50,7 +50,24 @@ pub struct StreamState {
     pub request_done_notify: Notify,
     /// The read deadline fired while the request body was still arriving.
     pub read_timed_out: AtomicBool,
+    /// Reading the downstream request body failed (malformed chunked encoding, the client
+    /// reset its stream): the client's fault, whatever the upstream send then reports.
+    pub request_failed: AtomicBool,
+    /// Where the response body is (`BODY_*`), for the stall watch ([`super::stall`]).
+    pub body_phase: AtomicU8,
+    /// Set by the stall watch when it ended the stream ([`super::stall::Stalled`]).
+    pub stalled: AtomicU8,
 }
+
+/// The response head has not been handed to hyper yet.
+pub const BODY_NOT_STARTED: u8 = 0;
+/// hyper has the head or the last frame it asked for: it will poll again once the client
+/// can take more. Blocked here means blocked on the client.
+pub const BODY_READY: u8 = 1;
+/// The body is waiting for the upstream (its own timers run).
+pub const BODY_WAITING: u8 = 2;
+/// The body ended.
+pub const BODY_DONE: u8 = 3;
 
 impl StreamState {
     /// Records traffic now.
@@ -126,7 +143,10 @@ where
                 this.state.touch();
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                this.state.request_failed.store(true, Ordering::Release);
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Ready(None) => {
                 *this.done = true;
                 this.state.finish_request();
@@ -153,6 +173,10 @@ where
         self.inner.size_hint()
     }
 }
+
+/// The access log's error when the client went away before the response was complete (an
+/// HTTP/2 or HTTP/3 stream reset, a closed connection).
+pub const CLIENT_GONE: &str = "downstream closed before the response was complete";
 
 /// Called once when a response body is finished or dropped: metrics, access log, counters.
 pub trait OnFinish: Send + 'static {
@@ -181,10 +205,11 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(f) = this.on_finish.take() {
+                let stalled = this.state.as_ref().and_then(|s| super::stall::Stalled::message(s.stalled.load(Ordering::Acquire)));
                 let err = match this.error.as_deref() {
                     Some(e) => Some(e),
                     None if this.inner.is_end_stream() => None,
-                    None => Some("downstream closed before the response was complete"),
+                    None => Some(stalled.unwrap_or(CLIENT_GONE)),
                 };
                 f.finish(*this.bytes, err);
             }
@@ -203,6 +228,7 @@ impl ResponseBody {
     ) -> Self {
         if let Some(s) = &state {
             s.touch();
+            s.body_phase.store(BODY_READY, Ordering::Release);
         }
         Self {
             inner,
@@ -227,7 +253,16 @@ impl Body for ResponseBody {
         if this.error.is_some() {
             return Poll::Ready(None);
         }
-        match this.inner.poll_frame(cx) {
+        let polled = this.inner.poll_frame(cx);
+        if let Some(s) = this.state {
+            let phase = match &polled {
+                Poll::Ready(Some(Ok(_))) => BODY_READY,
+                Poll::Pending => BODY_WAITING,
+                Poll::Ready(_) => BODY_DONE,
+            };
+            s.body_phase.store(phase, Ordering::Release);
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     *this.bytes += d.len() as u64;

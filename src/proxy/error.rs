@@ -37,6 +37,9 @@ pub enum ProxyError {
     /// The downstream request was malformed.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A method the route cannot serve (CONNECT, until tunnels exist).
+    #[error("method not allowed: {0} is not served on this route")]
+    MethodNotAllowed(&'static str),
     /// Request headers over the limit.
     #[error("request headers too large: {0}")]
     HeadersTooLarge(&'static str),
@@ -76,6 +79,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::UpgradeNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::ReadTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientCertRequired => StatusCode::from_u16(495).expect("495 is a valid code"),
@@ -92,6 +96,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute | ProxyError::UpgradeNotAllowed => Fault::Config,
             ProxyError::BadRequest(_)
+            | ProxyError::MethodNotAllowed(_)
             | ProxyError::HeadersTooLarge(_)
             | ProxyError::ReadTimeout
             | ProxyError::ClientCertRequired => Fault::Downstream,

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use super::body::{self, now_ms, OnFinish, ProxyBody, RequestBody, ResponseBody, StreamState};
 use super::error::ProxyError;
 use super::listener::{ConnInfo, ListenerKind, RequestGuard};
+use super::stall::{self, StallInfo};
 use super::upstream::{ConnectError, H1Error, Target};
 use super::{CompiledRoute, Proxy, Snapshot};
 use crate::config::MtlsEnforcement;
@@ -56,6 +57,30 @@ pub(crate) struct Finish {
     pub fault: Option<&'static str>,
     pub guard: Option<RequestGuard>,
     pub in_flight: Option<InFlight>,
+    /// Logged and counted already (or handed on: a tunnel logs its own record).
+    pub done: bool,
+}
+
+/// The status logged and counted for a request the client cancelled before its response
+/// was sent (nginx's 499, "client closed request").
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+impl Drop for Finish {
+    /// A request whose future was dropped before it had a response: the client reset the
+    /// stream (HTTP/2, HTTP/3) or closed the connection. Logged and counted as 499, and
+    /// counted against the connection's premature-reset rule.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.status = CLIENT_CLOSED_REQUEST;
+        self.fault = Some(super::error::Fault::Downstream.as_str());
+        self.error = Some("client cancelled the request before its response".to_owned());
+        if let Some(g) = &self.guard {
+            g.cancelled();
+        }
+        self.record(0, None);
+    }
 }
 
 impl Finish {
@@ -70,7 +95,20 @@ fn label_key(s: &'static str) -> (usize, usize) {
 }
 
 impl OnFinish for Finish {
-    fn finish(self: Box<Self>, bytes: u64, body_error: Option<&str>) {
+    fn finish(mut self: Box<Self>, bytes: u64, body_error: Option<&str>) {
+        if body_error == Some(body::CLIENT_GONE) {
+            if let Some(g) = &self.guard {
+                g.cancelled();
+            }
+        }
+        self.record(bytes, body_error);
+    }
+}
+
+impl Finish {
+    /// Metrics and the access-log line, once.
+    fn record(&mut self, bytes: u64, body_error: Option<&str>) {
+        self.done = true;
         let elapsed = self.started.elapsed();
         let route = self.compiled_route();
         let route_name = route.map_or("none", |r| r.route.name.as_str());
@@ -242,6 +280,7 @@ where
         fault: None,
         guard: Some(guard),
         in_flight: None,
+        done: false,
     });
     // The stream state and idle timeout of a proxied response, handed back beside it rather
     // than in its extensions (which would allocate a map per request).
@@ -268,6 +307,7 @@ where
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         || resp.extensions().get::<super::websocket::Tunnelled>().is_some()
     {
+        finish.done = true;
         return resp;
     }
     let (parts, inner) = resp.into_parts();
@@ -276,6 +316,11 @@ where
         None => (None, None),
     };
     let write_deadline = conn.timeouts.write.map(|w| tokio::time::Instant::from_std(started + w));
+    if let Some(state) = &state {
+        if idle.is_some() || write_deadline.is_some() {
+            stall::register(StallInfo { state: state.clone(), idle, write_deadline });
+        }
+    }
     Response::from_parts(parts, ResponseBody::new(inner, write_deadline, idle, state, finish).boxed_unsync())
 }
 
@@ -299,7 +344,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,
 {
-    check_header_limits(req.headers())?;
+    check_request_head(&req)?;
     if host.is_empty() {
         return Err(ProxyError::BadRequest("missing Host header"));
     }
@@ -328,6 +373,15 @@ where
         }
         return super::websocket::proxy(proxy, conn, route, target, req, host, finish).await;
     }
+    // No tunnel of any other kind (yet): a CONNECT is never relayed as a request, and a
+    // WebSocket route takes no other upgrade. (Elsewhere an `Upgrade` is only an offer, which
+    // the proxy declines by not forwarding it: it is hop-by-hop.)
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed("CONNECT"));
+    }
+    if route.route.allow_websockets && is_other_upgrade(req.headers()) {
+        return Err(ProxyError::UpgradeNotAllowed);
+    }
 
     let state = Arc::new(StreamState::default());
     let upstream_req = build_upstream_request(conn, route, target, req, host, &finish.request_id, &state)?;
@@ -352,7 +406,11 @@ where
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
-            count(e.outcome());
+            // A request the client broke (a bad body, a read timeout) says nothing about the
+            // upstream: it is not counted against it.
+            if e.fault() != super::error::Fault::Downstream {
+                count(e.outcome());
+            }
             return Err(e);
         }
     };
@@ -367,15 +425,78 @@ where
     Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
 }
 
-fn check_header_limits(headers: &HeaderMap) -> Result<(), ProxyError> {
+/// The early checks on a request head, before anything is routed or forwarded: its size (the
+/// request line included) and count of headers, one `Host`, and no header name that a server
+/// which reads `_` as `-` would take for a framing or routing header (a smuggling vector).
+fn check_request_head<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let headers = req.headers();
     if headers.len() > MAX_REQUEST_HEADERS {
         return Err(ProxyError::HeadersTooLarge("more than 100 request headers"));
     }
-    let bytes: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    // The request line: method, target, version and the separators.
+    let mut bytes = req.method().as_str().len() + req.uri().path_and_query().map_or(0, |p| p.as_str().len()) + 12;
+    let mut hosts = 0;
+    for (name, value) in headers {
+        bytes += name.as_str().len() + value.len() + 4;
+        if *name == header::HOST {
+            hosts += 1;
+        } else if name.as_str().contains('_') && is_framing_lookalike(name.as_str()) {
+            return Err(ProxyError::BadRequest("a header name with '_' in place of '-' of a framing header"));
+        }
+    }
     if bytes > MAX_REQUEST_HEADER_BYTES {
-        return Err(ProxyError::HeadersTooLarge("request headers exceed 32 KiB"));
+        return Err(ProxyError::HeadersTooLarge("request line and headers exceed 32 KiB"));
+    }
+    if hosts > 1 {
+        return Err(ProxyError::BadRequest("more than one Host header"));
     }
     Ok(())
+}
+
+/// Whether `name` (lower case, with a `_`) reads as a hop-by-hop, framing or routing header
+/// once `_` is taken for `-`.
+fn is_framing_lookalike(name: &str) -> bool {
+    const NAMES: [&str; 10] = [
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "keep-alive",
+        "proxy-connection",
+        "expect",
+    ];
+    NAMES.iter().any(|n| {
+        n.len() == name.len() && n.bytes().zip(name.bytes()).all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+    })
+}
+
+/// An HTTP/1.1 upgrade offer other than a WebSocket or h2c (which the proxy ignores, as a
+/// server may).
+fn is_other_upgrade(headers: &HeaderMap) -> bool {
+    headers.get(header::UPGRADE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"))
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// `Content-Length` as the upstream gets it: one value, in decimal without leading zeros.
+/// hyper accepts `0004` and repeated equal values; forwarding them as written would hand
+/// the upstream a framing that another parser may read differently.
+fn canonical_content_length(headers: &mut HeaderMap, exact: Option<u64>) {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else { return };
+    let b = first.as_bytes();
+    let canonical = values.next().is_none() && (b.len() == 1 || b.first().is_some_and(|c| *c != b'0'));
+    if !canonical {
+        if let Some(n) = exact {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
 }
 
 fn redirect_to_https<B>(req: &Request<B>, host: &str, https_port: u16) -> Response<ProxyBody> {
@@ -596,6 +717,7 @@ where
         None => upstream_uri(route, target, host, &rewrite_path(&route.route, &parts.uri))?,
     };
     strip_hop_by_hop(&mut parts.headers);
+    canonical_content_length(&mut parts.headers, incoming.size_hint().exact());
     forwarding_headers(&mut parts.headers, conn, route, target, host, request_id);
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
@@ -626,10 +748,14 @@ async fn send_upstream(
 ) -> Result<Response<Incoming>, ProxyError> {
     let timers = UpstreamTimers::new(conn, route, state, started);
     let read_timed_out = || state.read_timed_out.load(Ordering::Acquire);
+    // The upstream send failed because the request body could not be read: the client's
+    // fault (a malformed chunked body, a stream reset while uploading).
+    let request_failed = || state.request_failed.load(Ordering::Acquire);
     match &target.h1 {
         Some(pool) if req.method() != Method::CONNECT => match with_timers(pool.send(req), timers).await? {
             Ok(r) => Ok(r),
             Err(_) if read_timed_out() => Err(ProxyError::ReadTimeout),
+            Err(_) if request_failed() => Err(ProxyError::BadRequest("the request body could not be read")),
             Err(H1Error::Connect(c)) => Err(ProxyError::UpstreamUnreachable(c.to_string())),
             Err(H1Error::Request { kind, error }) => {
                 Err(ProxyError::UpstreamReset(format!("client error ({kind}): {}", chain(&error))))
@@ -638,6 +764,7 @@ async fn send_upstream(
         _ => match with_timers(target.client.request(req), timers).await? {
             Ok(r) => Ok(r),
             Err(_) if read_timed_out() => Err(ProxyError::ReadTimeout),
+            Err(_) if request_failed() => Err(ProxyError::BadRequest("the request body could not be read")),
             Err(e) => Err(classify(&e)),
         },
     }
@@ -893,9 +1020,69 @@ mod tests {
         for i in 0..101 {
             h.insert(HeaderName::try_from(format!("x-{i}")).unwrap(), HeaderValue::from_static("v"));
         }
-        assert!(matches!(check_header_limits(&h), Err(ProxyError::HeadersTooLarge(_))));
+        assert!(matches!(check_request_head(&with_headers(h)), Err(ProxyError::HeadersTooLarge(_))));
         let mut h = HeaderMap::new();
         h.insert("x-big", HeaderValue::from_str(&"a".repeat(33 * 1024)).unwrap());
-        assert!(matches!(check_header_limits(&h), Err(ProxyError::HeadersTooLarge(_))));
+        assert!(matches!(check_request_head(&with_headers(h)), Err(ProxyError::HeadersTooLarge(_))));
+        // The request line counts too.
+        let long = Request::builder().uri(format!("/{}", "a".repeat(33 * 1024))).body(()).unwrap();
+        assert!(matches!(check_request_head(&long), Err(ProxyError::HeadersTooLarge(_))));
+        let method = Request::builder().method("A".repeat(33 * 1024).as_str()).uri("/").body(()).unwrap();
+        assert!(matches!(check_request_head(&method), Err(ProxyError::HeadersTooLarge(_))));
+    }
+
+    fn with_headers(h: HeaderMap) -> Request<()> {
+        let mut r = Request::new(());
+        *r.headers_mut() = h;
+        r
+    }
+
+    #[test]
+    fn one_host_and_no_framing_lookalikes() {
+        let mut h = HeaderMap::new();
+        h.append(header::HOST, HeaderValue::from_static("a"));
+        assert!(check_request_head(&with_headers(h.clone())).is_ok());
+        h.append(header::HOST, HeaderValue::from_static("b"));
+        assert!(matches!(check_request_head(&with_headers(h)), Err(ProxyError::BadRequest(_))));
+        for name in ["transfer_encoding", "content_length", "proxy_connection", "keep_alive"] {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::try_from(name).unwrap(), HeaderValue::from_static("1"));
+            assert!(matches!(check_request_head(&with_headers(h)), Err(ProxyError::BadRequest(_))), "{name}");
+        }
+        for name in ["x_forwarded_user", "content_type_x", "my_host"] {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::try_from(name).unwrap(), HeaderValue::from_static("1"));
+            assert!(check_request_head(&with_headers(h)).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn content_length_is_forwarded_canonical() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0004"));
+        canonical_content_length(&mut h, Some(4));
+        assert_eq!(h.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["4"]);
+        let mut h = HeaderMap::new();
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("4"));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("4"));
+        canonical_content_length(&mut h, Some(4));
+        assert_eq!(h.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["4"]);
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        canonical_content_length(&mut h, Some(0));
+        assert_eq!(h.get(header::CONTENT_LENGTH).unwrap(), "0");
+    }
+
+    #[test]
+    fn other_upgrades_are_told_apart() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("foo"));
+        assert!(is_other_upgrade(&h));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!is_other_upgrade(&h));
+        h.remove(header::CONNECTION);
+        h.insert(header::UPGRADE, HeaderValue::from_static("foo"));
+        assert!(!is_other_upgrade(&h));
     }
 }

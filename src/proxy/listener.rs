@@ -5,7 +5,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -15,7 +15,8 @@ use super::drain::{ConnHandle, ListenerGeneration};
 use super::Proxy;
 use crate::config::{CodecType, Timeouts};
 use crate::metrics::ListenerLabels;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use super::stall::{StreamExecutor, Watched};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -79,7 +80,22 @@ pub struct ConnState {
     idle_since: AtomicU64,
     /// First byte of a request head read while no request was active (0 = none).
     pending_since: AtomicU64,
+    /// Requests begun on this connection, and those the client cancelled before their
+    /// response was complete: the premature-reset rule ([`ConnState::note_cancelled`]).
+    requests: AtomicU32,
+    cancelled: AtomicU32,
+    /// Wakes the connection's driver when the premature-reset rule trips.
+    abusive: tokio::sync::Notify,
+    /// Set by the driver: the HTTP/2 connection is to be closed with ENHANCE_YOUR_CALM
+    /// ([`Metered`] writes that GOAWAY in place of hyper's next write).
+    abort: AtomicBool,
 }
+
+/// The premature-reset rule (Envoy's): a connection on which more than half of at least this
+/// many requests were cancelled by the client before their response completed is closed.
+/// Browsers cancel streams too (navigation, aborted fetches), but not most of hundreds; an
+/// attacker that has the proxy start upstream requests and resets them at once does.
+pub const PREMATURE_RESET_MIN_REQUESTS: u32 = 200;
 
 impl ConnState {
     /// A connection that has just opened: idle, nothing pending.
@@ -97,7 +113,23 @@ impl ConnState {
             t => t,
         };
         self.active.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         (RequestGuard(self.clone()), started)
+    }
+
+    /// Counts a request the client cancelled; wakes the driver when the premature-reset rule
+    /// ([`PREMATURE_RESET_MIN_REQUESTS`]) trips.
+    fn note_cancelled(&self) {
+        let cancelled = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
+        let requests = self.requests.load(Ordering::Relaxed);
+        if requests >= PREMATURE_RESET_MIN_REQUESTS && u64::from(cancelled) * 2 > u64::from(requests) {
+            self.abusive.notify_one();
+        }
+    }
+
+    /// Resolves when the premature-reset rule has tripped.
+    pub(crate) async fn abusive(&self) {
+        self.abusive.notified().await;
     }
 
     fn note_read(&self) {
@@ -109,6 +141,13 @@ impl ConnState {
 
 /// Keeps a connection "active" for the idle timeout while a request or tunnel lives.
 pub struct RequestGuard(Arc<ConnState>);
+
+impl RequestGuard {
+    /// The client cancelled this request before its response was complete.
+    pub fn cancelled(&self) {
+        self.0.note_cancelled();
+    }
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
@@ -253,11 +292,11 @@ async fn serve_connection(
         let fingerprint = generation.certs.fingerprint_for(info.sni.as_deref()).map(str::to_owned);
         info.conn.handshake_done(info.sni.clone(), fingerprint);
         drop(generation);
-        serve_http(Metered { inner: tls_stream, state }, Some(h2), info, proxy).await;
+        serve_http(Metered::new(tls_stream, state), Some(h2), info, proxy).await;
     } else {
         drop(generation);
         let only = (codec == CodecType::Http1).then_some(false);
-        serve_http(Metered { inner: stream, state }, only, info, proxy).await;
+        serve_http(Metered::new(stream, state), only, info, proxy).await;
     }
 }
 
@@ -286,7 +325,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let info = Arc::new(info);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(StreamExecutor);
     configure_http1(&mut builder.http1());
     builder
         .http2()
@@ -313,7 +352,7 @@ where
     match h2 {
         Some(true) => {
             let builder = builder.http2_only();
-            let conn = Box::pin(builder.serve_connection(io, service));
+            let conn = Box::pin(Watched::new(builder.serve_connection(io, service)));
             drive(conn, auto::Connection::graceful_shutdown, &info, false).await;
         }
         Some(false) => {
@@ -323,11 +362,11 @@ where
                 .max_buf_size(MAX_HEAD_BYTES)
                 .max_headers(1000)
                 .keep_alive(true);
-            let conn = Box::pin(h1.serve_connection(io, service).with_upgrades());
+            let conn = Box::pin(Watched::new(h1.serve_connection(io, service).with_upgrades()));
             drive(conn, hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown, &info, true).await;
         }
         None => {
-            let conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
+            let conn = Box::pin(Watched::new(builder.serve_connection_with_upgrades(io, service)));
             drive(conn, auto::UpgradeableConnection::graceful_shutdown, &info, true).await;
         }
     }
@@ -335,7 +374,7 @@ where
 
 /// HTTP/1 settings shared by the auto-detecting and the HTTP/1-only servers: our own
 /// watchdog replaces hyper's header timer (which also counts keep-alive idle time).
-fn configure_http1(b: &mut auto::Http1Builder<'_, TokioExecutor>) {
+fn configure_http1(b: &mut auto::Http1Builder<'_, StreamExecutor>) {
     b.timer(TokioTimer::new())
         .header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES)
@@ -343,46 +382,63 @@ fn configure_http1(b: &mut auto::Http1Builder<'_, TokioExecutor>) {
         .keep_alive(true);
 }
 
-/// How long a drained HTTP/1.1 connection may stay idle before it is closed. Not zero: a
-/// keep-alive client may be sending its next request at the very moment the connection is
-/// closed, and that request fails (the keep-alive race). A connection busy with requests gets
-/// its next response with `Connection: close` instead; one idle this long is closed, as a
-/// keep-alive timeout would.
+/// How long a connection may stay idle after its graceful close began (an HTTP/2 or HTTP/3
+/// GOAWAY, or an HTTP/1.1 connection being drained) before it is closed, counted from that
+/// moment or from its last request, whichever is later. Not zero: a keep-alive client may be
+/// sending its next request at the very moment the connection is closed, and that request
+/// fails (the keep-alive race); HTTP/2 and HTTP/3 requests already in flight when the client
+/// sees the GOAWAY still arrive. A busy HTTP/1.1 connection gets its next response with
+/// `Connection: close` instead. Bounded, so that a client that never answers the GOAWAY's
+/// PING (or stops in the middle of a header block) cannot hold the connection open.
 pub(crate) const DRAIN_LINGER: Duration = Duration::from_secs(1);
 
+/// The linger of a connection whose graceful close began: [`DRAIN_LINGER`], never more
+/// than `timeout_idle`.
+pub(crate) fn linger(timeouts: Timeouts) -> Timeouts {
+    Timeouts { idle: Some(timeouts.idle.map_or(DRAIN_LINGER, |t| t.min(DRAIN_LINGER))), ..timeouts }
+}
+
 /// Runs a connection to its end: closes it gracefully on `timeout_idle` or a drain, and at
-/// once on the HTTP/1 header timeout or when `drain_timeout` ends.
+/// once on the HTTP/1 header timeout, when `drain_timeout` ends, when the premature-reset
+/// rule trips (HTTP/2, with ENHANCE_YOUR_CALM) or when the client stopped reading a response
+/// (HTTP/1.1; an HTTP/2 stream is reset by its own task, see [`super::stall`]).
 ///
 /// The connection comes boxed: held inline, hyper's connection state (several KiB) was laid
 /// out more than once in this task's future, and every idle connection paid for the copies.
-async fn drive<C, E>(mut conn: Pin<Box<C>>, graceful_shutdown: fn(Pin<&mut C>), info: &ConnInfo, is_h1: bool)
+async fn drive<C, E>(mut conn: Pin<Box<Watched<C>>>, graceful_shutdown: fn(Pin<&mut C>), info: &ConnInfo, is_h1: bool)
 where
     C: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let mut closing = false;
-    // HTTP/1.1 being drained: the next response carries `Connection: close`; a connection
-    // that stays idle for DRAIN_LINGER is closed.
-    let mut lingering = false;
+    // Set when the graceful close began (GOAWAY sent, or HTTP/1.1 drain): from then on the
+    // connection lives only while it has requests, plus the linger.
+    let mut closing_since: Option<u64> = None;
     loop {
-        let timeouts = if lingering {
-            Timeouts { idle: Some(info.timeouts.idle.map_or(DRAIN_LINGER, |t| t.min(DRAIN_LINGER))), ..info.timeouts }
-        } else {
-            info.timeouts
+        let (timeouts, since) = match closing_since {
+            Some(at) => (linger(info.timeouts), at),
+            None => (info.timeouts, 0),
         };
         tokio::select! {
             res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                match res {
+                    Ok(Err(e)) => tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error"),
+                    Err(reason) => tracing::debug!(
+                        peer = %info.peer, ?reason, "closing connection: the client stopped reading its response"
+                    ),
+                    Ok(Ok(())) => {}
                 }
                 break;
             }
-            reason = watchdog(&info.state, timeouts, is_h1), if !closing => {
+            reason = watchdog(&info.state, timeouts, since, is_h1) => {
                 match reason {
+                    _ if closing_since.is_some() => {
+                        tracing::debug!(peer = %info.peer, "closing connection: idle after its graceful close began");
+                        break;
+                    }
                     Watch::Idle => {
                         tracing::debug!(peer = %info.peer, "closing idle connection (timeout_idle)");
-                        graceful_shutdown(conn.as_mut());
-                        closing = true;
+                        graceful_shutdown(conn.as_mut().inner());
+                        closing_since = Some(now_ms());
                     }
                     Watch::HeaderTimeout => {
                         tracing::debug!(peer = %info.peer, "closing connection: request head not received within timeout_read");
@@ -390,14 +446,23 @@ where
                     }
                 }
             }
-            () = info.conn.signals.drain.cancelled(), if !closing && !lingering => {
+            () = info.conn.signals.drain.cancelled(), if closing_since.is_none() => {
                 info.draining.store(true, Ordering::Release);
-                if is_h1 {
-                    lingering = true;
-                } else {
-                    graceful_shutdown(conn.as_mut());
-                    closing = true;
+                if !is_h1 {
+                    graceful_shutdown(conn.as_mut().inner());
                 }
+                closing_since = Some(now_ms());
+            }
+            () = info.state.abusive(), if !info.state.abort.load(Ordering::Relaxed) => {
+                tracing::warn!(
+                    peer = %info.peer,
+                    "closing connection with ENHANCE_YOUR_CALM: most of its requests were cancelled by the client"
+                );
+                // hyper's GOAWAY write is replaced by ours (see `Metered`), then the
+                // connection fails; the linger bounds it if hyper writes nothing.
+                info.state.abort.store(true, Ordering::Release);
+                graceful_shutdown(conn.as_mut().inner());
+                closing_since = Some(now_ms());
             }
             () = info.conn.signals.close.cancelled() => {
                 tracing::debug!(peer = %info.peer, "closing connection: drain_timeout ended");
@@ -413,14 +478,15 @@ pub(crate) enum Watch {
     HeaderTimeout,
 }
 
-/// Resolves when the connection has been idle (no active request) for `timeout_idle`, or
-/// (HTTP/1) a request head has been arriving for longer than `timeout_read`.
+/// Resolves when the connection has been idle (no active request) for `timeout_idle`, counted
+/// from its last request or from `since` (ms, see [`now_ms`]) whichever is later, or (HTTP/1)
+/// a request head has been arriving for longer than `timeout_read`.
 ///
 /// Requests starting and ending do not wake it. Instead it never sleeps longer than the
 /// shortest of those timeouts: any deadline an event after it went to sleep can create
 /// (the event's time plus one of the timeouts) is then no earlier than its wake-up, where it
 /// looks at the state again. A busy connection costs one timer wake-up per that timeout.
-pub(crate) async fn watchdog(state: &ConnState, timeouts: Timeouts, is_h1: bool) -> Watch {
+pub(crate) async fn watchdog(state: &ConnState, timeouts: Timeouts, since: u64, is_h1: bool) -> Watch {
     let header_read = timeouts.read.filter(|_| is_h1);
     let recheck = match (timeouts.idle, header_read) {
         (None, None) => return std::future::pending().await,
@@ -434,7 +500,8 @@ pub(crate) async fn watchdog(state: &ConnState, timeouts: Timeouts, is_h1: bool)
         let mut deadline: Option<(u64, bool)> = None;
         if state.active.load(Ordering::Acquire) == 0 {
             if let Some(idle) = timeouts.idle {
-                deadline = Some((state.idle_since.load(Ordering::Acquire) + idle.as_millis() as u64, false));
+                let idle_since = state.idle_since.load(Ordering::Acquire).max(since);
+                deadline = Some((idle_since + idle.as_millis() as u64, false));
             }
             let pending = state.pending_since.load(Ordering::Acquire);
             if let (Some(read), true) = (header_read, pending != 0) {
@@ -460,11 +527,47 @@ pub(crate) async fn watchdog(state: &ConnState, timeouts: Timeouts, is_h1: bool)
 }
 
 pin_project_lite::pin_project! {
-    /// Notes the first byte of each request head for the watchdog.
+    /// Notes the first byte of each request head for the watchdog, and closes an HTTP/2
+    /// connection with ENHANCE_YOUR_CALM when its driver asks ([`ConnState::abort`]).
     pub struct Metered<T> {
         #[pin]
         inner: T,
         state: Arc<ConnState>,
+        // hyper's HTTP/2 writer flushes only once its buffer is empty, so after a flush the
+        // next write starts a frame: the only place another frame may go.
+        at_frame_start: bool,
+        // Bytes of our GOAWAY already written (`abort`).
+        goaway_sent: usize,
+    }
+}
+
+impl<T> Metered<T> {
+    fn new(inner: T, state: Arc<ConnState>) -> Self {
+        Self { inner, state, at_frame_start: true, goaway_sent: 0 }
+    }
+}
+
+/// GOAWAY (type 7) on stream 0: last stream id 2^31-1 (every stream may have been
+/// processed, so the client retries none), error ENHANCE_YOUR_CALM (0xb).
+const GOAWAY_ENHANCE_YOUR_CALM: [u8; 17] =
+    [0, 0, 8, 7, 0, 0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0x0b];
+
+impl<T: AsyncWrite> Metered<T> {
+    /// In place of a write after `abort`: our GOAWAY if a frame may start here, then an error
+    /// that ends hyper's connection.
+    fn poll_abort(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut this = self.project();
+        if *this.at_frame_start {
+            while *this.goaway_sent < GOAWAY_ENHANCE_YOUR_CALM.len() {
+                let n = std::task::ready!(this.inner.as_mut().poll_write(cx, &GOAWAY_ENHANCE_YOUR_CALM[*this.goaway_sent..]))?;
+                if n == 0 {
+                    break;
+                }
+                *this.goaway_sent += n;
+            }
+            std::task::ready!(this.inner.as_mut().poll_flush(cx))?;
+        }
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "closed with ENHANCE_YOUR_CALM")))
     }
 }
 
@@ -482,10 +585,23 @@ impl<T: AsyncRead> AsyncRead for Metered<T> {
 
 impl<T: AsyncWrite> AsyncWrite for Metered<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        if self.state.abort.load(Ordering::Relaxed) {
+            return self.poll_abort(cx);
+        }
+        let this = self.project();
+        let r = this.inner.poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            *this.at_frame_start = false;
+        }
+        r
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        let r = this.inner.poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            *this.at_frame_start = true;
+        }
+        r
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
@@ -495,7 +611,15 @@ impl<T: AsyncWrite> AsyncWrite for Metered<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        if self.state.abort.load(Ordering::Relaxed) {
+            return self.poll_abort(cx);
+        }
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            *this.at_frame_start = false;
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -13,6 +13,7 @@ pub mod health;
 pub mod listener;
 pub mod quic;
 pub mod route;
+pub mod stall;
 pub mod upstream;
 pub mod websocket;
 

@@ -28,7 +28,9 @@ use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 
 use super::drain::{ConnHandle, ListenerGeneration};
+use super::body::now_ms;
 use super::listener::{self, ConnInfo, ConnState, ListenerKind, CONNECTION_BUFFER, MAX_HEAD_BYTES};
+use super::stall;
 use super::Proxy;
 use crate::config::Timeouts;
 
@@ -177,21 +179,25 @@ async fn serve_connection(
 type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
 
 /// Accepts requests until the connection ends: closes it on `timeout_idle`, after a drain's
-/// GOAWAY once its requests are done, and at once when `drain_timeout` ends.
+/// GOAWAY once its requests are done, at once when `drain_timeout` ends, and with
+/// H3_EXCESSIVE_LOAD when most of its requests were cancelled (the premature-reset rule of
+/// the TCP listeners).
 async fn drive(mut h3: H3Connection, connection: &quinn::Connection, info: &Arc<ConnInfo>, proxy: &Arc<Proxy>) {
     // After a GOAWAY (drain or idle): requests the client sent before it saw the GOAWAY still
-    // arrive and are served; the connection closes once it has had none for the linger.
-    let mut closing = false;
+    // arrive and are served; the connection closes once it has had none for the linger,
+    // counted from the GOAWAY (so that the client has the time to read it) or from its last
+    // request, whichever is later.
+    let mut closing_since: Option<u64> = None;
+    let mut code = h3::error::Code::H3_NO_ERROR;
     loop {
-        let timeouts = if closing {
-            Timeouts { idle: Some(listener::DRAIN_LINGER), read: None, ..info.timeouts }
-        } else {
-            info.timeouts
+        let (timeouts, since) = match closing_since {
+            Some(at) => (Timeouts { read: None, ..listener::linger(info.timeouts) }, at),
+            None => (info.timeouts, 0),
         };
         tokio::select! {
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
-                    tokio::spawn(serve_request(resolver, proxy.clone(), info.clone()));
+                    tokio::spawn(stall::scope(serve_request(resolver, proxy.clone(), info.clone())));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -201,18 +207,26 @@ async fn drive(mut h3: H3Connection, connection: &quinn::Connection, info: &Arc<
                     break;
                 }
             },
-            _ = listener::watchdog(&info.state, timeouts, false) => {
-                if closing {
+            _ = listener::watchdog(&info.state, timeouts, since, false) => {
+                if closing_since.is_some() {
                     break;
                 }
                 tracing::debug!(peer = %info.peer, "closing idle HTTP/3 connection (timeout_idle)");
                 goaway(&mut h3, info).await;
-                closing = true;
+                closing_since = Some(now_ms());
             }
-            () = info.conn.signals.drain.cancelled(), if !closing => {
+            () = info.conn.signals.drain.cancelled(), if closing_since.is_none() => {
                 info.draining.store(true, Ordering::Release);
                 goaway(&mut h3, info).await;
-                closing = true;
+                closing_since = Some(now_ms());
+            }
+            () = info.state.abusive() => {
+                tracing::warn!(
+                    peer = %info.peer,
+                    "closing HTTP/3 connection with H3_EXCESSIVE_LOAD: most of its requests were cancelled by the client"
+                );
+                code = h3::error::Code::H3_EXCESSIVE_LOAD;
+                break;
             }
             () = info.conn.signals.close.cancelled() => {
                 tracing::debug!(peer = %info.peer, "closing HTTP/3 connection: drain_timeout ended");
@@ -220,7 +234,7 @@ async fn drive(mut h3: H3Connection, connection: &quinn::Connection, info: &Arc<
             }
         }
     }
-    connection.close(h3::error::Code::H3_NO_ERROR.value().try_into().unwrap_or_default(), b"");
+    connection.close(code.value().try_into().unwrap_or_default(), b"");
 }
 
 /// Sends the GOAWAY of a graceful close. It admits every request stream the client may
@@ -263,6 +277,9 @@ async fn serve_request(
         tracing::debug!(peer = %info.peer, error = %e, "sending an HTTP/3 response failed");
         return;
     }
+    // The stream's idle and write deadlines, for sends that flow control holds up (the
+    // client stopped reading): see `super::stall`.
+    let watch = stall::current();
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             // The upstream (or a timeout) cut the body short: reset the stream so the client
@@ -271,15 +288,21 @@ async fn serve_request(
             return;
         };
         let sent = match frame.into_data() {
-            Ok(data) if data.is_empty() => Ok(()),
-            Ok(data) => send.send_data(data).await,
+            Ok(data) if data.is_empty() => Ok(Ok(())),
+            Ok(data) => stall::bounded(send.send_data(data), watch.as_ref()).await,
             Err(frame) => match frame.into_trailers() {
-                Ok(trailers) => send.send_trailers(trailers).await,
-                Err(_) => Ok(()),
+                Ok(trailers) => stall::bounded(send.send_trailers(trailers), watch.as_ref()).await,
+                Err(_) => Ok(Ok(())),
             },
         };
-        if sent.is_err() {
-            return;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(reason) => {
+                tracing::debug!(peer = %info.peer, ?reason, "resetting an HTTP/3 stream: the client stopped reading its response");
+                send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+                return;
+            }
         }
     }
     let _ = send.finish().await;

@@ -138,6 +138,7 @@ pub(crate) async fn proxy<B>(
         fault: None,
         guard: finish.guard.take(),
         in_flight: finish.in_flight.take(),
+        done: false,
     });
     let idle = route.stream_idle;
     // The tunnel keeps the connection registered with the drains until it ends, so a drain

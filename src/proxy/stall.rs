@@ -1,0 +1,221 @@
+//! Responses the client stops reading.
+//!
+//! The stream idle timeout and `timeout_write` live in the response body
+//! ([`super::body::ResponseBody`]), but hyper polls that body only when it can send what it
+//! gets: while HTTP/2 flow control (a client that advertises a zero window) or a full socket
+//! (an HTTP/1.1 client that never reads) blocks the stream, nobody polls the body, its timers
+//! never run, and the stream and its upstream connection stay pinned forever.
+//!
+//! So the task that drives a stream watches it from outside: after every poll that ends
+//! `Pending`, [`Watched`] looks at the stream's phase. If hyper's last call into the body got
+//! a frame (the body is not waiting for the upstream, hyper is waiting for the client), the
+//! stream is blocked on the client and a timer is armed for the earlier of the stream idle
+//! deadline (from the last byte that moved) and the write deadline. When it fires with the
+//! stream still blocked, the driver ends the stream: an HTTP/2 stream task is dropped (h2
+//! resets the stream), an HTTP/1.1 connection is closed, an HTTP/3 stream is reset.
+//!
+//! The request path pays for none of this when nothing blocks: the stream registers its
+//! [`StallInfo`] in a task-local slot (no allocation, no lock), and a timer exists only once a
+//! stream has been seen blocked.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+use super::body::{now_ms, StreamState, BODY_READY};
+
+tokio::task_local! {
+    static STALL: RefCell<Option<StallInfo>>;
+}
+
+/// What the driver of a stream needs to know to end it when the client stops reading.
+#[derive(Clone)]
+pub struct StallInfo {
+    /// The stream's phase and activity clock.
+    pub state: Arc<StreamState>,
+    /// The stream idle timeout of the route (`idle_timeout`, else `timeout_idle`).
+    pub idle: Option<Duration>,
+    /// When `timeout_write` ends the request/response cycle.
+    pub write_deadline: Option<Instant>,
+}
+
+impl StallInfo {
+    /// When the blocked stream is to be ended: the earlier of the idle and write deadlines.
+    pub fn deadline(&self) -> Option<Instant> {
+        let idle = self.idle.map(|d| {
+            let last = self.state.last_activity.load(Ordering::Relaxed);
+            let left = d.saturating_sub(Duration::from_millis(now_ms().saturating_sub(last)));
+            Instant::now() + left
+        });
+        match (idle, self.write_deadline) {
+            (Some(i), Some(w)) => Some(i.min(w)),
+            (i, w) => i.or(w),
+        }
+    }
+
+    /// Whether the deadline has passed with no byte moved since; records why on the stream
+    /// (for its access-log line).
+    fn expired(&self) -> Option<Stalled> {
+        let now = Instant::now();
+        let reason = if self.write_deadline.is_some_and(|w| w <= now) {
+            Stalled::Write
+        } else if self.deadline().is_some_and(|d| d <= now) {
+            Stalled::Idle
+        } else {
+            return None;
+        };
+        self.state.stalled.store(reason as u8, Ordering::Release);
+        Some(reason)
+    }
+
+    /// Whether hyper is waiting for the client rather than for the body.
+    fn blocked(&self) -> bool {
+        self.state.body_phase.load(Ordering::Acquire) == BODY_READY
+    }
+}
+
+/// Why a stream was ended by the stall watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stalled {
+    /// No byte moved for the stream idle timeout.
+    Idle = 1,
+    /// `timeout_write` ended while the client was not reading.
+    Write = 2,
+}
+
+impl Stalled {
+    /// The access log's error text for a stream ended this way (`code` from
+    /// [`StreamState::stalled`]).
+    pub fn message(code: u8) -> Option<&'static str> {
+        match code {
+            1 => Some("client stopped reading the response: no progress for the stream idle timeout"),
+            2 => Some("client stopped reading the response: timeout_write ended"),
+            _ => None,
+        }
+    }
+}
+
+/// Registers the stream being served by the current task (a no-op outside a [`Watched`]).
+pub fn register(info: StallInfo) {
+    let _ = STALL.try_with(|slot| *slot.borrow_mut() = Some(info));
+}
+
+/// The stream registered in the current task, if any (HTTP/3 bounds its own sends by it).
+pub fn current() -> Option<StallInfo> {
+    STALL.try_with(|slot| slot.borrow().clone()).ok().flatten()
+}
+
+/// Runs `fut` with a stall slot of its own (HTTP/3 request tasks).
+pub fn scope<F: Future>(fut: F) -> impl Future<Output = F::Output> {
+    STALL.scope(RefCell::new(None), fut)
+}
+
+/// Runs a send that the client's flow control may hold up (HTTP/3), ending it with `Err`
+/// when it is still held at the stream's deadline. No timer unless the send has to wait.
+pub async fn bounded<F: Future>(send: F, watch: Option<&StallInfo>) -> Result<F::Output, Stalled> {
+    let mut send = std::pin::pin!(send);
+    if let Poll::Ready(out) = futures_util::poll!(send.as_mut()) {
+        return Ok(out);
+    }
+    let Some(info) = watch else { return Ok(send.await) };
+    loop {
+        let Some(deadline) = info.deadline() else { return Ok(send.await) };
+        if let Ok(out) = tokio::time::timeout_at(deadline, send.as_mut()).await {
+            return Ok(out);
+        }
+        if let Some(reason) = info.expired() {
+            return Err(reason);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future that serves streams (an HTTP/2 stream task, an HTTP/1.1 connection), with the
+    /// stall watch around it: it resolves with `Err` once the stream it serves has been
+    /// blocked on the client past its deadline.
+    pub struct Watched<F> {
+        #[pin]
+        inner: F,
+        info: Option<StallInfo>,
+        timer: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<F> Watched<F> {
+    /// Watches `inner`.
+    pub fn new(inner: F) -> Self {
+        Self { inner, info: None, timer: None }
+    }
+
+    /// The watched future (for hyper's `graceful_shutdown`).
+    pub fn inner(self: Pin<&mut Self>) -> Pin<&mut F> {
+        self.project().inner
+    }
+}
+
+impl<F: Future> Future for Watched<F> {
+    type Output = Result<F::Output, Stalled>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let inner = this.inner;
+        let (polled, info) = STALL.sync_scope(RefCell::new(this.info.take()), || {
+            let polled = inner.poll(cx);
+            (polled, STALL.with(|slot| slot.borrow_mut().take()))
+        });
+        *this.info = info;
+        if let Poll::Ready(out) = polled {
+            return Poll::Ready(Ok(out));
+        }
+        let Some(info) = this.info.as_ref().filter(|i| i.blocked()) else {
+            return Poll::Pending;
+        };
+        let Some(deadline) = info.deadline() else { return Poll::Pending };
+        let timer = match this.timer {
+            Some(t) => {
+                if t.deadline() != deadline {
+                    t.as_mut().reset(deadline);
+                }
+                t
+            }
+            None => this.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        if timer.as_mut().poll(cx).is_ready() {
+            if let Some(reason) = info.expired() {
+                return Poll::Ready(Err(reason));
+            }
+            // Bytes moved since the timer was armed: arm it again from the activity clock.
+            if let Some(next) = info.deadline() {
+                timer.as_mut().reset(next);
+                let _ = timer.as_mut().poll(cx);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// hyper's executor for HTTP/2 stream tasks: each runs inside a [`Watched`], and a stream
+/// whose client stopped reading is dropped, which makes h2 reset it (RST_STREAM CANCEL) and
+/// releases its upstream connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamExecutor;
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(async move {
+            if let Err(reason) = Watched::new(fut).await {
+                tracing::debug!(?reason, "resetting an HTTP/2 stream: the client stopped reading its response");
+            }
+        });
+    }
+}
