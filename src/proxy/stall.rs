@@ -62,10 +62,12 @@ impl StallInfo {
     /// Whether the deadline has passed with no byte moved since; records why on the stream
     /// (for its access-log line).
     fn expired(&self) -> Option<Stalled> {
-        let now = Instant::now();
-        let reason = if self.write_deadline.is_some_and(|w| w <= now) {
+        let reason = if self.write_deadline.is_some_and(|w| w <= Instant::now()) {
             Stalled::Write
-        } else if self.deadline().is_some_and(|d| d <= now) {
+        } else if self.idle.is_some_and(|d| {
+            let last = self.state.last_activity.load(Ordering::Relaxed);
+            Duration::from_millis(now_ms().saturating_sub(last)) >= d
+        }) {
             Stalled::Idle
         } else {
             return None;
@@ -177,27 +179,26 @@ impl<F: Future> Future for Watched<F> {
         let Some(info) = this.info.as_ref().filter(|i| i.blocked()) else {
             return Poll::Pending;
         };
-        let Some(deadline) = info.deadline() else { return Poll::Pending };
-        let timer = match this.timer {
-            Some(t) => {
-                if t.deadline() != deadline {
-                    t.as_mut().reset(deadline);
-                }
-                t
-            }
-            None => this.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        if timer.as_mut().poll(cx).is_ready() {
+        loop {
             if let Some(reason) = info.expired() {
                 return Poll::Ready(Err(reason));
             }
-            // Bytes moved since the timer was armed: arm it again from the activity clock.
-            if let Some(next) = info.deadline() {
-                timer.as_mut().reset(next);
-                let _ = timer.as_mut().poll(cx);
+            let Some(deadline) = info.deadline() else { return Poll::Pending };
+            let timer = match this.timer {
+                Some(t) => {
+                    if t.deadline() != deadline {
+                        t.as_mut().reset(deadline);
+                    }
+                    t
+                }
+                None => this.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
+            // The timer fired: expired now, or bytes moved since it was armed (then it is
+            // armed again from the activity clock).
         }
-        Poll::Pending
     }
 }
 
