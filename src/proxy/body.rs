@@ -204,6 +204,9 @@ pin_project_lite::pin_project! {
     impl PinnedDrop for ResponseBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
+            if let Some(s) = this.state.as_ref() {
+                s.body_phase.store(BODY_DONE, Ordering::Release);
+            }
             if let Some(f) = this.on_finish.take() {
                 let stalled = this.state.as_ref().and_then(|s| super::stall::Stalled::message(s.stalled.load(Ordering::Acquire)));
                 let err = match this.error.as_deref() {
@@ -249,13 +252,15 @@ impl Body for ResponseBody {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
+        let mut this = self.project();
         if this.error.is_some() {
             return Poll::Ready(None);
         }
-        let polled = this.inner.poll_frame(cx);
+        let polled = this.inner.as_mut().poll_frame(cx);
         if let Some(s) = this.state {
             let phase = match &polled {
+                // hyper does not poll a body that says it has ended.
+                Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => BODY_DONE,
                 Poll::Ready(Some(Ok(_))) => BODY_READY,
                 Poll::Pending => BODY_WAITING,
                 Poll::Ready(_) => BODY_DONE,

@@ -468,9 +468,9 @@ fn is_framing_lookalike(name: &str) -> bool {
         "proxy-connection",
         "expect",
     ];
-    NAMES.iter().any(|n| {
-        n.len() == name.len() && n.bytes().zip(name.bytes()).all(|(a, b)| a == b || (a == b'-' && b == b'_'))
-    })
+    NAMES
+        .iter()
+        .any(|n| n.len() == name.len() && n.bytes().zip(name.bytes()).all(|(a, b)| a == b || (a == b'-' && b == b'_')))
 }
 
 /// An HTTP/1.1 upgrade offer other than a WebSocket or h2c (which the proxy ignores, as a

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use super::body::now_ms;
 use super::drain::{ConnHandle, ListenerGeneration};
+use super::stall::{StreamExecutor, Watched};
 use super::Proxy;
 use crate::config::{CodecType, Timeouts};
 use crate::metrics::ListenerLabels;
-use super::stall::{StreamExecutor, Watched};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -84,11 +84,10 @@ pub struct ConnState {
     /// response was complete: the premature-reset rule ([`ConnState::note_cancelled`]).
     requests: AtomicU32,
     cancelled: AtomicU32,
-    /// Wakes the connection's driver when the premature-reset rule trips.
-    abusive: tokio::sync::Notify,
-    /// Set by the driver: the HTTP/2 connection is to be closed with ENHANCE_YOUR_CALM
-    /// ([`Metered`] writes that GOAWAY in place of hyper's next write).
-    abort: AtomicBool,
+    /// The premature-reset rule tripped: the connection is to be closed. On TCP (HTTP/2)
+    /// [`Metered`] writes a GOAWAY with ENHANCE_YOUR_CALM at its next read or write, which an
+    /// attacking client's next frame brings at once; QUIC checks it at its next request.
+    pub(crate) abort: AtomicBool,
 }
 
 /// The premature-reset rule (Envoy's): a connection on which more than half of at least this
@@ -117,19 +116,14 @@ impl ConnState {
         (RequestGuard(self.clone()), started)
     }
 
-    /// Counts a request the client cancelled; wakes the driver when the premature-reset rule
-    /// ([`PREMATURE_RESET_MIN_REQUESTS`]) trips.
+    /// Counts a request the client cancelled; marks the connection for closing when the
+    /// premature-reset rule ([`PREMATURE_RESET_MIN_REQUESTS`]) trips.
     fn note_cancelled(&self) {
         let cancelled = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
         let requests = self.requests.load(Ordering::Relaxed);
         if requests >= PREMATURE_RESET_MIN_REQUESTS && u64::from(cancelled) * 2 > u64::from(requests) {
-            self.abusive.notify_one();
+            self.abort.store(true, Ordering::Release);
         }
-    }
-
-    /// Resolves when the premature-reset rule has tripped.
-    pub(crate) async fn abusive(&self) {
-        self.abusive.notified().await;
     }
 
     fn note_read(&self) {
@@ -352,7 +346,8 @@ where
     match h2 {
         Some(true) => {
             let builder = builder.http2_only();
-            let conn = Box::pin(Watched::new(builder.serve_connection(io, service)));
+            // HTTP/2 streams are tasks of their own, each watched (`StreamExecutor`).
+            let conn = Box::pin(Watched::unwatched(builder.serve_connection(io, service)));
             drive(conn, auto::Connection::graceful_shutdown, &info, false).await;
         }
         Some(false) => {
@@ -399,9 +394,10 @@ pub(crate) fn linger(timeouts: Timeouts) -> Timeouts {
 }
 
 /// Runs a connection to its end: closes it gracefully on `timeout_idle` or a drain, and at
-/// once on the HTTP/1 header timeout, when `drain_timeout` ends, when the premature-reset
-/// rule trips (HTTP/2, with ENHANCE_YOUR_CALM) or when the client stopped reading a response
-/// (HTTP/1.1; an HTTP/2 stream is reset by its own task, see [`super::stall`]).
+/// once on the HTTP/1 header timeout, when `drain_timeout` ends, or when the client stopped
+/// reading a response (HTTP/1.1; an HTTP/2 stream is reset by its own task, see
+/// [`super::stall`]). The premature-reset rule ends an HTTP/2 connection through its IO
+/// ([`Metered`]).
 ///
 /// The connection comes boxed: held inline, hyper's connection state (several KiB) was laid
 /// out more than once in this task's future, and every idle connection paid for the copies.
@@ -421,6 +417,10 @@ where
         tokio::select! {
             res = conn.as_mut() => {
                 match res {
+                    Ok(Err(_)) if info.state.abort.load(Ordering::Acquire) => tracing::warn!(
+                        peer = %info.peer,
+                        "closed connection with ENHANCE_YOUR_CALM: most of its requests were cancelled by the client"
+                    ),
                     Ok(Err(e)) => tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error"),
                     Err(reason) => tracing::debug!(
                         peer = %info.peer, ?reason, "closing connection: the client stopped reading its response"
@@ -451,17 +451,6 @@ where
                 if !is_h1 {
                     graceful_shutdown(conn.as_mut().inner());
                 }
-                closing_since = Some(now_ms());
-            }
-            () = info.state.abusive(), if !info.state.abort.load(Ordering::Relaxed) => {
-                tracing::warn!(
-                    peer = %info.peer,
-                    "closing connection with ENHANCE_YOUR_CALM: most of its requests were cancelled by the client"
-                );
-                // hyper's GOAWAY write is replaced by ours (see `Metered`), then the
-                // connection fails; the linger bounds it if hyper writes nothing.
-                info.state.abort.store(true, Ordering::Release);
-                graceful_shutdown(conn.as_mut().inner());
                 closing_since = Some(now_ms());
             }
             () = info.conn.signals.close.cancelled() => {
@@ -528,7 +517,8 @@ pub(crate) async fn watchdog(state: &ConnState, timeouts: Timeouts, since: u64, 
 
 pin_project_lite::pin_project! {
     /// Notes the first byte of each request head for the watchdog, and closes an HTTP/2
-    /// connection with ENHANCE_YOUR_CALM when its driver asks ([`ConnState::abort`]).
+    /// connection with ENHANCE_YOUR_CALM once the premature-reset rule tripped
+    /// ([`ConnState::abort`]).
     pub struct Metered<T> {
         #[pin]
         inner: T,
@@ -549,30 +539,36 @@ impl<T> Metered<T> {
 
 /// GOAWAY (type 7) on stream 0: last stream id 2^31-1 (every stream may have been
 /// processed, so the client retries none), error ENHANCE_YOUR_CALM (0xb).
-const GOAWAY_ENHANCE_YOUR_CALM: [u8; 17] =
-    [0, 0, 8, 7, 0, 0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0x0b];
+const GOAWAY_ENHANCE_YOUR_CALM: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0x0b];
 
 impl<T: AsyncWrite> Metered<T> {
-    /// In place of a write after `abort`: our GOAWAY if a frame may start here, then an error
-    /// that ends hyper's connection.
-    fn poll_abort(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// In place of a read or write after `abort`: our GOAWAY if a frame may start here, then
+    /// an error that ends hyper's connection.
+    fn poll_abort(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Error> {
         let mut this = self.project();
         if *this.at_frame_start {
             while *this.goaway_sent < GOAWAY_ENHANCE_YOUR_CALM.len() {
-                let n = std::task::ready!(this.inner.as_mut().poll_write(cx, &GOAWAY_ENHANCE_YOUR_CALM[*this.goaway_sent..]))?;
-                if n == 0 {
-                    break;
+                match std::task::ready!(this
+                    .inner
+                    .as_mut()
+                    .poll_write(cx, &GOAWAY_ENHANCE_YOUR_CALM[*this.goaway_sent..]))
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => *this.goaway_sent += n,
                 }
-                *this.goaway_sent += n;
             }
-            std::task::ready!(this.inner.as_mut().poll_flush(cx))?;
+            // Best effort: the connection is closed whatever the flush says.
+            let _ = std::task::ready!(this.inner.as_mut().poll_flush(cx));
         }
-        Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "closed with ENHANCE_YOUR_CALM")))
+        Poll::Ready(io::Error::new(io::ErrorKind::ConnectionAborted, "closed with ENHANCE_YOUR_CALM"))
     }
 }
 
-impl<T: AsyncRead> AsyncRead for Metered<T> {
+impl<T: AsyncRead + AsyncWrite> AsyncRead for Metered<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.state.abort.load(Ordering::Relaxed) {
+            return self.poll_abort(cx).map(Err);
+        }
         let this = self.project();
         let before = buf.filled().len();
         let r = this.inner.poll_read(cx, buf);
@@ -586,7 +582,7 @@ impl<T: AsyncRead> AsyncRead for Metered<T> {
 impl<T: AsyncWrite> AsyncWrite for Metered<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if self.state.abort.load(Ordering::Relaxed) {
-            return self.poll_abort(cx);
+            return self.poll_abort(cx).map(Err);
         }
         let this = self.project();
         let r = this.inner.poll_write(cx, buf);
@@ -612,7 +608,7 @@ impl<T: AsyncWrite> AsyncWrite for Metered<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         if self.state.abort.load(Ordering::Relaxed) {
-            return self.poll_abort(cx);
+            return self.poll_abort(cx).map(Err);
         }
         let this = self.project();
         let r = this.inner.poll_write_vectored(cx, bufs);

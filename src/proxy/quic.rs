@@ -27,8 +27,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 
-use super::drain::{ConnHandle, ListenerGeneration};
 use super::body::now_ms;
+use super::drain::{ConnHandle, ListenerGeneration};
 use super::listener::{self, ConnInfo, ConnState, ListenerKind, CONNECTION_BUFFER, MAX_HEAD_BYTES};
 use super::stall;
 use super::Proxy;
@@ -197,6 +197,14 @@ async fn drive(mut h3: H3Connection, connection: &quinn::Connection, info: &Arc<
         tokio::select! {
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
+                    if info.state.abort.load(Ordering::Acquire) {
+                        tracing::warn!(
+                            peer = %info.peer,
+                            "closing HTTP/3 connection with H3_EXCESSIVE_LOAD: most of its requests were cancelled by the client"
+                        );
+                        code = h3::error::Code::H3_EXCESSIVE_LOAD;
+                        break;
+                    }
                     tokio::spawn(stall::scope(serve_request(resolver, proxy.clone(), info.clone())));
                 }
                 Ok(None) => break,
@@ -219,14 +227,6 @@ async fn drive(mut h3: H3Connection, connection: &quinn::Connection, info: &Arc<
                 info.draining.store(true, Ordering::Release);
                 goaway(&mut h3, info).await;
                 closing_since = Some(now_ms());
-            }
-            () = info.state.abusive() => {
-                tracing::warn!(
-                    peer = %info.peer,
-                    "closing HTTP/3 connection with H3_EXCESSIVE_LOAD: most of its requests were cancelled by the client"
-                );
-                code = h3::error::Code::H3_EXCESSIVE_LOAD;
-                break;
             }
             () = info.conn.signals.close.cancelled() => {
                 tracing::debug!(peer = %info.peer, "closing HTTP/3 connection: drain_timeout ended");

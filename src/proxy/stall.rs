@@ -109,7 +109,8 @@ pub fn register(info: StallInfo) {
     let _ = STALL.try_with(|slot| *slot.borrow_mut() = Some(info));
 }
 
-/// The stream registered in the current task, if any (HTTP/3 bounds its own sends by it).
+/// The stream registered in the current task, if any (HTTP/3 bounds its own sends by it;
+/// its task is a [`scope`], not a [`Watched`]).
 pub fn current() -> Option<StallInfo> {
     STALL.try_with(|slot| slot.borrow().clone()).ok().flatten()
 }
@@ -145,6 +146,9 @@ pin_project_lite::pin_project! {
     pub struct Watched<F> {
         #[pin]
         inner: F,
+        // Off for futures that serve no stream themselves (an HTTP/2 connection, whose streams
+        // are tasks of their own): they are polled as they are.
+        enabled: bool,
         info: Option<StallInfo>,
         timer: Option<Pin<Box<Sleep>>>,
     }
@@ -153,7 +157,12 @@ pin_project_lite::pin_project! {
 impl<F> Watched<F> {
     /// Watches `inner`.
     pub fn new(inner: F) -> Self {
-        Self { inner, info: None, timer: None }
+        Self { inner, enabled: true, info: None, timer: None }
+    }
+
+    /// `inner`, not watched (the same type, so that one connection driver serves both).
+    pub fn unwatched(inner: F) -> Self {
+        Self { inner, enabled: false, info: None, timer: None }
     }
 
     /// The watched future (for hyper's `graceful_shutdown`).
@@ -167,12 +176,19 @@ impl<F: Future> Future for Watched<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if !*this.enabled {
+            return this.inner.poll(cx).map(Ok);
+        }
         let inner = this.inner;
-        let (polled, info) = STALL.sync_scope(RefCell::new(this.info.take()), || {
+        // The slot is empty on entry; a stream that registers during this poll replaces the
+        // one kept (HTTP/1.1: the next request on the connection).
+        let (polled, registered) = STALL.sync_scope(RefCell::new(None), || {
             let polled = inner.poll(cx);
             (polled, STALL.with(|slot| slot.borrow_mut().take()))
         });
-        *this.info = info;
+        if registered.is_some() {
+            *this.info = registered;
+        }
         if let Poll::Ready(out) = polled {
             return Poll::Ready(Ok(out));
         }
@@ -213,10 +229,28 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(async move {
-            if let Err(reason) = Watched::new(fut).await {
+        // Spawned as it is built: an `async` block around it would move hyper's stream future
+        // (several KiB) once more on its first poll.
+        tokio::spawn(StreamTask { watched: Watched::new(fut) });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An HTTP/2 stream task: ends (dropping the stream) when the watch says so.
+    struct StreamTask<F> {
+        #[pin]
+        watched: Watched<F>,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for StreamTask<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.project().watched.poll(cx).map(|r| {
+            if let Err(reason) = r {
                 tracing::debug!(?reason, "resetting an HTTP/2 stream: the client stopped reading its response");
             }
-        });
+        })
     }
 }
