@@ -8,6 +8,8 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod k8s;
 pub mod metrics;
 pub mod proxy;
