@@ -162,6 +162,10 @@ fn build(
     let mut cfg = builder.with_cert_resolver(resolver);
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     cfg.max_early_data_size = 0;
+    // The server's order of suites (AES-256-GCM, AES-128-GCM, then ChaCha20, all AEAD), not
+    // the client's: what nginx's `ssl_prefer_server_ciphers` and testssl.sh's cipher-order
+    // check expect (docs/hardening.md).
+    cfg.ignore_client_order = true;
     Ok(cfg)
 }
 

@@ -801,7 +801,9 @@ mod tests {
         assert_eq!(t.routes[0].host_rewrite.as_deref(), Some("backend.internal"));
         let r = route_cr(serde_json::json!({"from": "https://a.test", "to": ["http://app:80"]}));
         assert!(translate_route(&r, &objects()).unwrap().routes[0].preserve_host_header, "a Route too");
-        let r = route_cr(serde_json::json!({"from": "https://a.test", "to": ["http://app:80"], "preserveHostHeader": false}));
+        let r = route_cr(
+            serde_json::json!({"from": "https://a.test", "to": ["http://app:80"], "preserveHostHeader": false}),
+        );
         assert!(!translate_route(&r, &objects()).unwrap().routes[0].preserve_host_header);
     }
 

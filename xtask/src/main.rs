@@ -8,11 +8,13 @@
 mod bench;
 mod chart;
 mod e2e;
+mod fuzz;
 mod h2spec;
 mod h3check;
 mod image;
 mod scale;
 mod standalone;
+mod testssl;
 mod util;
 
 use std::process::ExitCode;
@@ -25,12 +27,14 @@ fn main() -> ExitCode {
         Some("h3check") => h3check::run(),
         Some("chart") => chart::run(&args[1..]),
         Some("image") => image::run(),
+        Some("fuzz") => fuzz::run(&args[1..]),
+        Some("testssl") => testssl::run(),
         Some("bench") if args.get(1).map(String::as_str) == Some("controller") => scale::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("e2e-cluster") => e2e::run(&args[1..]),
         Some("e2e") => e2e::suite(),
         _ => {
-            eprintln!("usage: cargo xtask <test|h2spec|h3check|chart|image|e2e|bench|e2e-cluster>\n  test    every check CI runs: fmt, clippy, unit, integration, h2spec, h3check, chart, image, e2e\n  h2spec  HTTP/2 conformance against the https listener\n  chart   the Helm chart with a real helm (`--write` regenerates deploy/portcullis.yaml)\n  image   the Dockerfile's static build, run as non-root in an empty root\n  h3check HTTP/3 checks with an independent client (Python's aioquic) against the QUIC listener\n  e2e     end-to-end tests against a real kube-apiserver and etcd\n  bench   benchmarks (slow; not part of test); `bench controller`: the controller scale benchmark\n  e2e-cluster  build | up [--keep]: the e2e control plane alone, for manual use");
+            eprintln!("usage: cargo xtask <test|h2spec|h3check|testssl|chart|image|e2e|bench|fuzz|e2e-cluster>\n  test    every check CI runs: fmt, clippy, unit, integration, h2spec, h3check, testssl, chart, image, e2e\n  h2spec  HTTP/2 conformance against the https listener\n  chart   the Helm chart with a real helm (`--write` regenerates deploy/portcullis.yaml)\n  image   the Dockerfile's static build, run as non-root in an empty root\n  h3check HTTP/3 checks with an independent client (Python's aioquic) against the QUIC listener\n  testssl testssl.sh against the https listener: TLS 1.2/1.3 only, AEAD suites only, nothing above LOW\n  e2e     end-to-end tests against a real kube-apiserver and etcd\n  bench   benchmarks (slow; not part of test); `bench controller`: the controller scale benchmark\n  fuzz    [--seconds N] [TARGET...]: cargo-fuzz on nightly (config, annotations, route_match, http1; not part of test)\n  e2e-cluster  build | up [--keep]: the e2e control plane alone, for manual use");
             return ExitCode::from(2);
         }
     };
@@ -57,6 +61,7 @@ fn test(_args: &[String]) -> anyhow::Result<()> {
     )?;
     h2spec::run()?;
     h3check::run()?;
+    testssl::run()?;
     chart::run(&[])?;
     image::run()?;
     e2e::suite()?;
