@@ -442,6 +442,33 @@ async fn in_flight_requests_finish_with_goaway_or_connection_close() {
     drains_end(&r).await;
 }
 
+/// An HTTP/1.1 connection that has been idle for longer than the 1 s drain linger when its
+/// drain begins is still given the linger, counted from the drain (a keep-alive client may be
+/// sending its next request at that very moment), not closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http1_connection_lingers_after_its_drain_begins() {
+    let up = upstream("u").await;
+    let pki = Pki::new();
+    pki.leaf("a", &["a.test"]);
+    let yaml = "drain_timeout: 30s\ncertificates:\n - {cert_file: a.pem, key_file: a-key.pem}\nroutes:\n - {from: https://a.test, to: http://UP}\n";
+    let r = start_in(pki.dir.path(), &yaml.replace("UP", &up.to_string())).await;
+    let roots = vec![pki.ca_der.clone()];
+    let mut h1 = h1_tls(r.main, "a.test", &roots).await;
+    assert_eq!(text(h1.send_request(get("a.test", "/")).await.unwrap()).await.0, 200);
+    tokio::time::sleep(ms(1500)).await;
+    pki.leaf("a", &["a.test"]);
+    let path = pki.dir.path().join("portcullis.yaml");
+    r.proxy.apply(FileSource::new(&path).load_with_env(&|_| None).unwrap().config);
+    let drained = Instant::now();
+    while !h1.is_closed() {
+        assert!(drained.elapsed() < Duration::from_secs(3), "the drained idle connection was not closed");
+        tokio::time::sleep(ms(10)).await;
+    }
+    let lingered = drained.elapsed();
+    assert!(lingered >= ms(700), "closed {lingered:?} after the drain began: the linger counts from the drain");
+    drains_end(&r).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_route_closes_its_websockets_and_no_others() {
     let up = upstream("u").await;
