@@ -15,7 +15,8 @@
 //!   NULL, EXPORT or anonymous suite, and testssl.sh's NULL, aNULL, EXPORT, LOW, 3DES/IDEA and
 //!   AVERAGE (obsolete CBC) categories are all not offered;
 //! - no finding has a severity above LOW (MEDIUM, HIGH and CRITICAL fail, as do testssl.sh's
-//!   own WARN and FATAL scan problems), except the ones in [`EXCLUDED`], which are only about
+//!   own WARN and FATAL scan problems if they persist over [`SCANS`] scans), except the ones
+//!   in [`EXCLUDED`], which are only about
 //!   the test certificate (see there). The scanned route sets HSTS and the usual security
 //!   headers as a deployment would (testssl.sh rates a response without them MEDIUM; the
 //!   headers are the route's `set_response_headers`, not TLS settings).
@@ -55,6 +56,24 @@ pub const EXCLUDED: &[(&str, &str)] = &[
 
 /// Severities that fail the scan.
 const FAILING: &[&str] = &["MEDIUM", "HIGH", "CRITICAL", "WARN", "FATAL"];
+/// testssl.sh's own scan problems (a check that could not run, e.g. "check failed because of
+/// connect problem" when a loaded machine made one of its many connections time out): not a
+/// finding about the server, so the scan is run again, at most `SCANS` times in all, and
+/// fails only if they persist.
+const SCAN_PROBLEMS: &[&str] = &["WARN", "FATAL"];
+const SCANS: usize = 3;
+
+/// The scan itself could not complete some checks (only [`SCAN_PROBLEMS`]).
+#[derive(Debug)]
+struct ScanProblems(Vec<String>);
+
+impl std::fmt::Display for ScanProblems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "testssl.sh could not complete {} check(s): {}", self.0.len(), self.0.join("; "))
+    }
+}
+
+impl std::error::Error for ScanProblems {}
 /// Protocols that must not be offered, and the ones that must be, by testssl.sh's ids.
 const NOT_OFFERED: &[&str] = &["SSLv2", "SSLv3", "TLS1", "TLS1_1"];
 const OFFERED: &[&str] = &["TLS1_2", "TLS1_3"];
@@ -84,8 +103,31 @@ pub fn run() -> anyhow::Result<()> {
 
     let json = dir.join("testssl.json");
     let report = dir.join("testssl.txt");
-    let _ = std::fs::remove_file(&json);
     let target = format!("https://localhost:{https}");
+    let mut result = Ok(());
+    for attempt in 1..=SCANS {
+        result = scan(&testssl, &ca, &json, &report, &target);
+        match &result {
+            Err(e) if attempt < SCANS && e.downcast_ref::<ScanProblems>().is_some() => {
+                eprintln!("==> testssl: {e}; scanning again ({} of {SCANS})", attempt + 1);
+            }
+            _ => break,
+        }
+    }
+    drop(served);
+    let _ = std::fs::remove_dir_all(&certs);
+    match result {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(())
+        }
+        Err(e) => Err(e.context(format!("testssl.sh report and JSON in {}", dir.display()))),
+    }
+}
+
+/// One run of testssl.sh against `target`, checked.
+fn scan(testssl: &Path, ca: &Path, json: &Path, report: &Path, target: &str) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(json);
     let args: Vec<String> = [
         "--quiet",
         "--color",
@@ -104,35 +146,24 @@ pub fn run() -> anyhow::Result<()> {
         "10",
         "--jsonfile-pretty",
         &json.to_string_lossy(),
-        &target,
+        target,
     ]
     .map(str::to_owned)
     .to_vec();
     eprintln!("\n==> testssl: {} {} (report: {})", testssl.display(), args.join(" "), report.display());
     let started = Instant::now();
-    let out = std::fs::File::create(&report).with_context(|| format!("creating {}", report.display()))?;
-    let status = Command::new(&testssl)
+    let out = std::fs::File::create(report).with_context(|| format!("creating {}", report.display()))?;
+    let status = Command::new(testssl)
         .args(&args)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
         .status()
         .with_context(|| format!("running {}", testssl.display()))?;
-    let elapsed = started.elapsed();
-    drop(served);
-    let _ = std::fs::remove_dir_all(&certs);
-    eprintln!("==> testssl finished in {:.0} s ({status})", elapsed.as_secs_f64());
-
-    let result = std::fs::read_to_string(&json)
-        .with_context(|| format!("reading {} (testssl.sh exited {status})", json.display()))
-        .and_then(|text| check(&text));
-    match result {
-        Ok(()) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            Ok(())
-        }
-        Err(e) => Err(e.context(format!("testssl.sh report and JSON in {}", dir.display()))),
-    }
+    eprintln!("==> testssl finished in {:.0} s ({status})", started.elapsed().as_secs_f64());
+    let text = std::fs::read_to_string(json)
+        .with_context(|| format!("reading {} (testssl.sh exited {status})", json.display()))?;
+    check(&text)
 }
 
 /// Checks the scan's JSON (`--jsonfile-pretty`) and prints the summary.
@@ -199,6 +230,7 @@ fn check(text: &str) -> anyhow::Result<()> {
     // Severities.
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     let mut excluded = Vec::new();
+    let mut scan_problems = Vec::new();
     for (section, id, severity, text) in &findings {
         *counts.entry(severity).or_default() += 1;
         if !FAILING.contains(severity) {
@@ -206,6 +238,8 @@ fn check(text: &str) -> anyhow::Result<()> {
         }
         if let Some((_, why)) = EXCLUDED.iter().find(|(e, _)| e == id) {
             excluded.push(format!("{id} {severity} {text:?} ({why})"));
+        } else if SCAN_PROBLEMS.contains(severity) {
+            scan_problems.push(format!("{section}.{id}: {severity}: {text}"));
         } else {
             problems.push(format!("{section}.{id}: {severity}: {text}"));
         }
@@ -221,8 +255,11 @@ fn check(text: &str) -> anyhow::Result<()> {
     for e in &excluded {
         println!("  excluded (test certificate): {e}");
     }
-    for p in &problems {
+    for p in problems.iter().chain(&scan_problems) {
         println!("  FAILED: {p}");
+    }
+    if problems.is_empty() && !scan_problems.is_empty() {
+        return Err(ScanProblems(scan_problems).into());
     }
     let failed = usize::from(!problems.is_empty());
     println!("testssl: {} passed, {failed} failed", 1 - failed);
