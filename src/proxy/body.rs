@@ -33,10 +33,19 @@ pub fn empty() -> ProxyBody {
     http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+fn start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
 /// Milliseconds since the process started: a cheap, monotonic clock for atomics.
 pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    start().elapsed().as_millis() as u64
+}
+
+/// The instant `ms` (see [`now_ms`]) stands for, for timers.
+pub fn instant_at_ms(ms: u64) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(start() + Duration::from_millis(ms))
 }
 
 /// Shared per-request state between the two body wrappers and the forwarding code.
@@ -197,6 +206,9 @@ pin_project_lite::pin_project! {
         idle_at: Option<tokio::time::Instant>,
         state: Option<Arc<StreamState>>,
         bytes: u64,
+        // The body's length when it was known at the start: a body dropped once it was all
+        // sent is complete even if it never said so (hyper stops at the length).
+        expected: Option<u64>,
         error: Option<String>,
         on_finish: Option<Box<dyn OnFinish>>,
     }
@@ -211,7 +223,7 @@ pin_project_lite::pin_project! {
                 let stalled = this.state.as_ref().and_then(|s| super::stall::Stalled::message(s.stalled.load(Ordering::Acquire)));
                 let err = match this.error.as_deref() {
                     Some(e) => Some(e),
-                    None if this.inner.is_end_stream() => None,
+                    None if this.inner.is_end_stream() || *this.expected == Some(*this.bytes) => None,
                     None => Some(stalled.unwrap_or(CLIENT_GONE)),
                 };
                 f.finish(*this.bytes, err);
@@ -234,6 +246,7 @@ impl ResponseBody {
             s.body_phase.store(BODY_READY, Ordering::Release);
         }
         Self {
+            expected: inner.size_hint().exact(),
             inner,
             write_deadline,
             idle,
@@ -252,15 +265,15 @@ impl Body for ResponseBody {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
+        let this = self.project();
         if this.error.is_some() {
             return Poll::Ready(None);
         }
-        let polled = this.inner.as_mut().poll_frame(cx);
+        let polled = this.inner.poll_frame(cx);
         if let Some(s) = this.state {
             let phase = match &polled {
-                // hyper does not poll a body that says it has ended.
-                Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => BODY_DONE,
+                // Also for a frame that ends the body: hyper may still be holding it for
+                // the client (HTTP/2 flow control). The body is done when dropped.
                 Poll::Ready(Some(Ok(_))) => BODY_READY,
                 Poll::Pending => BODY_WAITING,
                 Poll::Ready(_) => BODY_DONE,

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 
 use super::body::{self, now_ms, OnFinish, ProxyBody, RequestBody, ResponseBody, StreamState};
 use super::error::ProxyError;
-use super::listener::{ConnInfo, ListenerKind, RequestGuard};
+use super::listener::{ConnInfo, ListenerKind, RequestGuard, PREMATURE_RESET_LIFETIME};
 use super::stall::{self, StallInfo};
 use super::upstream::{ConnectError, H1Error, Target};
 use super::{CompiledRoute, Proxy, Snapshot};
@@ -67,21 +67,29 @@ pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 impl Drop for Finish {
     /// A request whose future was dropped before it had a response: the client reset the
-    /// stream (HTTP/2, HTTP/3) or closed the connection. Logged and counted as 499, and
-    /// counted against the connection's premature-reset rule.
+    /// stream (HTTP/2, HTTP/3) or closed the connection, logged and counted as 499 (and
+    /// against the connection's premature-reset rule); or the proxy closed the connection
+    /// under it (`drain_timeout`), which is not the client's doing.
     fn drop(&mut self) {
         if self.done {
             return;
         }
-        self.status = CLIENT_CLOSED_REQUEST;
-        self.fault = Some(super::error::Fault::Downstream.as_str());
-        self.error = Some("client cancelled the request before its response".to_owned());
-        if let Some(g) = &self.guard {
-            g.cancelled();
+        if self.guard.as_ref().is_some_and(RequestGuard::closed_by_proxy) {
+            self.status = StatusCode::SERVICE_UNAVAILABLE.as_u16();
+            self.fault = Some(super::error::Fault::Config.as_str());
+            self.error = Some(CLOSED_BY_PROXY.to_owned());
+        } else {
+            self.status = CLIENT_CLOSED_REQUEST;
+            self.fault = Some(super::error::Fault::Downstream.as_str());
+            self.error = Some("client cancelled the request before its response".to_owned());
+            self.count_cancelled();
         }
         self.record(0, None);
     }
 }
+
+/// The access log's error for a request whose connection the proxy closed under it.
+const CLOSED_BY_PROXY: &str = "the proxy closed the connection (drain_timeout ended) before the response was complete";
 
 impl Finish {
     fn compiled_route(&self) -> Option<&CompiledRoute> {
@@ -96,9 +104,16 @@ fn label_key(s: &'static str) -> (usize, usize) {
 
 impl OnFinish for Finish {
     fn finish(mut self: Box<Self>, bytes: u64, body_error: Option<&str>) {
+        let mut body_error = body_error;
         if body_error == Some(body::CLIENT_GONE) {
-            if let Some(g) = &self.guard {
-                g.cancelled();
+            // hyper sends no body for these, and drops it unread.
+            let no_body = self.method == "HEAD" || matches!(self.status, 100..=199 | 204 | 304);
+            if no_body {
+                body_error = None;
+            } else if self.guard.as_ref().is_some_and(RequestGuard::closed_by_proxy) {
+                body_error = Some(CLOSED_BY_PROXY);
+            } else {
+                self.count_cancelled();
             }
         }
         self.record(bytes, body_error);
@@ -106,6 +121,19 @@ impl OnFinish for Finish {
 }
 
 impl Finish {
+    /// The premature-reset rule counts HTTP/2 and HTTP/3 requests that went upstream and were
+    /// cancelled by the client within [`PREMATURE_RESET_LIFETIME`] of their start.
+    fn count_cancelled(&self) {
+        if self.version >= Version::HTTP_2
+            && self.upstream.is_some()
+            && self.started.elapsed() < PREMATURE_RESET_LIFETIME
+        {
+            if let Some(g) = &self.guard {
+                g.cancelled();
+            }
+        }
+    }
+
     /// Metrics and the access-log line, once.
     fn record(&mut self, bytes: u64, body_error: Option<&str>) {
         self.done = true;
@@ -318,7 +346,7 @@ where
     let write_deadline = conn.timeouts.write.map(|w| tokio::time::Instant::from_std(started + w));
     if let Some(state) = &state {
         if idle.is_some() || write_deadline.is_some() {
-            stall::register(StallInfo { state: state.clone(), idle, write_deadline });
+            stall::register(StallInfo { state: state.clone(), conn: conn.state.clone(), idle, write_deadline });
         }
     }
     Response::from_parts(parts, ResponseBody::new(inner, write_deadline, idle, state, finish).boxed_unsync())
@@ -335,7 +363,7 @@ async fn route_request<B>(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnInfo>,
     snap: &Arc<Snapshot>,
-    req: Request<B>,
+    mut req: Request<B>,
     host: &str,
     finish: &mut Finish,
     stream: &mut Option<(Option<Duration>, Arc<StreamState>)>,
@@ -344,7 +372,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,
 {
-    check_request_head(&req)?;
+    let underscored = check_request_head(&req)?;
     if host.is_empty() {
         return Err(ProxyError::BadRequest("missing Host header"));
     }
@@ -361,11 +389,19 @@ where
     };
     let route = &snap.routes.routes()[route_idx];
     finish.route = Some(route_idx);
+    if underscored {
+        strip_underscore_lookalikes(req.headers_mut(), &route.route);
+    }
     let target_idx = route.balancer.pick().ok_or(ProxyError::NoEndpoints)?;
     let target = &route.balancer.targets()[target_idx];
     target.in_flight.fetch_add(1, Ordering::Relaxed);
     finish.in_flight = Some(InFlight(snap.clone(), route_idx, target_idx));
     finish.upstream = Some(target_idx);
+    if finish.version >= Version::HTTP_2 {
+        if let Some(g) = &finish.guard {
+            g.forwarded();
+        }
+    }
 
     if super::websocket::is_websocket(&req) {
         if !route.route.allow_websockets {
@@ -427,8 +463,9 @@ where
 
 /// The early checks on a request head, before anything is routed or forwarded: its size (the
 /// request line included) and count of headers, one `Host`, and no header name that a server
-/// which reads `_` as `-` would take for a framing or routing header (a smuggling vector).
-fn check_request_head<B>(req: &Request<B>) -> Result<(), ProxyError> {
+/// which reads `_` as `-` would take for a framing header (a smuggling vector). `Ok(true)`
+/// when some header name has a `_` (see [`strip_underscore_lookalikes`]).
+fn check_request_head<B>(req: &Request<B>) -> Result<bool, ProxyError> {
     let headers = req.headers();
     if headers.len() > MAX_REQUEST_HEADERS {
         return Err(ProxyError::HeadersTooLarge("more than 100 request headers"));
@@ -436,12 +473,16 @@ fn check_request_head<B>(req: &Request<B>) -> Result<(), ProxyError> {
     // The request line: method, target, version and the separators.
     let mut bytes = req.method().as_str().len() + req.uri().path_and_query().map_or(0, |p| p.as_str().len()) + 12;
     let mut hosts = 0;
+    let mut underscored = false;
     for (name, value) in headers {
         bytes += name.as_str().len() + value.len() + 4;
         if *name == header::HOST {
             hosts += 1;
-        } else if name.as_str().contains('_') && is_framing_lookalike(name.as_str()) {
-            return Err(ProxyError::BadRequest("a header name with '_' in place of '-' of a framing header"));
+        } else if name.as_str().contains('_') {
+            underscored = true;
+            if FRAMING.iter().any(|n| dashed_equal(n, name.as_str())) {
+                return Err(ProxyError::BadRequest("a header name with '_' in place of '-' of a framing header"));
+            }
         }
     }
     if bytes > MAX_REQUEST_HEADER_BYTES {
@@ -450,27 +491,41 @@ fn check_request_head<B>(req: &Request<B>) -> Result<(), ProxyError> {
     if hosts > 1 {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
-    Ok(())
+    Ok(underscored)
 }
 
-/// Whether `name` (lower case, with a `_`) reads as a hop-by-hop, framing or routing header
-/// once `_` is taken for `-`.
-fn is_framing_lookalike(name: &str) -> bool {
-    const NAMES: [&str; 10] = [
-        "content-length",
-        "transfer-encoding",
-        "host",
-        "connection",
-        "upgrade",
-        "te",
-        "trailer",
-        "keep-alive",
-        "proxy-connection",
-        "expect",
-    ];
-    NAMES
-        .iter()
-        .any(|n| n.len() == name.len() && n.bytes().zip(name.bytes()).all(|(a, b)| a == b || (a == b'-' && b == b'_')))
+/// Framing and hop-by-hop headers whose `_` spelling is refused with 400.
+const FRAMING: [&str; 4] = ["content-length", "transfer-encoding", "keep-alive", "proxy-connection"];
+
+/// Headers the proxy sets from the real connection: their `_` spellings are removed, as a
+/// CGI-style upstream (PHP, WSGI, Rack) reads `X_Forwarded_For` and `X-Forwarded-For` as the
+/// same `HTTP_X_FORWARDED_FOR` and a client could spoof its address (nginx drops every `_`
+/// header by default, `underscores_in_headers off`).
+const SET_BY_PROXY: [&str; 6] =
+    ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "forwarded", "x-real-ip"];
+
+/// Whether `name` (lower case) is `dashed` once its `_` are read as `-`.
+fn dashed_equal(dashed: &str, name: &str) -> bool {
+    dashed.len() == name.len() && dashed.bytes().zip(name.bytes()).all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+}
+
+/// Removes the `_` spellings of the headers the proxy sets ([`SET_BY_PROXY`]) and of those the
+/// route sets or removes. Only called for a request with a `_` in some header name.
+fn strip_underscore_lookalikes(headers: &mut HeaderMap, route: &crate::config::Route) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .filter(|n| {
+            let n = n.as_str();
+            SET_BY_PROXY.iter().any(|d| dashed_equal(d, n))
+                || route.set_request_headers.iter().any(|(d, _)| dashed_equal(d.as_str(), n))
+                || route.remove_request_headers.iter().any(|d| dashed_equal(d.as_str(), n))
+        })
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
 }
 
 /// An HTTP/1.1 upgrade offer other than a WebSocket or h2c (which the proxy ignores, as a
@@ -484,17 +539,25 @@ fn is_other_upgrade(headers: &HeaderMap) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
-/// `Content-Length` as the upstream gets it: one value, in decimal without leading zeros.
-/// hyper accepts `0004` and repeated equal values; forwarding them as written would hand
-/// the upstream a framing that another parser may read differently.
+/// `Content-Length` as the upstream gets it: one value, in decimal without leading zeros, or
+/// none when the body's length is not known (the body is then framed by itself). hyper
+/// accepts `0004` and repeated equal values, HTTP/3 requests may carry anything; forwarding
+/// them as written would hand the upstream a framing that another parser may read
+/// differently.
 fn canonical_content_length(headers: &mut HeaderMap, exact: Option<u64>) {
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
     let Some(first) = values.next() else { return };
     let b = first.as_bytes();
-    let canonical = values.next().is_none() && (b.len() == 1 || b.first().is_some_and(|c| *c != b'0'));
+    let canonical =
+        values.next().is_none() && !b.is_empty() && b.iter().all(u8::is_ascii_digit) && (b.len() == 1 || b[0] != b'0');
     if !canonical {
-        if let Some(n) = exact {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        match exact {
+            Some(n) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            None => {
+                headers.remove(header::CONTENT_LENGTH);
+            }
         }
     }
 }
@@ -1044,7 +1107,7 @@ mod tests {
         assert!(check_request_head(&with_headers(h.clone())).is_ok());
         h.append(header::HOST, HeaderValue::from_static("b"));
         assert!(matches!(check_request_head(&with_headers(h)), Err(ProxyError::BadRequest(_))));
-        for name in ["transfer_encoding", "content_length", "proxy_connection", "keep_alive"] {
+        for name in ["transfer_encoding", "content_length", "proxy_connection", "keep_alive", "Transfer_Encoding"] {
             let mut h = HeaderMap::new();
             h.insert(HeaderName::try_from(name).unwrap(), HeaderValue::from_static("1"));
             assert!(matches!(check_request_head(&with_headers(h)), Err(ProxyError::BadRequest(_))), "{name}");
@@ -1052,8 +1115,26 @@ mod tests {
         for name in ["x_forwarded_user", "content_type_x", "my_host"] {
             let mut h = HeaderMap::new();
             h.insert(HeaderName::try_from(name).unwrap(), HeaderValue::from_static("1"));
-            assert!(check_request_head(&with_headers(h)).is_ok(), "{name}");
+            assert!(matches!(check_request_head(&with_headers(h)), Ok(true)), "{name}");
         }
+        assert!(matches!(check_request_head(&with_headers(HeaderMap::new())), Ok(false)));
+    }
+
+    #[test]
+    fn underscore_spellings_of_headers_the_proxy_sets_are_removed() {
+        let r = route(
+            "{from: https://a.b, to: http://h, set_request_headers: {X-User: a}, remove_request_headers: [X-Secret]}",
+        );
+        let mut h = HeaderMap::new();
+        for name in
+            ["x_forwarded_for", "x_request_id", "x_real_ip", "x_user", "x_secret", "x_kept_header", "content-type"]
+        {
+            h.insert(HeaderName::try_from(name).unwrap(), HeaderValue::from_static("spoofed"));
+        }
+        strip_underscore_lookalikes(&mut h, &r);
+        let mut left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x_kept_header"]);
     }
 
     #[test]
@@ -1071,6 +1152,13 @@ mod tests {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         canonical_content_length(&mut h, Some(0));
         assert_eq!(h.get(header::CONTENT_LENGTH).unwrap(), "0");
+        // An HTTP/3 request's `+4` or `4, 4` gives no known length: no Content-Length then.
+        for odd in ["+4", "4, 4"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static(odd));
+            canonical_content_length(&mut h, None);
+            assert!(h.get(header::CONTENT_LENGTH).is_none(), "{odd}");
+        }
     }
 
     #[test]

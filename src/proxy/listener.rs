@@ -5,12 +5,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::body::now_ms;
+pub use super::conn::{ConnState, RequestGuard, PREMATURE_RESET_LIFETIME, PREMATURE_RESET_MIN_REQUESTS};
 use super::drain::{ConnHandle, ListenerGeneration};
 use super::stall::{StreamExecutor, Watched};
 use super::Proxy;
@@ -68,87 +69,6 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     TcpListener::from_std(socket.into())
-}
-
-/// Per-connection counters shared by the watchdog, the IO wrapper and request guards.
-///
-/// Nothing here wakes the watchdog: it never sleeps past the earliest deadline a later event
-/// could create (see [`watchdog`]), so the request path pays a few atomics and no wake-up.
-#[derive(Default)]
-pub struct ConnState {
-    active: AtomicUsize,
-    idle_since: AtomicU64,
-    /// First byte of a request head read while no request was active (0 = none).
-    pending_since: AtomicU64,
-    /// Requests begun on this connection, and those the client cancelled before their
-    /// response was complete: the premature-reset rule ([`ConnState::note_cancelled`]).
-    requests: AtomicU32,
-    cancelled: AtomicU32,
-    /// The premature-reset rule tripped: the connection is to be closed. On TCP (HTTP/2)
-    /// [`Metered`] writes a GOAWAY with ENHANCE_YOUR_CALM at its next read or write, which an
-    /// attacking client's next frame brings at once; QUIC checks it at its next request.
-    pub(crate) abort: AtomicBool,
-}
-
-/// The premature-reset rule (Envoy's): a connection on which more than half of at least this
-/// many requests were cancelled by the client before their response completed is closed.
-/// Browsers cancel streams too (navigation, aborted fetches), but not most of hundreds; an
-/// attacker that has the proxy start upstream requests and resets them at once does.
-pub const PREMATURE_RESET_MIN_REQUESTS: u32 = 200;
-
-impl ConnState {
-    /// A connection that has just opened: idle, nothing pending.
-    pub fn new() -> Arc<Self> {
-        let s = Self::default();
-        s.idle_since.store(now_ms(), Ordering::Relaxed);
-        Arc::new(s)
-    }
-
-    /// Marks a request active until the returned guard drops (after its response body).
-    /// Returns the guard and when the request began arriving (ms, see [`now_ms`]).
-    pub fn begin_request(self: &Arc<Self>) -> (RequestGuard, u64) {
-        let started = match self.pending_since.swap(0, Ordering::AcqRel) {
-            0 => now_ms(),
-            t => t,
-        };
-        self.active.fetch_add(1, Ordering::AcqRel);
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        (RequestGuard(self.clone()), started)
-    }
-
-    /// Counts a request the client cancelled; marks the connection for closing when the
-    /// premature-reset rule ([`PREMATURE_RESET_MIN_REQUESTS`]) trips.
-    fn note_cancelled(&self) {
-        let cancelled = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
-        let requests = self.requests.load(Ordering::Relaxed);
-        if requests >= PREMATURE_RESET_MIN_REQUESTS && u64::from(cancelled) * 2 > u64::from(requests) {
-            self.abort.store(true, Ordering::Release);
-        }
-    }
-
-    fn note_read(&self) {
-        if self.active.load(Ordering::Acquire) == 0 && self.pending_since.load(Ordering::Relaxed) == 0 {
-            let _ = self.pending_since.compare_exchange(0, now_ms().max(1), Ordering::AcqRel, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Keeps a connection "active" for the idle timeout while a request or tunnel lives.
-pub struct RequestGuard(Arc<ConnState>);
-
-impl RequestGuard {
-    /// The client cancelled this request before its response was complete.
-    pub fn cancelled(&self) {
-        self.0.note_cancelled();
-    }
-}
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle_since.store(now_ms(), Ordering::Release);
-        }
-    }
 }
 
 /// Facts about a downstream connection that requests need.
@@ -422,9 +342,10 @@ where
                         "closed connection with ENHANCE_YOUR_CALM: most of its requests were cancelled by the client"
                     ),
                     Ok(Err(e)) => tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error"),
-                    Err(reason) => tracing::debug!(
-                        peer = %info.peer, ?reason, "closing connection: the client stopped reading its response"
-                    ),
+                    Err(reason) => {
+                        info.state.closed_by_proxy.store(true, Ordering::Release);
+                        tracing::debug!(peer = %info.peer, ?reason, "closing connection: the client stopped reading its response");
+                    }
                     Ok(Ok(())) => {}
                 }
                 break;
@@ -454,6 +375,7 @@ where
                 closing_since = Some(now_ms());
             }
             () = info.conn.signals.close.cancelled() => {
+                info.state.closed_by_proxy.store(true, Ordering::Release);
                 tracing::debug!(peer = %info.peer, "closing connection: drain_timeout ended");
                 break;
             }
@@ -588,6 +510,7 @@ impl<T: AsyncWrite> AsyncWrite for Metered<T> {
         let r = this.inner.poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             *this.at_frame_start = false;
+            this.state.written.fetch_add(1, Ordering::Relaxed);
         }
         r
     }
@@ -614,6 +537,7 @@ impl<T: AsyncWrite> AsyncWrite for Metered<T> {
         let r = this.inner.poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             *this.at_frame_start = false;
+            this.state.written.fetch_add(1, Ordering::Relaxed);
         }
         r
     }

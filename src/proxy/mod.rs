@@ -6,6 +6,7 @@
 //! The request path takes no lock: it loads the current [`Snapshot`] from an `ArcSwap`.
 
 pub mod body;
+pub mod conn;
 pub mod drain;
 pub mod error;
 pub mod forward;

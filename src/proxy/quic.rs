@@ -229,6 +229,7 @@ async fn drive(mut h3: H3Connection, connection: &quinn::Connection, info: &Arc<
                 closing_since = Some(now_ms());
             }
             () = info.conn.signals.close.cancelled() => {
+                info.state.closed_by_proxy.store(true, Ordering::Release);
                 tracing::debug!(peer = %info.peer, "closing HTTP/3 connection: drain_timeout ended");
                 break;
             }
@@ -273,13 +274,21 @@ async fn serve_request(
     }
     parts.headers.remove("keep-alive");
     parts.headers.remove("proxy-connection");
-    if let Err(e) = send.send_response(http::Response::from_parts(parts, ())).await {
-        tracing::debug!(peer = %info.peer, error = %e, "sending an HTTP/3 response failed");
-        return;
-    }
     // The stream's idle and write deadlines, for sends that flow control holds up (the
     // client stopped reading): see `super::stall`.
     let watch = stall::current();
+    match stall::bounded(send.send_response(http::Response::from_parts(parts, ())), watch.as_ref()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %info.peer, error = %e, "sending an HTTP/3 response failed");
+            return;
+        }
+        Err(reason) => {
+            tracing::debug!(peer = %info.peer, ?reason, "resetting an HTTP/3 stream: the client gives no room for the response");
+            send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+            return;
+        }
+    }
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             // The upstream (or a timeout) cut the body short: reset the stream so the client
@@ -288,8 +297,7 @@ async fn serve_request(
             return;
         };
         let sent = match frame.into_data() {
-            Ok(data) if data.is_empty() => Ok(Ok(())),
-            Ok(data) => stall::bounded(send.send_data(data), watch.as_ref()).await,
+            Ok(data) => send_pieces(&mut send, data, watch.as_ref()).await,
             Err(frame) => match frame.into_trailers() {
                 Ok(trailers) => stall::bounded(send.send_trailers(trailers), watch.as_ref()).await,
                 Err(_) => Ok(Ok(())),
@@ -308,12 +316,42 @@ async fn serve_request(
     let _ = send.finish().await;
 }
 
+/// The most of a response body handed to one send. A send completes only once all of it is
+/// in quinn's buffer, and the stall watch sees progress per completed send: a client that
+/// reads slowly but steadily must show progress well within the stream idle timeout however
+/// large the upstream's chunks are.
+const SEND_PIECE: usize = 16 * 1024;
+
+/// Sends `data` in pieces of at most [`SEND_PIECE`] (zero-copy), each bounded by the stall
+/// watch and counted as stream activity.
+async fn send_pieces(
+    send: &mut h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
+    mut data: Bytes,
+    watch: Option<&stall::StallInfo>,
+) -> Result<Result<(), h3::error::StreamError>, stall::Stalled> {
+    while !data.is_empty() {
+        let piece = data.split_to(data.len().min(SEND_PIECE));
+        match stall::bounded(send.send_data(piece), watch).await? {
+            Ok(()) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+        if let Some(w) = watch {
+            w.state.touch();
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// `Content-Length` of an HTTP/3 request: one value of digits only (`+4` or `4, 4` is no
+/// length, and the upstream request is framed by the body itself).
 fn content_length(headers: &HeaderMap) -> SizeHint {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or_else(SizeHint::default, SizeHint::with_exact)
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) if !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit) => {
+            v.to_str().ok().and_then(|v| v.parse::<u64>().ok()).map_or_else(SizeHint::default, SizeHint::with_exact)
+        }
+        _ => SizeHint::default(),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

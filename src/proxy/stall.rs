@@ -10,7 +10,9 @@
 //! `Pending`, [`Watched`] looks at the stream's phase. If hyper's last call into the body got
 //! a frame (the body is not waiting for the upstream, hyper is waiting for the client), the
 //! stream is blocked on the client and a timer is armed for the earlier of the stream idle
-//! deadline (from the last byte that moved) and the write deadline. When it fires with the
+//! deadline and the write deadline. "Idle" counts from the last body frame or the last write
+//! to the client seen on the connection, whichever is later: a slow client that keeps
+//! reading a large chunk is not idle. When it fires with the
 //! stream still blocked, the driver ends the stream: an HTTP/2 stream task is dropped (h2
 //! resets the stream), an HTTP/1.1 connection is closed, an HTTP/3 stream is reset.
 //!
@@ -28,7 +30,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use super::body::{now_ms, StreamState, BODY_READY};
+use super::body::{instant_at_ms, now_ms, StreamState, BODY_READY};
+use super::conn::ConnState;
 
 tokio::task_local! {
     static STALL: RefCell<Option<StallInfo>>;
@@ -39,6 +42,10 @@ tokio::task_local! {
 pub struct StallInfo {
     /// The stream's phase and activity clock.
     pub state: Arc<StreamState>,
+    /// Its connection: bytes written to the client there are progress too. A client that
+    /// reads slowly but steadily takes a while to drain one large chunk, and the body sees no
+    /// new frame meanwhile.
+    pub conn: Arc<ConnState>,
     /// The stream idle timeout of the route (`idle_timeout`, else `timeout_idle`).
     pub idle: Option<Duration>,
     /// When `timeout_write` ends the request/response cycle.
@@ -46,12 +53,14 @@ pub struct StallInfo {
 }
 
 impl StallInfo {
-    /// When the blocked stream is to be ended: the earlier of the idle and write deadlines.
-    pub fn deadline(&self) -> Option<Instant> {
+    /// When the blocked stream is to be ended: the earlier of the write deadline and the idle
+    /// timeout after the last activity (a body frame, or `progress_ms`: writes seen moving on
+    /// the connection, see [`now_ms`]). An absolute instant, the same at every call while
+    /// nothing moves, so a timer armed for it is not reset on every wake-up.
+    pub fn deadline(&self, progress_ms: u64) -> Option<Instant> {
         let idle = self.idle.map(|d| {
-            let last = self.state.last_activity.load(Ordering::Relaxed);
-            let left = d.saturating_sub(Duration::from_millis(now_ms().saturating_sub(last)));
-            Instant::now() + left
+            let last = self.state.last_activity.load(Ordering::Relaxed).max(progress_ms);
+            instant_at_ms(last) + d
         });
         match (idle, self.write_deadline) {
             (Some(i), Some(w)) => Some(i.min(w)),
@@ -59,13 +68,13 @@ impl StallInfo {
         }
     }
 
-    /// Whether the deadline has passed with no byte moved since; records why on the stream
+    /// Whether a deadline has passed with nothing moved since; records why on the stream
     /// (for its access-log line).
-    fn expired(&self) -> Option<Stalled> {
+    fn expired(&self, progress_ms: u64) -> Option<Stalled> {
         let reason = if self.write_deadline.is_some_and(|w| w <= Instant::now()) {
             Stalled::Write
         } else if self.idle.is_some_and(|d| {
-            let last = self.state.last_activity.load(Ordering::Relaxed);
+            let last = self.state.last_activity.load(Ordering::Relaxed).max(progress_ms);
             Duration::from_millis(now_ms().saturating_sub(last)) >= d
         }) {
             Stalled::Idle
@@ -129,12 +138,12 @@ pub async fn bounded<F: Future>(send: F, watch: Option<&StallInfo>) -> Result<F:
     }
     let Some(info) = watch else { return Ok(send.await) };
     loop {
-        let Some(deadline) = info.deadline() else { return Ok(send.await) };
+        if let Some(reason) = info.expired(0) {
+            return Err(reason);
+        }
+        let Some(deadline) = info.deadline(0) else { return Ok(send.await) };
         if let Ok(out) = tokio::time::timeout_at(deadline, send.as_mut()).await {
             return Ok(out);
-        }
-        if let Some(reason) = info.expired() {
-            return Err(reason);
         }
     }
 }
@@ -151,18 +160,21 @@ pin_project_lite::pin_project! {
         enabled: bool,
         info: Option<StallInfo>,
         timer: Option<Pin<Box<Sleep>>>,
+        // The connection's write count when last looked at, and when it was seen to move.
+        seen_written: u64,
+        progress_ms: u64,
     }
 }
 
 impl<F> Watched<F> {
     /// Watches `inner`.
     pub fn new(inner: F) -> Self {
-        Self { inner, enabled: true, info: None, timer: None }
+        Self { inner, enabled: true, info: None, timer: None, seen_written: 0, progress_ms: 0 }
     }
 
     /// `inner`, not watched (the same type, so that one connection driver serves both).
     pub fn unwatched(inner: F) -> Self {
-        Self { inner, enabled: false, info: None, timer: None }
+        Self { inner, enabled: false, info: None, timer: None, seen_written: 0, progress_ms: 0 }
     }
 
     /// The watched future (for hyper's `graceful_shutdown`).
@@ -195,11 +207,16 @@ impl<F: Future> Future for Watched<F> {
         let Some(info) = this.info.as_ref().filter(|i| i.blocked()) else {
             return Poll::Pending;
         };
+        let written = info.conn.written.load(Ordering::Relaxed);
+        if written != *this.seen_written {
+            *this.seen_written = written;
+            *this.progress_ms = now_ms();
+        }
         loop {
-            if let Some(reason) = info.expired() {
+            if let Some(reason) = info.expired(*this.progress_ms) {
                 return Poll::Ready(Err(reason));
             }
-            let Some(deadline) = info.deadline() else { return Poll::Pending };
+            let Some(deadline) = info.deadline(*this.progress_ms) else { return Poll::Pending };
             let timer = match this.timer {
                 Some(t) => {
                     if t.deadline() != deadline {
@@ -212,8 +229,13 @@ impl<F: Future> Future for Watched<F> {
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            // The timer fired: expired now, or bytes moved since it was armed (then it is
-            // armed again from the activity clock).
+            // The timer fired: expired now, or something moved since it was armed (then it
+            // is armed again from the activity clock).
+            let written = info.conn.written.load(Ordering::Relaxed);
+            if written != *this.seen_written {
+                *this.seen_written = written;
+                *this.progress_ms = now_ms();
+            }
         }
     }
 }

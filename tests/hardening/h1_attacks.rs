@@ -81,6 +81,54 @@ async fn h1_response_never_read_is_closed_within_timeout_idle() {
     support::normal_client_ok(&r, "a.test", "after").await;
 }
 
+/// A client that reads slowly but steadily is not taken for one that stopped: progress is
+/// counted from the writes to it, not from the body frames (an upstream chunk can take
+/// longer than the idle timeout to drain at this pace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_slow_but_steady_reader_gets_the_whole_response() {
+    let up = common::upstream("u").await;
+    let (r, _d) = tls_proxy("timeout_idle: 1s", up).await;
+    let mut s = support::tls(&r, b"http/1.1").await;
+    let n: usize = 2 << 20;
+    s.write_all(format!("GET /bytes?n={n} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        // About 160 KB/s: 13 s for 2 MiB, every read within the 1 s idle timeout.
+        tokio::time::sleep(ms(100)).await;
+        match tokio::time::timeout(ms(5000), s.read(&mut buf)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(k)) => got += k,
+            Ok(Err(e)) => panic!("read failed after {got} bytes, {:?}: {e}", started.elapsed()),
+            Err(elapsed) => panic!("nothing to read for 5 s after {got} bytes ({elapsed})"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "still reading after 60 s ({got} bytes)");
+    }
+    assert!(got > n, "the response was cut after {got} bytes ({:?}); {n} of body expected", started.elapsed());
+}
+
+/// HEAD requests answered by the proxy itself (a 404 has a body hyper never sends for HEAD)
+/// are complete responses: many of them on one keep-alive connection are served, not taken
+/// for cancellations (which once made the premature-reset rule close the connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_heads_on_one_keep_alive_connection_are_all_served() {
+    let up = common::upstream("u").await;
+    let (r, _d) = tls_proxy("", up).await;
+    let mut c = common::h1_tls(r.main, "localhost", &[common::default_cert(&r)]).await;
+    for i in 0..300 {
+        let req = http::Request::head("/").header("host", "nowhere.test").body(common::empty()).unwrap();
+        c.ready().await.unwrap_or_else(|e| panic!("the connection closed before HEAD #{i}: {e}"));
+        let resp = c.send_request(req).await.unwrap_or_else(|e| panic!("HEAD #{i}: {e}"));
+        assert_eq!(resp.status(), 404, "HEAD #{i}");
+    }
+    let m = common::metrics(&r).await;
+    let cancelled = support::metric_sum(&m, "portcullis_http_requests_total", &["code=\"499\""]);
+    assert!(cancelled < 0.5, "no 499s, got {cancelled}:\n{m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_and_stray_upgrades_are_refused() {
     let rec = Recorder::start(Duration::ZERO).await;
