@@ -401,13 +401,26 @@ async fn route_edits_under_load_fail_no_request_and_touch_no_connection() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_flight_requests_finish_with_goaway_or_connection_close() {
+/// The proxy with one TLS host, `a.test`, and `drain_timeout: 30s`.
+async fn one_host() -> (Running, Pki) {
     let up = upstream("u").await;
     let pki = Pki::new();
     pki.leaf("a", &["a.test"]);
     let yaml = "drain_timeout: 30s\ncertificates:\n - {cert_file: a.pem, key_file: a-key.pem}\nroutes:\n - {from: https://a.test, to: http://UP}\n";
     let r = start_in(pki.dir.path(), &yaml.replace("UP", &up.to_string())).await;
+    (r, pki)
+}
+
+/// A new certificate for `a.test`, applied: a new listener generation, the old one drains.
+fn rotate(r: &Running, pki: &Pki) {
+    pki.leaf("a", &["a.test"]);
+    let path = pki.dir.path().join("portcullis.yaml");
+    r.proxy.apply(FileSource::new(&path).load_with_env(&|_| None).unwrap().config);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_requests_finish_with_goaway_or_connection_close() {
+    let (r, pki) = one_host().await;
     let roots = vec![pki.ca_der.clone()];
     let mut h1 = h1_tls(r.main, "a.test", &roots).await;
     let mut h2 = h2_tls(r.main, "a.test", &roots).await;
@@ -415,9 +428,7 @@ async fn in_flight_requests_finish_with_goaway_or_connection_close() {
     let slow2 = tokio::spawn(h2.send_request(get2("a.test", "/delay?ms=800")));
     tokio::time::sleep(ms(200)).await;
     // A new certificate: a new generation; both connections negotiated the old one.
-    pki.leaf("a", &["a.test"]);
-    let path = pki.dir.path().join("portcullis.yaml");
-    r.proxy.apply(FileSource::new(&path).load_with_env(&|_| None).unwrap().config);
+    rotate(&r, &pki);
     let resp1 = slow1.await.unwrap().expect("the in-flight HTTP/1.1 request completes");
     assert_eq!(
         resp1.headers().get("connection").map(|v| v.to_str().unwrap()),
@@ -447,18 +458,12 @@ async fn in_flight_requests_finish_with_goaway_or_connection_close() {
 /// sending its next request at that very moment), not closed at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http1_connection_lingers_after_its_drain_begins() {
-    let up = upstream("u").await;
-    let pki = Pki::new();
-    pki.leaf("a", &["a.test"]);
-    let yaml = "drain_timeout: 30s\ncertificates:\n - {cert_file: a.pem, key_file: a-key.pem}\nroutes:\n - {from: https://a.test, to: http://UP}\n";
-    let r = start_in(pki.dir.path(), &yaml.replace("UP", &up.to_string())).await;
+    let (r, pki) = one_host().await;
     let roots = vec![pki.ca_der.clone()];
     let mut h1 = h1_tls(r.main, "a.test", &roots).await;
     assert_eq!(text(h1.send_request(get("a.test", "/")).await.unwrap()).await.0, 200);
     tokio::time::sleep(ms(1500)).await;
-    pki.leaf("a", &["a.test"]);
-    let path = pki.dir.path().join("portcullis.yaml");
-    r.proxy.apply(FileSource::new(&path).load_with_env(&|_| None).unwrap().config);
+    rotate(&r, &pki);
     let drained = Instant::now();
     while !h1.is_closed() {
         assert!(drained.elapsed() < Duration::from_secs(3), "the drained idle connection was not closed");
@@ -502,9 +507,7 @@ async fn drain_scope_all_drains_every_connection_of_the_old_generation() {
     let roots = vec![pki.ca_der.clone()];
     let mut on_a = websocket(&r, "a.test", &roots).await;
     let mut on_b = websocket(&r, "b.test", &roots).await;
-    pki.leaf("a", &["a.test"]);
-    let path = pki.dir.path().join("portcullis.yaml");
-    r.proxy.apply(FileSource::new(&path).load_with_env(&|_| None).unwrap().config);
+    rotate(&r, &pki);
     let rotated = Instant::now();
     assert!(echoes(&mut on_b, "during").await, "draining, not closed: WebSockets run until drain_timeout");
     tokio::time::sleep((rotated + ms(1500)).saturating_duration_since(Instant::now())).await;
