@@ -64,8 +64,31 @@ pub struct StreamState {
     pub request_failed: AtomicBool,
     /// Where the response body is (`BODY_*`), for the stall watch ([`super::stall`]).
     pub body_phase: AtomicU8,
-    /// Set by the stall watch when it ended the stream ([`super::stall::Stalled`]).
+    /// Set by the stall watch when it ended the stream ([`Stalled`]).
     pub stalled: AtomicU8,
+}
+
+/// Why the stall watch ([`super::stall`]) ended a stream: kept here, with the stream's
+/// state, so that the body's access-log line can say it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stalled {
+    /// No byte moved for the stream idle timeout.
+    Idle = 1,
+    /// `timeout_write` ended while the client was not reading.
+    Write = 2,
+}
+
+impl Stalled {
+    /// The access log's error text for a stream ended this way (`code` from
+    /// [`StreamState::stalled`]).
+    pub fn message(code: u8) -> Option<&'static str> {
+        match code {
+            1 => Some("client stopped reading the response: no progress for the stream idle timeout"),
+            2 => Some("client stopped reading the response: timeout_write ended"),
+            _ => None,
+        }
+    }
 }
 
 /// The response head has not been handed to hyper yet.
@@ -220,7 +243,7 @@ pin_project_lite::pin_project! {
                 s.body_phase.store(BODY_DONE, Ordering::Release);
             }
             if let Some(f) = this.on_finish.take() {
-                let stalled = this.state.as_ref().and_then(|s| super::stall::Stalled::message(s.stalled.load(Ordering::Acquire)));
+                let stalled = this.state.as_ref().and_then(|s| Stalled::message(s.stalled.load(Ordering::Acquire)));
                 let err = match this.error.as_deref() {
                     Some(e) => Some(e),
                     None if this.inner.is_end_stream() || *this.expected == Some(*this.bytes) => None,

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+pub use super::body::Stalled;
 use super::body::{instant_at_ms, now_ms, StreamState, BODY_READY};
 use super::conn::ConnState;
 
@@ -88,28 +89,6 @@ impl StallInfo {
     /// Whether hyper is waiting for the client rather than for the body.
     fn blocked(&self) -> bool {
         self.state.body_phase.load(Ordering::Acquire) == BODY_READY
-    }
-}
-
-/// Why a stream was ended by the stall watch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Stalled {
-    /// No byte moved for the stream idle timeout.
-    Idle = 1,
-    /// `timeout_write` ended while the client was not reading.
-    Write = 2,
-}
-
-impl Stalled {
-    /// The access log's error text for a stream ended this way (`code` from
-    /// [`StreamState::stalled`]).
-    pub fn message(code: u8) -> Option<&'static str> {
-        match code {
-            1 => Some("client stopped reading the response: no progress for the stream idle timeout"),
-            2 => Some("client stopped reading the response: timeout_write ended"),
-            _ => None,
-        }
     }
 }
 
