@@ -11,7 +11,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis::config::parse::{parse_config, NoMaterial};
 use portcullis::config::Route;
-use portcullis::proxy::route::RouteTable;
+use portcullis::proxy::table::RouteTable;
 
 /// 10,000 routes as an operator might have them: 2,500 hosts with a prefix and an exact path
 /// each, 2,500 wildcard hosts with a regex path and a prefix, and a catch-all.

@@ -28,7 +28,7 @@ use crate::config::file::yaml_to_value;
 use crate::config::parse::{parse_config, parse_host, NoMaterial};
 use crate::config::{HostMatch, PathMatch};
 use crate::k8s::translate::{translate_ingress, Objects, ANNOTATION_PREFIX};
-use crate::proxy::route::{prefix_matches, RouteTable};
+use crate::proxy::table::{prefix_matches, RouteTable};
 
 // ---------------------------------------------------------------------------------------------
 // config

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, Plane};
 use crate::config::{CodecType, Config, Settings};
 use crate::metrics::Metrics;
-use crate::proxy::listener::{self, ListenerKind};
-use crate::proxy::quic;
+use crate::proxy::accept::{quic, tcp};
+use crate::proxy::conn::ListenerKind;
 use crate::proxy::{ListenerInfo, Proxy, Sockets};
 
 /// A started data plane and the addresses it actually bound (ports may have been 0).
@@ -57,15 +57,10 @@ impl Role {
         }
     }
 
-    /// Which slot it fills (the main listener keeps its slot when its kind changes).
-    fn slot(self) -> u8 {
-        match self {
-            Role::Main(_) => 0,
-            Role::Redirect => 1,
-            Role::Admin => 2,
-            Role::Metrics => 3,
-            Role::Quic => 4,
-        }
+    /// Whether `self` and `other` fill the same socket slot: the main listener keeps its
+    /// slot (and so its socket is moved, not added) when its kind changes.
+    fn same_slot(self, other: Role) -> bool {
+        std::mem::discriminant(&self) == std::mem::discriminant(&other)
     }
 
     /// Whether it follows the main listener's port (so it moves when that port does).
@@ -127,15 +122,15 @@ fn open(proxy: &Arc<Proxy>, role: Role, addr: SocketAddr, https_port: u16) -> io
         tokio::spawn(quic::run(endpoint, proxy.clone(), stop.clone()));
         return Ok(Slot { role, addr, bound, https_port, stop });
     }
-    let l = listener::bind(addr)?;
+    let l = tcp::bind(addr)?;
     let bound = l.local_addr()?;
     let https_port = if let Role::Main(_) = role { bound.port() } else { https_port };
     match role {
         Role::Main(kind) => {
-            tokio::spawn(listener::run(kind, l, proxy.clone(), bound.port(), stop.clone()));
+            tokio::spawn(tcp::run(kind, l, proxy.clone(), bound.port(), stop.clone()));
         }
         Role::Redirect => {
-            tokio::spawn(listener::run(ListenerKind::Redirect, l, proxy.clone(), https_port, stop.clone()));
+            tokio::spawn(tcp::run(ListenerKind::Redirect, l, proxy.clone(), https_port, stop.clone()));
         }
         Role::Admin => {
             tokio::spawn(admin::run(Plane::Admin, l, proxy.clone(), stop.clone()));
@@ -156,9 +151,9 @@ impl ServerSockets {
         let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut errors = Vec::new();
         let mut next: Vec<Slot> = Vec::new();
-        let mut https_port = slots.iter().find(|x| x.role.slot() == 0).map_or(0, |x| x.bound.port());
+        let mut https_port = slots.iter().find(|x| matches!(x.role, Role::Main(_))).map_or(0, |x| x.bound.port());
         for (role, addr) in wanted(s) {
-            let existing = slots.iter().position(|x| x.role.slot() == role.slot());
+            let existing = slots.iter().position(|x| x.role.same_slot(role));
             let unchanged = existing.is_some_and(|i| {
                 let x = &slots[i];
                 x.role == role && x.addr == addr && (!role.follows_https_port() || x.https_port == https_port)
@@ -183,7 +178,7 @@ impl ServerSockets {
                     }
                 }
             };
-            if slot.role.slot() == 0 {
+            if matches!(slot.role, Role::Main(_)) {
                 https_port = slot.bound.port();
             }
             next.push(slot);
@@ -208,9 +203,10 @@ impl ServerSockets {
         errors
     }
 
-    fn bound(&self, slot: u8) -> Option<SocketAddr> {
+    /// Where the listener in `role`'s slot is bound.
+    fn bound(&self, role: Role) -> Option<SocketAddr> {
         let slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        slots.iter().find(|x| x.role.slot() == slot).map(|x| x.bound)
+        slots.iter().find(|x| x.role.same_slot(role)).map(|x| x.bound)
     }
 }
 
@@ -232,11 +228,11 @@ pub async fn start(config: Config) -> io::Result<Running> {
         return Err(io::Error::new(e.kind(), format!("binding {name} on {addr}: {e}")));
     }
     let running = Running {
-        main: sockets.bound(0).expect("the main listener is always bound"),
-        http: sockets.bound(1),
-        admin: sockets.bound(2),
-        metrics: sockets.bound(3),
-        quic: sockets.bound(4),
+        main: sockets.bound(Role::Main(ListenerKind::Https)).expect("the main listener is always bound"),
+        http: sockets.bound(Role::Redirect),
+        admin: sockets.bound(Role::Admin),
+        metrics: sockets.bound(Role::Metrics),
+        quic: sockets.bound(Role::Quic),
         proxy: proxy.clone(),
     };
     proxy.set_sockets(sockets);

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use portcullis::config::parse::{parse_config, NoMaterial};
-use portcullis::proxy::route::RouteTable;
+use portcullis::proxy::table::RouteTable;
 
 #[test]
 fn route_lookup_does_not_allocate() {

@@ -8,14 +8,14 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use tokio::sync::Notify;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// Error type of every body the proxy handles.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,8 +44,8 @@ pub fn now_ms() -> u64 {
 }
 
 /// The instant `ms` (see [`now_ms`]) stands for, for timers.
-pub fn instant_at_ms(ms: u64) -> tokio::time::Instant {
-    tokio::time::Instant::from_std(start() + Duration::from_millis(ms))
+pub fn instant_at_ms(ms: u64) -> Instant {
+    start() + Duration::from_millis(ms)
 }
 
 /// Shared per-request state between the two body wrappers and the forwarding code.
@@ -113,6 +113,21 @@ impl StreamState {
         }
     }
 
+    /// How long until the stream has been idle for `dur`; `None` once it has.
+    pub fn idle_left(&self, dur: Duration) -> Option<Duration> {
+        let last = self.last_activity.load(Ordering::Relaxed);
+        let idle_for = Duration::from_millis(now_ms().saturating_sub(last));
+        dur.checked_sub(idle_for).filter(|left| !left.is_zero())
+    }
+
+    /// Resolves when the stream has seen no traffic for `dur` (a tunnel's idle timeout).
+    pub async fn wait_idle(&self, dur: Duration) {
+        self.touch();
+        while let Some(left) = self.idle_left(dur) {
+            tokio::time::sleep(left).await;
+        }
+    }
+
     /// Resolves once the downstream request body has been read completely.
     pub async fn request_finished(&self) {
         loop {
@@ -152,7 +167,7 @@ pin_project_lite::pin_project! {
 
 impl<B> RequestBody<B> {
     /// Wraps `inner`; `deadline` is when `timeout_read` expires for this request.
-    pub fn new(inner: B, deadline: Option<tokio::time::Instant>, state: Arc<StreamState>) -> Self {
+    pub fn new(inner: B, deadline: Option<Instant>, state: Arc<StreamState>) -> Self {
         Self { inner, deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))), state, done: false }
     }
 }
@@ -221,12 +236,12 @@ pin_project_lite::pin_project! {
     pub struct ResponseBody {
         #[pin]
         inner: ProxyBody,
-        write_deadline: Option<tokio::time::Instant>,
+        write_deadline: Option<Instant>,
         idle: Option<Duration>,
         // Armed for the earliest of the write deadline and the idle check the first time
         // the body has to wait: most responses never do, and never pay for a timer.
         timer: Option<Pin<Box<Sleep>>>,
-        idle_at: Option<tokio::time::Instant>,
+        idle_at: Option<Instant>,
         state: Option<Arc<StreamState>>,
         bytes: u64,
         // The body's length when it was known at the start: a body dropped once it was all
@@ -259,7 +274,7 @@ impl ResponseBody {
     /// Wraps a response body with the request's deadlines.
     pub fn new(
         inner: ProxyBody,
-        write_deadline: Option<tokio::time::Instant>,
+        write_deadline: Option<Instant>,
         idle: Option<Duration>,
         state: Option<Arc<StreamState>>,
         on_finish: Box<dyn OnFinish>,
@@ -274,7 +289,7 @@ impl ResponseBody {
             write_deadline,
             idle,
             timer: None,
-            idle_at: idle.map(|d| tokio::time::Instant::now() + d),
+            idle_at: idle.map(|d| Instant::now() + d),
             state,
             bytes: 0,
             error: None,
@@ -350,9 +365,9 @@ impl Body for ResponseBody {
 /// frame, so a busy stream costs no timer operations.
 fn poll_timers(
     timer: &mut Option<Pin<Box<Sleep>>>,
-    write_deadline: Option<tokio::time::Instant>,
+    write_deadline: Option<Instant>,
     idle: Option<Duration>,
-    idle_at: &mut Option<tokio::time::Instant>,
+    idle_at: &mut Option<Instant>,
     state: Option<&StreamState>,
     cx: &mut Context<'_>,
 ) -> Option<BodyTimeout> {
@@ -375,7 +390,7 @@ fn poll_timers(
         if sleep.as_mut().poll(cx).is_pending() {
             return None;
         }
-        let now = tokio::time::Instant::now().max(next);
+        let now = Instant::now().max(next);
         if write_deadline.is_some_and(|w| w <= now) {
             return Some(BodyTimeout::Write);
         }
@@ -386,7 +401,7 @@ fn poll_timers(
                 if idle_for >= dur {
                     return Some(BodyTimeout::Idle);
                 }
-                *idle_at = Some(tokio::time::Instant::now() + dur.checked_sub(idle_for).unwrap());
+                *idle_at = Some(Instant::now() + dur.checked_sub(idle_for).unwrap());
             }
         }
     }

@@ -1,17 +1,187 @@
-//! What every downstream connection (TCP or QUIC) shares with the requests on it: activity for
-//! the idle watchdog, the premature-reset rule's counts, whether the proxy is closing it, and
-//! how many bytes it has written (the stall watch's measure of progress).
+//! A downstream connection as its requests see it, the same for TCP and QUIC: the facts a
+//! policy may read ([`ConnFacts`]: listener, peer, generation, SNI, ALPN and the verified
+//! client certificate chain), what the connection was accepted with ([`Conn`]), and what it
+//! shares with its requests while it lives ([`ConnState`]: activity for the idle watchdog,
+//! the premature-reset rule's counts, whether the proxy is closing it, how much it wrote).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
+
 use super::body::now_ms;
+use super::drain::ConnHandle;
+use crate::config::Timeouts;
+
+/// PRODUCT.md: per-connection buffer limit.
+pub const CONNECTION_BUFFER: usize = 32 * 1024;
+/// Largest request head hyper (or h3) will parse; the proxy's own (lower) limits answer 431
+/// with a body before this is reached.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// What a listener does with requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// TLS, routes served.
+    Https,
+    /// Plain HTTP, routes served (`insecure_server`).
+    Insecure,
+    /// Plain HTTP: ACME HTTP-01 paths routed, everything else redirected to https.
+    Redirect,
+    /// HTTP/3 over QUIC (`codec_type: http3`), routes served (see [`super::accept::quic`]).
+    Quic,
+}
+
+impl ListenerKind {
+    /// The listener name of the reference (and the metrics label).
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Https => "https-ingress",
+            ListenerKind::Insecure | ListenerKind::Redirect => "http-ingress",
+            ListenerKind::Quic => "quic-ingress",
+        }
+    }
+
+    /// Whether its clients came over TLS (`X-Forwarded-Proto: https`, client certificates).
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Https | ListenerKind::Quic)
+    }
+}
+
+/// The client certificate chain the TLS handshake verified against the downstream mTLS CA,
+/// leaf first. Shared, not copied, by every request of the connection.
+#[derive(Clone, Debug)]
+pub struct ClientChain(Arc<[CertificateDer<'static>]>);
+
+impl ClientChain {
+    /// The chain a handshake reported, or `None` when the client presented none.
+    pub fn from_handshake(certs: Option<&[CertificateDer<'static>]>) -> Option<Self> {
+        certs.filter(|c| !c.is_empty()).map(|c| Self(c.iter().cloned().collect()))
+    }
+
+    /// The client's own certificate.
+    pub fn leaf(&self) -> &CertificateDer<'static> {
+        &self.0[0]
+    }
+
+    /// The whole chain, leaf first.
+    pub fn certificates(&self) -> &[CertificateDer<'static>] {
+        &self.0
+    }
+}
+
+/// What the handshake negotiated as the application protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    /// No ALPN (plain TCP, or a TLS client that offered none).
+    None,
+    /// `http/1.1`.
+    Http11,
+    /// `h2`.
+    H2,
+    /// `h3` (QUIC).
+    H3,
+}
+
+impl Alpn {
+    /// From the protocol name a TLS handshake chose.
+    pub fn from_protocol(p: Option<&[u8]>) -> Self {
+        match p {
+            Some(b"h2") => Alpn::H2,
+            Some(b"h3") => Alpn::H3,
+            Some(b"http/1.1") => Alpn::Http11,
+            _ => Alpn::None,
+        }
+    }
+}
+
+/// Facts about a downstream connection, fixed once its handshake is done: what a policy,
+/// the access log or a tunnel may ask of the connection a request came on.
+#[derive(Clone, Debug)]
+pub struct ConnFacts {
+    /// Which listener accepted it.
+    pub listener: ListenerKind,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The local address it reached.
+    pub local: SocketAddr,
+    /// The listener generation that accepted it.
+    pub generation: u64,
+    /// The TLS server name the client asked for.
+    pub sni: Option<String>,
+    /// The negotiated application protocol.
+    pub alpn: Alpn,
+    /// The verified client certificate chain, when the client presented one.
+    pub client_chain: Option<ClientChain>,
+}
+
+/// A downstream connection, for the requests on it: its facts, what it was accepted with,
+/// and its live state.
+pub struct Conn {
+    /// Facts fixed at the handshake.
+    pub facts: ConnFacts,
+    /// `X-Forwarded-For` for its requests: the client IP (see [`forwarded_for`]).
+    pub forwarded_for: http::HeaderValue,
+    /// The timeouts in force when the connection was accepted.
+    pub timeouts: Timeouts,
+    /// Activity and request counting.
+    pub state: Arc<ConnState>,
+    /// Set when the connection is draining: HTTP/1 responses get `Connection: close`.
+    pub draining: AtomicBool,
+    /// Its registration with the drains: the drain and close signals, held by tunnels too so
+    /// that an upgraded connection stays accounted for until it ends.
+    pub registration: Arc<ConnHandle>,
+    /// The https listener's port, for redirects from `http-ingress`.
+    pub https_port: u16,
+    /// `Alt-Svc` for every response on this TCP connection while `quic-ingress` listens
+    /// (`codec_type: http3`): how browsers find HTTP/3.
+    pub alt_svc: Option<http::HeaderValue>,
+}
+
+impl Conn {
+    /// A connection whose handshake produced `facts`.
+    pub fn new(
+        facts: ConnFacts,
+        timeouts: Timeouts,
+        state: Arc<ConnState>,
+        registration: ConnHandle,
+        https_port: u16,
+        alt_svc: Option<http::HeaderValue>,
+    ) -> Self {
+        Self {
+            forwarded_for: forwarded_for(facts.peer),
+            facts,
+            timeouts,
+            state,
+            draining: AtomicBool::new(false),
+            registration: Arc::new(registration),
+            https_port,
+            alt_svc,
+        }
+    }
+
+    /// Which listener accepted it.
+    pub fn listener(&self) -> ListenerKind {
+        self.facts.listener
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.facts.peer
+    }
+}
+
+/// The `X-Forwarded-For` value of a client: its IP, IPv4-mapped addresses as IPv4.
+pub fn forwarded_for(peer: SocketAddr) -> http::HeaderValue {
+    http::HeaderValue::from_str(&peer.ip().to_canonical().to_string()).expect("an IP is a valid header value")
+}
 
 /// Per-connection counters shared by the watchdog, the IO wrapper and request guards.
 ///
 /// Nothing here wakes the watchdog: it never sleeps past the earliest deadline a later event
-/// could create (see [`watchdog`]), so the request path pays a few atomics and no wake-up.
+/// could create (see [`super::accept::driver`]), so the request path pays a few atomics and no wake-up.
 #[derive(Default)]
 pub struct ConnState {
     pub(super) active: AtomicUsize,
@@ -30,7 +200,7 @@ pub struct ConnState {
     /// blocked on the client is still progressing while this moves.
     pub(crate) written: AtomicU64,
     /// The premature-reset rule tripped: the connection is to be closed. On TCP (HTTP/2)
-    /// [`Metered`] writes a GOAWAY with ENHANCE_YOUR_CALM at its next read or write, which an
+    /// [`super::accept::io::Metered`] writes a GOAWAY with ENHANCE_YOUR_CALM at its next read or write, which an
     /// attacking client's next frame brings at once; QUIC checks it at its next request.
     pub(crate) abort: AtomicBool,
 }

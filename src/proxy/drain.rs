@@ -2,7 +2,7 @@
 //! (certificates, the downstream mTLS CA, `codec_type`, the connection timeouts) reaches
 //! connections without failing a request.
 //!
-//! A [`ListenerGeneration`] is everything a connection is accepted with. The listening socket
+//! A [`super::generation::ListenerGeneration`] is everything a connection is accepted with. The listening socket
 //! is never closed for a new generation: the accept loop stamps each new connection with the
 //! generation current at that moment, so not one connection attempt is refused during the
 //! hand-over. The old generation then drains: its connections finish their in-flight work
@@ -20,88 +20,19 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::Notify;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CodecType, DownstreamMtls, Settings, Timeouts};
 use crate::metrics::{GenerationLabels, Metrics};
 use crate::tls::CertStore;
 
-/// The settings a connection keeps for its whole life; a change to any of them (or to the
-/// certificates) makes a new generation.
-#[derive(Clone, Debug)]
-pub struct ListenerSettings {
-    /// Downstream HTTP versions.
-    pub codec_type: CodecType,
-    /// Connection-level timeouts.
-    pub timeouts: Timeouts,
-    /// Client-certificate verification.
-    pub downstream_mtls: Option<DownstreamMtls>,
-}
-
-impl ListenerSettings {
-    /// The listener part of the global settings.
-    pub fn of(s: &Settings) -> Self {
-        Self { codec_type: s.codec_type, timeouts: s.timeouts, downstream_mtls: s.downstream_mtls.clone() }
-    }
-
-    /// Which settings differ (for the log line of a drain).
-    pub fn changes(&self, other: &Self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if self.codec_type != other.codec_type {
-            out.push("codec_type");
-        }
-        if self.timeouts.read != other.timeouts.read {
-            out.push("timeout_read");
-        }
-        if self.timeouts.write != other.timeouts.write {
-            out.push("timeout_write");
-        }
-        if self.timeouts.idle != other.timeouts.idle {
-            out.push("timeout_idle");
-        }
-        let mtls_same = match (&self.downstream_mtls, &other.downstream_mtls) {
-            (None, None) => true,
-            (Some(a), Some(b)) => {
-                a.ca == b.ca
-                    && a.crls == b.crls
-                    && a.enforcement == b.enforcement
-                    && a.max_verify_depth == b.max_verify_depth
-            }
-            _ => false,
-        };
-        if !mtls_same {
-            out.push("downstream_mtls");
-        }
-        out
-    }
-}
-
-/// One listener generation: what connections accepted under it are served with.
-pub struct ListenerGeneration {
-    /// Increases by one per generation; 1 is the first.
-    pub id: u64,
-    /// Timeouts, codec, mTLS.
-    pub settings: ListenerSettings,
-    /// The certificates its TLS handshakes choose from, fixed for the generation.
-    pub certs: Arc<CertStore>,
-    /// `(names, fingerprint)` of each certificate: tells whether a reload changed any.
-    pub cert_ids: Vec<(Vec<String>, String)>,
-    /// The https listener's TLS acceptor (with this generation's certificates and mTLS).
-    pub tls: TlsAcceptor,
-    /// `quic-ingress`'s config (the same certificates and mTLS, TLS 1.3, ALPN h3, the QUIC
-    /// limits from these settings) when `codec_type` is `http3`. Each QUIC connection is
-    /// accepted with the config of the generation current at that moment, on the one UDP
-    /// socket every generation shares.
-    pub quic: Option<Arc<quinn::ServerConfig>>,
-}
-
-/// Which connections of the retired generation a drain takes.
+/// Which connections of the retired generation a drain affects.
 #[derive(Clone)]
-pub enum Take {
+pub enum Affected {
     /// Every one.
     All,
     /// Those whose server name now gets a different certificate than the one they
@@ -132,10 +63,10 @@ struct Entry {
 }
 
 impl Entry {
-    fn taken_by(&self, take: &Take) -> bool {
-        match take {
-            Take::All => true,
-            Take::CertificateChanged(store) => {
+    fn affected_by(&self, affected: &Affected) -> bool {
+        match affected {
+            Affected::All => true,
+            Affected::CertificateChanged(store) => {
                 self.tls
                     && (!self.handshake_done
                         || store.fingerprint_for(self.sni.as_deref()) != self.fingerprint.as_deref())
@@ -267,9 +198,9 @@ impl Drains {
     }
 
     /// Retires generation `old` (and any older connection not draining yet) for `new`:
-    /// connections `take` selects drain, and are closed when `timeout` ends; the others are
+    /// connections `affected` selects drain, and are closed when `timeout` ends; the others are
     /// adopted by `new`. Returns how many connections drain.
-    pub fn retire(self: &Arc<Self>, old: u64, new: u64, take: &Take, timeout: Duration, reason: &str) -> usize {
+    pub fn retire(self: &Arc<Self>, old: u64, new: u64, affected: &Affected, timeout: Duration, reason: &str) -> usize {
         let mut inner = self.lock();
         inner.current = new;
         let mut taken = 0;
@@ -278,7 +209,7 @@ impl Drains {
             if e.draining.is_some() || e.generation > old {
                 continue;
             }
-            if e.taken_by(take) {
+            if e.affected_by(affected) {
                 e.draining = Some(old);
                 e.signals.drain.cancel();
                 taken += 1;
@@ -350,7 +281,7 @@ impl Drains {
             inner.shutting_down = true;
             inner.current
         };
-        self.retire(current, current + 1, &Take::All, grace, "shutdown");
+        self.retire(current, current + 1, &Affected::All, grace, "shutdown");
         let wait = async {
             loop {
                 let emptied = self.emptied.notified();
@@ -453,7 +384,7 @@ mod tests {
         let handshaking = drains.register("https-ingress", 1, true);
         let plain = drains.register("http-ingress", 1, false);
 
-        let n = drains.retire(1, 2, &Take::CertificateChanged(new), Duration::from_secs(60), "certificates");
+        let n = drains.retire(1, 2, &Affected::CertificateChanged(new), Duration::from_secs(60), "certificates");
         assert_eq!(n, 2, "a.test's connection and the one still in its handshake");
         assert!(on_a.signals.drain.is_cancelled() && handshaking.signals.drain.is_cancelled());
         assert!(!on_b.signals.drain.is_cancelled() && !plain.signals.drain.is_cancelled());
@@ -475,7 +406,7 @@ mod tests {
         let drains = Drains::new(metrics.clone());
         let upgraded = drains.register("https-ingress", 1, true);
         let plain = drains.register("http-ingress", 1, false);
-        assert_eq!(drains.retire(1, 2, &Take::All, Duration::from_secs(600), "timeout_idle"), 2);
+        assert_eq!(drains.retire(1, 2, &Affected::All, Duration::from_secs(600), "timeout_idle"), 2);
         assert!(!upgraded.signals.close.is_cancelled());
         tokio::time::sleep(Duration::from_secs(599)).await;
         assert!(!upgraded.signals.close.is_cancelled(), "not before drain_timeout");

@@ -1,17 +1,27 @@
-//! Proxy errors say whose fault a failure was and map to exactly one status code, so the
-//! response, the access log and the metrics always agree.
+//! The one error type of the request path, after pingora-error: what went wrong ([`Kind`]),
+//! its source, whose fault it was ([`Fault`]), whether the request may be tried again ([`Retry`]), and
+//! the cause it came from. Each kind maps to exactly one status code and one upstream
+//! outcome, so the response, the access log and the metrics always agree.
+
+use std::borrow::Cow;
+use std::fmt;
 
 use http::StatusCode;
 
-/// Who caused a failed request.
+/// Error type of a cause: whatever a client, a body or a connector returned.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// The source of a failed request: whose fault it was (the access log's `fault`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// The client: bad or slow request.
+    /// The client: a bad, slow or cancelled request.
     Downstream,
     /// The upstream: unreachable, reset, slow.
     Upstream,
-    /// The configuration: no route, forbidden upgrade.
+    /// The configuration: no route, a forbidden upgrade, a connection the proxy closed.
     Config,
+    /// The proxy itself: a bug, never the request's fault.
+    Internal,
 }
 
 impl Fault {
@@ -21,105 +31,246 @@ impl Fault {
             Fault::Downstream => "downstream",
             Fault::Upstream => "upstream",
             Fault::Config => "config",
+            Fault::Internal => "internal",
         }
     }
 }
 
-/// Everything that can make the proxy answer on its own instead of relaying a response.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+/// Whether a failed upstream attempt may be made again (on another endpoint, by the retry
+/// step of [`super::http::send`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Never: the failure is the request's own, or trying again cannot help.
+    Never,
+    /// The request never reached an upstream (no connection): any request may be retried.
+    NotSent,
+    /// The upstream may have seen the request: only an idempotent one may be retried.
+    IfIdempotent,
+}
+
+/// What went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
     /// No route for this host and path.
-    #[error("no route matches this host and path")]
     NoRoute,
     /// The request is a WebSocket upgrade and the route does not allow it.
-    #[error("WebSocket upgrades are not allowed on this route (allow_websockets is off)")]
     UpgradeNotAllowed,
     /// The downstream request was malformed.
-    #[error("bad request: {0}")]
-    BadRequest(&'static str),
+    BadRequest,
     /// A method the route cannot serve (CONNECT, until tunnels exist).
-    #[error("method not allowed: {0} is not served on this route")]
-    MethodNotAllowed(&'static str),
+    MethodNotAllowed,
     /// Request headers over the limit.
-    #[error("request headers too large: {0}")]
-    HeadersTooLarge(&'static str),
+    HeadersTooLarge,
     /// `timeout_read` passed before the request arrived.
-    #[error("request timeout: the request did not arrive within timeout_read")]
     ReadTimeout,
     /// mTLS `policy_with_default_deny` and no client certificate.
-    #[error("a valid client certificate is required")]
     ClientCertRequired,
     /// The route has no upstream right now (its Service has no ready endpoints).
-    #[error("no ready endpoints for this route")]
     NoEndpoints,
     /// Connecting to the upstream failed.
-    #[error("upstream unreachable: {0}")]
-    UpstreamUnreachable(String),
+    UpstreamUnreachable,
     /// The upstream reset or broke the connection.
-    #[error("upstream connection failed: {0}")]
-    UpstreamReset(String),
+    UpstreamReset,
     /// The upstream did not answer within the route's timeout.
-    #[error("upstream timeout: no response within {0}")]
-    UpstreamTimeout(String),
+    UpstreamTimeout,
     /// `timeout_write` passed before the response started.
-    #[error("request timeout: the request/response cycle exceeded timeout_write")]
     WriteTimeout,
     /// The stream was idle too long before the upstream answered.
-    #[error("stream idle timeout: no activity for {0}")]
-    StreamIdle(String),
+    StreamIdle,
     /// The upstream answered an upgrade with something unusable.
-    #[error("upstream refused the upgrade: {0}")]
-    UpgradeFailed(String),
+    UpgradeFailed,
+    /// A bug in the proxy.
+    Internal,
 }
 
-impl ProxyError {
-    /// The one status code for this error.
-    pub fn status(&self) -> StatusCode {
+impl Kind {
+    /// The one status code for this kind.
+    pub fn status(self) -> StatusCode {
         match self {
-            ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::UpgradeNotAllowed => StatusCode::FORBIDDEN,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::ReadTimeout => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::ClientCertRequired => StatusCode::from_u16(495).expect("495 is a valid code"),
-            ProxyError::UpstreamUnreachable(_) | ProxyError::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamReset(_) | ProxyError::UpgradeFailed(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout(_) | ProxyError::WriteTimeout | ProxyError::StreamIdle(_) => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            Kind::NoRoute => StatusCode::NOT_FOUND,
+            Kind::UpgradeNotAllowed => StatusCode::FORBIDDEN,
+            Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Kind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Kind::ReadTimeout => StatusCode::REQUEST_TIMEOUT,
+            Kind::ClientCertRequired => StatusCode::from_u16(495).expect("495 is a valid code"),
+            Kind::UpstreamUnreachable | Kind::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::UpstreamReset | Kind::UpgradeFailed => StatusCode::BAD_GATEWAY,
+            Kind::UpstreamTimeout | Kind::WriteTimeout | Kind::StreamIdle => StatusCode::GATEWAY_TIMEOUT,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    /// Whose fault it was.
-    pub fn fault(&self) -> Fault {
+    /// Whose fault this kind of failure is.
+    pub fn fault(self) -> Fault {
         match self {
-            ProxyError::NoRoute | ProxyError::UpgradeNotAllowed => Fault::Config,
-            ProxyError::BadRequest(_)
-            | ProxyError::MethodNotAllowed(_)
-            | ProxyError::HeadersTooLarge(_)
-            | ProxyError::ReadTimeout
-            | ProxyError::ClientCertRequired => Fault::Downstream,
-            ProxyError::UpstreamUnreachable(_)
-            | ProxyError::NoEndpoints
-            | ProxyError::UpstreamReset(_)
-            | ProxyError::UpstreamTimeout(_)
-            | ProxyError::WriteTimeout
-            | ProxyError::StreamIdle(_)
-            | ProxyError::UpgradeFailed(_) => Fault::Upstream,
+            Kind::NoRoute | Kind::UpgradeNotAllowed => Fault::Config,
+            Kind::BadRequest
+            | Kind::MethodNotAllowed
+            | Kind::HeadersTooLarge
+            | Kind::ReadTimeout
+            | Kind::ClientCertRequired => Fault::Downstream,
+            Kind::UpstreamUnreachable
+            | Kind::NoEndpoints
+            | Kind::UpstreamReset
+            | Kind::UpstreamTimeout
+            | Kind::WriteTimeout
+            | Kind::StreamIdle
+            | Kind::UpgradeFailed => Fault::Upstream,
+            Kind::Internal => Fault::Internal,
+        }
+    }
+
+    /// Whether an upstream attempt that failed this way may be made again.
+    pub fn retry(self) -> Retry {
+        match self {
+            Kind::UpstreamUnreachable => Retry::NotSent,
+            Kind::UpstreamReset | Kind::UpstreamTimeout => Retry::IfIdempotent,
+            _ => Retry::Never,
         }
     }
 
     /// The `outcome` label of `portcullis_upstream_requests_total`.
-    pub fn outcome(&self) -> &'static str {
+    pub fn outcome(self) -> &'static str {
         match self {
-            ProxyError::UpstreamUnreachable(_) => "connect_failure",
-            ProxyError::NoEndpoints => "no_endpoints",
-            ProxyError::UpstreamReset(_) | ProxyError::UpgradeFailed(_) => "reset",
-            ProxyError::UpstreamTimeout(_) | ProxyError::WriteTimeout | ProxyError::StreamIdle(_) => "timeout",
+            Kind::UpstreamUnreachable => "connect_failure",
+            Kind::NoEndpoints => "no_endpoints",
+            Kind::UpstreamReset | Kind::UpgradeFailed => "reset",
+            Kind::UpstreamTimeout | Kind::WriteTimeout | Kind::StreamIdle => "timeout",
             _ => "not_sent",
         }
     }
+
+    /// What the error page and the access log say before the detail.
+    fn text(self) -> &'static str {
+        match self {
+            Kind::NoRoute => "no route matches this host and path",
+            Kind::UpgradeNotAllowed => "WebSocket upgrades are not allowed on this route (allow_websockets is off)",
+            Kind::BadRequest => "bad request",
+            Kind::MethodNotAllowed => "method not allowed",
+            Kind::HeadersTooLarge => "request headers too large",
+            Kind::ReadTimeout => "request timeout: the request did not arrive within timeout_read",
+            Kind::ClientCertRequired => "a valid client certificate is required",
+            Kind::NoEndpoints => "no ready endpoints for this route",
+            Kind::UpstreamUnreachable => "upstream unreachable",
+            Kind::UpstreamReset => "upstream connection failed",
+            Kind::UpstreamTimeout => "upstream timeout",
+            Kind::WriteTimeout => "request timeout: the request/response cycle exceeded timeout_write",
+            Kind::StreamIdle => "stream idle timeout",
+            Kind::UpgradeFailed => "upstream refused the upgrade",
+            Kind::Internal => "internal error",
+        }
+    }
+}
+
+/// A failed request: its kind, what to say about it, and where it came from.
+pub struct Error {
+    kind: Kind,
+    /// Said after the kind's text (`upstream unreachable: <detail>`); empty for none.
+    detail: Cow<'static, str>,
+    /// The error this one was made from, for [`std::error::Error::source`].
+    cause: Option<Cause>,
+}
+
+/// The request path's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An error of `kind` with nothing more to say.
+    pub fn new(kind: Kind) -> Self {
+        Self { kind, detail: Cow::Borrowed(""), cause: None }
+    }
+
+    /// An error of `kind` with a detail.
+    pub fn with(kind: Kind, detail: impl Into<Cow<'static, str>>) -> Self {
+        Self { kind, detail: detail.into(), cause: None }
+    }
+
+    /// Keeps `cause` as this error's source.
+    #[must_use]
+    pub fn because(mut self, cause: impl Into<Cause>) -> Self {
+        self.cause = Some(cause.into());
+        self
+    }
+
+    /// A malformed request.
+    pub fn bad_request(detail: &'static str) -> Self {
+        Self::with(Kind::BadRequest, detail)
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The one status code for this error.
+    pub fn status(&self) -> StatusCode {
+        self.kind.status()
+    }
+
+    /// Whose fault it was.
+    pub fn fault(&self) -> Fault {
+        self.kind.fault()
+    }
+
+    /// Whether the upstream attempt may be made again.
+    pub fn retry(&self) -> Retry {
+        self.kind.retry()
+    }
+
+    /// The `outcome` label of `portcullis_upstream_requests_total`.
+    pub fn outcome(&self) -> &'static str {
+        self.kind.outcome()
+    }
+
+    /// Whether the connection should close after the error page (the request's framing
+    /// cannot be trusted, or the client is too slow to keep).
+    pub fn closes_connection(&self) -> bool {
+        matches!(self.kind, Kind::ReadTimeout | Kind::BadRequest | Kind::HeadersTooLarge)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind.text())?;
+        if self.detail.is_empty() {
+            return Ok(());
+        }
+        match self.kind {
+            Kind::MethodNotAllowed => write!(f, ": {} is not served on this route", self.detail),
+            Kind::UpstreamTimeout => write!(f, ": no response within {}", self.detail),
+            Kind::StreamIdle => write!(f, ": no activity for {}", self.detail),
+            _ => write!(f, ": {}", self.detail),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("detail", &self.detail)
+            .field("cause", &self.cause)
+            .finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.as_deref().map(|c| c as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// `e` and its sources, joined by `: ` (what a one-line log or error page can show).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    use std::fmt::Write as _;
+    let mut out = e.to_string();
+    let mut s = e.source();
+    while let Some(x) = s {
+        let _ = write!(out, ": {x}");
+        s = x.source();
+    }
+    out
 }
 
 #[cfg(test)]
@@ -128,12 +279,36 @@ mod tests {
 
     #[test]
     fn statuses_match_the_contract() {
-        assert_eq!(ProxyError::NoRoute.status(), 404);
-        assert_eq!(ProxyError::UpstreamReset(String::new()).status(), 502);
-        assert_eq!(ProxyError::UpstreamUnreachable(String::new()).status(), 503);
-        assert_eq!(ProxyError::UpstreamTimeout(String::new()).status(), 504);
-        assert_eq!(ProxyError::ReadTimeout.status(), 408);
-        assert_eq!(ProxyError::HeadersTooLarge("").status(), 431);
-        assert_eq!(ProxyError::ReadTimeout.fault(), Fault::Downstream);
+        assert_eq!(Error::new(Kind::NoRoute).status(), 404);
+        assert_eq!(Error::with(Kind::UpstreamReset, String::new()).status(), 502);
+        assert_eq!(Error::with(Kind::UpstreamUnreachable, String::new()).status(), 503);
+        assert_eq!(Error::with(Kind::UpstreamTimeout, String::new()).status(), 504);
+        assert_eq!(Error::new(Kind::ReadTimeout).status(), 408);
+        assert_eq!(Error::with(Kind::HeadersTooLarge, "").status(), 431);
+        assert_eq!(Error::new(Kind::ReadTimeout).fault(), Fault::Downstream);
+    }
+
+    #[test]
+    fn texts_and_retry_classes() {
+        assert_eq!(Error::with(Kind::UpstreamTimeout, "30s").to_string(), "upstream timeout: no response within 30s");
+        assert_eq!(
+            Error::with(Kind::MethodNotAllowed, "CONNECT").to_string(),
+            "method not allowed: CONNECT is not served on this route"
+        );
+        assert_eq!(Error::bad_request("missing Host header").to_string(), "bad request: missing Host header");
+        assert_eq!(Error::new(Kind::NoRoute).to_string(), "no route matches this host and path");
+        assert_eq!(Kind::UpstreamUnreachable.retry(), Retry::NotSent);
+        assert_eq!(Kind::UpstreamReset.retry(), Retry::IfIdempotent);
+        assert_eq!(Kind::BadRequest.retry(), Retry::Never);
+        assert_eq!(Kind::Internal.fault(), Fault::Internal);
+    }
+
+    #[test]
+    fn the_cause_is_kept() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = Error::with(Kind::UpstreamUnreachable, "10.0.0.1:80").because(io);
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(source.to_string(), "refused");
+        assert_eq!(chain(&e), "upstream unreachable: 10.0.0.1:80: refused");
     }
 }

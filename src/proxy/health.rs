@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::body;
-use super::Snapshot;
+use super::snapshot::Snapshot;
 use crate::config::{HealthCheck, HealthCheckKind};
 use crate::metrics::UpstreamHealthLabels;
 

@@ -1,9 +1,12 @@
-//! WebSockets: HTTP/1.1 `Upgrade` and RFC 8441 extended CONNECT on HTTP/2, both carried to
-//! the upstream as an HTTP/1.1 upgrade and then spliced byte for byte.
+//! Tunnels: requests that leave the pipeline after authorization and become byte streams.
+//! Today WebSockets (HTTP/1.1 `Upgrade` and RFC 8441 extended CONNECT on HTTP/2, both carried
+//! to the upstream as an HTTP/1.1 upgrade); CONNECT and CONNECT-UDP land here too.
 //!
-//! The tunnel counts as an active request (the connection is never "idle" under it), has
-//! the route's stream idle timeout (disabled by default on WebSocket routes, as Pomerium
-//! does) and ends when its listener generation is closed at the end of a drain.
+//! This module owns what every tunnel shares: the splice, the idle timeout and the close
+//! reasons. A tunnel counts as an active request (its connection is never "idle" under it),
+//! has the route's stream idle timeout (disabled by default on WebSocket routes, as Pomerium
+//! does), and ends when its listener generation is closed at the end of a drain or when its
+//! route is deleted. It owns the request's log record and writes it when it ends.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,11 +18,13 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 
 use super::body::{self, OnFinish, ProxyBody, StreamState};
-use super::error::ProxyError;
-use super::forward::{forwarding_headers, strip_hop_by_hop, wait_idle, Finish};
-use super::listener::ConnInfo;
+use super::conn::Conn;
+use super::error::{Error, Kind, Result};
+use super::headers::{forwarding_headers, rewrite_path, strip_hop_by_hop, upstream_uri};
+use super::log::RequestLog;
+use super::snapshot::CompiledRoute;
 use super::upstream::Target;
-use super::{CompiledRoute, Proxy};
+use crate::config::duration;
 
 /// Marks a response whose request continues as a tunnel (logged when the tunnel ends).
 #[derive(Clone, Copy)]
@@ -45,24 +50,23 @@ pub fn is_websocket<B>(req: &Request<B>) -> bool {
 
 /// Proxies a WebSocket handshake and, when the upstream switches protocols, spawns the
 /// tunnel and answers the client (101 on HTTP/1.1, 200 on HTTP/2).
-pub(crate) async fn proxy<B>(
-    proxy: &Arc<Proxy>,
-    conn: &Arc<ConnInfo>,
+pub(crate) async fn websocket<B>(
+    conn: &Arc<Conn>,
     route: &CompiledRoute,
     target: &Target,
     mut req: Request<B>,
     host: &str,
-    finish: &mut Finish,
-) -> Result<Response<ProxyBody>, ProxyError> {
+    log: &mut RequestLog,
+) -> Result<Response<ProxyBody>> {
     let h2 = req.version() == Version::HTTP_2;
     let downstream_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _body) = req.into_parts();
-    let path = super::forward::rewrite_path(&route.route, &parts.uri);
-    let uri = super::forward::upstream_uri(route, target, host, &path)?;
+    let path = rewrite_path(&route.route, &parts.uri);
+    let uri = upstream_uri(route, target, host, &path)?;
 
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
-    forwarding_headers(&mut headers, conn, route, target, host, &finish.request_id);
+    forwarding_headers(&mut headers, conn, route, target, host, &log.request_id);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     if h2 {
@@ -83,9 +87,9 @@ pub(crate) async fn proxy<B>(
     let timeout = route.upstream_timeout.unwrap_or(super::upstream::CONNECT_TIMEOUT * 3);
     let mut resp = match tokio::time::timeout(timeout, target.upgrade_client.request(up)).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) if e.is_connect() => return Err(ProxyError::UpstreamUnreachable(e.to_string())),
-        Ok(Err(e)) => return Err(ProxyError::UpstreamReset(e.to_string())),
-        Err(_) => return Err(ProxyError::UpstreamTimeout(crate::config::duration::format(timeout))),
+        Ok(Err(e)) if e.is_connect() => return Err(Error::with(Kind::UpstreamUnreachable, e.to_string()).because(e)),
+        Ok(Err(e)) => return Err(Error::with(Kind::UpstreamReset, e.to_string()).because(e)),
+        Err(_) => return Err(Error::with(Kind::UpstreamTimeout, duration::format(timeout))),
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The upstream declined (auth, wrong path): relay its answer as a normal response.
@@ -119,31 +123,12 @@ pub(crate) async fn proxy<B>(
 
     // The tunnel task owns the access-log record (and with it the connection's "active"
     // guard) until the tunnel ends.
-    finish.status = answer.status().as_u16();
-    let mut record = Box::new(Finish {
-        metrics: proxy.metrics.clone(),
-        listener: finish.listener,
-        snap: finish.snap.clone(),
-        route: finish.route,
-        method: finish.method,
-        status: finish.status,
-        started: finish.started,
-        request_id: finish.request_id,
-        peer: finish.peer,
-        host: host.to_owned(),
-        path: finish.path.clone(),
-        version: finish.version,
-        upstream: finish.upstream,
-        error: None,
-        fault: None,
-        guard: finish.guard.take(),
-        in_flight: finish.in_flight.take(),
-        done: false,
-    });
+    log.status = answer.status().as_u16();
+    let mut record = log.hand_over(host);
     let idle = route.stream_idle;
     // The tunnel keeps the connection registered with the drains until it ends, so a drain
     // waits for it and `drain_timeout` closes it.
-    let registration = conn.conn.clone();
+    let registration = conn.registration.clone();
     let route_closed = route.closed.clone();
     let route_name = route.route.name.clone();
     tokio::spawn(async move {
@@ -160,7 +145,7 @@ pub(crate) async fn proxy<B>(
         let mut up = Activity { inner: TokioIo::new(up), state: state.clone() };
         let idle_wait = async {
             match idle {
-                Some(d) => wait_idle(&state, d).await,
+                Some(d) => state.wait_idle(d).await,
                 None => std::future::pending().await,
             }
         };

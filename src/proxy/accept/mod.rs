@@ -1,0 +1,48 @@
+//! Accepting downstream connections: [`tcp`] (TLS or plain, HTTP/1.1 and HTTP/2 by hyper)
+//! and [`quic`] (HTTP/3 by h3 over quinn) each do their handshake, build the connection's
+//! [`Conn`](super::conn::Conn) and hand every request to the one pipeline
+//! ([`super::http::handle`]); [`driver`] runs both kinds of connection to their end;
+//! [`io`] is the TCP IO wrapper the driver's rules need.
+
+pub(crate) mod driver;
+mod h3body;
+pub mod io;
+pub mod quic;
+pub mod tcp;
+
+use std::time::Duration;
+
+use super::conn::ListenerKind;
+use super::state::Proxy;
+use crate::config::Timeouts;
+use crate::metrics::ListenerLabels;
+
+/// Counts a connection in `portcullis_downstream_connections_total` and `_active` of its
+/// listener; the active gauge goes down when the guard drops, however the connection ends.
+fn count_connection(proxy: &Proxy, kind: ListenerKind) -> impl Drop {
+    let labels = ListenerLabels { listener: kind.name() };
+    proxy.metrics.connections_total.get_or_create(&labels).inc();
+    let active = proxy.metrics.connections_active.get_or_create(&labels).clone();
+    active.inc();
+    scopeguard(move || {
+        active.dec();
+    })
+}
+
+/// How long a TLS (or QUIC) handshake may take: `timeout_read`, at most 10 s.
+fn handshake_limit(timeouts: Timeouts) -> Duration {
+    timeouts.read.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(10))
+}
+
+/// Runs a closure on drop (gauges that must go down however a task ends).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

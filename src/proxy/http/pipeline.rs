@@ -1,0 +1,114 @@
+//! Runs the phases of [`super`] in order for one request. Every phase gets what it needs and
+//! no more; each failure is one [`Error`], answered by [`response::finish`] with one status
+//! and logged once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use tokio::time::Instant;
+
+use super::{authn, authz, builtin, early, pick, response, route, send};
+use crate::metrics::method_label;
+use crate::proxy::body::{self, now_ms, ProxyBody, StreamState};
+use crate::proxy::conn::Conn;
+use crate::proxy::error::{Error, Kind, Result};
+use crate::proxy::headers::{is_other_upgrade, strip_underscore_lookalikes};
+use crate::proxy::log::{request_id, RequestLog};
+use crate::proxy::snapshot::Snapshot;
+use crate::proxy::state::Proxy;
+use crate::proxy::tunnel;
+
+/// Handles one downstream request and never fails: every error becomes a response. The
+/// body type is hyper's for HTTP/1.1 and HTTP/2 and the HTTP/3 stream's for HTTP/3.
+pub async fn handle<B>(proxy: &Arc<Proxy>, conn: &Arc<Conn>, req: Request<B>) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
+    let (guard, started_ms) = conn.state.begin_request();
+    let started = Instant::now()
+        .checked_sub(Duration::from_millis(now_ms().saturating_sub(started_ms)))
+        .unwrap_or_else(Instant::now);
+    let snap = proxy.snapshot();
+    let host = early::request_host(&req).unwrap_or_default().to_owned();
+    let mut log = Box::new(RequestLog {
+        metrics: proxy.metrics.clone(),
+        listener: conn.listener().name(),
+        snap: snap.clone(),
+        route: None,
+        method: method_label(req.method()),
+        status: 0,
+        started,
+        request_id: request_id(),
+        peer: conn.peer(),
+        host: String::new(),
+        path: req.uri().path().to_owned(),
+        version: req.version(),
+        upstream: None,
+        error: None,
+        fault: None,
+        guard: Some(guard),
+        in_flight: None,
+        done: false,
+    });
+    // The stream state and idle timeout of a relayed response, handed back beside it rather
+    // than in its extensions (which would allocate a map per request).
+    let mut stream: Option<(Option<Duration>, Arc<StreamState>)> = None;
+    // Boxed: the phases' future is large, and hyper moves (HTTP/2: spawns) this one.
+    let result = Box::pin(phases(conn, &snap, req, &host, &mut log, &mut stream)).await;
+    log.host = host;
+    response::finish(conn, result, log, stream)
+}
+
+/// Phases 1 to 7 and the relayed response's headers.
+async fn phases<B>(
+    conn: &Arc<Conn>,
+    snap: &Arc<Snapshot>,
+    mut req: Request<B>,
+    host: &str,
+    log: &mut RequestLog,
+    stream: &mut Option<(Option<Duration>, Arc<StreamState>)>,
+) -> Result<Response<ProxyBody>>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
+    let underscored = early::check(&req, host)?;
+    if let Some(answer) = builtin::answer(conn, &req, host) {
+        return Ok(answer);
+    }
+    let found = route::find(snap, host, req.uri().path());
+    let identity = authn::authenticate(conn);
+    authz::authorize(snap, conn, &identity)?;
+    let route_idx = found.ok_or(Error::new(Kind::NoRoute))?;
+    let route = &snap.routes.routes()[route_idx];
+    log.route = Some(route_idx);
+    if underscored {
+        strip_underscore_lookalikes(req.headers_mut(), &route.route);
+    }
+    let target_idx = pick::pick(snap, route_idx, log)?;
+
+    // Upgrades leave the pipeline here, into the tunnel.
+    if tunnel::is_websocket(&req) {
+        if !route.route.allow_websockets {
+            return Err(Error::new(Kind::UpgradeNotAllowed));
+        }
+        let target = &route.balancer.targets()[target_idx];
+        return tunnel::websocket(conn, route, target, req, host, log).await;
+    }
+    // No tunnel of any other kind (yet): a CONNECT is never relayed as a request, and a
+    // WebSocket route takes no other upgrade. (Elsewhere an `Upgrade` is only an offer, which
+    // the proxy declines by not forwarding it: it is hop-by-hop.)
+    if req.method() == Method::CONNECT {
+        return Err(Error::with(Kind::MethodNotAllowed, "CONNECT"));
+    }
+    if route.route.allow_websockets && is_other_upgrade(req.headers()) {
+        return Err(Error::new(Kind::UpgradeNotAllowed));
+    }
+
+    let (resp, state) = send::send(conn, route, target_idx, req, host, log).await?;
+    *stream = Some((route.stream_idle, state));
+    Ok(response::relayed(route, resp))
+}

@@ -1,0 +1,95 @@
+//! Phase 8, response: the relayed response's headers (hop-by-hop removed, the route's
+//! `set_response_headers`), the proxy's own error page, the headers every response of the
+//! connection gets (`Connection: close` while draining, `Alt-Svc`), and the body wrapper
+//! that enforces the write deadline and the stream idle timeout and writes the log record
+//! when the body ends.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::proxy::body::{self, ProxyBody, ResponseBody, StreamState};
+use crate::proxy::conn::Conn;
+use crate::proxy::error::Error;
+use crate::proxy::headers::{strip_hop_by_hop, X_REQUEST_ID};
+use crate::proxy::log::RequestLog;
+use crate::proxy::snapshot::CompiledRoute;
+use crate::proxy::stall::{self, StallInfo};
+use crate::proxy::tunnel::Tunnelled;
+
+/// The upstream's response as the client gets it (its body still streaming).
+pub(crate) fn relayed(route: &CompiledRoute, resp: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    for (name, value) in &route.route.set_response_headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+}
+
+/// The response the client gets for the pipeline's `result`, with the body that writes
+/// `log` when it ends. `stream`: the state and idle timeout of a relayed response.
+pub(crate) fn finish(
+    conn: &Conn,
+    result: Result<Response<ProxyBody>, Error>,
+    mut log: Box<RequestLog>,
+    stream: Option<(Option<Duration>, Arc<StreamState>)>,
+) -> Response<ProxyBody> {
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            log.fault = Some(e.fault().as_str());
+            log.error = Some(e.to_string());
+            error_response(&e, &log.request_id)
+        }
+    };
+    if conn.draining.load(Ordering::Acquire) && log.version < Version::HTTP_2 {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(alt_svc) = &conn.alt_svc {
+        resp.headers_mut().insert(header::ALT_SVC, alt_svc.clone());
+    }
+    log.status = resp.status().as_u16();
+    // Upgraded tunnels log when they end; everything else logs when its body ends.
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS || resp.extensions().get::<Tunnelled>().is_some() {
+        log.done = true;
+        return resp;
+    }
+    let (parts, inner) = resp.into_parts();
+    let (idle, state) = match stream {
+        Some((idle, state)) => (log.route.and(idle), Some(state)),
+        None => (None, None),
+    };
+    let write_deadline: Option<Instant> = conn.timeouts.write.map(|w| log.started + w);
+    if let Some(state) = &state {
+        if idle.is_some() || write_deadline.is_some() {
+            stall::register(StallInfo { state: state.clone(), conn: conn.state.clone(), idle, write_deadline });
+        }
+    }
+    Response::from_parts(parts, ResponseBody::new(inner, write_deadline, idle, state, log).boxed_unsync())
+}
+
+/// The proxy's own answer to a failed request: the status, what happened, the request id.
+pub fn error_response(e: &Error, request_id: &str) -> Response<ProxyBody> {
+    let status = e.status();
+    let reason =
+        status.canonical_reason().unwrap_or(if status.as_u16() == 495 { "SSL Certificate Error" } else { "Error" });
+    let text = format!("{} {reason}: {e}\nrequest id: {request_id}\n", status.as_u16());
+    let mut resp = Response::new(body::full(Bytes::from(text)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(&X_REQUEST_ID, HeaderValue::from_str(request_id).expect("hex"));
+    if e.closes_connection() {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

@@ -1,0 +1,284 @@
+//! Phase 7, send: the upstream request (URI, hop-by-hop removal, forwarding headers, the
+//! route's header rules, a canonical `Content-Length`) sent under the upstream timeout, the
+//! write deadline and the stream idle timeout, and the outcome counted against the upstream.
+//!
+//! Retries land in [`send`]: an attempt that failed with an error whose
+//! [`crate::proxy::error::Retry`] class allows it (the request never reached an upstream, or
+//! an idempotent one whose upstream failed) picks another endpoint and tries again, with a
+//! request body that can be replayed.
+
+use std::future::Future as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header;
+use http::{Method, Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::config::duration;
+use crate::metrics::UpstreamLabels;
+use crate::proxy::body::{self, ProxyBody, RequestBody, StreamState};
+use crate::proxy::conn::Conn;
+use crate::proxy::error::{chain, Error, Fault, Kind, Result};
+use crate::proxy::headers::{
+    canonical_content_length, forwarding_headers, plain_upstream_uri, rewrite_path, strip_hop_by_hop, upstream_uri,
+};
+use crate::proxy::log::{label_key, RequestLog};
+use crate::proxy::snapshot::CompiledRoute;
+use crate::proxy::upstream::{ConnectError, H1Error, Target};
+
+/// Sends `req` to target `target_idx` of `route` and counts the outcome; returns the
+/// upstream's response head and the stream state its body shares with the request body.
+pub(crate) async fn send<B>(
+    conn: &Conn,
+    route: &CompiledRoute,
+    target_idx: usize,
+    req: Request<B>,
+    host: &str,
+    log: &RequestLog,
+) -> Result<(Response<Incoming>, Arc<StreamState>)>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
+    let target = &route.balancer.targets()[target_idx];
+    let state = Arc::new(StreamState::default());
+    let upstream_req = build_upstream_request(conn, route, target, req, host, &log.request_id, &state)?;
+    let count = |outcome: &'static str| {
+        let (o, ol) = label_key(outcome);
+        route.series.upstream.with(
+            (target_idx, o, ol),
+            || {
+                let labels = UpstreamLabels {
+                    route: route.route.name.clone(),
+                    upstream: target.upstream.authority.clone(),
+                    outcome,
+                };
+                log.metrics.upstream_requests.get_or_create(&labels).clone()
+            },
+            |c| {
+                c.inc();
+            },
+        );
+    };
+    match send_upstream(conn, route, target, upstream_req, &state, log.started).await {
+        Ok(resp) => {
+            count("success");
+            Ok((resp, state))
+        }
+        Err(e) => {
+            // A request the client broke (a bad body, a read timeout) says nothing about the
+            // upstream: it is not counted against it.
+            if e.fault() != Fault::Downstream {
+                count(e.outcome());
+            }
+            Err(e)
+        }
+    }
+}
+
+fn build_upstream_request<B>(
+    conn: &Conn,
+    route: &CompiledRoute,
+    target: &Target,
+    req: Request<B>,
+    host: &str,
+    request_id: &str,
+    state: &Arc<StreamState>,
+) -> Result<Request<ProxyBody>>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
+    let (mut parts, incoming) = req.into_parts();
+    parts.uri = match plain_upstream_uri(route, target, &parts.uri) {
+        Some(uri) => uri,
+        None => upstream_uri(route, target, host, &rewrite_path(&route.route, &parts.uri))?,
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    canonical_content_length(&mut parts.headers, incoming.size_hint().exact());
+    forwarding_headers(&mut parts.headers, conn, route, target, host, request_id);
+    parts.version = Version::HTTP_11;
+    parts.extensions = http::Extensions::new();
+    // hyper's HTTP/1.1 client sends a GET or HEAD whose body length is unknown with no body
+    // at all (and never reads it): say so here, so that the upstream timeout starts now
+    // rather than never. That is a request whose end of stream came after its headers
+    // (HTTP/2 and HTTP/3 allow it), or a chunked GET.
+    let bodyless = incoming.is_end_stream()
+        || (matches!(parts.method, Method::GET | Method::HEAD)
+            && incoming.size_hint().exact().is_none()
+            && !parts.headers.contains_key(header::CONTENT_LENGTH));
+    if bodyless {
+        state.request_done.store(true, Ordering::Release);
+        return Ok(Request::from_parts(parts, body::empty()));
+    }
+    let read_deadline = conn.timeouts.read.map(|r| tokio::time::Instant::now() + r);
+    let body = RequestBody::new(incoming, read_deadline, state.clone()).boxed_unsync();
+    Ok(Request::from_parts(parts, body))
+}
+
+async fn send_upstream(
+    conn: &Conn,
+    route: &CompiledRoute,
+    target: &Target,
+    req: Request<ProxyBody>,
+    state: &Arc<StreamState>,
+    started: Instant,
+) -> Result<Response<Incoming>> {
+    let timers = UpstreamTimers::new(conn, route, state, started);
+    let read_timed_out = || state.read_timed_out.load(Ordering::Acquire);
+    // The upstream send failed because the request body could not be read: the client's
+    // fault (a malformed chunked body, a stream reset while uploading).
+    let request_failed = || state.request_failed.load(Ordering::Acquire);
+    match &target.h1 {
+        Some(pool) if req.method() != Method::CONNECT => match with_timers(pool.send(req), timers).await? {
+            Ok(r) => Ok(r),
+            Err(_) if read_timed_out() => Err(Error::new(Kind::ReadTimeout)),
+            Err(_) if request_failed() => Err(Error::bad_request("the request body could not be read")),
+            Err(H1Error::Connect(c)) => Err(Error::with(Kind::UpstreamUnreachable, c.to_string()).because(c)),
+            Err(H1Error::Request { kind, error }) => {
+                let detail = format!("client error ({kind}): {}", chain(&error));
+                Err(Error::with(Kind::UpstreamReset, detail).because(error))
+            }
+        },
+        _ => match with_timers(target.client.request(req), timers).await? {
+            Ok(r) => Ok(r),
+            Err(_) if read_timed_out() => Err(Error::new(Kind::ReadTimeout)),
+            Err(_) if request_failed() => Err(Error::bad_request("the request body could not be read")),
+            Err(e) => Err(classify(e)),
+        },
+    }
+}
+
+/// Runs `send` until it completes or one of the timers expires.
+async fn with_timers<F: std::future::Future>(send: F, mut timers: UpstreamTimers<'_>) -> Result<F::Output> {
+    let mut send = std::pin::pin!(send);
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = send.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Ok(r));
+        }
+        timers.poll(cx).map(Err)
+    })
+    .await
+}
+
+/// The upstream timeout (from the end of the request body), the write deadline and the
+/// stream idle timeout while the upstream response head is awaited, on one timer armed
+/// for the earliest of them, and only once the response is not there at the first poll.
+struct UpstreamTimers<'a> {
+    state: &'a StreamState,
+    /// `timeout` of the route, until it starts.
+    upstream: Option<Duration>,
+    /// Waits for the end of the request body (only when there is one still arriving).
+    request_done: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>>,
+    upstream_at: Option<tokio::time::Instant>,
+    write_at: Option<tokio::time::Instant>,
+    idle: Option<Duration>,
+    idle_at: Option<tokio::time::Instant>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    started: bool,
+}
+
+impl<'a> UpstreamTimers<'a> {
+    fn new(conn: &Conn, route: &CompiledRoute, state: &'a StreamState, started: Instant) -> Self {
+        let idle = route.stream_idle;
+        if idle.is_some() {
+            state.touch();
+        }
+        Self {
+            state,
+            upstream: route.upstream_timeout,
+            request_done: None,
+            upstream_at: None,
+            write_at: conn.timeouts.write.map(|w| started + w),
+            idle,
+            idle_at: None,
+            sleep: None,
+            started: false,
+        }
+    }
+
+    /// Ready with the error of the first timer to expire.
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Error> {
+        use std::task::Poll;
+        let now = tokio::time::Instant::now;
+        if !self.started {
+            self.started = true;
+            if let Some(d) = self.idle {
+                self.idle_at = Some(now() + self.state.idle_left(d).unwrap_or_default());
+            }
+            if self.upstream.is_some() {
+                if self.state.request_done.load(Ordering::Acquire) {
+                    self.upstream_at = Some(now() + self.upstream.unwrap_or_default());
+                } else {
+                    let state = self.state;
+                    self.request_done = Some(Box::pin(state.request_finished()));
+                }
+            }
+        }
+        if let Some(w) = &mut self.request_done {
+            if w.as_mut().poll(cx).is_ready() {
+                self.request_done = None;
+                self.upstream_at = self.upstream.map(|t| now() + t);
+            }
+        }
+        loop {
+            let Some(next) = [self.upstream_at, self.write_at, self.idle_at].into_iter().flatten().min() else {
+                return Poll::Pending;
+            };
+            let sleep = match &mut self.sleep {
+                Some(s) => {
+                    if s.deadline() != next {
+                        s.as_mut().reset(next);
+                    }
+                    s
+                }
+                None => self.sleep.insert(Box::pin(tokio::time::sleep_until(next))),
+            };
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The timer fired at `next` (or later): that deadline has passed.
+            let at = now().max(next);
+            if let Some(t) = self.upstream.filter(|_| self.upstream_at.is_some_and(|u| u <= at)) {
+                return Poll::Ready(Error::with(Kind::UpstreamTimeout, duration::format(t)));
+            }
+            if self.write_at.is_some_and(|w| w <= at) {
+                return Poll::Ready(Error::new(Kind::WriteTimeout));
+            }
+            if let (Some(d), Some(i)) = (self.idle, self.idle_at) {
+                if i <= at {
+                    match self.state.idle_left(d) {
+                        None => {
+                            return Poll::Ready(Error::with(Kind::StreamIdle, duration::format(d)));
+                        }
+                        Some(left) => self.idle_at = Some(now() + left),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Turns a client error into the error that names the fault, keeping it as the cause.
+fn classify(e: hyper_util::client::legacy::Error) -> Error {
+    use std::error::Error as _;
+    let mut connect = None;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(c) = s.downcast_ref::<ConnectError>() {
+            connect = Some(c.to_string());
+            break;
+        }
+        source = s.source();
+    }
+    if let Some(detail) = connect {
+        return Error::with(Kind::UpstreamUnreachable, detail).because(e);
+    }
+    let kind = if e.is_connect() { Kind::UpstreamUnreachable } else { Kind::UpstreamReset };
+    Error::with(kind, chain(&e)).because(e)
+}

@@ -1,0 +1,314 @@
+//! The running data plane ([`Proxy`]): the current snapshot and listener generation behind
+//! `ArcSwap`s (the request path loads them and takes no lock), and what a reload does:
+//! build the next snapshot, start a new listener generation when what a listener holds
+//! changed, move sockets, restart health checks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use super::drain::{Affected, Drains};
+use super::generation::{self, cert_ids, ListenerGeneration, ListenerSettings};
+use super::health;
+use super::snapshot::{CompiledRoute, Snapshot};
+use super::table::RouteTable;
+use super::upstream::ClientCache;
+use crate::config::{Certificate, CodecType, Config, DrainScope, HostMatch, Settings};
+use crate::metrics::Metrics;
+
+/// A bound listener, for `/listeners`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ListenerInfo {
+    /// `https-ingress`, `http-ingress`, `admin`, `metrics-ingress`.
+    pub name: &'static str,
+    /// Bound address.
+    pub address: std::net::SocketAddr,
+    /// `tcp`.
+    pub protocol: &'static str,
+}
+
+/// The running data plane: current snapshot, certificates, upstream clients, metrics.
+pub struct Proxy {
+    snapshot: ArcSwap<Snapshot>,
+    listener_generation: ArcSwap<ListenerGeneration>,
+    lifetimes: RouteLifetimes,
+    clients: ClientCache,
+    health: health::Registry,
+    default_cert: Certificate,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    ready: AtomicBool,
+    version: AtomicU64,
+    /// Every live connection and drain.
+    pub drains: Arc<Drains>,
+    /// Cancelled at shutdown: every accept loop stops.
+    pub stop_accepting: CancellationToken,
+    listeners: Mutex<Vec<ListenerInfo>>,
+    sockets: std::sync::OnceLock<Arc<dyn Sockets>>,
+    /// `Alt-Svc` for TCP responses while `quic-ingress` listens.
+    alt_svc: arc_swap::ArcSwapOption<http::HeaderValue>,
+}
+
+/// What [`Proxy::apply`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Everything is in force.
+    Swapped,
+    /// Swapped, but a listener could not move to its new address (it stays where it was).
+    SwappedWithListenerErrors(Vec<String>),
+}
+
+/// Opens and closes listener sockets when their addresses change. The server layer
+/// implements it (it knows every plane, admin and metrics included); the proxy only says
+/// when.
+pub trait Sockets: Send + Sync {
+    /// Moves the listeners to `new`'s addresses: binds each new socket first, then stops the
+    /// old one (which hands its accept queue to the drain). Returns what could not be bound.
+    fn update(&self, new: &Settings) -> Vec<String>;
+}
+
+impl Proxy {
+    /// Builds the first snapshot. When no certificate is configured, a self-signed one for
+    /// `localhost` and the routes' hosts is made now and kept for the process lifetime.
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
+        let mut names = vec!["localhost".to_owned()];
+        names.extend(config.routes.iter().filter_map(|r| match &r.host {
+            HostMatch::Exact(h) => Some(h.clone()),
+            HostMatch::Wildcard(s) => Some(format!("*.{s}")),
+            HostMatch::Any => None,
+        }));
+        names.sort();
+        names.dedup();
+        let default_cert = crate::tls::self_signed(&names);
+        let clients = ClientCache::default();
+        let health = health::Registry::default();
+        let generation = generation::build(1, &config.settings, &effective_certs(&config.settings, &default_cert))?;
+        let lifetimes = RouteLifetimes::default();
+        let first = Arc::new(build_snapshot(config, 1, &clients, &health, &lifetimes));
+        lifetimes.retain(&first);
+        health.restart(&first, &metrics.upstream_healthy);
+        let snapshot = ArcSwap::new(first);
+        metrics.reload_success.set(1);
+        metrics.reload_success_timestamp.set(unix_now());
+        Ok(Arc::new(Self {
+            snapshot,
+            listener_generation: ArcSwap::from_pointee(generation),
+            lifetimes,
+            clients,
+            health,
+            default_cert,
+            ready: AtomicBool::new(false),
+            version: AtomicU64::new(1),
+            drains: Drains::new(metrics.clone()),
+            metrics,
+            stop_accepting: CancellationToken::new(),
+            listeners: Mutex::new(Vec::new()),
+            sockets: std::sync::OnceLock::new(),
+            alt_svc: arc_swap::ArcSwapOption::empty(),
+        }))
+    }
+
+    /// The current snapshot. Cheap: one atomic increment.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The current listener generation: what a connection accepted now is served with.
+    pub fn listener_generation(&self) -> Arc<ListenerGeneration> {
+        self.listener_generation.load_full()
+    }
+
+    /// Swaps in a new config atomically. In-flight requests keep the snapshot they started
+    /// with; upstream connection pools are reused.
+    pub fn apply(&self, config: Config) -> Applied {
+        let old = self.snapshot();
+        let (a, b) = (&old.settings, &config.settings);
+        let main_moved = a.address != b.address || a.insecure_server != b.insecure_server;
+        let http3 = |s: &Settings| s.codec_type == CodecType::Http3;
+        let any_moved = main_moved
+            || a.http_redirect_address != b.http_redirect_address
+            || a.metrics_address != b.metrics_address
+            || a.admin_address != b.admin_address
+            || http3(a) != http3(b)
+            // Alt-Svc follows the sockets, so a new advertised port goes through them too.
+            || a.http3_advertised_port != b.http3_advertised_port;
+        // The generation first: a QUIC socket opened for `codec_type: http3` takes its config.
+        self.new_listener_generation(&config.settings, main_moved);
+        let mut listener_errors = Vec::new();
+        if any_moved {
+            match self.sockets.get() {
+                Some(sockets) => listener_errors = sockets.update(b),
+                None => listener_errors.push("no listener sockets to move (not started by server::start)".to_owned()),
+            }
+        }
+        let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
+        let snap = Arc::new(build_snapshot(config, version, &self.clients, &self.health, &self.lifetimes));
+        self.snapshot.store(snap.clone());
+        self.lifetimes.retain(&snap);
+        self.health.restart(&snap, &self.metrics.upstream_healthy);
+        self.metrics.reload_success.set(1);
+        self.metrics.reload_success_timestamp.set(unix_now());
+        if listener_errors.is_empty() {
+            Applied::Swapped
+        } else {
+            Applied::SwappedWithListenerErrors(listener_errors)
+        }
+    }
+
+    /// Hands the proxy the server layer's listener sockets, so that address changes move
+    /// them (once, at start).
+    pub fn set_sockets(&self, sockets: Arc<dyn Sockets>) {
+        let _ = self.sockets.set(sockets);
+    }
+
+    /// Records the UDP port `quic-ingress` listens on (`None`: not listening), which TCP
+    /// responses advertise in `Alt-Svc`.
+    pub fn set_quic_port(&self, port: Option<u16>) {
+        // A day, as large sites advertise: clients that find QUIC blocked fall back to TCP by
+        // themselves, and one that turns HTTP/3 off costs them one failed attempt each.
+        self.alt_svc.store(port.map(|p| {
+            Arc::new(http::HeaderValue::try_from(format!("h3=\":{p}\"; ma=86400")).expect("a valid header value"))
+        }));
+    }
+
+    /// `Alt-Svc` for a TCP connection accepted now, while HTTP/3 is on.
+    pub fn alt_svc(&self) -> Option<http::HeaderValue> {
+        self.alt_svc.load().as_deref().cloned()
+    }
+
+    /// Replaces the bound listeners shown by `/listeners`.
+    pub fn set_listeners(&self, infos: Vec<ListenerInfo>) {
+        *self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = infos;
+    }
+
+    /// Starts a new listener generation when what a listener holds changed, and drains the
+    /// old one (see [`super::drain`]). Route-only changes never get here.
+    fn new_listener_generation(&self, settings: &Settings, moved: bool) {
+        let current = self.listener_generation();
+        let next = ListenerSettings::of(settings);
+        let mut changes = current.settings.changes(&next);
+        if moved {
+            changes.push("address");
+        }
+        let certs = effective_certs(settings, &self.default_cert);
+        if cert_ids(&certs) != current.cert_ids {
+            changes.push("certificates");
+        }
+        if changes.is_empty() {
+            return;
+        }
+        let generation = match generation::build(current.id + 1, settings, &certs) {
+            Ok(g) => Arc::new(g),
+            Err(e) => {
+                // Validated configs build; if rustls still refuses, keep serving what works.
+                tracing::error!(error = %e, "new listener generation refused; the current one keeps serving");
+                return;
+            }
+        };
+        let affected = if changes == ["certificates"] && settings.drain_scope == DrainScope::Affected {
+            Affected::CertificateChanged(generation.certs.clone())
+        } else {
+            Affected::All
+        };
+        self.listener_generation.store(generation.clone());
+        self.drains.retire(current.id, generation.id, &affected, settings.drain_timeout, &changes.join(", "));
+    }
+
+    /// Records a rejected reload: the metric drops to 0, the snapshot stays.
+    pub fn reject(&self) {
+        self.metrics.reload_success.set(0);
+    }
+
+    /// Readiness for `/readyz`.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Flips readiness (on once listeners are bound, off at shutdown).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Registers a bound listener for `/listeners`.
+    pub fn add_listener(&self, info: ListenerInfo) {
+        self.listeners.lock().expect("listeners poisoned").push(info);
+    }
+
+    /// Bound listeners.
+    pub fn listeners(&self) -> Vec<ListenerInfo> {
+        self.listeners.lock().expect("listeners poisoned").clone()
+    }
+
+    /// The certificates in force (configured, or the self-signed default).
+    pub fn certificates(&self) -> Vec<Certificate> {
+        effective_certs(&self.snapshot().settings, &self.default_cert)
+    }
+}
+
+fn effective_certs(settings: &Settings, default_cert: &Certificate) -> Vec<Certificate> {
+    if settings.certificates.is_empty() {
+        vec![default_cert.clone()]
+    } else {
+        settings.certificates.clone()
+    }
+}
+
+fn build_snapshot(
+    config: Config,
+    version: u64,
+    clients: &ClientCache,
+    health: &health::Registry,
+    lifetimes: &RouteLifetimes,
+) -> Snapshot {
+    let Config { settings, routes } = config;
+    let compiled = routes
+        .into_iter()
+        .map(|r| {
+            let closed = lifetimes.token(&r.name);
+            let name = r.name.clone();
+            CompiledRoute::new(r, &settings, clients, |u| health.flag(&name, &u.authority), closed)
+        })
+        .collect();
+    Snapshot {
+        version,
+        routes: RouteTable::new(compiled, |r: &CompiledRoute| (&r.route.host, &r.route.path)),
+        settings,
+        applied_at: SystemTime::now(),
+    }
+}
+
+/// One cancellation token per route name, alive while some snapshot has a route of that name:
+/// the hook that ends long-lived connections of a deleted route (and, once policies exist,
+/// of a route whose policy stops admitting them).
+#[derive(Default)]
+struct RouteLifetimes(Mutex<HashMap<String, CancellationToken>>);
+
+impl RouteLifetimes {
+    fn token(&self, name: &str) -> CancellationToken {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Cancels (and forgets) the tokens of routes `snap` no longer has.
+    fn retain(&self, snap: &Snapshot) {
+        let names: std::collections::HashSet<&str> =
+            snap.routes.routes().iter().map(|r| r.route.name.as_str()).collect();
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|name, token| {
+            let keep = names.contains(name.as_str());
+            if !keep {
+                tracing::info!(route = %name, "route deleted: closing its long-lived connections");
+                token.cancel();
+            }
+            keep
+        });
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
