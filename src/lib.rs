@@ -14,4 +14,5 @@ pub mod k8s;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod sync;
 pub mod tls;

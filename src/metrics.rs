@@ -200,55 +200,109 @@ pub fn method_label(m: &http::Method) -> &'static str {
 /// each metric. The handles share their values with the family's series (prometheus-client
 /// metrics are `Arc`s inside), and the series are created by `get_or_create` on first use
 /// exactly as before; none of these families ever removes a series.
+///
+/// An append-only list: a route sees a handful of label combinations (its listeners, methods
+/// and status codes), the common one first, so a lookup is a few pointer loads and key
+/// comparisons, and takes no lock (a `RwLock` here cost a read-modify-write of a shared
+/// cache line per lookup; an `ArcSwap`, more instructions than either).
 pub struct SeriesCache<K, M> {
-    map: std::sync::RwLock<std::collections::HashMap<K, M, std::hash::BuildHasherDefault<FastHasher>>>,
+    head: std::sync::OnceLock<Box<SeriesNode<K, M>>>,
+}
+
+struct SeriesNode<K, M> {
+    key: K,
+    metric: M,
+    next: std::sync::OnceLock<Box<SeriesNode<K, M>>>,
 }
 
 impl<K, M> Default for SeriesCache<K, M> {
     fn default() -> Self {
-        Self { map: std::sync::RwLock::default() }
+        Self { head: std::sync::OnceLock::new() }
     }
 }
 
-impl<K: std::hash::Hash + Eq, M: Clone> SeriesCache<K, M> {
+impl<K: Eq + Clone, M> SeriesCache<K, M> {
     /// Runs `f` on the cached metric of `key`, which `make` creates on first use.
-    pub fn with<R>(&self, key: K, make: impl FnOnce() -> M, f: impl FnOnce(&M) -> R) -> R {
-        if let Some(m) = self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
-            return f(m);
+    pub fn with<R>(&self, key: &K, make: impl FnOnce() -> M, f: impl FnOnce(&M) -> R) -> R {
+        let mut link = &self.head;
+        while let Some(node) = link.get() {
+            if node.key == *key {
+                return f(&node.metric);
+            }
+            link = &node.next;
         }
-        let m = make();
-        let r = f(&m);
-        self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner).entry(key).or_insert(m);
-        r
+        let metric = make();
+        let r = f(&metric);
+        // Append; another thread may have appended meanwhile (its node may even be this key:
+        // then both handles are the same family series, and this one is dropped).
+        let mut node = Box::new(SeriesNode { key: key.clone(), metric, next: std::sync::OnceLock::new() });
+        loop {
+            match link.set(node) {
+                Ok(()) => return r,
+                Err(ours) => {
+                    let theirs = link.get().expect("a OnceLock that refused a value holds one");
+                    if theirs.key == ours.key {
+                        return r;
+                    }
+                    node = ours;
+                    link = &theirs.next;
+                }
+            }
+        }
     }
 }
 
-/// A cheap hasher for the small integer (and pointer) keys of [`SeriesCache`].
-#[derive(Default, Clone, Copy)]
-pub struct FastHasher(u64);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
 
-impl std::hash::Hasher for FastHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
+    #[test]
+    fn series_cache_hands_out_one_handle_per_key() {
+        let cache: SeriesCache<(usize, u16), Counter> = SeriesCache::default();
+        let made = std::sync::atomic::AtomicUsize::new(0);
+        let make = || {
+            made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Counter::default()
+        };
+        for code in [200, 404, 200, 503, 200, 404] {
+            cache.with(&(1, code), make, |c| {
+                c.inc();
+            });
         }
+        assert_eq!(made.load(std::sync::atomic::Ordering::Relaxed), 3);
+        assert_eq!(cache.with(&(1, 200), Counter::default, Counter::get), 3);
+        assert_eq!(cache.with(&(1, 404), Counter::default, Counter::get), 2);
+        assert_eq!(cache.with(&(1, 503), Counter::default, Counter::get), 1);
     }
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(u64::from(i));
-    }
-    fn write_u16(&mut self, i: u16) {
-        self.write_u64(u64::from(i));
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(u64::from(i));
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+
+    #[test]
+    fn series_cache_appends_from_many_threads() {
+        let cache: std::sync::Arc<SeriesCache<usize, Counter>> = std::sync::Arc::default();
+        let family = std::sync::Arc::new(prometheus_client::metrics::family::Family::<Vec<(String, String)>, Counter>::default());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (cache, family) = (cache.clone(), family.clone());
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let key = (i * 7 + t) % 50;
+                        let labels = vec![("k".to_owned(), key.to_string())];
+                        cache.with(&key, || family.get_or_create(&labels).clone(), |c| {
+                            c.inc();
+                        });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Every increment landed on the family's series of its key, cached or not.
+        let total: u64 = (0..50).map(|k| family.get_or_create(&vec![("k".to_owned(), k.to_string())]).get()).sum();
+        assert_eq!(total, 800);
+        for k in 0..50 {
+            let direct = family.get_or_create(&vec![("k".to_owned(), k.to_string())]).get();
+            assert_eq!(cache.with(&k, Counter::default, Counter::get), direct, "key {k}");
+        }
     }
 }

@@ -148,7 +148,7 @@ impl ServerSockets {
     /// longer wants. A socket that cannot be bound leaves the old one in place.
     fn apply(&self, s: &Settings) -> Vec<(&'static str, SocketAddr, io::Error)> {
         let Some(proxy) = self.proxy.upgrade() else { return Vec::new() };
-        let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slots = crate::sync::lock(&self.slots);
         let mut errors = Vec::new();
         let mut next: Vec<Slot> = Vec::new();
         let mut https_port = slots.iter().find(|x| matches!(x.role, Role::Main(_))).map_or(0, |x| x.bound.port());
@@ -205,7 +205,7 @@ impl ServerSockets {
 
     /// Where the listener in `role`'s slot is bound.
     fn bound(&self, role: Role) -> Option<SocketAddr> {
-        let slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slots = crate::sync::lock(&self.slots);
         slots.iter().find(|x| x.role.same_slot(role)).map(|x| x.bound)
     }
 }

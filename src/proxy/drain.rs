@@ -124,9 +124,7 @@ impl Drains {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding this lock would be a bug in this module; the data is still
-        // consistent enough to keep serving and draining.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.inner)
     }
 
     fn count(&self, inner: &mut Inner, listener: &'static str, generation: u64, delta: i64) {

@@ -229,6 +229,10 @@ pub(crate) fn forwarding_headers(
     request_id: &str,
 ) {
     let r = &route.route;
+    // Room for the four forwarding headers and the route's own at once: the request's map
+    // was sized for its own headers, and growing it one insert at a time reallocated and
+    // rehashed it more than once per request.
+    headers.reserve(4 + r.set_request_headers.len());
     // The request's own `Host` value when it is the host (it usually is): no copy.
     let host_value = match headers.get(header::HOST) {
         Some(v) if v.as_bytes() == host.as_bytes() => Some(v.clone()),

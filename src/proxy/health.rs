@@ -26,14 +26,14 @@ pub struct Registry {
 impl Registry {
     /// The flag for an upstream of a route; new upstreams start healthy.
     pub fn flag(&self, route: &str, authority: &str) -> Arc<AtomicBool> {
-        let mut flags = self.flags.lock().expect("health registry poisoned");
+        let mut flags = crate::sync::lock(&self.flags);
         flags.entry((route.to_owned(), authority.to_owned())).or_insert_with(|| Arc::new(AtomicBool::new(true))).clone()
     }
 
     /// Replaces the running checkers with those of `snap`. Needs a tokio runtime; without
     /// one (unit tests building snapshots) no checks run.
     pub fn restart(&self, snap: &Arc<Snapshot>, gauge: &Family<UpstreamHealthLabels, Gauge>) {
-        let mut tasks = self.tasks.lock().expect("health tasks poisoned");
+        let mut tasks = crate::sync::lock(&self.tasks);
         for t in tasks.drain(..) {
             t.abort();
         }
@@ -59,7 +59,7 @@ impl Registry {
             }
         }
         // Forget upstreams that are gone, so a re-added one starts healthy.
-        self.flags.lock().expect("health registry poisoned").retain(|k, _| live.contains(k));
+        crate::sync::lock(&self.flags).retain(|k, _| live.contains(k));
     }
 }
 

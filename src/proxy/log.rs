@@ -127,7 +127,7 @@ impl RequestLog {
             let (l, ll) = label_key(self.listener);
             let (m, ml) = label_key(self.method);
             r.series.requests.with(
-                (l, ll, m, ml, self.status),
+                &(l, ll, m, ml, self.status),
                 || {
                     self.metrics
                         .requests
@@ -144,7 +144,7 @@ impl RequestLog {
                 },
             );
             r.series.duration.with(
-                (l, ll, m, ml),
+                &(l, ll, m, ml),
                 || {
                     self.metrics
                         .duration

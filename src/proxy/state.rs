@@ -182,7 +182,7 @@ impl Proxy {
 
     /// Replaces the bound listeners shown by `/listeners`.
     pub fn set_listeners(&self, infos: Vec<ListenerInfo>) {
-        *self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = infos;
+        *crate::sync::lock(&self.listeners) = infos;
     }
 
     /// Starts a new listener generation when what a listener holds changed, and drains the
@@ -235,12 +235,12 @@ impl Proxy {
 
     /// Registers a bound listener for `/listeners`.
     pub fn add_listener(&self, info: ListenerInfo) {
-        self.listeners.lock().expect("listeners poisoned").push(info);
+        crate::sync::lock(&self.listeners).push(info);
     }
 
     /// Bound listeners.
     pub fn listeners(&self) -> Vec<ListenerInfo> {
-        self.listeners.lock().expect("listeners poisoned").clone()
+        crate::sync::lock(&self.listeners).clone()
     }
 
     /// The certificates in force (configured, or the self-signed default).
@@ -289,7 +289,7 @@ struct RouteLifetimes(Mutex<HashMap<String, CancellationToken>>);
 
 impl RouteLifetimes {
     fn token(&self, name: &str) -> CancellationToken {
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = crate::sync::lock(&self.0);
         map.entry(name.to_owned()).or_default().clone()
     }
 
@@ -297,7 +297,7 @@ impl RouteLifetimes {
     fn retain(&self, snap: &Snapshot) {
         let names: std::collections::HashSet<&str> =
             snap.routes.routes().iter().map(|r| r.route.name.as_str()).collect();
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = crate::sync::lock(&self.0);
         map.retain(|name, token| {
             let keep = names.contains(name.as_str());
             if !keep {

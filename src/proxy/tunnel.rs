@@ -10,15 +10,19 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
 
 use super::body::{self, OnFinish, ProxyBody, StreamState};
 use super::conn::Conn;
+use super::drain::ConnHandle;
 use super::error::{Error, Kind, Result};
 use super::headers::{forwarding_headers, rewrite_path, strip_hop_by_hop, upstream_uri};
 use super::log::RequestLog;
@@ -38,14 +42,15 @@ pub fn is_websocket<B>(req: &Request<B>) -> bool {
             .get::<hyper::ext::Protocol>()
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
     }
+    // Most requests have no `Upgrade`: one lookup, and `Connection` is not scanned.
     let upgrade = req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    let connection = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
-    upgrade && connection
+    upgrade
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
 /// Proxies a WebSocket handshake and, when the upstream switches protocols, spawns the
@@ -125,49 +130,89 @@ pub(crate) async fn websocket<B>(
     // guard) until the tunnel ends.
     log.status = answer.status().as_u16();
     let mut record = log.hand_over(host);
-    let idle = route.stream_idle;
     // The tunnel keeps the connection registered with the drains until it ends, so a drain
     // waits for it and `drain_timeout` closes it.
-    let registration = conn.registration.clone();
-    let route_closed = route.closed.clone();
-    let route_name = route.route.name.clone();
+    let limits = Limits {
+        idle: route.stream_idle,
+        registration: conn.registration.clone(),
+        route_closed: route.closed.clone(),
+        route_name: route.route.name.clone(),
+    };
     tokio::spawn(async move {
-        let (down, up) = match tokio::join!(downstream_upgrade, upstream_upgrade) {
-            (Ok(d), Ok(u)) => (d, u),
+        match tokio::join!(downstream_upgrade, upstream_upgrade) {
+            (Ok(down), Ok(up)) => splice(TokioIo::new(down), TokioIo::new(up), limits, record).await,
             (d, u) => {
                 record.error = Some(format!("upgrade failed: downstream {:?}, upstream {:?}", d.err(), u.err()));
                 record.finish(0, None);
-                return;
             }
-        };
-        let state = Arc::new(StreamState::default());
-        let mut down = Activity { inner: TokioIo::new(down), state: state.clone() };
-        let mut up = Activity { inner: TokioIo::new(up), state: state.clone() };
-        let idle_wait = async {
-            match idle {
-                Some(d) => state.wait_idle(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        let (bytes, error) = tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut down, &mut up) => match r {
-                Ok((_, to_client)) => (to_client, None),
-                Err(e) => (0, Some(format!("tunnel ended: {e}"))),
-            },
-            () = idle_wait => (0, Some("tunnel closed: stream idle timeout".to_owned())),
-            () = registration.signals.close.cancelled() => {
-                (0, Some("tunnel closed: drain_timeout of its listener generation ended".to_owned()))
-            }
-            () = route_closed.cancelled() => {
-                tracing::info!(route = %route_name, "closing a tunnel: its route was deleted");
-                (0, Some("tunnel closed: its route was deleted".to_owned()))
-            }
-        };
-        state.request_done.store(true, Ordering::Relaxed);
-        record.error = error;
-        record.finish(bytes, None);
+        }
     });
     Ok(answer)
+}
+
+/// What ends a tunnel besides its two sides: its idle timeout, the end of its listener
+/// generation's drain, the deletion of its route.
+struct Limits {
+    idle: Option<Duration>,
+    registration: Arc<ConnHandle>,
+    route_closed: CancellationToken,
+    route_name: String,
+}
+
+/// Why a tunnel ended before both sides closed it (the access log's error).
+enum Closed {
+    /// Copying failed (a side reset its connection).
+    Broken(std::io::Error),
+    /// No byte moved either way for the stream idle timeout.
+    Idle,
+    /// `drain_timeout` of its listener generation ended.
+    DrainTimeout,
+    /// Its route was deleted.
+    RouteDeleted,
+}
+
+impl Closed {
+    fn message(&self) -> String {
+        match self {
+            Closed::Broken(e) => format!("tunnel ended: {e}"),
+            Closed::Idle => "tunnel closed: stream idle timeout".to_owned(),
+            Closed::DrainTimeout => "tunnel closed: drain_timeout of its listener generation ended".to_owned(),
+            Closed::RouteDeleted => "tunnel closed: its route was deleted".to_owned(),
+        }
+    }
+}
+
+/// Copies bytes both ways between the client's side and the upstream's until both close or a
+/// limit ends the tunnel, then writes the request's log record (bytes sent to the client).
+async fn splice<D, U>(down: D, up: U, limits: Limits, mut record: Box<RequestLog>)
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let state = Arc::new(StreamState::default());
+    let mut down = Activity { inner: down, state: state.clone() };
+    let mut up = Activity { inner: up, state: state.clone() };
+    let idle_wait = async {
+        match limits.idle {
+            Some(d) => state.wait_idle(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let (bytes, closed) = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut down, &mut up) => match r {
+            Ok((_, to_client)) => (to_client, None),
+            Err(e) => (0, Some(Closed::Broken(e))),
+        },
+        () = idle_wait => (0, Some(Closed::Idle)),
+        () = limits.registration.signals.close.cancelled() => (0, Some(Closed::DrainTimeout)),
+        () = limits.route_closed.cancelled() => {
+            tracing::info!(route = %limits.route_name, "closing a tunnel: its route was deleted");
+            (0, Some(Closed::RouteDeleted))
+        }
+    };
+    state.request_done.store(true, Ordering::Relaxed);
+    record.error = closed.as_ref().map(Closed::message);
+    record.finish(bytes, None);
 }
 
 pin_project_lite::pin_project! {

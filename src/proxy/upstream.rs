@@ -95,7 +95,7 @@ struct H1PoolInner {
 
 struct IdleConn {
     tx: hyper::client::conn::http1::SendRequest<ProxyBody>,
-    since: std::time::Instant,
+    since: tokio::time::Instant,
 }
 
 /// Why a request through an [`H1Pool`] failed.
@@ -152,7 +152,7 @@ impl H1Pool {
 
     /// The most recently used idle connection that is still usable.
     fn checkout(&self) -> Option<hyper::client::conn::http1::SendRequest<ProxyBody>> {
-        let mut idle = self.inner.idle.lock().expect("pool poisoned");
+        let mut idle = crate::sync::lock(&self.inner.idle);
         while let Some(c) = idle.pop() {
             if c.tx.is_ready() && c.since.elapsed() <= POOL_IDLE_TIMEOUT {
                 return Some(c.tx);
@@ -198,9 +198,9 @@ impl H1Pool {
 
     fn put(&self, tx: hyper::client::conn::http1::SendRequest<ProxyBody>) {
         self.inner.reaper.call_once(|| self.spawn_reaper());
-        let mut idle = self.inner.idle.lock().expect("pool poisoned");
+        let mut idle = crate::sync::lock(&self.inner.idle);
         if idle.len() < POOL_MAX_IDLE {
-            idle.push(IdleConn { tx, since: std::time::Instant::now() });
+            idle.push(IdleConn { tx, since: tokio::time::Instant::now() });
         }
     }
 
@@ -213,7 +213,7 @@ impl H1Pool {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                let mut idle = inner.idle.lock().expect("pool poisoned");
+                let mut idle = crate::sync::lock(&inner.idle);
                 idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() <= POOL_IDLE_TIMEOUT);
             }
         });
@@ -268,7 +268,7 @@ impl ClientCache {
             custom_ca: tls.custom_ca.as_ref().map(|c| c.iter().map(|d| d.to_vec()).collect()),
             client_cert: tls.client_cert.as_ref().map(|c| c.chain.iter().map(|d| d.to_vec()).collect()),
         };
-        let mut clients = self.clients.lock().expect("client cache poisoned");
+        let mut clients = crate::sync::lock(&self.clients);
         clients.entry(key.clone()).or_insert_with(|| build_client(&key.target, key.h2c, key.h1_only, tls)).clone()
     }
 
@@ -279,7 +279,7 @@ impl ClientCache {
             return None;
         }
         let target = format!("http://{}", upstream.authority);
-        let mut pools = self.h1_pools.lock().expect("client cache poisoned");
+        let mut pools = crate::sync::lock(&self.h1_pools);
         Some(
             pools
                 .entry(target)

@@ -7,7 +7,6 @@
 //! closes it at once whatever it is doing.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -33,11 +32,8 @@ pub(crate) enum Ended {
 /// A protocol server on one connection, as the driver runs it.
 pub(crate) trait Served {
     /// Serves until the connection ends. Dropped and called again after each event the
-    /// driver handles, so it must resume where it was. Boxed (one allocation per driver
-    /// event, not per request): an opaque future here would make the compiler prove `Send`
-    /// for hyper's connection types under erased lifetimes, which it cannot
-    /// (rust-lang/rust#64552).
-    fn serve(&mut self) -> Pin<Box<dyn Future<Output = Ended> + Send + '_>>;
+    /// driver handles, so it must resume where it was.
+    fn serve(&mut self) -> impl Future<Output = Ended> + Send + '_;
 
     /// Begins the graceful close: an HTTP/2 or HTTP/3 GOAWAY, or an HTTP/1.1 connection
     /// that takes no further request. `drain`: a drain asked for it (an HTTP/1.1 connection

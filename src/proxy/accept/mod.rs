@@ -10,7 +10,11 @@ pub mod io;
 pub mod quic;
 pub mod tcp;
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use super::conn::ListenerKind;
 use super::state::Proxy;
@@ -32,6 +36,31 @@ fn count_connection(proxy: &Proxy, kind: ListenerKind) -> impl Drop {
 /// How long a TLS (or QUIC) handshake may take: `timeout_read`, at most 10 s.
 fn handshake_limit(timeouts: Timeouts) -> Duration {
     timeouts.read.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(10))
+}
+
+/// Runs a `what` (TLS or QUIC) handshake with `peer` under [`handshake_limit`]; `None` when
+/// it failed, timed out, or `drain_timeout` of the connection's generation ended first.
+async fn handshake<T, E: std::fmt::Display>(
+    what: &str,
+    peer: SocketAddr,
+    timeouts: Timeouts,
+    close: &CancellationToken,
+    handshake: impl Future<Output = Result<T, E>>,
+) -> Option<T> {
+    tokio::select! {
+        r = tokio::time::timeout(handshake_limit(timeouts), handshake) => match r {
+            Ok(Ok(done)) => Some(done),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "{what} handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "{what} handshake timed out");
+                None
+            }
+        },
+        () = close.cancelled() => None,
+    }
 }
 
 /// Runs a closure on drop (gauges that must go down however a task ends).

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::driver::{self, Ended, Served};
 use super::h3body::{content_length, H3RequestBody};
-use super::{count_connection, handshake_limit};
+use super::{count_connection, handshake};
 use crate::proxy::conn::{Alpn, ClientChain, Conn, ConnFacts, ConnState, ListenerKind, MAX_HEAD_BYTES};
 use crate::proxy::drain::ConnHandle;
 use crate::proxy::generation::{ListenerGeneration, MAX_CONCURRENT_STREAMS};
@@ -79,19 +79,8 @@ async fn serve_connection(
             return;
         }
     };
-    let connection = tokio::select! {
-        r = tokio::time::timeout(handshake_limit(timeouts), connecting) => match r {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "QUIC handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "QUIC handshake timed out");
-                return;
-            }
-        },
-        () = registration.signals.close.cancelled() => return,
+    let Some(connection) = handshake("QUIC", peer, timeouts, &registration.signals.close, connecting).await else {
+        return;
     };
     let sni = connection
         .handshake_data()
@@ -156,8 +145,8 @@ struct H3 {
 }
 
 impl Served for H3 {
-    fn serve(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Ended> + Send + '_>> {
-        Box::pin(async move {
+    fn serve(&mut self) -> impl std::future::Future<Output = Ended> + Send + '_ {
+        async move {
             loop {
                 match self.server.accept().await {
                     Ok(Some(resolver)) => {
@@ -172,7 +161,7 @@ impl Served for H3 {
                     Err(e) => return Ended::Failed(e.to_string()),
                 }
             }
-        })
+        }
     }
 
     /// After a GOAWAY (drain or idle), requests the client sent before it saw the GOAWAY

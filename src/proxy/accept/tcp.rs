@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::driver::{self, Ended, Served};
 use super::io::Metered;
-use super::{count_connection, handshake_limit};
+use super::{count_connection, handshake};
 use crate::config::CodecType;
 use crate::proxy::body::Stalled;
 use crate::proxy::conn::{
@@ -115,19 +115,8 @@ async fn serve_connection(
     let alt_svc = if kind == ListenerKind::Https { proxy.alt_svc() } else { None };
     if kind == ListenerKind::Https {
         let accept = generation.tls.accept(stream);
-        let tls_stream = tokio::select! {
-            r = tokio::time::timeout(handshake_limit(timeouts), accept) => match r {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            },
-            () = registration.signals.close.cancelled() => return,
+        let Some(tls_stream) = handshake("TLS", peer, timeouts, &registration.signals.close, accept).await else {
+            return;
         };
         let (_, tls) = tls_stream.get_ref();
         facts.sni = tls.server_name().map(str::to_owned);
@@ -287,8 +276,8 @@ where
 }
 
 impl Served for Hyper<'_> {
-    fn serve(&mut self) -> Pin<Box<dyn Future<Output = Ended> + Send + '_>> {
-        Box::pin(std::future::poll_fn(|cx| {
+    fn serve(&mut self) -> impl Future<Output = Ended> + Send + '_ {
+        std::future::poll_fn(|cx| {
             let ended = match std::task::ready!(self.conn.as_mut().poll_served(cx)) {
                 Ok(Ok(())) => Ended::Done,
                 // The IO wrapper failed the connection after its ENHANCE_YOUR_CALM GOAWAY.
@@ -297,7 +286,7 @@ impl Served for Hyper<'_> {
                 Err(reason) => Ended::Stalled(reason),
             };
             Poll::Ready(ended)
-        }))
+        })
     }
 
     fn begin_close(&mut self, drain: bool) -> impl Future<Output = ()> + Send + '_ {

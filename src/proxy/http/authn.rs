@@ -12,6 +12,7 @@ pub(crate) struct Identity<'c> {
 }
 
 /// The identity of a request on `conn`.
+#[inline]
 pub(crate) fn authenticate(conn: &Conn) -> Identity<'_> {
     Identity { client_chain: conn.facts.client_chain.as_ref() }
 }

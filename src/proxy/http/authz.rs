@@ -13,6 +13,7 @@ use crate::proxy::error::{Error, Kind, Result};
 use crate::proxy::snapshot::Snapshot;
 
 /// Admits or refuses a request from `who` on `conn`.
+#[inline]
 pub(crate) fn authorize(snap: &Snapshot, conn: &Conn, who: &Identity<'_>) -> Result<()> {
     if let Some(m) = &snap.settings.downstream_mtls {
         if m.enforcement == MtlsEnforcement::PolicyWithDefaultDeny

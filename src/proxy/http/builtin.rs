@@ -11,6 +11,7 @@ use crate::proxy::conn::{Conn, ListenerKind};
 const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// The proxy's own answer to `req`, or `None` when the request goes on to routing.
+#[inline]
 pub(crate) fn answer<B>(conn: &Conn, req: &Request<B>, host: &str) -> Option<Response<ProxyBody>> {
     if conn.listener() == ListenerKind::Redirect && !req.uri().path().starts_with(ACME_PREFIX) {
         return Some(redirect_to_https(req, host, conn.https_port));

@@ -17,6 +17,7 @@ pub const MAX_REQUEST_HEADERS: usize = 100;
 /// Runs the early checks on `req` for `host` (its `:authority` or `Host`, see
 /// [`request_host`]). `Ok(true)`: some header name has a `_` (see
 /// [`crate::proxy::headers::strip_underscore_lookalikes`]).
+#[inline]
 pub(crate) fn check<B>(req: &Request<B>, host: &str) -> Result<bool> {
     let underscored = check_request_head(req)?;
     if host.is_empty() {
@@ -26,6 +27,7 @@ pub(crate) fn check<B>(req: &Request<B>, host: &str) -> Result<bool> {
 }
 
 /// The host a request is for: its `:authority` (HTTP/2, HTTP/3, absolute-form) or `Host`.
+#[inline]
 pub(crate) fn request_host<B>(req: &Request<B>) -> Option<&str> {
     req.uri()
         .authority()

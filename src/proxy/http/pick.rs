@@ -13,6 +13,7 @@ use crate::proxy::snapshot::Snapshot;
 
 /// Picks an endpoint of route `route` in `snap` and records it in `log`; returns its index in
 /// the route's balancer.
+#[inline]
 pub(crate) fn pick(snap: &Arc<Snapshot>, route: usize, log: &mut RequestLog) -> Result<usize> {
     let compiled = &snap.routes.routes()[route];
     let target = compiled.balancer.pick().ok_or(Error::new(Kind::NoEndpoints))?;

@@ -108,7 +108,8 @@ where
         return Err(Error::new(Kind::UpgradeNotAllowed));
     }
 
-    let (resp, state) = send::send(conn, route, target_idx, req, host, log).await?;
+    let (upstream_req, state) = send::prepare(conn, route, target_idx, req, host, &log.request_id)?;
+    let resp = send::send(conn, route, target_idx, upstream_req, &state, log).await?;
     *stream = Some((route.stream_idle, state));
     Ok(response::relayed(route, resp))
 }

@@ -25,6 +25,7 @@ use crate::proxy::stall::{self, StallInfo};
 use crate::proxy::tunnel::Tunnelled;
 
 /// The upstream's response as the client gets it (its body still streaming).
+#[inline]
 pub(crate) fn relayed(route: &CompiledRoute, resp: Response<Incoming>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -37,6 +38,7 @@ pub(crate) fn relayed(route: &CompiledRoute, resp: Response<Incoming>) -> Respon
 
 /// The response the client gets for the pipeline's `result`, with the body that writes
 /// `log` when it ends. `stream`: the state and idle timeout of a relayed response.
+#[inline]
 pub(crate) fn finish(
     conn: &Conn,
     result: Result<Response<ProxyBody>, Error>,

@@ -6,6 +6,7 @@ use crate::proxy::snapshot::Snapshot;
 
 /// The route for `host` and `path`, if any. Not an error yet: whether a client may learn
 /// that no route exists is decided by authorization, which runs first.
+#[inline]
 pub(crate) fn find(snap: &Snapshot, host: &str, path: &str) -> Option<usize> {
     snap.routes.lookup_index(host, path)
 }

@@ -31,27 +31,42 @@ use crate::proxy::log::{label_key, RequestLog};
 use crate::proxy::snapshot::CompiledRoute;
 use crate::proxy::upstream::{ConnectError, H1Error, Target};
 
-/// Sends `req` to target `target_idx` of `route` and counts the outcome; returns the
-/// upstream's response head and the stream state its body shares with the request body.
-pub(crate) async fn send<B>(
+/// The upstream request for `req` to target `target_idx` of `route`, and the stream state its
+/// body will share with the response body.
+#[inline]
+pub(crate) fn prepare<B>(
     conn: &Conn,
     route: &CompiledRoute,
     target_idx: usize,
     req: Request<B>,
     host: &str,
-    log: &RequestLog,
-) -> Result<(Response<Incoming>, Arc<StreamState>)>
+    request_id: &str,
+) -> Result<(Request<ProxyBody>, Arc<StreamState>)>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,
 {
     let target = &route.balancer.targets()[target_idx];
     let state = Arc::new(StreamState::default());
-    let upstream_req = build_upstream_request(conn, route, target, req, host, &log.request_id, &state)?;
+    let upstream_req = build_upstream_request(conn, route, target, req, host, request_id, &state)?;
+    Ok((upstream_req, state))
+}
+
+/// Sends `req` (from [`prepare`]) to target `target_idx` of `route` under its timers and
+/// counts the outcome against the upstream.
+pub(crate) async fn send(
+    conn: &Conn,
+    route: &CompiledRoute,
+    target_idx: usize,
+    req: Request<ProxyBody>,
+    state: &Arc<StreamState>,
+    log: &RequestLog,
+) -> Result<Response<Incoming>> {
+    let target = &route.balancer.targets()[target_idx];
     let count = |outcome: &'static str| {
         let (o, ol) = label_key(outcome);
         route.series.upstream.with(
-            (target_idx, o, ol),
+            &(target_idx, o, ol),
             || {
                 let labels = UpstreamLabels {
                     route: route.route.name.clone(),
@@ -65,20 +80,39 @@ where
             },
         );
     };
-    match send_upstream(conn, route, target, upstream_req, &state, log.started).await {
-        Ok(resp) => {
-            count("success");
-            Ok((resp, state))
-        }
-        Err(e) => {
-            // A request the client broke (a bad body, a read timeout) says nothing about the
-            // upstream: it is not counted against it.
-            if e.fault() != Fault::Downstream {
-                count(e.outcome());
+    let timers = UpstreamTimers::new(conn, route, state, log.started);
+    let read_timed_out = || state.read_timed_out.load(Ordering::Acquire);
+    // The upstream send failed because the request body could not be read: the client's
+    // fault (a malformed chunked body, a stream reset while uploading).
+    let request_failed = || state.request_failed.load(Ordering::Acquire);
+    let result = match &target.h1 {
+        Some(pool) if req.method() != Method::CONNECT => match with_timers(pool.send(req), timers).await {
+            Err(e) => Err(e),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) if read_timed_out() => Err(Error::new(Kind::ReadTimeout)),
+            Ok(Err(_)) if request_failed() => Err(Error::bad_request("the request body could not be read")),
+            Ok(Err(H1Error::Connect(c))) => Err(Error::with(Kind::UpstreamUnreachable, c.to_string()).because(c)),
+            Ok(Err(H1Error::Request { kind, error })) => {
+                let detail = format!("client error ({kind}): {}", chain(&error));
+                Err(Error::with(Kind::UpstreamReset, detail).because(error))
             }
-            Err(e)
-        }
+        },
+        _ => match with_timers(target.client.request(req), timers).await {
+            Err(e) => Err(e),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) if read_timed_out() => Err(Error::new(Kind::ReadTimeout)),
+            Ok(Err(_)) if request_failed() => Err(Error::bad_request("the request body could not be read")),
+            Ok(Err(e)) => Err(classify(e)),
+        },
+    };
+    match &result {
+        Ok(_) => count("success"),
+        // A request the client broke (a bad body, a read timeout) says nothing about the
+        // upstream: it is not counted against it.
+        Err(e) if e.fault() != Fault::Downstream => count(e.outcome()),
+        Err(_) => {}
     }
+    result
 }
 
 fn build_upstream_request<B>(
@@ -119,39 +153,6 @@ where
     let read_deadline = conn.timeouts.read.map(|r| tokio::time::Instant::now() + r);
     let body = RequestBody::new(incoming, read_deadline, state.clone()).boxed_unsync();
     Ok(Request::from_parts(parts, body))
-}
-
-async fn send_upstream(
-    conn: &Conn,
-    route: &CompiledRoute,
-    target: &Target,
-    req: Request<ProxyBody>,
-    state: &Arc<StreamState>,
-    started: Instant,
-) -> Result<Response<Incoming>> {
-    let timers = UpstreamTimers::new(conn, route, state, started);
-    let read_timed_out = || state.read_timed_out.load(Ordering::Acquire);
-    // The upstream send failed because the request body could not be read: the client's
-    // fault (a malformed chunked body, a stream reset while uploading).
-    let request_failed = || state.request_failed.load(Ordering::Acquire);
-    match &target.h1 {
-        Some(pool) if req.method() != Method::CONNECT => match with_timers(pool.send(req), timers).await? {
-            Ok(r) => Ok(r),
-            Err(_) if read_timed_out() => Err(Error::new(Kind::ReadTimeout)),
-            Err(_) if request_failed() => Err(Error::bad_request("the request body could not be read")),
-            Err(H1Error::Connect(c)) => Err(Error::with(Kind::UpstreamUnreachable, c.to_string()).because(c)),
-            Err(H1Error::Request { kind, error }) => {
-                let detail = format!("client error ({kind}): {}", chain(&error));
-                Err(Error::with(Kind::UpstreamReset, detail).because(error))
-            }
-        },
-        _ => match with_timers(target.client.request(req), timers).await? {
-            Ok(r) => Ok(r),
-            Err(_) if read_timed_out() => Err(Error::new(Kind::ReadTimeout)),
-            Err(_) if request_failed() => Err(Error::bad_request("the request body could not be read")),
-            Err(e) => Err(classify(e)),
-        },
-    }
 }
 
 /// Runs `send` until it completes or one of the timers expires.
