@@ -7,14 +7,10 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use regex::Regex;
-use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde_json::{Map, Value};
 
 use super::duration;
@@ -22,6 +18,8 @@ use super::model::{
     Certificate, ClientCert, CodecType, Config, DownstreamMtls, DrainScope, HealthCheck, HealthCheckKind, HostMatch,
     LbPolicy, MtlsEnforcement, PathMatch, Route, Settings, Upstream, UpstreamScheme, UpstreamTls,
 };
+pub use crate::pki::build_certificate;
+use crate::pki::{parse_certs, parse_crls, parse_private_key};
 
 /// One problem with one field.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -474,41 +472,6 @@ fn decode_pem_or_base64(text: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD.decode(compact).unwrap_or_else(|_| text.as_bytes().to_vec())
 }
 
-/// Parses a PEM chain and key into a rustls certified key, checking that they belong
-/// together, and reads the leaf's DNS names for SNI selection.
-pub fn build_certificate(cert_pem: &[u8], key_pem: &[u8], source: &str) -> Result<Certificate, String> {
-    let chain = parse_certs(cert_pem).map_err(|e| format!("certificate: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|e| format!("private key: no usable PEM private key found ({e})"))?;
-    let provider = crate::tls::provider();
-    let signing =
-        provider.key_provider.load_private_key(key).map_err(|e| format!("private key: unsupported key ({e})"))?;
-    let leaf = chain[0].clone();
-    let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| format!("the private key does not belong to the certificate ({e})"))?;
-    let names = leaf_dns_names(&leaf)?;
-    Ok(Certificate {
-        source: source.to_owned(),
-        names,
-        fingerprint: sha1_smol::Sha1::from(leaf.as_ref()).digest().to_string(),
-        key: Arc::new(certified),
-    })
-}
-
-fn leaf_dns_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
-    let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("certificate: cannot parse leaf ({e})"))?;
-    Ok(cert.valid_dns_names().map(str::to_ascii_lowercase).collect())
-}
-
-fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
-    let certs = certs.map_err(|e| format!("invalid PEM ({e})"))?;
-    if certs.is_empty() {
-        return Err("no PEM CERTIFICATE block found".to_owned());
-    }
-    Ok(certs)
-}
-
 fn parse_mtls(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors) -> Option<DownstreamMtls> {
     let mut obj = Obj::new(path, v, errs)?;
     let ca = read_pem_field(&mut obj, "ca", "ca_file", material, errs);
@@ -540,10 +503,10 @@ fn parse_mtls(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors)
     };
     let mut crls = Vec::new();
     if let Some((_, crl)) = crl {
-        for item in CertificateRevocationListDer::pem_slice_iter(&crl) {
+        for item in parse_crls(&crl) {
             match item {
                 Ok(c) => crls.push(c),
-                Err(e) => errs.push(format!("{path}.crl"), format!("invalid PEM ({e})")),
+                Err(e) => errs.push(format!("{path}.crl"), e),
             }
         }
     }
@@ -910,7 +873,7 @@ fn parse_upstream_tls(obj: &mut Obj<'_>, material: &dyn Material, errs: &mut Err
     let client_cert = match (cert, key) {
         (Some((_, c)), Some((_, k))) => {
             let chain = parse_certs(&c).map_err(|e| errs.push(obj.at("tls_client_cert"), e)).ok();
-            let key = PrivateKeyDer::from_pem_slice(&k)
+            let key = parse_private_key(&k)
                 .map_err(|e| errs.push(obj.at("tls_client_key"), format!("no usable PEM private key ({e})")))
                 .ok();
             chain.zip(key).map(|(chain, key)| ClientCert { chain, key })
