@@ -26,11 +26,11 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 
-use crate::config::file::yaml_to_value;
-use crate::config::parse::{parse_config, parse_host, NoMaterial};
+use crate::config::validate::parse_host;
 use crate::config::{HostMatch, PathMatch};
 use crate::k8s::translate::{translate_ingress, Objects, ANNOTATION_PREFIX};
 use crate::proxy::route::{prefix_matches, RouteTable};
+use crate::source::yaml::{parse_config, yaml_to_value, NoMaterial};
 
 // ---------------------------------------------------------------------------------------------
 // config

@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod pki;
 pub mod proxy;
 pub mod server;
+pub mod source;
 pub mod tls;

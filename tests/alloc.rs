@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use portcullis::config::parse::{parse_config, NoMaterial};
 use portcullis::proxy::route::RouteTable;
+use portcullis::source::yaml::{parse_config, NoMaterial};
 
 #[test]
 fn route_lookup_does_not_allocate() {
@@ -18,7 +18,7 @@ fn route_lookup_does_not_allocate() {
         );
     }
     yaml.push_str(" - {from: \"https://*\", to: http://10.0.0.1:80}\n");
-    let root = portcullis::config::file::yaml_to_value(&yaml).unwrap();
+    let root = portcullis::source::yaml::yaml_to_value(&yaml).unwrap();
     let config = parse_config(&root, &NoMaterial).unwrap();
     let table = RouteTable::new(config.routes, |r| (&r.host, &r.path));
     let cases = [

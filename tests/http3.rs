@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http::Request;
-use portcullis::config::file::FileSource;
 use portcullis::server::Running;
+use portcullis::source::file::FileSource;
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 

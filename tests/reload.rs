@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use http_body_util::BodyExt;
-use portcullis::config::file::{self, FileSource};
+use portcullis::source::file::{self, FileSource};
 
 #[tokio::test]
 #[allow(clippy::many_single_char_names)]

@@ -9,8 +9,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
-
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::{Resource, ResourceExt};
 
@@ -20,8 +18,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use super::translate::{
     ingress_class, translate_ingress, translate_proxy_config, translate_route, ClassDecision, Objects, Read, Translated,
 };
-use crate::config::parse::{path_key, FieldError};
-use crate::config::{Config, Settings};
+use crate::config::claims::Claims;
+use crate::config::fields::KeyPath;
+use crate::config::validate::{self, Errors};
+use crate::config::{Config, FieldError, Settings};
+use crate::source::env::EnvOverrides;
 
 /// Which kind of object a report is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -161,19 +162,18 @@ pub struct Assembler {
     last_settings: Option<(Settings, Arc<ProxyConfig>)>,
     memo: HashMap<ObjectKey, Memo>,
     /// Global settings from the environment, applied over the ProxyConfig (validated).
-    overrides: Map<String, Value>,
+    overrides: EnvOverrides,
     /// The settings without a ProxyConfig: the defaults plus `overrides`.
     base_settings: Settings,
 }
 
 impl Assembler {
     /// An assembler whose settings always include `overrides`, the environment's global
-    /// settings as [`crate::config::file::env_overrides`] validated them.
-    pub fn with_overrides(overrides: Map<String, Value>) -> Self {
-        let root = Value::Object(overrides.clone());
-        let base_settings = crate::config::parse::parse_config(&root, &crate::config::parse::NoMaterial)
-            .map(|c| c.settings)
-            .unwrap_or_default();
+    /// settings as [`crate::source::env::env_overrides`] validated them.
+    pub fn with_overrides(overrides: EnvOverrides) -> Self {
+        let mut errs = Errors::default();
+        let base_settings = validate::settings(overrides.settings(), &KeyPath::default(), &mut errs);
+        let base_settings = if errs.is_empty() { base_settings } else { Settings::default() };
         Self { overrides, base_settings, ..Self::default() }
     }
 
@@ -211,12 +211,12 @@ impl Assembler {
         owners.sort_by(|a, b| (&a.1.created, a.0).cmp(&(&b.1.created, b.0)));
         let mut routes = Vec::new();
         let mut certificates = settings.certificates.clone();
-        let mut claimed: HashMap<(crate::config::HostMatch, String), &ObjectKey> = HashMap::new();
+        let mut claims: Claims<&ObjectKey> = Claims::default();
         let mut conflicts: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
         for (key, good) in owners {
             for route in &good.translated.routes {
-                let claim = (route.host.clone(), path_key(&route.path));
-                if let Some(owner) = claimed.get(&claim) {
+                // One object may repeat a host and path of its own; only another's is a conflict.
+                if let Err(owner) = claims.claim(route, key) {
                     if *owner != key {
                         conflicts.entry(key.clone()).or_default().push(format!(
                             "route {} matches the same host and path as {:?} {}/{}, which is older and keeps it",
@@ -225,7 +225,6 @@ impl Assembler {
                         continue;
                     }
                 }
-                claimed.insert(claim, key);
                 routes.push(route.clone());
             }
             certificates.extend(good.translated.certificates.iter().cloned());
@@ -473,8 +472,7 @@ mod tests {
 
     #[test]
     fn environment_overrides_apply_without_a_proxy_config() {
-        let overrides =
-            crate::config::file::env_overrides(&|k| (k == "ADMIN_ADDRESS").then(|| ":9901".into())).unwrap();
+        let overrides = crate::source::env::env_overrides(&|k| (k == "ADMIN_ADDRESS").then(|| ":9901".into())).unwrap();
         let mut a = Assembler::with_overrides(overrides);
         let (config, _) = run(&mut a, &[]);
         assert_eq!(config.settings.admin_address.map(|a| a.port()), Some(9901));

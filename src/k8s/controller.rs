@@ -117,12 +117,12 @@ where
 
 /// Runs the controller until `shutdown` resolves. `start` is called once with the first
 /// config (to bind the listeners) and returns the [`Sink`] to update afterwards.
-/// `overrides`: the environment's global settings ([`crate::config::file::env_overrides`]),
+/// `overrides`: the environment's global settings ([`crate::source::env::env_overrides`]),
 /// applied over the ProxyConfig.
 pub async fn run<S, F, Fut>(
     client: Client,
     opts: Options,
-    overrides: serde_json::Map<String, serde_json::Value>,
+    overrides: crate::source::env::EnvOverrides,
     start: F,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()>
@@ -132,7 +132,7 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Arc<S>>>,
 {
     if !overrides.is_empty() {
-        tracing::info!(keys = ?overrides.keys().collect::<Vec<_>>(), "global settings from the environment override the ProxyConfig");
+        tracing::info!(keys = ?overrides.keys(), "global settings from the environment override the ProxyConfig");
     }
     let changed = Arc::new(Notify::new());
     let stores = Stores {

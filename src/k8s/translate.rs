@@ -1,22 +1,29 @@
 //! Pure translation from Kubernetes objects to the domain model: no API calls, no state.
 //! The controller feeds it what its reflectors hold; tests feed it hand-built objects.
 //!
-//! Every value goes through the same validator as the standalone file (`config::parse`), so
-//! an Ingress annotation and a YAML key mean exactly the same thing. Errors name the object's
-//! own field (`metadata.annotations["portcullis.io/timeout"]`, `spec.rules[0]...`).
+//! Each object becomes the validator's typed input directly (`config::input`), and goes
+//! through the same validator as the standalone file (`config::validate`), so an Ingress
+//! annotation and a YAML key mean exactly the same thing. Errors name the object's own field
+//! (`metadata.annotations["portcullis.io/timeout"]`, `spec.rules[0]...`, `spec.idleTimeout`)
+//! through the [`RouteNames`] and [`SettingsNames`] each kind of object supplies.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::config::fields::{RouteField, RouteNames, SettingsField, SettingsNames};
+use crate::config::input::{
+    Destinations, Given, HealthCheckInput, HttpProbeInput, MtlsInput, Pem, RouteInput, SettingsInput, UpstreamInput,
+};
+use crate::config::validate::{self, Errors, FieldError};
+use crate::config::{Certificate, Route};
+use crate::pki::build_certificate;
+use crate::source::env::EnvOverrides;
+use crate::source::yaml::{read_route_value, yaml_to_value};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use kube::ResourceExt;
-use serde_json::{Map, Value};
-
-use crate::config::parse::{build_certificate, parse_route_with, Errors, FieldError, NoMaterial};
-use crate::config::{Certificate, Route};
 
 /// `spec.controller` of the IngressClasses Portcullis serves.
 pub const CONTROLLER_NAME: &str = "portcullis.io/ingress-controller";
@@ -197,10 +204,83 @@ pub struct Translated {
 /// (`preserve_host_header: false`, or a `host_rewrite`): what the Ingress conformance suite
 /// expects and what every common ingress controller does, where Pomerium's standalone default
 /// (kept by `serve`) is the upstream's own name. docs/configuration.md, "Host".
-fn cluster_host_default(tree: &mut Map<String, Value>) {
-    if !tree.contains_key("preserve_host_header") && !tree.contains_key("host_rewrite") {
-        tree.insert("preserve_host_header".into(), Value::Bool(true));
+fn cluster_host_default(input: &mut RouteInput) {
+    if input.preserve_host_header.is_none() && input.host_rewrite.is_none() {
+        input.preserve_host_header = Some(true);
     }
+}
+
+/// An Ingress's spelling of route fields, for the route of one path (or the default
+/// backend): the matcher is the path's `path`, `to` its `backend`, `from` the rule's `host`,
+/// and every other key the `portcullis.io/` annotation that set it.
+pub struct IngressNames {
+    field: String,
+}
+
+impl IngressNames {
+    /// Names for the route built at `field` (`spec.rules[i].http.paths[j]` or
+    /// `spec.defaultBackend`).
+    pub fn new(field: impl Into<String>) -> Self {
+        Self { field: field.into() }
+    }
+}
+
+impl RouteNames for IngressNames {
+    fn name(&self, field: RouteField<'_>) -> String {
+        match field {
+            RouteField::Route | RouteField::Name => self.field.clone(),
+            RouteField::From => {
+                self.field.split_once(".http.").map_or_else(|| self.field.clone(), |(rule, _)| format!("{rule}.host"))
+            }
+            RouteField::Prefix | RouteField::Path | RouteField::Regex => format!("{}.path", self.field),
+            RouteField::To | RouteField::ToEntry(_) => backend_field(&self.field),
+            RouteField::TlsCustomCa => annotation_path("tls_custom_ca_secret"),
+            RouteField::TlsClientCert | RouteField::TlsClientKey => annotation_path("tls_client_secret"),
+            other => annotation_path(other.key()),
+        }
+    }
+}
+
+/// A custom resource's spelling: `spec.` and the key in camelCase (`spec.idleTimeout`,
+/// `spec.healthChecks[0].httpHealthCheck.path`); header names stay as written, and TLS
+/// material is named by the Secret field that supplied it.
+pub struct SpecNames;
+
+impl RouteNames for SpecNames {
+    fn name(&self, field: RouteField<'_>) -> String {
+        match field {
+            RouteField::Route => "spec".to_owned(),
+            RouteField::SetRequestHeader(h) => format!("spec.setRequestHeaders.{h}"),
+            RouteField::SetResponseHeader(h) => format!("spec.setResponseHeaders.{h}"),
+            RouteField::TlsCustomCa => "spec.tlsCustomCaSecret".to_owned(),
+            RouteField::TlsClientCert | RouteField::TlsClientKey => "spec.tlsClientSecret".to_owned(),
+            other => format!("spec.{}", camel(&other.key_path())),
+        }
+    }
+}
+
+impl SettingsNames for SpecNames {
+    fn name(&self, field: SettingsField) -> String {
+        format!("spec.{}", camel(&field.key_path()))
+    }
+}
+
+/// snake_case key path to camelCase (`health_checks[0].http_health_check` to
+/// `healthChecks[0].httpHealthCheck`).
+fn camel(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut upper = false;
+    for c in s.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Translates one Ingress. `Err` holds every error; the caller keeps the last good
@@ -215,7 +295,7 @@ pub fn translate_ingress(ing: &Ingress, objects: &Objects) -> Result<Translated,
 
     let add_route = |field: String,
                      host: &str,
-                     matcher: Option<(&str, String)>,
+                     matcher: Option<Matcher>,
                      backend: &IngressBackend,
                      errs: &mut Errors,
                      out: &mut Translated| {
@@ -224,24 +304,20 @@ pub fn translate_ingress(ing: &Ingress, objects: &Objects) -> Result<Translated,
         else {
             return;
         };
-        let mut tree = ann.route.clone();
-        let shown_path = matcher.as_ref().map_or(String::new(), |(_, p)| p.clone());
-        tree.insert(
-            "name".into(),
-            Value::String(format!("{ns}/{name}:{}{shown_path}", if host.is_empty() { "*" } else { host })),
-        );
-        tree.insert("from".into(), Value::String(format!("https://{}", if host.is_empty() { "*" } else { host })));
-        if let Some((key, value)) = matcher {
-            tree.insert(key.into(), Value::String(value));
+        let mut input = ann.route_input(errs);
+        let shown_host = if host.is_empty() { "*" } else { host };
+        let shown_path = matcher.as_ref().map_or("", |m| m.path());
+        input.name = Some(format!("{ns}/{name}:{shown_host}{shown_path}"));
+        input.from = Some(format!("https://{shown_host}"));
+        match matcher {
+            Some(Matcher::Exact(p)) => input.path = Some(p),
+            Some(Matcher::Prefix(p)) => input.prefix = Some(p),
+            Some(Matcher::Regex(p)) => input.regex = Some(p),
+            None => {}
         }
-        tree.insert("to".into(), Value::Array(to));
-        cluster_host_default(&mut tree);
-        let mut route_errs = Errors::default();
-        let route = parse_route_with(&field, &Value::Object(tree), &NoMaterial, &mut route_errs, true);
-        for e in route_errs.into_vec() {
-            errs.push(annotation_field(&field, &e.path), e.message);
-        }
-        if let Some(r) = route {
+        input.to = Some(Destinations::Resolved(to));
+        cluster_host_default(&mut input);
+        if let Some(r) = validate::route(&input, &IngressNames::new(field), errs) {
             out.routes.push(r);
         }
     };
@@ -252,10 +328,10 @@ pub fn translate_ingress(ing: &Ingress, objects: &Objects) -> Result<Translated,
             let field = format!("spec.rules[{i}].http.paths[{j}]");
             let path = p.path.clone().unwrap_or_else(|| "/".to_owned());
             let matcher = match p.path_type.as_str() {
-                "Exact" => ("path", path),
+                "Exact" => Matcher::Exact(path),
                 // ImplementationSpecific is a prefix unless `path_regex` makes it a regex.
-                "ImplementationSpecific" if ann.path_regex => ("regex", path),
-                "Prefix" | "ImplementationSpecific" => ("prefix", path),
+                "ImplementationSpecific" if ann.path_regex => Matcher::Regex(path),
+                "Prefix" | "ImplementationSpecific" => Matcher::Prefix(path),
                 other => {
                     errs.push(
                         format!("{field}.pathType"),
@@ -291,6 +367,21 @@ pub fn translate_ingress(ing: &Ingress, objects: &Objects) -> Result<Translated,
     }
 }
 
+/// An Ingress path's matcher by its `pathType`.
+enum Matcher {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+}
+
+impl Matcher {
+    fn path(&self) -> &str {
+        match self {
+            Self::Exact(p) | Self::Prefix(p) | Self::Regex(p) => p,
+        }
+    }
+}
+
 /// Where the backend of a translated route lives: `spec.rules[i].http.paths[j].backend`, or
 /// `spec.defaultBackend` itself (which *is* a backend).
 fn backend_field(route_field: &str) -> String {
@@ -301,15 +392,48 @@ fn backend_field(route_field: &str) -> String {
     }
 }
 
-/// The `portcullis.io/` annotations of one Ingress, split into route keys and extras.
+/// The `portcullis.io/` annotations of one Ingress: route keys (as written; each route parses
+/// them, so each route's errors are complete), the extras, and the Secrets' PEM.
 struct Annotations {
-    route: Map<String, Value>,
+    route: Vec<(String, String)>,
     secure_upstream: bool,
     path_regex: bool,
+    tls_custom_ca: Option<Pem>,
+    tls_client: Option<(Pem, Pem)>,
+}
+
+impl Annotations {
+    /// A route input with every route annotation parsed into it. An annotation's value is a
+    /// string; maps and lists are written as YAML/JSON (`{X-A: b}`). Errors name the
+    /// annotation.
+    fn route_input(&self, errs: &mut Errors) -> RouteInput {
+        let mut input = RouteInput::default();
+        for (key, value) in &self.route {
+            let at = annotation_path(key);
+            let mut found = Errors::default();
+            read_route_value(key, &annotation_value(value), &at, &mut input, &mut found);
+            for e in found.into_vec() {
+                // A nested key (a header of `set_request_headers`) is still that annotation.
+                errs.push(at.clone(), e.message);
+            }
+        }
+        input.tls_custom_ca.clone_from(&self.tls_custom_ca);
+        if let Some((cert, key)) = &self.tls_client {
+            input.tls_client_cert = Some(cert.clone());
+            input.tls_client_key = Some(key.clone());
+        }
+        input
+    }
 }
 
 fn read_annotations(all: &BTreeMap<String, String>, ns: &str, objects: &Objects, errs: &mut Errors) -> Annotations {
-    let mut a = Annotations { route: Map::new(), secure_upstream: false, path_regex: false };
+    let mut a = Annotations {
+        route: Vec::new(),
+        secure_upstream: false,
+        path_regex: false,
+        tls_custom_ca: None,
+        tls_client: None,
+    };
     for (full, value) in all {
         let Some(key) = full.strip_prefix(ANNOTATION_PREFIX) else { continue };
         let field = annotation_path(key);
@@ -319,26 +443,19 @@ fn read_annotations(all: &BTreeMap<String, String>, ns: &str, objects: &Objects,
                 "false" => {}
                 other => errs.push(field, format!("expected \"true\" or \"false\", found {other:?}")),
             },
-            "tls_custom_ca_secret" => match secret_key(ns, value, "ca.crt", objects) {
-                Ok(pem) => {
-                    a.route.insert("tls_custom_ca".into(), Value::String(pem));
-                }
+            "tls_custom_ca_secret" => match secret_pem(ns, value, "ca.crt", objects) {
+                Ok(pem) => a.tls_custom_ca = Some(pem),
                 Err(e) => errs.push(field, e),
             },
             "tls_client_secret" => {
-                let cert = secret_key(ns, value, "tls.crt", objects);
-                let key_pem = secret_key(ns, value, "tls.key", objects);
+                let cert = secret_pem(ns, value, "tls.crt", objects);
+                let key_pem = secret_pem(ns, value, "tls.key", objects);
                 match (cert, key_pem) {
-                    (Ok(c), Ok(k)) => {
-                        a.route.insert("tls_client_cert".into(), Value::String(c));
-                        a.route.insert("tls_client_key".into(), Value::String(k));
-                    }
+                    (Ok(c), Ok(k)) => a.tls_client = Some((c, k)),
                     (Err(e), _) | (_, Err(e)) => errs.push(field, e),
                 }
             }
-            k if ROUTE_ANNOTATIONS.contains(&k) => {
-                a.route.insert(k.to_owned(), annotation_value(value));
-            }
+            k if ROUTE_ANNOTATIONS.contains(&k) => a.route.push((k.to_owned(), value.clone())),
             _ => errs.push(
                 field,
                 format!(
@@ -360,40 +477,16 @@ fn annotation_path(key: &str) -> String {
     format!("metadata.annotations[\"{ANNOTATION_PREFIX}{key}\"]")
 }
 
-/// Maps a validator path under a translated route back to the Ingress field it came from:
-/// the annotation for route keys, `...paths[j].path` for the matcher (`prefix`, `path` or
-/// `regex`, which an Ingress spells `path`), `spec.rules[i].host` for `from`, and
-/// `...backend` for `to`. The validator's own key names are not fields of an Ingress.
-fn annotation_field(route_field: &str, path: &str) -> String {
-    let rest = path.strip_prefix(route_field).and_then(|r| r.strip_prefix('.')).unwrap_or("");
-    let key = rest.split(['.', '[']).next().unwrap_or("");
-    let key = match key {
-        "tls_custom_ca" => "tls_custom_ca_secret",
-        "tls_client_cert" | "tls_client_key" => "tls_client_secret",
-        k => k,
-    };
-    if ROUTE_ANNOTATIONS.contains(&key) || EXTRA_ANNOTATIONS.contains(&key) {
-        return annotation_path(key);
-    }
-    match key {
-        "prefix" | "path" | "regex" => format!("{route_field}.path"),
-        "to" => backend_field(route_field),
-        "from" => {
-            route_field.split_once(".http.").map_or_else(|| route_field.to_owned(), |(rule, _)| format!("{rule}.host"))
-        }
-        _ => path.to_owned(),
-    }
-}
-
-/// Annotation values are strings; maps and lists are written as YAML/JSON (`{X-A: b}`).
-fn annotation_value(v: &str) -> Value {
+/// An annotation's text as the value the file reader would see: YAML/JSON for maps and lists,
+/// the string itself otherwise.
+fn annotation_value(v: &str) -> serde_json::Value {
     let t = v.trim();
     if t.starts_with('{') || t.starts_with('[') {
-        if let Ok(parsed) = crate::config::file::yaml_to_value(t) {
+        if let Ok(parsed) = yaml_to_value(t) {
             return parsed;
         }
     }
-    Value::String(v.to_owned())
+    serde_json::Value::String(v.to_owned())
 }
 
 fn secret_key(ns: &str, name: &str, key: &str, objects: &Objects) -> Result<String, String> {
@@ -405,6 +498,12 @@ fn secret_key(ns: &str, name: &str, key: &str, objects: &Objects) -> Result<Stri
         .and_then(|d| d.get(key))
         .ok_or_else(|| format!("Secret {ns}/{name} has no {key:?} key"))?;
     String::from_utf8(bytes.0.clone()).map_err(|_| format!("Secret {ns}/{name} key {key:?} is not PEM text"))
+}
+
+/// One key of a Secret as PEM for the validator.
+fn secret_pem(ns: &str, name: &str, key: &str, objects: &Objects) -> Result<Pem, String> {
+    let text = secret_key(ns, name, key, objects)?;
+    Ok(Pem { source: format!("secret {ns}/{name} {key}"), bytes: text.into_bytes() })
 }
 
 /// A `kubernetes.io/tls` Secret as a certificate.
@@ -423,7 +522,7 @@ pub fn tls_certificate(ns: &str, name: &str, objects: &Objects) -> Result<Certif
         .map_err(|e| format!("Secret {ns}/{name}: {e}"))
 }
 
-/// Upstream URLs for a backend: the ready endpoints of its Service (or the ExternalName).
+/// Upstreams for a backend: the ready endpoints of its Service (or the ExternalName).
 /// `None` when the backend cannot be used at all (error or warning recorded).
 fn backend_urls(
     ns: &str,
@@ -433,7 +532,7 @@ fn backend_urls(
     secure: bool,
     errs: &mut Errors,
     warnings: &mut Vec<FieldError>,
-) -> Option<Vec<Value>> {
+) -> Option<Vec<UpstreamInput>> {
     if backend.resource.is_some() {
         warnings.push(FieldError {
             path: format!("{field}.resource"),
@@ -473,10 +572,8 @@ fn backend_urls(
             );
             return None;
         };
-        return Some(vec![Value::String(format!(
-            "{}://{host}:{port}",
-            scheme(svc_port.and_then(|p| p.app_protocol.as_deref()))
-        ))]);
+        let scheme = scheme(svc_port.and_then(|p| p.app_protocol.as_deref()));
+        return Some(vec![UpstreamInput { url: format!("{scheme}://{host}:{port}"), weight: 1 }]);
     }
     let Some(svc_port) = svc_port else {
         let wanted = port_ref.name.clone().unwrap_or_else(|| port_ref.number.unwrap_or_default().to_string());
@@ -484,18 +581,19 @@ fn backend_urls(
         return None;
     };
     let scheme = scheme(svc_port.app_protocol.as_deref());
-    Some(endpoint_urls(&key, svc_port, scheme, objects, 1).into_iter().map(Value::String).collect())
+    Some(endpoint_urls(&key, svc_port, scheme, objects, 1))
 }
 
-/// `scheme://ip:port[,weight]` for the endpoints behind one Service port: ready endpoints,
-/// or, when none is ready, those still serving while terminating (as kube-proxy does).
+/// `scheme://ip:port` with `weight` for the endpoints behind one Service port: ready
+/// endpoints, or, when none is ready, those still serving while terminating (as kube-proxy
+/// does).
 fn endpoint_urls(
     service: &(String, String),
     svc_port: &k8s_openapi::api::core::v1::ServicePort,
     scheme: &str,
     objects: &Objects,
     weight: u32,
-) -> Vec<String> {
+) -> Vec<UpstreamInput> {
     // EndpointSlice ports carry the Service port's name and the resolved target port.
     let mut ready = Vec::new();
     let mut terminating = Vec::new();
@@ -517,80 +615,69 @@ fn endpoint_urls(
             };
             for addr in &ep.addresses {
                 let host = if addr.contains(':') { format!("[{addr}]") } else { addr.clone() };
-                bucket.push(if weight == 1 {
-                    format!("{scheme}://{host}:{port}")
-                } else {
-                    format!("{scheme}://{host}:{port},{weight}")
-                });
+                bucket.push(format!("{scheme}://{host}:{port}"));
             }
         }
     }
     let mut urls = if ready.is_empty() { terminating } else { ready };
     urls.sort();
     urls.dedup();
-    urls
+    urls.into_iter().map(|url| UpstreamInput { url, weight }).collect()
 }
 
-/// Translates a `Route` custom resource. Its spec is the route keys in camelCase, so it is
-/// turned back into snake_case and handed to the same validator as the standalone file.
+/// Translates a `Route` custom resource: its typed spec becomes the route input field by
+/// field, `to` hosts that name Services are resolved to endpoints, and Secrets to PEM.
 pub fn translate_route(route: &crate::k8s::crd::Route, objects: &Objects) -> Result<Translated, Vec<FieldError>> {
     let ns = route.namespace().unwrap_or_default();
     let mut errs = Errors::default();
     let mut out = Translated::default();
     let spec = &route.spec;
-    let mut tree = spec_tree(spec)?;
-    tree.insert("name".into(), Value::String(format!("{ns}/{}", route.name_any())));
+    let mut input = route_input(spec);
+    input.name = Some(format!("{ns}/{}", route.name_any()));
     let mut to = Vec::new();
     for (i, entry) in spec.to.iter().enumerate() {
         match resolve_to(&ns, entry, objects) {
-            Ok(urls) => to.extend(urls.into_iter().map(Value::String)),
+            Ok(urls) => to.extend(urls),
             Err(e) => errs.push(format!("spec.to[{i}]"), e),
         }
     }
-    tree.insert("to".into(), Value::Array(to));
-    cluster_host_default(&mut tree);
-    for (secret_field, keys) in [
-        ("tls_custom_ca_secret", &["tls_custom_ca"][..]),
-        ("tls_client_secret", &["tls_client_cert", "tls_client_key"][..]),
-    ] {
-        let Some(Value::String(name)) = tree.remove(secret_field) else { continue };
-        let files = if keys.len() == 1 { vec!["ca.crt"] } else { vec!["tls.crt", "tls.key"] };
-        for (key, file) in keys.iter().zip(files) {
-            match secret_key(&ns, &name, file, objects) {
-                Ok(pem) => {
-                    tree.insert((*key).into(), Value::String(pem));
-                }
-                Err(e) => errs.push(format!("spec.{}", camel(secret_field)), e),
+    input.to = Some(Destinations::Resolved(to));
+    cluster_host_default(&mut input);
+    if let Some(name) = &spec.tls_custom_ca_secret {
+        match secret_pem(&ns, name, "ca.crt", objects) {
+            Ok(pem) => input.tls_custom_ca = Some(pem),
+            Err(e) => errs.push("spec.tlsCustomCaSecret", e),
+        }
+    }
+    if let Some(name) = &spec.tls_client_secret {
+        for (slot, key) in [(&mut input.tls_client_cert, "tls.crt"), (&mut input.tls_client_key, "tls.key")] {
+            match secret_pem(&ns, name, key, objects) {
+                Ok(pem) => *slot = Some(pem),
+                Err(e) => errs.push("spec.tlsClientSecret", e),
             }
         }
     }
-    if let Some(Value::Object(tls)) = tree.remove("tls") {
-        if let Some(Value::String(secret)) = tls.get("secret_name") {
-            match tls_certificate(&ns, secret, objects) {
-                Ok(c) => {
-                    if let Ok(crate::config::HostMatch::Exact(h) | crate::config::HostMatch::Wildcard(h)) =
-                        crate::config::parse::parse_from(&spec.from)
-                    {
-                        if !c.names.iter().any(|n| *n == h || n.strip_prefix("*.") == h.split_once('.').map(|x| x.1)) {
-                            out.warnings.push(FieldError {
-                                path: "spec.tls.secretName".into(),
-                                message: format!("the certificate does not name {h}; clients that verify it will fail"),
-                            });
-                        }
+    if let Some(tls) = &spec.tls {
+        match tls_certificate(&ns, &tls.secret_name, objects) {
+            Ok(c) => {
+                if let Ok(crate::config::HostMatch::Exact(h) | crate::config::HostMatch::Wildcard(h)) =
+                    validate::parse_from(&spec.from)
+                {
+                    if !c.names.iter().any(|n| *n == h || n.strip_prefix("*.") == h.split_once('.').map(|x| x.1)) {
+                        out.warnings.push(FieldError {
+                            path: "spec.tls.secretName".into(),
+                            message: format!("the certificate does not name {h}; clients that verify it will fail"),
+                        });
                     }
-                    out.certificates.push(c);
                 }
-                Err(e) => errs.push("spec.tls.secretName", e),
+                out.certificates.push(c);
             }
+            Err(e) => errs.push("spec.tls.secretName", e),
         }
     }
     if errs.is_empty() {
-        let mut route_errs = Errors::default();
-        if let Some(r) = parse_route_with("spec", &Value::Object(tree), &NoMaterial, &mut route_errs, true) {
+        if let Some(r) = validate::route(&input, &SpecNames, &mut errs) {
             out.routes.push(r);
-        }
-        for e in route_errs.into_vec() {
-            errs.push(camel_path(&e.path), e.message);
         }
     }
     if errs.is_empty() {
@@ -600,23 +687,69 @@ pub fn translate_route(route: &crate::k8s::crd::Route, objects: &Objects) -> Res
     }
 }
 
+/// The route keys of a Route spec, typed as the CRD already types them.
+fn route_input(spec: &crate::k8s::crd::RouteSpec) -> RouteInput {
+    use crate::config::LbPolicy;
+    use crate::k8s::crd::LoadBalancingPolicy;
+    let headers = |h: &Option<BTreeMap<String, String>>| {
+        h.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()
+    };
+    RouteInput {
+        from: Some(spec.from.clone()),
+        prefix: spec.prefix.clone(),
+        path: spec.path.clone(),
+        regex: spec.regex.clone(),
+        timeout: spec.timeout.clone().map(Given::Text),
+        idle_timeout: spec.idle_timeout.clone().map(Given::Text),
+        allow_websockets: spec.allow_websockets,
+        preserve_host_header: spec.preserve_host_header,
+        host_rewrite: spec.host_rewrite.clone(),
+        prefix_rewrite: spec.prefix_rewrite.clone(),
+        regex_rewrite_pattern: spec.regex_rewrite_pattern.clone(),
+        regex_rewrite_substitution: spec.regex_rewrite_substitution.clone(),
+        set_request_headers: headers(&spec.set_request_headers),
+        remove_request_headers: spec.remove_request_headers.clone().unwrap_or_default(),
+        set_response_headers: headers(&spec.set_response_headers),
+        tls_skip_verify: spec.tls_skip_verify,
+        tls_server_name: spec.tls_server_name.clone(),
+        load_balancing_policy: spec.load_balancing_policy.map(|p| {
+            Given::Parsed(match p {
+                LoadBalancingPolicy::ROUND_ROBIN => LbPolicy::RoundRobin,
+                LoadBalancingPolicy::RANDOM => LbPolicy::Random,
+                LoadBalancingPolicy::LEAST_REQUEST => LbPolicy::LeastRequest,
+            })
+        }),
+        health_checks: spec
+            .health_checks
+            .iter()
+            .flatten()
+            .map(|h| HealthCheckInput {
+                interval: h.interval.clone().map(Given::Text),
+                timeout: h.timeout.clone().map(Given::Text),
+                unhealthy_threshold: h.unhealthy_threshold.map(u64::from),
+                healthy_threshold: h.healthy_threshold.map(u64::from),
+                http: h.http_health_check.as_ref().map(|p| HttpProbeInput { path: p.path.clone() }),
+                tcp: h.tcp_health_check.is_some(),
+            })
+            .collect(),
+        ..RouteInput::default()
+    }
+}
+
 /// Translates the `ProxyConfig` into global settings; certificate and CA Secrets default to
-/// the controller's namespace. `overrides` (snake_case keys, from the environment) replace
-/// the spec's values.
+/// the controller's namespace. `overrides` (from the environment) replace the spec's values.
 pub fn translate_proxy_config(
     pc: &crate::k8s::crd::ProxyConfig,
     objects: &Objects,
     default_ns: &str,
-    overrides: &Map<String, Value>,
+    overrides: &EnvOverrides,
 ) -> Result<crate::config::Settings, Vec<FieldError>> {
     let mut errs = Errors::default();
-    let mut tree = spec_tree(&pc.spec)?;
-    // The environment's settings win (see `config::file::env_overrides`); they were validated
-    // at start, so they cannot be the cause of an error reported on the ProxyConfig.
-    tree.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut input = settings_input(&pc.spec);
+    // The environment's settings win (see `source::env`); they were validated at start, so
+    // they cannot be the cause of an error reported on the ProxyConfig.
+    input.overlay(overrides.settings());
     // Secret references are resolved here; the validator sees PEM.
-    tree.remove("certificates");
-    let mtls = tree.remove("downstream_mtls");
     let mut certificates = Vec::new();
     for (i, c) in pc.spec.certificates.iter().flatten().enumerate() {
         let ns = c.namespace.as_deref().unwrap_or(default_ns);
@@ -625,55 +758,87 @@ pub fn translate_proxy_config(
             Err(e) => errs.push(format!("spec.certificates[{i}]"), e),
         }
     }
-    if let (Some(m), Some(_)) = (&pc.spec.downstream_mtls, mtls) {
+    if let Some(m) = &pc.spec.downstream_mtls {
+        use crate::config::MtlsEnforcement as Mode;
+        use crate::k8s::crd::MtlsEnforcement;
         let ns = m.ca_secret.namespace.as_deref().unwrap_or(default_ns);
-        let mut mtls_tree = Map::new();
-        match secret_key(ns, &m.ca_secret.name, "ca.crt", objects) {
-            Ok(pem) => {
-                mtls_tree.insert("ca".into(), Value::String(pem));
-            }
-            Err(e) => errs.push("spec.downstreamMtls.caSecret", e),
-        }
-        if let Ok(crl) = secret_key(ns, &m.ca_secret.name, "ca.crl", objects) {
-            mtls_tree.insert("crl".into(), Value::String(crl));
-        }
-        if let Some(e) = m.enforcement {
-            mtls_tree.insert("enforcement".into(), serde_json::to_value(e).unwrap_or_default());
-        }
-        if let Some(d) = m.max_verify_depth {
-            mtls_tree.insert("max_verify_depth".into(), d.into());
-        }
-        tree.insert("downstream_mtls".into(), Value::Object(mtls_tree));
+        let ca = secret_pem(ns, &m.ca_secret.name, "ca.crt", objects)
+            .map_err(|e| errs.push("spec.downstreamMtls.caSecret", e))
+            .ok();
+        input.downstream_mtls = Some(MtlsInput {
+            ca,
+            crl: secret_pem(ns, &m.ca_secret.name, "ca.crl", objects).ok(),
+            enforcement: m.enforcement.map(|e| {
+                Given::Parsed(match e {
+                    MtlsEnforcement::PolicyWithDefaultDeny => Mode::PolicyWithDefaultDeny,
+                    MtlsEnforcement::Policy => Mode::Policy,
+                    MtlsEnforcement::RejectConnection => Mode::RejectConnection,
+                })
+            }),
+            max_verify_depth: m.max_verify_depth.map(u64::from),
+        });
     }
-    let root = Value::Object(tree);
-    let mut obj = crate::config::parse::Obj::new("spec", &root, &mut errs).expect("an object");
-    let mut settings = crate::config::parse::parse_settings(&mut obj, &NoMaterial, &mut errs);
-    obj.finish(&mut errs);
+    let mut settings = validate::settings(&input, &SpecNames, &mut errs);
     settings.certificates = certificates;
-    let errs: Vec<FieldError> =
-        errs.into_vec().into_iter().map(|e| FieldError { path: camel_path(&e.path), message: e.message }).collect();
     if errs.is_empty() {
         Ok(settings)
     } else {
-        Err(errs)
+        Err(errs.into_vec())
+    }
+}
+
+/// The scalar global settings of a ProxyConfig spec, typed as the CRD already types them.
+fn settings_input(spec: &crate::k8s::crd::ProxyConfigSpec) -> SettingsInput {
+    use crate::config::{CodecType, DrainScope};
+    use crate::k8s::crd;
+    let text = |v: &Option<String>| v.clone().map(Given::Text);
+    SettingsInput {
+        address: spec.address.clone(),
+        http_redirect_address: spec.http_redirect_address.clone(),
+        metrics_address: spec.metrics_address.clone(),
+        admin_address: spec.admin_address.clone(),
+        insecure_server: spec.insecure_server,
+        codec_type: spec.codec_type.map(|c| {
+            Given::Parsed(match c {
+                crd::CodecType::Auto => CodecType::Auto,
+                crd::CodecType::Http1 => CodecType::Http1,
+                crd::CodecType::Http2 => CodecType::Http2,
+                crd::CodecType::Http3 => CodecType::Http3,
+            })
+        }),
+        http3_advertised_port: spec.http3_advertised_port.map(u64::from),
+        timeout_read: text(&spec.timeout_read),
+        timeout_write: text(&spec.timeout_write),
+        timeout_idle: text(&spec.timeout_idle),
+        default_upstream_timeout: text(&spec.default_upstream_timeout),
+        drain_timeout: text(&spec.drain_timeout),
+        drain_scope: spec.drain_scope.map(|d| {
+            Given::Parsed(match d {
+                crd::DrainScope::Affected => DrainScope::Affected,
+                crd::DrainScope::All => DrainScope::All,
+            })
+        }),
+        certificates: Vec::new(),
+        downstream_mtls: None,
     }
 }
 
 /// Resolves one `to` entry of a Route: a URL whose host names a Service becomes that
 /// Service's ready endpoints (with the entry's weight each); other hosts stay as written.
-fn resolve_to(ns: &str, entry: &str, objects: &Objects) -> Result<Vec<String>, String> {
-    let up = crate::config::parse::parse_upstream(&Value::String(entry.to_owned()))?;
+fn resolve_to(ns: &str, entry: &str, objects: &Objects) -> Result<Vec<UpstreamInput>, String> {
+    let written = UpstreamInput::parse(entry)?;
+    let up = validate::upstream(&written)?;
     let host = up.host.to_ascii_lowercase();
     let labels: Vec<&str> = host.split('.').collect();
     let (svc_ns, name, must_exist) = match labels.as_slice() {
         [name] => (ns.to_owned(), (*name).to_owned(), true),
         [name, n] => ((*n).to_owned(), (*name).to_owned(), false),
         [name, n, "svc"] | [name, n, "svc", "cluster", "local"] => ((*n).to_owned(), (*name).to_owned(), true),
-        _ => return Ok(vec![entry.to_owned()]),
+        _ => return Ok(vec![written]),
     };
     let key = (svc_ns.clone(), name.clone());
     let Some(svc) = objects.service(&key) else {
-        return if must_exist { Err(format!("Service {svc_ns}/{name} not found")) } else { Ok(vec![entry.to_owned()]) };
+        return if must_exist { Err(format!("Service {svc_ns}/{name} not found")) } else { Ok(vec![written]) };
     };
     let spec = svc.spec.clone().unwrap_or_default();
     let port: i32 = up.authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(80);
@@ -687,69 +852,9 @@ fn resolve_to(ns: &str, entry: &str, objects: &Objects) -> Result<Vec<String>, S
     };
     if spec.type_.as_deref() == Some("ExternalName") {
         let ext = spec.external_name.unwrap_or_default();
-        return Ok(vec![format!("{scheme}://{ext}:{port},{}", up.weight)]);
+        return Ok(vec![UpstreamInput { url: format!("{scheme}://{ext}:{port}"), weight: up.weight }]);
     }
     Ok(endpoint_urls(&key, svc_port, scheme, objects, up.weight))
-}
-
-/// A CRD spec as the snake_case tree the validator reads.
-fn spec_tree<T: serde::Serialize>(spec: &T) -> Result<Map<String, Value>, Vec<FieldError>> {
-    match serde_json::to_value(spec).map(snake_case_keys) {
-        Ok(Value::Object(m)) => Ok(m),
-        _ => Err(vec![FieldError { path: "spec".into(), message: "is not a mapping".into() }]),
-    }
-}
-
-/// camelCase keys back to the snake_case route and global keys, except inside header maps
-/// (whose keys are header names).
-fn snake_case_keys(v: Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .map(|(k, v)| {
-                    let key = snake(&k);
-                    let v = if key.ends_with("_headers") && v.is_object() { v } else { snake_case_keys(v) };
-                    (key, v)
-                })
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.into_iter().map(snake_case_keys).collect()),
-        other => other,
-    }
-}
-
-fn snake(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 4);
-    for c in s.chars() {
-        if c.is_ascii_uppercase() {
-            out.push('_');
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn camel(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut upper = false;
-    for c in s.chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.push(c.to_ascii_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// A validator path (`spec.idle_timeout`) in the CRD's own spelling (`spec.idleTimeout`).
-fn camel_path(path: &str) -> String {
-    path.split('.').map(camel).collect::<Vec<_>>().join(".")
 }
 
 #[cfg(test)]
@@ -887,15 +992,13 @@ mod tests {
     #[test]
     fn route_keys_map_back_to_ingress_fields() {
         let f = "spec.rules[2].http.paths[1]";
-        assert_eq!(annotation_field(f, &format!("{f}.regex")), format!("{f}.path"));
-        assert_eq!(annotation_field(f, &format!("{f}.prefix")), format!("{f}.path"));
-        assert_eq!(annotation_field(f, &format!("{f}.to[0]")), format!("{f}.backend"));
-        assert_eq!(annotation_field(f, &format!("{f}.from")), "spec.rules[2].host");
-        assert_eq!(
-            annotation_field(f, &format!("{f}.idle_timeout")),
-            "metadata.annotations[\"portcullis.io/idle_timeout\"]"
-        );
-        assert_eq!(annotation_field("spec.defaultBackend", "spec.defaultBackend.to[0]"), "spec.defaultBackend");
+        let names = IngressNames::new(f);
+        assert_eq!(names.name(RouteField::Regex), format!("{f}.path"));
+        assert_eq!(names.name(RouteField::Prefix), format!("{f}.path"));
+        assert_eq!(names.name(RouteField::ToEntry(0)), format!("{f}.backend"));
+        assert_eq!(names.name(RouteField::From), "spec.rules[2].host");
+        assert_eq!(names.name(RouteField::IdleTimeout), "metadata.annotations[\"portcullis.io/idle_timeout\"]");
+        assert_eq!(IngressNames::new("spec.defaultBackend").name(RouteField::ToEntry(0)), "spec.defaultBackend");
     }
 
     #[test]
@@ -1067,7 +1170,7 @@ mod tests {
         )
         .unwrap();
         let pc = crate::k8s::crd::ProxyConfig::new("global", spec);
-        let s = translate_proxy_config(&pc, &objects(), "portcullis", &Map::new()).unwrap();
+        let s = translate_proxy_config(&pc, &objects(), "portcullis", &EnvOverrides::default()).unwrap();
         assert_eq!(s.timeouts.idle, Some(std::time::Duration::from_secs(60)));
         assert_eq!(s.address.port(), 9443);
         assert_eq!(s.codec_type, crate::config::CodecType::Http1);
@@ -1081,7 +1184,7 @@ mod tests {
             &crate::k8s::crd::ProxyConfig::new("global", spec),
             &objects(),
             "portcullis",
-            &Map::new(),
+            &EnvOverrides::default(),
         )
         .unwrap_err();
         let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
@@ -1096,7 +1199,7 @@ mod tests {
         )
         .unwrap();
         let pc = crate::k8s::crd::ProxyConfig::new("global", spec);
-        let overrides = crate::config::file::env_overrides(&|k| match k {
+        let overrides = crate::source::env::env_overrides(&|k| match k {
             "ADDRESS" => Some(":8443".into()),
             "ADMIN_ADDRESS" => Some(":9901".into()),
             _ => None,
@@ -1107,7 +1210,7 @@ mod tests {
         assert_eq!(s.admin_address.map(|a| a.to_string()), Some("0.0.0.0:9901".to_owned()));
         assert_eq!(s.timeouts.idle, Some(std::time::Duration::from_secs(60)), "the rest of the spec still applies");
         let errs =
-            crate::config::file::env_overrides(&|k| (k == "METRICS_ADDRESS").then(|| "nowhere".into())).unwrap_err();
+            crate::source::env::env_overrides(&|k| (k == "METRICS_ADDRESS").then(|| "nowhere".into())).unwrap_err();
         assert_eq!(errs.0[0].path, "METRICS_ADDRESS", "{errs}");
         assert!(errs.0[0].message.starts_with("environment variable: "), "{errs}");
     }
