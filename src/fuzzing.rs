@@ -28,7 +28,8 @@ use k8s_openapi::ByteString;
 
 use crate::config::validate::parse_host;
 use crate::config::{HostMatch, PathMatch};
-use crate::k8s::translate::{translate_ingress, Objects, ANNOTATION_PREFIX};
+use crate::k8s::ingress::{translate_ingress, ANNOTATION_PREFIX};
+use crate::k8s::objects::Objects;
 use crate::proxy::route::{prefix_matches, RouteTable};
 use crate::source::yaml::{parse_config, yaml_to_value, NoMaterial};
 

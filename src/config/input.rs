@@ -58,8 +58,10 @@ impl UpstreamInput {
 /// A route's destinations, and whether an empty list is acceptable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destinations {
-    /// Written by a person (a file's `to`): at least one is required.
-    Listed(Vec<UpstreamInput>),
+    /// Written by a person (a file's `to`): at least one is required. `None` is an entry the
+    /// source could not read and has reported already; it keeps the later entries' positions
+    /// (`to[2]`) and the list as long as it was written.
+    Listed(Vec<Option<UpstreamInput>>),
     /// Resolved from a cluster (a Service's ready endpoints): may be empty right now, and the
     /// route then answers 503 instead of vanishing into a 404.
     Resolved(Vec<UpstreamInput>),

@@ -317,17 +317,9 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
         }
     };
     let to = match &input.to {
-        Some(Destinations::Listed(items) | Destinations::Resolved(items))
-            if !items.is_empty() || matches!(input.to, Some(Destinations::Resolved(_))) =>
-        {
-            let mut out = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                match upstream(item) {
-                    Ok(u) => out.push(u),
-                    Err(e) => errs.push(names.name(RouteField::ToEntry(i)), e),
-                }
-            }
-            Some(out)
+        Some(Destinations::Resolved(items)) => Some(upstreams(items.iter().map(Some), names, errs)),
+        Some(Destinations::Listed(items)) if !items.is_empty() => {
+            Some(upstreams(items.iter().map(Option::as_ref), names, errs))
         }
         _ => {
             errs.push(
@@ -422,6 +414,24 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
         load_balancing_policy,
         health_checks,
     })
+}
+
+/// The valid upstreams among `items`, each bad one reported at its position; `None` entries
+/// were reported by the source.
+fn upstreams<'a>(
+    items: impl Iterator<Item = Option<&'a UpstreamInput>>,
+    names: &dyn RouteNames,
+    errs: &mut Errors,
+) -> Vec<Upstream> {
+    let mut out = Vec::new();
+    for (i, item) in items.enumerate() {
+        match item.map(upstream) {
+            Some(Ok(u)) => out.push(u),
+            Some(Err(e)) => errs.push(names.name(RouteField::ToEntry(i)), e),
+            None => {}
+        }
+    }
+    out
 }
 
 /// A regex error's last non-empty line: the `regex` crate explains with a multi-line

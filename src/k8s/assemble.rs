@@ -15,9 +15,11 @@ use kube::{Resource, ResourceExt};
 use super::crd::{ProxyConfig, Route as RouteResource};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::translate::{
-    ingress_class, translate_ingress, translate_proxy_config, translate_route, ClassDecision, Objects, Read, Translated,
-};
+use super::ingress::translate_ingress;
+use super::objects::{Objects, Read};
+use super::proxy_config::translate_proxy_config;
+use super::route::translate_route;
+use super::translate::{ingress_class, ClassDecision, Translated};
 use crate::config::claims::Claims;
 use crate::config::fields::KeyPath;
 use crate::config::validate::{self, Errors};

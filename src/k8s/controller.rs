@@ -23,9 +23,9 @@ use tokio::time::Instant;
 
 use super::assemble::{Assembler, World};
 use super::crd::{ProxyConfig, Route};
+use super::objects::Objects;
 use super::sink::{Sink, SinkOutcome};
 use super::status::StatusWriter;
-use super::translate::Objects;
 
 /// How soon failed status, Event or store writes are tried again when nothing else changes.
 const WRITE_RETRY: Duration = Duration::from_secs(5);

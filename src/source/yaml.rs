@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::config::fields::KeyPath;
+use crate::config::fields::{KeyPath, RouteNames};
 use crate::config::input::{
     CertificateInput, Destinations, Given, HealthCheckInput, HttpProbeInput, MtlsInput, Pem, RouteInput, SettingsInput,
     UpstreamInput,
@@ -255,19 +255,22 @@ pub fn parse_config(root: &Value, material: &dyn Material) -> Result<Config, Con
     };
     let settings_input = read_settings(&mut doc, material, &mut errs);
     let settings = validate::settings(&settings_input, &KeyPath::default(), &mut errs);
-    let mut routes: Vec<(KeyPath, Route)> = Vec::new();
+    let mut routes: Vec<Route> = Vec::new();
     if let Some(items) = doc.list("routes", &mut errs) {
         for (i, item) in items.into_iter().enumerate() {
-            let names = KeyPath(format!("routes[{i}]"));
-            if let Some(route) = parse_route(&names.0, item, material, &mut errs) {
-                routes.push((names, route));
+            if let Some(route) = parse_route(&format!("routes[{i}]"), item, material, &mut errs) {
+                routes.push(route);
             }
         }
     }
     doc.finish(&mut errs);
-    check_route_set(routes.iter().map(|(n, r)| (n as &dyn crate::config::fields::RouteNames, r)), &mut errs);
+    // Named by position among the valid routes, as the checks always have been: the same as
+    // the source's index whenever these are the only errors (the config is rejected anyway
+    // when some route was invalid).
+    let names: Vec<KeyPath> = (0..routes.len()).map(|i| KeyPath(format!("routes[{i}]"))).collect();
+    check_route_set(names.iter().map(|n| n as &dyn RouteNames).zip(&routes), &mut errs);
     if errs.is_empty() {
-        Ok(Config { settings, routes: routes.into_iter().map(|(_, r)| r).collect() })
+        Ok(Config { settings, routes })
     } else {
         Err(ConfigErrors(errs.into_vec()))
     }
@@ -277,8 +280,11 @@ pub fn parse_config(root: &Value, material: &dyn Material) -> Result<Config, Con
 /// anything about it is wrong, every error recorded.
 pub fn parse_route(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors) -> Option<Route> {
     let before = errs.len();
-    let input = read_route(path, v, material, errs)?;
+    let mut m = MappingReader::new(path, v, errs)?;
+    let input = read_route_fields(&mut m, material, errs);
     let route = validate::route(&input, &KeyPath(path.to_owned()), errs);
+    // Unknown keys come last, after what is wrong with the known ones.
+    m.finish(errs);
     route.filter(|_| errs.len() == before)
 }
 
@@ -399,20 +405,26 @@ pub const ROUTE_VALUE_KEYS: &[&str] = &[
 /// Reads one route mapping into a [`RouteInput`] (type errors and unknown keys recorded).
 pub fn read_route(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors) -> Option<RouteInput> {
     let mut m = MappingReader::new(path, v, errs)?;
+    let input = read_route_fields(&mut m, material, errs);
+    m.finish(errs);
+    Some(input)
+}
+
+/// Reads the route keys of a mapping; the caller finishes it (reports unknown keys).
+fn read_route_fields(m: &mut MappingReader<'_>, material: &dyn Material, errs: &mut Errors) -> RouteInput {
     let mut input = RouteInput::default();
     for key in ROUTE_VALUE_KEYS {
         if let Some(v) = m.get(key) {
             read_route_value(key, v, &m.at(key), &mut input, errs);
         }
     }
-    input.tls_custom_ca = read_pem_field(&mut m, "tls_custom_ca", "tls_custom_ca_file", material, errs);
-    input.tls_client_cert = read_pem_field(&mut m, "tls_client_cert", "tls_client_cert_file", material, errs);
-    input.tls_client_key = read_pem_field(&mut m, "tls_client_key", "tls_client_key_file", material, errs);
+    input.tls_custom_ca = read_pem_field(m, "tls_custom_ca", "tls_custom_ca_file", material, errs);
+    input.tls_client_cert = read_pem_field(m, "tls_client_cert", "tls_client_cert_file", material, errs);
+    input.tls_client_key = read_pem_field(m, "tls_client_key", "tls_client_key_file", material, errs);
     if m.get("policy").is_some() {
         errs.push(m.at("policy"), "authorization policies are not supported by this version of Portcullis");
     }
-    m.finish(errs);
-    Some(input)
+    input
 }
 
 /// Reads the value of one of [`ROUTE_VALUE_KEYS`] into `input`, with type errors at `at`.
@@ -467,15 +479,13 @@ pub fn read_route_value(key: &str, v: &Value, at: &str, input: &mut RouteInput, 
 }
 
 /// `to` entries: `"http://host:port"`, `"http://host:port,weight"` or `{url: ..., weight: N}`.
-fn read_upstreams(items: &[&Value], at: &str, errs: &mut Errors) -> Vec<UpstreamInput> {
-    let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        match read_upstream(item) {
-            Ok(u) => out.push(u),
-            Err(e) => errs.push(format!("{at}[{i}]"), e),
-        }
-    }
-    out
+/// An entry that cannot be read is reported here and kept as `None`.
+fn read_upstreams(items: &[&Value], at: &str, errs: &mut Errors) -> Vec<Option<UpstreamInput>> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| read_upstream(item).map_err(|e| errs.push(format!("{at}[{i}]"), e)).ok())
+        .collect()
 }
 
 fn read_upstream(v: &Value) -> Result<UpstreamInput, String> {
