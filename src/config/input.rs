@@ -6,10 +6,60 @@
 //! messages. Sources do their own I/O (files, Secrets) and hand over PEM bytes; values a
 //! source holds as text (a duration string, a policy name) stay text, so that the validator
 //! says what is wrong with them.
+//!
+//! What a source could not read at all (a list where a string belongs, an unknown key, a
+//! missing file) travels with the input as [`Problems`], keyed by the field, and the
+//! validator reports it in its place among its own findings: errors come in field order
+//! whichever stage found them. In lists, `None` is an entry the source could not read (its
+//! problem is recorded); it keeps the later entries' positions (`to[2]`).
 
 use std::time::Duration;
 
+use super::errors::{Errors, FieldError};
 use super::model::{CodecType, DrainScope, LbPolicy, MtlsEnforcement};
+
+/// The key under which a mapping's unknown keys are recorded: they are reported last.
+pub const UNKNOWN_KEYS: &str = "*";
+
+/// Errors a source found while reading an input, each with the key it concerns (and the
+/// list position, for list entries), for the validator to report in field order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Problems(Vec<(&'static str, Option<usize>, FieldError)>);
+
+impl Problems {
+    /// Records what was found reading `key` (entry `index` of it, for a list).
+    pub fn add(&mut self, key: &'static str, index: Option<usize>, found: Errors) {
+        self.0.extend(found.into_vec().into_iter().map(|e| (key, index, e)));
+    }
+
+    /// How many are recorded.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when the source found nothing wrong.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Reports the problems recorded since `start` at `path` instead of their own paths: an
+    /// Ingress annotation is one field however deeply its value nests.
+    pub fn rename_since(&mut self, start: usize, path: &str) {
+        for (_, _, e) in self.0.iter_mut().skip(start) {
+            path.clone_into(&mut e.path);
+        }
+    }
+
+    /// Every problem with its key and index, in the order recorded.
+    pub fn into_entries(self) -> Vec<(&'static str, Option<usize>, FieldError)> {
+        self.0
+    }
+
+    /// The problems about `key` (entry `index`).
+    pub fn about<'a>(&'a self, key: &'a str, index: Option<usize>) -> impl Iterator<Item = &'a FieldError> + 'a {
+        self.0.iter().filter(move |(k, i, _)| *k == key && *i == index).map(|(_, _, e)| e)
+    }
+}
 
 /// A value a source either has already typed (a CRD enum, a YAML `0`) or holds as text that
 /// the validator must parse (a duration string, an annotation).
@@ -58,9 +108,8 @@ impl UpstreamInput {
 /// A route's destinations, and whether an empty list is acceptable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destinations {
-    /// Written by a person (a file's `to`): at least one is required. `None` is an entry the
-    /// source could not read and has reported already; it keeps the later entries' positions
-    /// (`to[2]`) and the list as long as it was written.
+    /// Written by a person (a file's `to`): at least one is required (an unreadable entry,
+    /// `None`, counts: the list was not empty).
     Listed(Vec<Option<UpstreamInput>>),
     /// Resolved from a cluster (a Service's ready endpoints): may be empty right now, and the
     /// route then answers 503 instead of vanishing into a 404.
@@ -89,6 +138,8 @@ pub struct HealthCheckInput {
     pub http: Option<HttpProbeInput>,
     /// `tcp_health_check` was given.
     pub tcp: bool,
+    /// What the source could not read.
+    pub problems: Problems,
 }
 
 /// One route as a source states it.
@@ -125,7 +176,7 @@ pub struct RouteInput {
     /// Request headers to set, as (name, value) in source order.
     pub set_request_headers: Vec<(String, String)>,
     /// Request headers to remove.
-    pub remove_request_headers: Vec<String>,
+    pub remove_request_headers: Vec<Option<String>>,
     /// Response headers to set.
     pub set_response_headers: Vec<(String, String)>,
     /// Accept any upstream certificate.
@@ -141,7 +192,9 @@ pub struct RouteInput {
     /// Load balancing policy.
     pub load_balancing_policy: Option<Given<LbPolicy>>,
     /// Active health checks.
-    pub health_checks: Vec<HealthCheckInput>,
+    pub health_checks: Vec<Option<HealthCheckInput>>,
+    /// What the source could not read.
+    pub problems: Problems,
 }
 
 /// A server certificate as PEM.
@@ -151,6 +204,8 @@ pub struct CertificateInput {
     pub cert: Option<Pem>,
     /// The leaf's key.
     pub key: Option<Pem>,
+    /// What the source could not read.
+    pub problems: Problems,
 }
 
 /// Client-certificate verification.
@@ -164,6 +219,8 @@ pub struct MtlsInput {
     pub enforcement: Option<Given<MtlsEnforcement>>,
     /// Intermediates allowed between leaf and CA (default 1, at most 100).
     pub max_verify_depth: Option<u64>,
+    /// What the source could not read.
+    pub problems: Problems,
 }
 
 /// The global settings as a source states them.
@@ -196,14 +253,17 @@ pub struct SettingsInput {
     /// `drain_scope`.
     pub drain_scope: Option<Given<DrainScope>>,
     /// `certificates`.
-    pub certificates: Vec<CertificateInput>,
+    pub certificates: Vec<Option<CertificateInput>>,
     /// `downstream_mtls`.
     pub downstream_mtls: Option<MtlsInput>,
+    /// What the source could not read.
+    pub problems: Problems,
 }
 
 impl SettingsInput {
     /// Replaces every scalar setting `over` states (the environment's overrides; they never
-    /// hold certificates or mTLS material).
+    /// hold certificates or mTLS material, and were validated on their own, so their
+    /// problems are not carried over).
     pub fn overlay(&mut self, over: &SettingsInput) {
         macro_rules! take {
             ($($field:ident),*) => {$(
@@ -228,13 +288,4 @@ impl SettingsInput {
             drain_scope
         );
     }
-}
-
-/// A whole standalone document: settings plus routes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ConfigInput {
-    /// Global settings.
-    pub settings: SettingsInput,
-    /// Routes in source order.
-    pub routes: Vec<RouteInput>,
 }

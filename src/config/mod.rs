@@ -8,6 +8,7 @@
 
 pub mod claims;
 pub mod duration;
+pub mod errors;
 pub mod fields;
 pub mod input;
 pub mod model;
@@ -15,5 +16,5 @@ pub mod model;
 pub mod parse;
 pub mod validate;
 
+pub use errors::{ConfigErrors, FieldError};
 pub use model::*;
-pub use validate::{ConfigErrors, FieldError};

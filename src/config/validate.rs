@@ -7,81 +7,26 @@
 //! No I/O happens here: sources read files and Secrets and hand over PEM.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use regex::Regex;
 
+pub use super::errors::{ConfigErrors, Errors, FieldError};
+
 use super::claims::Claims;
 use super::duration;
 use super::fields::{HealthCheckField, RouteField, RouteNames, SettingsField, SettingsNames};
 use super::input::{
     CertificateInput, Destinations, Given, HealthCheckInput, MtlsInput, RouteInput, SettingsInput, UpstreamInput,
+    UNKNOWN_KEYS,
 };
 use super::model::{
     Certificate, ClientCert, CodecType, DownstreamMtls, DrainScope, HealthCheck, HealthCheckKind, HostMatch, LbPolicy,
     MtlsEnforcement, PathMatch, Route, Settings, Upstream, UpstreamScheme, UpstreamTls,
 };
 use crate::pki::{build_certificate, parse_certs, parse_crls, parse_private_key};
-
-/// One problem with one field.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldError {
-    /// Dotted path such as `routes[3].timeout`.
-    pub path: String,
-    /// What is wrong and, where possible, what would be right.
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-/// Every problem found in one config; never empty.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<FieldError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Accumulates errors while inputs are read and validated.
-#[derive(Debug, Default)]
-pub struct Errors(Vec<FieldError>);
-
-impl Errors {
-    /// Records one error.
-    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError { path: path.into(), message: message.into() });
-    }
-
-    /// True when nothing was recorded.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// How many were recorded.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// The collected errors.
-    pub fn into_vec(self) -> Vec<FieldError> {
-        self.0
-    }
-}
 
 /// A duration as set: `None` when not set, `Some(None)` for an explicit `0` (disabled), the
 /// convention of [`Route::timeout`].
@@ -120,6 +65,8 @@ fn choice<T: Copy>(
 /// Validates the global settings. Unset fields keep their defaults.
 pub fn settings(input: &SettingsInput, names: &dyn SettingsNames, errs: &mut Errors) -> Settings {
     let mut s = Settings::default();
+    let found = |key, errs: &mut Errors| errs.extend(input.problems.about(key, None));
+    found("address", errs);
     if let Some(v) = &input.address {
         match parse_listen_addr(v) {
             Ok(Some(a)) => s.address = a,
@@ -127,11 +74,17 @@ pub fn settings(input: &SettingsInput, names: &dyn SettingsNames, errs: &mut Err
             Err(e) => errs.push(names.name(SettingsField::Address), e),
         }
     }
-    for (field, value, slot) in [
-        (SettingsField::HttpRedirectAddress, &input.http_redirect_address, &mut s.http_redirect_address),
-        (SettingsField::MetricsAddress, &input.metrics_address, &mut s.metrics_address),
-        (SettingsField::AdminAddress, &input.admin_address, &mut s.admin_address),
+    for (key, field, value, slot) in [
+        (
+            "http_redirect_address",
+            SettingsField::HttpRedirectAddress,
+            &input.http_redirect_address,
+            &mut s.http_redirect_address,
+        ),
+        ("metrics_address", SettingsField::MetricsAddress, &input.metrics_address, &mut s.metrics_address),
+        ("admin_address", SettingsField::AdminAddress, &input.admin_address, &mut s.admin_address),
     ] {
+        found(key, errs);
         if let Some(v) = value {
             match parse_listen_addr(v) {
                 Ok(a) => *slot = a,
@@ -139,28 +92,32 @@ pub fn settings(input: &SettingsInput, names: &dyn SettingsNames, errs: &mut Err
             }
         }
     }
+    found("insecure_server", errs);
     if let Some(b) = input.insecure_server {
         s.insecure_server = b;
     }
+    found("codec_type", errs);
     if let Some(c) = choice(input.codec_type.as_ref(), parse_codec, || names.name(SettingsField::CodecType), errs) {
         s.codec_type = c;
     }
+    found("http3_advertised_port", errs);
     if let Some(p) = input.http3_advertised_port {
         match u16::try_from(p) {
             Ok(p) if p > 0 => s.http3_advertised_port = Some(p),
             _ => errs.push(names.name(SettingsField::Http3AdvertisedPort), format!("{p} is not a port (1-65535)")),
         }
     }
-    let timeout = |given: &Option<Given<Duration>>, field, errs: &mut Errors| {
+    let timeout = |key, given: &Option<Given<Duration>>, field, errs: &mut Errors| {
+        found(key, errs);
         duration_of(given.as_ref(), || names.name(field), errs)
     };
-    if let Some(d) = timeout(&input.timeout_read, SettingsField::TimeoutRead, errs) {
+    if let Some(d) = timeout("timeout_read", &input.timeout_read, SettingsField::TimeoutRead, errs) {
         s.timeouts.read = d;
     }
-    if let Some(d) = timeout(&input.timeout_write, SettingsField::TimeoutWrite, errs) {
+    if let Some(d) = timeout("timeout_write", &input.timeout_write, SettingsField::TimeoutWrite, errs) {
         s.timeouts.write = d;
     }
-    if let Some(d) = timeout(&input.timeout_idle, SettingsField::TimeoutIdle, errs) {
+    if let Some(d) = timeout("timeout_idle", &input.timeout_idle, SettingsField::TimeoutIdle, errs) {
         s.timeouts.idle = d;
     }
     if let (Some(r), Some(w)) = (s.timeouts.read, s.timeouts.write) {
@@ -174,22 +131,31 @@ pub fn settings(input: &SettingsInput, names: &dyn SettingsNames, errs: &mut Err
             );
         }
     }
-    if let Some(d) = timeout(&input.default_upstream_timeout, SettingsField::DefaultUpstreamTimeout, errs) {
+    if let Some(d) = timeout(
+        "default_upstream_timeout",
+        &input.default_upstream_timeout,
+        SettingsField::DefaultUpstreamTimeout,
+        errs,
+    ) {
         s.default_upstream_timeout = d;
     }
-    if let Some(d) = timeout(&input.drain_timeout, SettingsField::DrainTimeout, errs) {
+    if let Some(d) = timeout("drain_timeout", &input.drain_timeout, SettingsField::DrainTimeout, errs) {
         s.drain_timeout = d.unwrap_or(Duration::ZERO);
     }
+    found("drain_scope", errs);
     if let Some(d) =
         choice(input.drain_scope.as_ref(), parse_drain_scope, || names.name(SettingsField::DrainScope), errs)
     {
         s.drain_scope = d;
     }
+    found("certificates", errs);
     for (i, c) in input.certificates.iter().enumerate() {
-        if let Some(c) = certificate(c, &names.name(SettingsField::Certificate(i)), errs) {
+        errs.extend(input.problems.about("certificates", Some(i)));
+        if let Some(c) = c.as_ref().and_then(|c| certificate(c, &names.name(SettingsField::Certificate(i)), errs)) {
             s.certificates.push(c);
         }
     }
+    found("downstream_mtls", errs);
     if let Some(m) = &input.downstream_mtls {
         s.downstream_mtls = mtls(m, names, errs);
     }
@@ -251,8 +217,11 @@ pub fn parse_listen_addr(v: &str) -> Result<Option<SocketAddr>, String> {
 }
 
 fn certificate(input: &CertificateInput, at: &str, errs: &mut Errors) -> Option<Certificate> {
+    for key in ["cert", "key", UNKNOWN_KEYS] {
+        errs.extend(input.problems.about(key, None));
+    }
     let (Some(cert), Some(key)) = (&input.cert, &input.key) else {
-        // A half that failed to load was reported by the source already.
+        // A half that failed to load was reported already.
         if errs.is_empty() {
             errs.push(at, "needs cert_file and key_file (or inline cert and key)");
         }
@@ -262,9 +231,15 @@ fn certificate(input: &CertificateInput, at: &str, errs: &mut Errors) -> Option<
 }
 
 fn mtls(input: &MtlsInput, names: &dyn SettingsNames, errs: &mut Errors) -> Option<DownstreamMtls> {
+    for key in ["ca", "crl", "enforcement"] {
+        errs.extend(input.problems.about(key, None));
+    }
     let enforcement =
         choice(input.enforcement.as_ref(), parse_enforcement, || names.name(SettingsField::MtlsEnforcement), errs)
             .unwrap_or(MtlsEnforcement::PolicyWithDefaultDeny);
+    for key in ["max_verify_depth", UNKNOWN_KEYS] {
+        errs.extend(input.problems.about(key, None));
+    }
     let max_verify_depth = input.max_verify_depth.map_or(1, |d| d.min(100) as u32);
     let Some(ca) = &input.ca else {
         errs.push(
@@ -287,12 +262,18 @@ fn mtls(input: &MtlsInput, names: &dyn SettingsNames, errs: &mut Errors) -> Opti
 /// Validates one route. `None` when anything about it is wrong (every error recorded).
 pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> Option<Route> {
     let before = errs.len();
+    let found = |key, errs: &mut Errors| errs.extend(input.problems.about(key, None));
+    found("name", errs);
+    found("from", errs);
     let host = if let Some(f) = input.from.as_deref() {
         parse_from(f).map_err(|e| errs.push(names.name(RouteField::From), e)).ok()
     } else {
         errs.push(names.name(RouteField::From), "is required (for example https://app.example.com)");
         None
     };
+    for key in ["prefix", "path", "regex"] {
+        found(key, errs);
+    }
     let path_match = match (&input.prefix, &input.path, &input.regex) {
         (None, None, None) => Some(PathMatch::Any),
         (Some(p), None, None) => parse_prefix(p).map_err(|e| errs.push(names.name(RouteField::Prefix), e)).ok(),
@@ -316,10 +297,11 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
             None
         }
     };
+    found("to", errs);
     let to = match &input.to {
-        Some(Destinations::Resolved(items)) => Some(upstreams(items.iter().map(Some), names, errs)),
+        Some(Destinations::Resolved(items)) => Some(upstreams(items.iter().map(Some), input, names, errs)),
         Some(Destinations::Listed(items)) if !items.is_empty() => {
-            Some(upstreams(items.iter().map(Option::as_ref), names, errs))
+            Some(upstreams(items.iter().map(Option::as_ref), input, names, errs))
         }
         _ => {
             errs.push(
@@ -329,8 +311,13 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
             None
         }
     };
+    found("timeout", errs);
     let timeout = duration_of(input.timeout.as_ref(), || names.name(RouteField::Timeout), errs);
+    found("idle_timeout", errs);
     let idle_timeout = duration_of(input.idle_timeout.as_ref(), || names.name(RouteField::IdleTimeout), errs);
+    for key in ["allow_websockets", "preserve_host_header", "host_rewrite"] {
+        found(key, errs);
+    }
     let preserve_host_header = input.preserve_host_header.unwrap_or(false);
     let host_rewrite = input.host_rewrite.clone();
     if let Some(h) = &host_rewrite {
@@ -340,6 +327,9 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
     }
     if preserve_host_header && host_rewrite.is_some() {
         errs.push(names.name(RouteField::HostRewrite), "cannot be combined with preserve_host_header");
+    }
+    for key in ["prefix_rewrite", "regex_rewrite_pattern", "regex_rewrite_substitution"] {
+        found(key, errs);
     }
     let regex_rewrite = match (&input.regex_rewrite_pattern, &input.regex_rewrite_substitution) {
         (Some(p), Some(s)) => match Regex::new(p) {
@@ -362,24 +352,23 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
     if input.prefix_rewrite.is_some() && regex_rewrite.is_some() {
         errs.push(names.name(RouteField::PrefixRewrite), "cannot be combined with regex_rewrite_pattern");
     }
+    found("set_request_headers", errs);
     let set_request_headers = header_pairs(&input.set_request_headers, RouteField::SetRequestHeader, names, errs);
-    let remove_request_headers = input
-        .remove_request_headers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, name)| {
-            HeaderName::try_from(name.as_str())
-                .map_err(|_| {
-                    errs.push(
-                        names.name(RouteField::RemoveRequestHeader(i)),
-                        format!("{name:?} is not a valid header name"),
-                    );
-                })
-                .ok()
-        })
-        .collect();
+    found("remove_request_headers", errs);
+    let mut remove_request_headers = Vec::with_capacity(input.remove_request_headers.len());
+    for (i, name) in input.remove_request_headers.iter().enumerate() {
+        errs.extend(input.problems.about("remove_request_headers", Some(i)));
+        let Some(name) = name else { continue };
+        match HeaderName::try_from(name.as_str()) {
+            Ok(n) => remove_request_headers.push(n),
+            Err(_) => errs
+                .push(names.name(RouteField::RemoveRequestHeader(i)), format!("{name:?} is not a valid header name")),
+        }
+    }
+    found("set_response_headers", errs);
     let set_response_headers = header_pairs(&input.set_response_headers, RouteField::SetResponseHeader, names, errs);
     let tls = upstream_tls(input, names, errs);
+    found("load_balancing_policy", errs);
     let load_balancing_policy = choice(
         input.load_balancing_policy.as_ref(),
         parse_lb_policy,
@@ -387,8 +376,15 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
         errs,
     )
     .unwrap_or(LbPolicy::RoundRobin);
-    let health_checks =
-        input.health_checks.iter().enumerate().filter_map(|(i, h)| health_check(h, i, names, errs)).collect();
+    found("health_checks", errs);
+    let mut health_checks = Vec::with_capacity(input.health_checks.len());
+    for (i, h) in input.health_checks.iter().enumerate() {
+        errs.extend(input.problems.about("health_checks", Some(i)));
+        if let Some(h) = h.as_ref().and_then(|h| health_check(h, i, names, errs)) {
+            health_checks.push(h);
+        }
+    }
+    found("policy", errs);
     if errs.len() > before {
         return None;
     }
@@ -420,11 +416,13 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
 /// were reported by the source.
 fn upstreams<'a>(
     items: impl Iterator<Item = Option<&'a UpstreamInput>>,
+    input: &RouteInput,
     names: &dyn RouteNames,
     errs: &mut Errors,
 ) -> Vec<Upstream> {
     let mut out = Vec::new();
     for (i, item) in items.enumerate() {
+        errs.extend(input.problems.about("to", Some(i)));
         match item.map(upstream) {
             Some(Ok(u)) => out.push(u),
             Some(Err(e)) => errs.push(names.name(RouteField::ToEntry(i)), e),
@@ -464,16 +462,22 @@ fn header_pairs<'a>(
 }
 
 fn upstream_tls(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> UpstreamTls {
+    let found = |key, errs: &mut Errors| errs.extend(input.problems.about(key, None));
+    found("tls_skip_verify", errs);
+    found("tls_server_name", errs);
     let server_name = input.tls_server_name.clone();
     if let Some(n) = &server_name {
         if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
             errs.push(names.name(RouteField::TlsServerName), format!("{n:?} is not a valid server name"));
         }
     }
+    found("tls_custom_ca", errs);
     let custom_ca = input
         .tls_custom_ca
         .as_ref()
         .and_then(|pem| parse_certs(&pem.bytes).map_err(|e| errs.push(names.name(RouteField::TlsCustomCa), e)).ok());
+    found("tls_client_cert", errs);
+    found("tls_client_key", errs);
     let client_cert = match (&input.tls_client_cert, &input.tls_client_key) {
         (Some(c), Some(k)) => {
             let chain = parse_certs(&c.bytes).map_err(|e| errs.push(names.name(RouteField::TlsClientCert), e)).ok();
@@ -499,14 +503,20 @@ fn upstream_tls(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -
 
 fn health_check(input: &HealthCheckInput, i: usize, names: &dyn RouteNames, errs: &mut Errors) -> Option<HealthCheck> {
     let at = |f| names.name(RouteField::HealthCheck(i, f));
+    let found = |key, errs: &mut Errors| errs.extend(input.problems.about(key, None));
+    found("interval", errs);
     let interval = duration_of(input.interval.as_ref(), || at(HealthCheckField::Interval), errs)
         .flatten()
         .unwrap_or(Duration::from_secs(10));
+    found("timeout", errs);
     let timeout = duration_of(input.timeout.as_ref(), || at(HealthCheckField::Timeout), errs)
         .flatten()
         .unwrap_or(Duration::from_secs(5));
+    found("unhealthy_threshold", errs);
+    found("healthy_threshold", errs);
     let unhealthy_threshold = input.unhealthy_threshold.unwrap_or(3).clamp(1, 100) as u32;
     let healthy_threshold = input.healthy_threshold.unwrap_or(2).clamp(1, 100) as u32;
+    found("http_health_check", errs);
     let kind = match (&input.http, input.tcp) {
         (Some(h), false) => {
             let path = h.path.clone().unwrap_or_else(|| "/".to_owned());
@@ -521,6 +531,7 @@ fn health_check(input: &HealthCheckInput, i: usize, names: &dyn RouteNames, errs
             return None;
         }
     };
+    found(UNKNOWN_KEYS, errs);
     Some(HealthCheck { interval, timeout, unhealthy_threshold, healthy_threshold, kind })
 }
 

@@ -98,7 +98,7 @@ pub fn translate_ingress(ing: &Ingress, objects: &Objects) -> Result<Translated,
         ) else {
             return;
         };
-        let mut input = ann.route_input(errs);
+        let mut input = ann.route_input();
         let shown_host = if host.is_empty() { "*" } else { host };
         let shown_path = matcher.as_ref().map_or("", |m| m.path());
         input.name = Some(format!("{ns}/{name}:{shown_host}{shown_path}"));
@@ -198,17 +198,21 @@ struct Annotations {
 
 impl Annotations {
     /// A route input with every route annotation parsed into it. An annotation's value is a
-    /// string; maps and lists are written as YAML/JSON (`{X-A: b}`). Errors name the
-    /// annotation.
-    fn route_input(&self, errs: &mut Errors) -> RouteInput {
+    /// string; maps and lists are written as YAML/JSON (`{X-A: b}`). What is wrong with one
+    /// is reported by the validator in the key's place, naming the annotation.
+    fn route_input(&self) -> RouteInput {
         let mut input = RouteInput::default();
         for (key, value) in &self.route {
             let at = annotation_path(key);
-            let mut found = Errors::default();
-            read_route_value(key, &annotation_value(value), &at, &mut input, &mut found);
-            for e in found.into_vec() {
-                // A nested key (a header of `set_request_headers`) is still that annotation.
-                errs.push(at.clone(), e.message);
+            let start = input.problems.len();
+            read_route_value(key, &annotation_value(value), &at, &mut input);
+            // A nested key (a header of `set_request_headers`, a key of a health check) is
+            // still that annotation.
+            input.problems.rename_since(start, &at);
+            if key == "health_checks" {
+                for check in input.health_checks.iter_mut().flatten() {
+                    check.problems.rename_since(0, &at);
+                }
             }
         }
         input.tls_custom_ca.clone_from(&self.tls_custom_ca);

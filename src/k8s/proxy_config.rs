@@ -3,7 +3,7 @@
 
 use super::objects::{secret_pem, tls_certificate, Objects};
 use super::translate::SpecNames;
-use crate::config::input::{Given, MtlsInput, SettingsInput};
+use crate::config::input::{Given, MtlsInput, Problems, SettingsInput};
 use crate::config::validate::{self, Errors};
 use crate::config::FieldError;
 use crate::source::env::EnvOverrides;
@@ -48,6 +48,7 @@ pub fn translate_proxy_config(
                 })
             }),
             max_verify_depth: m.max_verify_depth.map(u64::from),
+            problems: Problems::default(),
         });
     }
     let mut settings = validate::settings(&input, &SpecNames, &mut errs);
@@ -92,6 +93,7 @@ fn settings_input(spec: &crate::k8s::crd::ProxyConfigSpec) -> SettingsInput {
         }),
         certificates: Vec::new(),
         downstream_mtls: None,
+        problems: Problems::default(),
     }
 }
 

@@ -95,7 +95,7 @@ fn route_input(spec: &crate::k8s::crd::RouteSpec) -> RouteInput {
         regex_rewrite_pattern: spec.regex_rewrite_pattern.clone(),
         regex_rewrite_substitution: spec.regex_rewrite_substitution.clone(),
         set_request_headers: headers(&spec.set_request_headers),
-        remove_request_headers: spec.remove_request_headers.clone().unwrap_or_default(),
+        remove_request_headers: spec.remove_request_headers.iter().flatten().cloned().map(Some).collect(),
         set_response_headers: headers(&spec.set_response_headers),
         tls_skip_verify: spec.tls_skip_verify,
         tls_server_name: spec.tls_server_name.clone(),
@@ -110,13 +110,16 @@ fn route_input(spec: &crate::k8s::crd::RouteSpec) -> RouteInput {
             .health_checks
             .iter()
             .flatten()
-            .map(|h| HealthCheckInput {
-                interval: h.interval.clone().map(Given::Text),
-                timeout: h.timeout.clone().map(Given::Text),
-                unhealthy_threshold: h.unhealthy_threshold.map(u64::from),
-                healthy_threshold: h.healthy_threshold.map(u64::from),
-                http: h.http_health_check.as_ref().map(|p| HttpProbeInput { path: p.path.clone() }),
-                tcp: h.tcp_health_check.is_some(),
+            .map(|h| {
+                Some(HealthCheckInput {
+                    interval: h.interval.clone().map(Given::Text),
+                    timeout: h.timeout.clone().map(Given::Text),
+                    unhealthy_threshold: h.unhealthy_threshold.map(u64::from),
+                    healthy_threshold: h.healthy_threshold.map(u64::from),
+                    http: h.http_health_check.as_ref().map(|p| HttpProbeInput { path: p.path.clone() }),
+                    tcp: h.tcp_health_check.is_some(),
+                    ..HealthCheckInput::default()
+                })
             })
             .collect(),
         ..RouteInput::default()

@@ -81,19 +81,16 @@ pub(crate) fn cluster_host_default(input: &mut RouteInput) {
     }
 }
 
-/// A custom resource's spelling: `spec.` and the key in camelCase (`spec.idleTimeout`,
-/// `spec.healthChecks[0].httpHealthCheck.path`); header names stay as written, and TLS
-/// material is named by the Secret field that supplied it.
+/// A custom resource's spelling: `spec.` and the key path in camelCase (`spec.idleTimeout`,
+/// `spec.healthChecks[0].httpHealthCheck.path`). Every segment is camel-cased, header names
+/// and the validator's TLS keys included (`spec.tlsCustomCa` for the PEM of
+/// `tlsCustomCaSecret`), exactly as these errors have always been named.
 pub struct SpecNames;
 
 impl RouteNames for SpecNames {
     fn name(&self, field: RouteField<'_>) -> String {
         match field {
             RouteField::Route => "spec".to_owned(),
-            RouteField::SetRequestHeader(h) => format!("spec.setRequestHeaders.{h}"),
-            RouteField::SetResponseHeader(h) => format!("spec.setResponseHeaders.{h}"),
-            RouteField::TlsCustomCa => "spec.tlsCustomCaSecret".to_owned(),
-            RouteField::TlsClientCert | RouteField::TlsClientKey => "spec.tlsClientSecret".to_owned(),
             other => format!("spec.{}", camel(&other.key_path())),
         }
     }

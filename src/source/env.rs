@@ -67,9 +67,8 @@ pub fn env_overrides(env: &dyn Fn(&str) -> Option<String>) -> Result<EnvOverride
         return Err(errs);
     }
     let mut errs = Errors::default();
-    let settings = MappingReader::new("", &root, &mut errs)
-        .map(|mut m| read_settings(&mut m, &NoMaterial, &mut errs))
-        .unwrap_or_default();
+    let settings =
+        MappingReader::new("", &root, &mut errs).map(|mut m| read_settings(&mut m, &NoMaterial)).unwrap_or_default();
     let keys =
         GLOBAL_SCALAR_KEYS.iter().copied().filter(|k| applied.iter().any(|v| v.eq_ignore_ascii_case(k))).collect();
     Ok(EnvOverrides { keys, settings })

@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 
 use crate::config::fields::{KeyPath, RouteNames};
 use crate::config::input::{
-    CertificateInput, Destinations, Given, HealthCheckInput, HttpProbeInput, MtlsInput, Pem, RouteInput, SettingsInput,
-    UpstreamInput,
+    CertificateInput, Destinations, Given, HealthCheckInput, HttpProbeInput, MtlsInput, Pem, Problems, RouteInput,
+    SettingsInput, UpstreamInput, UNKNOWN_KEYS,
 };
 use crate::config::validate::{self, check_route_set, ConfigErrors, Errors};
 use crate::config::{Config, Route};
@@ -71,34 +71,43 @@ impl<'a> MappingReader<'a> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    /// A string field.
-    pub fn string(&mut self, key: &'static str, errs: &mut Errors) -> Option<String> {
+    /// Reads `key` with `read`, recording what is wrong with it in `problems` under the key.
+    fn keyed<T>(
+        &mut self,
+        key: &'static str,
+        problems: &mut Problems,
+        read: impl FnOnce(&'a Value, &str, &mut Errors) -> Option<T>,
+    ) -> Option<T> {
         let v = self.get(key)?;
-        string(v, &self.at(key), errs)
+        let mut found = Errors::default();
+        let out = read(v, &self.at(key), &mut found);
+        problems.add(key, None, found);
+        out
+    }
+
+    /// A string field.
+    pub fn string(&mut self, key: &'static str, problems: &mut Problems) -> Option<String> {
+        self.keyed(key, problems, string)
     }
 
     /// A boolean field; the strings `"true"`/`"false"` are accepted (environment, annotations).
-    pub fn boolean(&mut self, key: &'static str, errs: &mut Errors) -> Option<bool> {
-        let v = self.get(key)?;
-        boolean(v, &self.at(key), errs)
+    pub fn boolean(&mut self, key: &'static str, problems: &mut Problems) -> Option<bool> {
+        self.keyed(key, problems, boolean)
     }
 
     /// An unsigned integer field; numeric strings are accepted.
-    pub fn uint(&mut self, key: &'static str, errs: &mut Errors) -> Option<u64> {
-        let v = self.get(key)?;
-        uint(v, &self.at(key), errs)
+    pub fn uint(&mut self, key: &'static str, problems: &mut Problems) -> Option<u64> {
+        self.keyed(key, problems, uint)
     }
 
     /// A Go duration field, as text for the validator (a YAML `0` is already a duration).
-    pub fn duration(&mut self, key: &'static str, errs: &mut Errors) -> Option<Given<Duration>> {
-        let v = self.get(key)?;
-        duration(v, &self.at(key), errs)
+    pub fn duration(&mut self, key: &'static str, problems: &mut Problems) -> Option<Given<Duration>> {
+        self.keyed(key, problems, duration)
     }
 
     /// A list field; a single scalar is accepted as a list of one.
-    pub fn list(&mut self, key: &'static str, errs: &mut Errors) -> Option<Vec<&'a Value>> {
-        let v = self.get(key)?;
-        list(v, &self.at(key), errs)
+    pub fn list(&mut self, key: &'static str, problems: &mut Problems) -> Option<Vec<&'a Value>> {
+        self.keyed(key, problems, list)
     }
 
     /// Reports every key that no getter asked for.
@@ -109,6 +118,13 @@ impl<'a> MappingReader<'a> {
                 errs.push(self.at(key), format!("unknown field{hint}"));
             }
         }
+    }
+
+    /// As [`Self::finish`], into an input's problems (reported after its known fields).
+    pub fn finish_into(self, problems: &mut Problems) {
+        let mut found = Errors::default();
+        self.finish(&mut found);
+        problems.add(UNKNOWN_KEYS, None, found);
     }
 }
 
@@ -253,10 +269,10 @@ pub fn parse_config(root: &Value, material: &dyn Material) -> Result<Config, Con
     let Some(mut doc) = MappingReader::new("", root, &mut errs) else {
         return Err(ConfigErrors(errs.into_vec()));
     };
-    let settings_input = read_settings(&mut doc, material, &mut errs);
+    let settings_input = read_settings(&mut doc, material);
     let settings = validate::settings(&settings_input, &KeyPath::default(), &mut errs);
     let mut routes: Vec<Route> = Vec::new();
-    if let Some(items) = doc.list("routes", &mut errs) {
+    if let Some(items) = doc.get("routes").and_then(|v| list(v, "routes", &mut errs)) {
         for (i, item) in items.into_iter().enumerate() {
             if let Some(route) = parse_route(&format!("routes[{i}]"), item, material, &mut errs) {
                 routes.push(route);
@@ -281,75 +297,87 @@ pub fn parse_config(root: &Value, material: &dyn Material) -> Result<Config, Con
 pub fn parse_route(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors) -> Option<Route> {
     let before = errs.len();
     let mut m = MappingReader::new(path, v, errs)?;
-    let input = read_route_fields(&mut m, material, errs);
+    let input = read_route_fields(&mut m, material);
     let route = validate::route(&input, &KeyPath(path.to_owned()), errs);
     // Unknown keys come last, after what is wrong with the known ones.
     m.finish(errs);
     route.filter(|_| errs.len() == before)
 }
 
-/// Reads the global settings out of a mapping (the file root).
-pub fn read_settings(m: &mut MappingReader<'_>, material: &dyn Material, errs: &mut Errors) -> SettingsInput {
+/// Reads the global settings out of a mapping (the file root); the caller finishes it.
+pub fn read_settings(m: &mut MappingReader<'_>, material: &dyn Material) -> SettingsInput {
+    let mut p = Problems::default();
     let mut s = SettingsInput {
-        address: m.string("address", errs),
-        http_redirect_address: m.string("http_redirect_address", errs),
-        metrics_address: m.string("metrics_address", errs),
-        admin_address: m.string("admin_address", errs),
-        insecure_server: m.boolean("insecure_server", errs),
-        codec_type: m.string("codec_type", errs).map(Given::Text),
-        http3_advertised_port: m.uint("http3_advertised_port", errs),
-        timeout_read: m.duration("timeout_read", errs),
-        timeout_write: m.duration("timeout_write", errs),
-        timeout_idle: m.duration("timeout_idle", errs),
-        default_upstream_timeout: m.duration("default_upstream_timeout", errs),
-        drain_timeout: m.duration("drain_timeout", errs),
-        drain_scope: m.string("drain_scope", errs).map(Given::Text),
+        address: m.string("address", &mut p),
+        http_redirect_address: m.string("http_redirect_address", &mut p),
+        metrics_address: m.string("metrics_address", &mut p),
+        admin_address: m.string("admin_address", &mut p),
+        insecure_server: m.boolean("insecure_server", &mut p),
+        codec_type: m.string("codec_type", &mut p).map(Given::Text),
+        http3_advertised_port: m.uint("http3_advertised_port", &mut p),
+        timeout_read: m.duration("timeout_read", &mut p),
+        timeout_write: m.duration("timeout_write", &mut p),
+        timeout_idle: m.duration("timeout_idle", &mut p),
+        default_upstream_timeout: m.duration("default_upstream_timeout", &mut p),
+        drain_timeout: m.duration("drain_timeout", &mut p),
+        drain_scope: m.string("drain_scope", &mut p).map(Given::Text),
         ..SettingsInput::default()
     };
-    if let Some(items) = m.list("certificates", errs) {
+    if let Some(items) = m.list("certificates", &mut p) {
         for (i, item) in items.into_iter().enumerate() {
-            if let Some(c) = read_certificate(&format!("{}[{i}]", m.at("certificates")), item, material, errs) {
-                s.certificates.push(c);
-            }
+            let mut found = Errors::default();
+            s.certificates.push(read_certificate(
+                &format!("{}[{i}]", m.at("certificates")),
+                item,
+                material,
+                &mut found,
+            ));
+            p.add("certificates", Some(i), found);
         }
     }
     if let Some(v) = m.get("downstream_mtls") {
-        s.downstream_mtls = read_mtls(&m.at("downstream_mtls"), v, material, errs);
+        let mut found = Errors::default();
+        s.downstream_mtls = read_mtls(&m.at("downstream_mtls"), v, material, &mut found);
+        p.add("downstream_mtls", None, found);
     }
+    s.problems = p;
     s
 }
 
 fn read_certificate(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors) -> Option<CertificateInput> {
     let mut m = MappingReader::new(path, v, errs)?;
-    let cert = read_pem_field(&mut m, "cert", "cert_file", material, errs);
-    let key = read_pem_field(&mut m, "key", "key_file", material, errs);
-    m.finish(errs);
-    Some(CertificateInput { cert, key })
+    let mut input = CertificateInput::default();
+    input.cert = read_pem_field(&mut m, "cert", "cert_file", material, &mut input.problems);
+    input.key = read_pem_field(&mut m, "key", "key_file", material, &mut input.problems);
+    m.finish_into(&mut input.problems);
+    Some(input)
 }
 
 fn read_mtls(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors) -> Option<MtlsInput> {
     let mut m = MappingReader::new(path, v, errs)?;
-    let input = MtlsInput {
-        ca: read_pem_field(&mut m, "ca", "ca_file", material, errs),
-        crl: read_pem_field(&mut m, "crl", "crl_file", material, errs),
-        enforcement: m.string("enforcement", errs).map(Given::Text),
-        max_verify_depth: m.uint("max_verify_depth", errs),
-    };
-    m.finish(errs);
+    let mut input = MtlsInput::default();
+    input.ca = read_pem_field(&mut m, "ca", "ca_file", material, &mut input.problems);
+    input.crl = read_pem_field(&mut m, "crl", "crl_file", material, &mut input.problems);
+    input.enforcement = m.string("enforcement", &mut input.problems).map(Given::Text);
+    input.max_verify_depth = m.uint("max_verify_depth", &mut input.problems);
+    m.finish_into(&mut input.problems);
     Some(input)
 }
 
 /// Reads `inline_key` (PEM, or base64 of PEM) or `file_key` (a reference for [`Material`]).
+/// Problems with either are recorded under `inline_key`.
 fn read_pem_field(
     m: &mut MappingReader<'_>,
     inline_key: &'static str,
     file_key: &'static str,
     material: &dyn Material,
-    errs: &mut Errors,
+    problems: &mut Problems,
 ) -> Option<Pem> {
-    let inline = m.string(inline_key, errs);
-    let file = m.string(file_key, errs);
-    match (inline, file) {
+    let mut found = Problems::default();
+    let inline = m.string(inline_key, &mut found);
+    let file = m.string(file_key, &mut found);
+    let mut errs = Errors::default();
+    let pem = match (inline, file) {
         (Some(_), Some(_)) => {
             errs.push(m.at(file_key), format!("set either {inline_key} or {file_key}, not both"));
             None
@@ -363,7 +391,12 @@ fn read_pem_field(
             }
         },
         (None, None) => None,
-    }
+    };
+    let mut all = Errors::default();
+    all.extend(found.about(inline_key, None).chain(found.about(file_key, None)));
+    all.extend(errs.into_vec().iter());
+    problems.add(inline_key, None, all);
+    pem
 }
 
 /// Pomerium accepts base64-encoded PEM inline; plain PEM is friendlier, so both work.
@@ -402,42 +435,68 @@ pub const ROUTE_VALUE_KEYS: &[&str] = &[
     "health_checks",
 ];
 
-/// Reads one route mapping into a [`RouteInput`] (type errors and unknown keys recorded).
+/// Reads one route mapping into a [`RouteInput`] (what is wrong recorded in its problems).
 pub fn read_route(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors) -> Option<RouteInput> {
     let mut m = MappingReader::new(path, v, errs)?;
-    let input = read_route_fields(&mut m, material, errs);
-    m.finish(errs);
+    let mut input = read_route_fields(&mut m, material);
+    m.finish_into(&mut input.problems);
     Some(input)
 }
 
 /// Reads the route keys of a mapping; the caller finishes it (reports unknown keys).
-fn read_route_fields(m: &mut MappingReader<'_>, material: &dyn Material, errs: &mut Errors) -> RouteInput {
+fn read_route_fields(m: &mut MappingReader<'_>, material: &dyn Material) -> RouteInput {
     let mut input = RouteInput::default();
     for key in ROUTE_VALUE_KEYS {
         if let Some(v) = m.get(key) {
-            read_route_value(key, v, &m.at(key), &mut input, errs);
+            read_route_value(key, v, &m.at(key), &mut input);
         }
     }
-    input.tls_custom_ca = read_pem_field(m, "tls_custom_ca", "tls_custom_ca_file", material, errs);
-    input.tls_client_cert = read_pem_field(m, "tls_client_cert", "tls_client_cert_file", material, errs);
-    input.tls_client_key = read_pem_field(m, "tls_client_key", "tls_client_key_file", material, errs);
+    let mut p = std::mem::take(&mut input.problems);
+    input.tls_custom_ca = read_pem_field(m, "tls_custom_ca", "tls_custom_ca_file", material, &mut p);
+    input.tls_client_cert = read_pem_field(m, "tls_client_cert", "tls_client_cert_file", material, &mut p);
+    input.tls_client_key = read_pem_field(m, "tls_client_key", "tls_client_key_file", material, &mut p);
     if m.get("policy").is_some() {
-        errs.push(m.at("policy"), "authorization policies are not supported by this version of Portcullis");
+        let mut found = Errors::default();
+        found.push(m.at("policy"), "authorization policies are not supported by this version of Portcullis");
+        p.add("policy", None, found);
     }
+    input.problems = p;
     input
 }
 
-/// Reads the value of one of [`ROUTE_VALUE_KEYS`] into `input`, with type errors at `at`.
-/// Also what the Ingress translation uses for an annotation's value (parsed from its text).
-/// Returns `false` for a key that is not one of them.
-pub fn read_route_value(key: &str, v: &Value, at: &str, input: &mut RouteInput, errs: &mut Errors) -> bool {
+/// Reads the value of one of [`ROUTE_VALUE_KEYS`] into `input`, with what is wrong recorded
+/// in its problems at `at`. Also what the Ingress translation uses for an annotation's value
+/// (parsed from its text). Returns `false` for a key that is not one of them.
+pub fn read_route_value(key: &str, v: &Value, at: &str, input: &mut RouteInput) -> bool {
+    let Some(key) = ROUTE_VALUE_KEYS.iter().copied().find(|k| *k == key) else { return false };
+    let mut errs = Errors::default();
+    let errs = &mut errs;
+    let mut items = Problems::default();
     match key {
         "name" => input.name = string(v, at, errs),
         "from" => input.from = string(v, at, errs),
         "prefix" => input.prefix = string(v, at, errs),
         "path" => input.path = string(v, at, errs),
         "regex" => input.regex = string(v, at, errs),
-        "to" => input.to = list(v, at, errs).map(|items| Destinations::Listed(read_upstreams(&items, at, errs))),
+        "to" => {
+            input.to = list(v, at, errs).map(|entries| {
+                Destinations::Listed(
+                    entries
+                        .iter()
+                        .enumerate()
+                        .map(|(i, entry)| {
+                            read_upstream(entry)
+                                .map_err(|e| {
+                                    let mut found = Errors::default();
+                                    found.push(format!("{at}[{i}]"), e);
+                                    items.add(key, Some(i), found);
+                                })
+                                .ok()
+                        })
+                        .collect(),
+                )
+            });
+        }
         "timeout" => input.timeout = duration(v, at, errs),
         "idle_timeout" => input.idle_timeout = duration(v, at, errs),
         "allow_websockets" => input.allow_websockets = boolean(v, at, errs),
@@ -453,10 +512,12 @@ pub fn read_route_value(key: &str, v: &Value, at: &str, input: &mut RouteInput, 
                 .into_iter()
                 .flatten()
                 .enumerate()
-                .filter_map(|(i, item)| {
+                .map(|(i, item)| {
                     let name = item.as_str().map(str::to_owned);
                     if name.is_none() {
-                        errs.push(format!("{at}[{i}]"), format!("{} is not a valid header name", show(item)));
+                        let mut found = Errors::default();
+                        found.push(format!("{at}[{i}]"), format!("{} is not a valid header name", show(item)));
+                        items.add(key, Some(i), found);
                     }
                     name
                 })
@@ -470,22 +531,23 @@ pub fn read_route_value(key: &str, v: &Value, at: &str, input: &mut RouteInput, 
                 .into_iter()
                 .flatten()
                 .enumerate()
-                .filter_map(|(i, item)| read_health_check(&format!("{at}[{i}]"), item, errs))
+                .map(|(i, item)| {
+                    let mut found = Errors::default();
+                    let check = read_health_check(&format!("{at}[{i}]"), item, &mut found);
+                    items.add(key, Some(i), found);
+                    check
+                })
                 .collect();
         }
-        _ => return false,
+        _ => unreachable!("every key of ROUTE_VALUE_KEYS is read above"),
+    }
+    input.problems.add(key, None, std::mem::take(errs));
+    for (k, i, e) in items.into_entries() {
+        let mut found = Errors::default();
+        found.extend([&e]);
+        input.problems.add(k, i, found);
     }
     true
-}
-
-/// `to` entries: `"http://host:port"`, `"http://host:port,weight"` or `{url: ..., weight: N}`.
-/// An entry that cannot be read is reported here and kept as `None`.
-fn read_upstreams(items: &[&Value], at: &str, errs: &mut Errors) -> Vec<Option<UpstreamInput>> {
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| read_upstream(item).map_err(|e| errs.push(format!("{at}[{i}]"), e)).ok())
-        .collect()
 }
 
 fn read_upstream(v: &Value) -> Result<UpstreamInput, String> {
@@ -506,26 +568,30 @@ fn read_upstream(v: &Value) -> Result<UpstreamInput, String> {
     }
 }
 
+/// One health check; `None` (the error in `errs`) when it or its probe is not a mapping.
 fn read_health_check(path: &str, v: &Value, errs: &mut Errors) -> Option<HealthCheckInput> {
     let mut m = MappingReader::new(path, v, errs)?;
-    let mut input = HealthCheckInput {
-        interval: m.duration("interval", errs),
-        timeout: m.duration("timeout", errs),
-        unhealthy_threshold: m.uint("unhealthy_threshold", errs),
-        healthy_threshold: m.uint("healthy_threshold", errs),
-        ..HealthCheckInput::default()
-    };
+    let mut input = HealthCheckInput::default();
+    let p = &mut input.problems;
+    input.interval = m.duration("interval", p);
+    input.timeout = m.duration("timeout", p);
+    input.unhealthy_threshold = m.uint("unhealthy_threshold", p);
+    input.healthy_threshold = m.uint("healthy_threshold", p);
     let http = m.get("http_health_check");
     input.tcp = m.get("tcp_health_check").is_some();
     if let Some(h) = http {
         let mut probe = MappingReader::new(&m.at("http_health_check"), h, errs)?;
-        input.http = Some(HttpProbeInput { path: probe.string("path", errs) });
-        probe.finish(errs);
+        let mut found = Problems::default();
+        input.http = Some(HttpProbeInput { path: probe.string("path", &mut found) });
+        let mut all = Errors::default();
+        all.extend(found.about("path", None));
+        probe.finish(&mut all);
+        input.problems.add("http_health_check", None, all);
     }
     // With both or neither probe the validator rejects the check as a whole; its other keys
     // are not worth a second complaint.
     if input.http.is_some() != input.tcp {
-        m.finish(errs);
+        m.finish_into(&mut input.problems);
     }
     Some(input)
 }
