@@ -103,13 +103,13 @@ pub struct World<'a> {
 struct Good {
     created: String,
     translated: Arc<Translated>,
-    source: Source,
+    origin: Origin,
 }
 
 /// The object a last good translation came from, kept (cheaply, shared with the reflector)
 /// so that the leader can store it when the object turns bad.
 #[derive(Clone)]
-enum Source {
+enum Origin {
     Ingress(Arc<Ingress>),
     Route(Arc<RouteResource>),
 }
@@ -193,8 +193,8 @@ impl Assembler {
                     seen.insert(key.clone());
                     let result =
                         self.translate(&key, ing.meta(), world.objects, || translate_ingress(ing, world.objects));
-                    let source = Source::Ingress(ing.clone());
-                    reports.push(self.record(key, source, result, deprecated_annotation, world));
+                    let origin = Origin::Ingress(ing.clone());
+                    reports.push(self.record(key, origin, result, deprecated_annotation, world));
                 }
             }
         }
@@ -202,7 +202,7 @@ impl Assembler {
             let key = ObjectKey { kind: Kind::Route, namespace: r.namespace().unwrap_or_default(), name: r.name_any() };
             seen.insert(key.clone());
             let result = self.translate(&key, r.meta(), world.objects, || translate_route(r, world.objects));
-            reports.push(self.record(key, Source::Route(r.clone()), result, false, world));
+            reports.push(self.record(key, Origin::Route(r.clone()), result, false, world));
         }
         // Objects that were deleted or left our class stop serving.
         self.last_good.retain(|k, _| seen.contains(k));
@@ -295,9 +295,9 @@ impl Assembler {
             }
             let json = match r.key.kind {
                 Kind::ProxyConfig => self.last_settings.as_ref().map(|(_, pc)| stored_json(&**pc, |o| o.status = None)),
-                Kind::Ingress | Kind::Route => self.last_good.get(&r.key).map(|g| match &g.source {
-                    Source::Ingress(i) => stored_json(&**i, |o| o.status = None),
-                    Source::Route(rt) => stored_json(&**rt, |o| o.status = None),
+                Kind::Ingress | Kind::Route => self.last_good.get(&r.key).map(|g| match &g.origin {
+                    Origin::Ingress(i) => stored_json(&**i, |o| o.status = None),
+                    Origin::Route(rt) => stored_json(&**rt, |o| o.status = None),
                 }),
             };
             if let Some(json) = json {
@@ -311,19 +311,19 @@ impl Assembler {
     /// object (same uid) and it still translates.
     fn recover(&mut self, key: &ObjectKey, uid: Option<&str>, world: &World<'_>) {
         let Some(text) = world.stored.get(&key.store_key()) else { return };
-        let source = match key.kind {
-            Kind::Ingress => from_store::<Ingress>(text, uid).map(|o| Source::Ingress(Arc::new(o))),
-            Kind::Route => from_store::<RouteResource>(text, uid).map(|o| Source::Route(Arc::new(o))),
+        let origin = match key.kind {
+            Kind::Ingress => from_store::<Ingress>(text, uid).map(|o| Origin::Ingress(Arc::new(o))),
+            Kind::Route => from_store::<RouteResource>(text, uid).map(|o| Origin::Route(Arc::new(o))),
             Kind::ProxyConfig => None,
         };
-        let Some(source) = source else { return };
-        let (result, meta) = match &source {
-            Source::Ingress(i) => (translate_ingress(i, world.objects), i.meta()),
-            Source::Route(r) => (translate_route(r, world.objects), r.meta()),
+        let Some(origin) = origin else { return };
+        let (result, meta) = match &origin {
+            Origin::Ingress(i) => (translate_ingress(i, world.objects), i.meta()),
+            Origin::Route(r) => (translate_route(r, world.objects), r.meta()),
         };
         if let Ok(t) = result {
             tracing::info!(object = %key.store_key(), generation = ?meta.generation, "serving the stored last good version");
-            let good = Good { created: created(meta), translated: Arc::new(t), source };
+            let good = Good { created: created(meta), translated: Arc::new(t), origin };
             self.last_good.insert(key.clone(), good);
         }
     }
@@ -367,20 +367,20 @@ impl Assembler {
     fn record(
         &mut self,
         key: ObjectKey,
-        source: Source,
+        origin: Origin,
         result: Result<Arc<Translated>, Vec<FieldError>>,
         deprecated_class_annotation: bool,
         world: &World<'_>,
     ) -> Report {
-        let meta = match &source {
-            Source::Ingress(i) => i.meta(),
-            Source::Route(r) => r.meta(),
+        let meta = match &origin {
+            Origin::Ingress(i) => i.meta(),
+            Origin::Route(r) => r.meta(),
         };
         let generation = meta.generation;
         let verdict = match result {
             Ok(t) => {
                 let warnings = t.warnings.clone();
-                self.last_good.insert(key.clone(), Good { created: created(meta), translated: t, source });
+                self.last_good.insert(key.clone(), Good { created: created(meta), translated: t, origin });
                 Verdict::Accepted { warnings, conflicts: Vec::new() }
             }
             Err(errors) => {

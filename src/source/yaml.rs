@@ -54,7 +54,7 @@ impl<'a> MappingReader<'a> {
         match value {
             Value::Object(map) => Some(Self { path: KeyPath(path.to_owned()), map, known: Vec::new() }),
             other => {
-                errs.push(path, format!("expected a mapping, found {}", kind(other)));
+                errs.push(path, format!("expected a mapping, found {}", kind_of(other)));
                 None
             }
         }
@@ -132,7 +132,7 @@ fn string(v: &Value, at: &str, errs: &mut Errors) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         other => {
-            errs.push(at, format!("expected a string, found {}", kind(other)));
+            errs.push(at, format!("expected a string, found {}", kind_of(other)));
             None
         }
     }
@@ -144,7 +144,7 @@ fn boolean(v: &Value, at: &str, errs: &mut Errors) -> Option<bool> {
         Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
         Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
         other => {
-            errs.push(at, format!("expected true or false, found {}", show(other)));
+            errs.push(at, format!("expected true or false, found {}", describe(other)));
             None
         }
     }
@@ -157,7 +157,7 @@ fn uint(v: &Value, at: &str, errs: &mut Errors) -> Option<u64> {
         _ => None,
     };
     if n.is_none() {
-        errs.push(at, format!("expected a non-negative integer, found {}", show(v)));
+        errs.push(at, format!("expected a non-negative integer, found {}", describe(v)));
     }
     n
 }
@@ -167,7 +167,7 @@ fn duration(v: &Value, at: &str, errs: &mut Errors) -> Option<Given<Duration>> {
         Value::String(s) => Some(Given::Text(s.clone())),
         Value::Number(n) if n.as_u64() == Some(0) => Some(Given::Parsed(Duration::ZERO)),
         other => {
-            errs.push(at, format!("expected a Go duration string such as \"30s\", found {}", show(other)));
+            errs.push(at, format!("expected a Go duration string such as \"30s\", found {}", describe(other)));
             None
         }
     }
@@ -187,7 +187,7 @@ fn list<'a>(v: &'a Value, at: &str, errs: &mut Errors) -> Option<Vec<&'a Value>>
 /// A string-to-string mapping, in key order; numbers and booleans are taken as their text.
 fn string_map(v: &Value, at: &str, errs: &mut Errors) -> Option<Vec<(String, String)>> {
     let Value::Object(map) = v else {
-        errs.push(at, format!("expected a mapping of names to values, found {}", kind(v)));
+        errs.push(at, format!("expected a mapping of names to values, found {}", kind_of(v)));
         return None;
     };
     let mut out = Vec::with_capacity(map.len());
@@ -196,13 +196,14 @@ fn string_map(v: &Value, at: &str, errs: &mut Errors) -> Option<Vec<(String, Str
             Value::String(s) => out.push((k.clone(), s.clone())),
             Value::Number(n) => out.push((k.clone(), n.to_string())),
             Value::Bool(b) => out.push((k.clone(), b.to_string())),
-            other => errs.push(format!("{at}.{k}"), format!("expected a string, found {}", kind(other))),
+            other => errs.push(format!("{at}.{k}"), format!("expected a string, found {}", kind_of(other))),
         }
     }
     Some(out)
 }
 
-fn kind(v: &Value) -> &'static str {
+/// What kind of YAML value `v` is, for "expected X, found Y".
+fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "nothing",
         Value::Bool(_) => "a boolean",
@@ -213,11 +214,12 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn show(v: &Value) -> String {
+/// A scalar as written (strings quoted), anything else by its kind.
+fn describe(v: &Value) -> String {
     match v {
         Value::String(s) => format!("{s:?}"),
         Value::Bool(_) | Value::Number(_) => v.to_string(),
-        other => kind(other).to_owned(),
+        other => kind_of(other).to_owned(),
     }
 }
 
@@ -516,7 +518,7 @@ pub fn read_route_value(key: &str, v: &Value, at: &str, input: &mut RouteInput) 
                     let name = item.as_str().map(str::to_owned);
                     if name.is_none() {
                         let mut found = Errors::default();
-                        found.push(format!("{at}[{i}]"), format!("{} is not a valid header name", show(item)));
+                        found.push(format!("{at}[{i}]"), format!("{} is not a valid header name", describe(item)));
                         items.add(key, Some(i), found);
                     }
                     name
@@ -564,7 +566,7 @@ fn read_upstream(v: &Value) -> Result<UpstreamInput, String> {
             }
             Ok(UpstreamInput { url, weight })
         }
-        other => Err(format!("expected an upstream URL, found {}", kind(other))),
+        other => Err(format!("expected an upstream URL, found {}", kind_of(other))),
     }
 }
 
