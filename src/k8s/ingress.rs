@@ -58,7 +58,8 @@ impl IngressNames {
 impl RouteNames for IngressNames {
     fn name(&self, field: RouteField<'_>) -> String {
         match field {
-            RouteField::Route | RouteField::Name => self.field.clone(),
+            RouteField::Route => self.field.clone(),
+            RouteField::Name => format!("{}.name", self.field),
             RouteField::From => {
                 self.field.split_once(".http.").map_or_else(|| self.field.clone(), |(rule, _)| format!("{rule}.host"))
             }
