@@ -13,7 +13,9 @@ use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use k8s_openapi::api::core::v1::{Secret, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
@@ -24,11 +26,12 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 
-use crate::config::file::yaml_to_value;
-use crate::config::parse::{parse_config, parse_host, NoMaterial};
+use crate::config::validate::parse_host;
 use crate::config::{HostMatch, PathMatch};
-use crate::k8s::translate::{translate_ingress, Objects, ANNOTATION_PREFIX};
+use crate::k8s::ingress::{translate_ingress, ANNOTATION_PREFIX};
+use crate::k8s::objects::Objects;
 use crate::proxy::table::{prefix_matches, RouteTable};
+use crate::source::yaml::{parse_config, yaml_to_value, NoMaterial};
 
 // ---------------------------------------------------------------------------------------------
 // config

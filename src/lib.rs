@@ -2,8 +2,9 @@
 //!
 //! Layout (see README.md): [`config`] is the domain model and its validation, knowing
 //! nothing of Kubernetes or serving; [`proxy`] is the data plane, one module per stage;
-//! [`tls`], [`metrics`] and [`admin`] serve it; [`server`] starts it; [`demo`] is the
-//! built-in upstream of the quickstart and the tests. All wiring lives in `main.rs`.
+//! [`tls`], [`metrics`] and [`admin`] serve it; [`pki`] holds the certificate material both
+//! the validator and `tls` need; [`server`] starts it; [`demo`] is the built-in upstream of
+//! the quickstart and the tests. All wiring lives in `main.rs`.
 
 pub mod admin;
 pub mod config;
@@ -12,7 +13,9 @@ pub mod demo;
 pub mod fuzzing;
 pub mod k8s;
 pub mod metrics;
+pub mod pki;
 pub mod proxy;
 pub mod server;
+pub mod source;
 pub mod sync;
 pub mod tls;

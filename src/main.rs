@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use portcullis::config::file::{self, FileSource};
-use portcullis::config::parse::{parse_config, NoMaterial};
 use portcullis::proxy::Applied;
 use portcullis::server;
+use portcullis::source::file::{self, FileSource};
+use portcullis::source::yaml::{parse_config, yaml_to_value, NoMaterial};
 
 /// The command line.
 #[derive(Parser, Debug)]
@@ -190,7 +190,7 @@ async fn serve(path: PathBuf, watch_interval: Duration, grace: Duration) -> anyh
 async fn controller(options: portcullis::k8s::controller::Options, grace: Duration) -> anyhow::Result<ExitCode> {
     // Checked before anything else: a bad variable is the Deployment's mistake, and no
     // ProxyConfig edit could fix it.
-    let overrides = file::env_overrides(&|k| std::env::var(k).ok())
+    let overrides = portcullis::source::env::env_overrides(&|k| std::env::var(k).ok())
         .map_err(|e| anyhow::anyhow!("invalid global settings in the environment:\n{e}"))?;
     let client =
         kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
@@ -232,7 +232,7 @@ async fn demo(upstream: SocketAddr) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding the demo upstream on {upstream}"))?;
     tokio::spawn(portcullis::demo::serve(l, "demo-upstream"));
-    let root = file::yaml_to_value(DEMO_CONFIG).map_err(anyhow::Error::msg)?;
+    let root = yaml_to_value(DEMO_CONFIG).map_err(anyhow::Error::msg)?;
     let config = parse_config(&root, &NoMaterial).map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;
     let running = server::start(config).await.context("starting listeners")?;
     let url = format!("https://localhost:{}/hello?from=quickstart", running.main.port());
@@ -260,10 +260,8 @@ async fn self_request(url: &str) -> anyhow::Result<(u16, String)> {
     use http_body_util::{BodyExt, Empty};
     let tls = portcullis::config::UpstreamTls { skip_verify: true, ..Default::default() };
     let cache = portcullis::proxy::upstream::ClientCache::default();
-    let target = portcullis::config::parse::parse_upstream(&serde_json::Value::String(
-        url.split('/').take(3).collect::<Vec<_>>().join("/"),
-    ))
-    .map_err(anyhow::Error::msg)?;
+    let target = portcullis::config::validate::parse_upstream(&url.split('/').take(3).collect::<Vec<_>>().join("/"))
+        .map_err(anyhow::Error::msg)?;
     let client = cache.get(&target, &tls, false);
     let req = http::Request::get(url).body(Empty::<bytes::Bytes>::new().map_err(|n| match n {}).boxed_unsync())?;
     let resp = client.request(req).await?;

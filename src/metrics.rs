@@ -279,7 +279,9 @@ mod tests {
     #[test]
     fn series_cache_appends_from_many_threads() {
         let cache: std::sync::Arc<SeriesCache<usize, Counter>> = std::sync::Arc::default();
-        let family = std::sync::Arc::new(prometheus_client::metrics::family::Family::<Vec<(String, String)>, Counter>::default());
+        let family = std::sync::Arc::new(
+            prometheus_client::metrics::family::Family::<Vec<(String, String)>, Counter>::default(),
+        );
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let (cache, family) = (cache.clone(), family.clone());
@@ -287,9 +289,13 @@ mod tests {
                     for i in 0..200 {
                         let key = (i * 7 + t) % 50;
                         let labels = vec![("k".to_owned(), key.to_string())];
-                        cache.with(&key, || family.get_or_create(&labels).clone(), |c| {
-                            c.inc();
-                        });
+                        cache.with(
+                            &key,
+                            || family.get_or_create(&labels).clone(),
+                            |c| {
+                                c.inc();
+                            },
+                        );
                     }
                 })
             })

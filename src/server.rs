@@ -243,6 +243,26 @@ pub async fn start(config: Config) -> io::Result<Running> {
     Ok(running)
 }
 
+/// The controller's snapshots go to the in-process proxy.
+impl crate::k8s::Sink for Proxy {
+    fn apply(&self, config: Config) -> crate::k8s::SinkOutcome {
+        match Proxy::apply(self, config) {
+            crate::proxy::Applied::Swapped => crate::k8s::SinkOutcome::Applied,
+            crate::proxy::Applied::SwappedWithListenerErrors(errors) => {
+                crate::k8s::SinkOutcome::AppliedWithListenerErrors(errors)
+            }
+        }
+    }
+
+    fn reject(&self) {
+        Proxy::reject(self);
+    }
+
+    fn route_count(&self) -> usize {
+        self.snapshot().routes.routes().len()
+    }
+}
+
 impl Running {
     /// Graceful shutdown: `/readyz` fails at once, listeners stop accepting, connections
     /// finish in-flight work (HTTP/1.1 gets `Connection: close`, HTTP/2 a GOAWAY), and

@@ -4,41 +4,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
 use crate::config::{Certificate, DownstreamMtls, MtlsEnforcement};
 
-/// The process crypto provider: the one `main` installed, or aws-lc-rs for tests and tools
-/// that never call `main`.
-pub fn provider() -> Arc<CryptoProvider> {
-    CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-}
-
-/// The provider restricted to PRODUCT.md's downstream minimums: TLS 1.3 suites, TLS 1.2
-/// ECDHE with AES-GCM or ChaCha20-Poly1305 only, groups X25519 and P-256.
-pub fn downstream_provider() -> Arc<CryptoProvider> {
-    use rustls::crypto::aws_lc_rs::{cipher_suite as cs, kx_group};
-    let base = provider();
-    let allowed = [
-        cs::TLS13_AES_256_GCM_SHA384,
-        cs::TLS13_AES_128_GCM_SHA256,
-        cs::TLS13_CHACHA20_POLY1305_SHA256,
-        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-    ];
-    Arc::new(CryptoProvider {
-        cipher_suites: allowed.to_vec(),
-        kx_groups: vec![kx_group::X25519, kx_group::SECP256R1],
-        ..(*base).clone()
-    })
-}
+// The providers and the self-signed default live in `pki`; these paths stay because the data
+// plane names them `crate::tls::...`.
+pub use crate::pki::{downstream_provider, provider, self_signed};
 
 /// Certificates indexed for SNI: exact names, one-label wildcards, and the default.
 #[derive(Debug)]
@@ -223,27 +197,6 @@ impl rustls::server::danger::ClientCertVerifier for DepthLimited {
     }
 }
 
-/// At most this many names go into the self-signed certificate. Nobody trusts it; the names
-/// only make a client's error message readable. Thousands of them (one per route host with
-/// 10,000 routes) make a certificate over 64 KiB, which webpki refuses as `BadEncoding`.
-const MAX_SELF_SIGNED_NAMES: usize = 100;
-
-/// A self-signed certificate for `names` (the first 100), used when none is configured so
-/// that the https listener always has something to present (as ingress-nginx's "fake
-/// certificate").
-pub fn self_signed(names: &[String]) -> Certificate {
-    let mut names: Vec<String> = names.iter().take(MAX_SELF_SIGNED_NAMES).cloned().collect();
-    if names.is_empty() {
-        names.push("localhost".to_owned());
-    }
-    let key = rcgen::KeyPair::generate().expect("generating a P-256 key cannot fail");
-    let mut params = rcgen::CertificateParams::new(names).expect("names were validated as DNS names");
-    params.distinguished_name.push(rcgen::DnType::CommonName, "Portcullis default certificate");
-    let cert = params.self_signed(&key).expect("self-signing cannot fail");
-    crate::config::parse::build_certificate(cert.pem().as_bytes(), key.serialize_pem().as_bytes(), "self-signed")
-        .expect("a freshly generated certificate is valid")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,15 +212,5 @@ mod tests {
         assert_eq!(store.fingerprint_for(Some("x.b.example.com")), Some(d.fingerprint.as_str()));
         assert_eq!(store.fingerprint_for(Some("example.com")), Some(d.fingerprint.as_str()));
         assert_eq!(store.fingerprint_for(None), Some(d.fingerprint.as_str()));
-    }
-
-    /// 10,000 routes used to put 10,000 names in the default certificate, which webpki
-    /// refused, and the process panicked at start.
-    #[test]
-    fn self_signed_with_thousands_of_hosts() {
-        let many: Vec<String> = (0..10_000).map(|i| format!("host{i}.example.com")).collect();
-        let big = self_signed(&many);
-        assert_eq!(big.names.len(), MAX_SELF_SIGNED_NAMES);
-        assert_eq!(big.names[0], "host0.example.com");
     }
 }

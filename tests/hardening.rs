@@ -3,6 +3,9 @@
 //! within a bound, that memory stays bounded (the RSS-sensitive tests take
 //! `support::SERIAL`), and that a normal client is served during and after it.
 
+// Test code measures wall time and may lock as it likes: the clippy.toml rules are for src/.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 mod common;
 
 #[path = "hardening/h1_attacks.rs"]

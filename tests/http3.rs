@@ -2,6 +2,9 @@
 //! TCP: the routing table, streamed bodies both ways, timeouts, `Alt-Svc`, certificate
 //! rotations under HTTP/3 load, GOAWAY with in-flight requests, and `drain_timeout`.
 
+// Test code measures wall time and may lock as it likes: the clippy.toml rules are for src/.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 mod common;
 
 use std::net::SocketAddr;
@@ -12,8 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http::Request;
-use portcullis::config::file::FileSource;
 use portcullis::server::Running;
+use portcullis::source::file::FileSource;
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 

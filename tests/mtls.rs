@@ -1,5 +1,8 @@
 //! Downstream mTLS: the three enforcement modes with real client certificates.
 
+// Test code measures wall time and may lock as it likes: the clippy.toml rules are for src/.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 mod common;
 
 use common::*;

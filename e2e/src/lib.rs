@@ -178,7 +178,7 @@ fn proxy_client(h1_only: bool) -> HttpClient {
 
 fn proxy_client_with(tls: &UpstreamTls, h1_only: bool) -> HttpClient {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let target = portcullis::config::parse::parse_upstream(&serde_json::json!("https://127.0.0.1:8443")).expect("url");
+    let target = portcullis::config::validate::parse_upstream("https://127.0.0.1:8443").expect("url");
     ClientCache::default().get(&target, tls, h1_only)
 }
 

@@ -9,19 +9,22 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
-
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::{Resource, ResourceExt};
 
 use super::crd::{ProxyConfig, Route as RouteResource};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::translate::{
-    ingress_class, translate_ingress, translate_proxy_config, translate_route, ClassDecision, Objects, Read, Translated,
-};
-use crate::config::parse::{path_key, FieldError};
-use crate::config::{Config, Settings};
+use super::ingress::translate_ingress;
+use super::objects::{Objects, Read};
+use super::proxy_config::translate_proxy_config;
+use super::route::translate_route;
+use super::translate::{ingress_class, ClassDecision, Translated};
+use crate::config::claims::Claims;
+use crate::config::fields::KeyPath;
+use crate::config::validate::{self, Errors};
+use crate::config::{Config, FieldError, Settings};
+use crate::source::env::EnvOverrides;
 
 /// Which kind of object a report is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -100,13 +103,13 @@ pub struct World<'a> {
 struct Good {
     created: String,
     translated: Arc<Translated>,
-    source: Source,
+    origin: Origin,
 }
 
 /// The object a last good translation came from, kept (cheaply, shared with the reflector)
 /// so that the leader can store it when the object turns bad.
 #[derive(Clone)]
-enum Source {
+enum Origin {
     Ingress(Arc<Ingress>),
     Route(Arc<RouteResource>),
 }
@@ -161,19 +164,18 @@ pub struct Assembler {
     last_settings: Option<(Settings, Arc<ProxyConfig>)>,
     memo: HashMap<ObjectKey, Memo>,
     /// Global settings from the environment, applied over the ProxyConfig (validated).
-    overrides: Map<String, Value>,
+    overrides: EnvOverrides,
     /// The settings without a ProxyConfig: the defaults plus `overrides`.
     base_settings: Settings,
 }
 
 impl Assembler {
     /// An assembler whose settings always include `overrides`, the environment's global
-    /// settings as [`crate::config::file::env_overrides`] validated them.
-    pub fn with_overrides(overrides: Map<String, Value>) -> Self {
-        let root = Value::Object(overrides.clone());
-        let base_settings = crate::config::parse::parse_config(&root, &crate::config::parse::NoMaterial)
-            .map(|c| c.settings)
-            .unwrap_or_default();
+    /// settings as [`crate::source::env::env_overrides`] validated them.
+    pub fn with_overrides(overrides: EnvOverrides) -> Self {
+        let mut errs = Errors::default();
+        let base_settings = validate::settings(overrides.settings(), &KeyPath::default(), &mut errs);
+        let base_settings = if errs.is_empty() { base_settings } else { Settings::default() };
         Self { overrides, base_settings, ..Self::default() }
     }
 
@@ -191,8 +193,8 @@ impl Assembler {
                     seen.insert(key.clone());
                     let result =
                         self.translate(&key, ing.meta(), world.objects, || translate_ingress(ing, world.objects));
-                    let source = Source::Ingress(ing.clone());
-                    reports.push(self.record(key, source, result, deprecated_annotation, world));
+                    let origin = Origin::Ingress(ing.clone());
+                    reports.push(self.record(key, origin, result, deprecated_annotation, world));
                 }
             }
         }
@@ -200,7 +202,7 @@ impl Assembler {
             let key = ObjectKey { kind: Kind::Route, namespace: r.namespace().unwrap_or_default(), name: r.name_any() };
             seen.insert(key.clone());
             let result = self.translate(&key, r.meta(), world.objects, || translate_route(r, world.objects));
-            reports.push(self.record(key, Source::Route(r.clone()), result, false, world));
+            reports.push(self.record(key, Origin::Route(r.clone()), result, false, world));
         }
         // Objects that were deleted or left our class stop serving.
         self.last_good.retain(|k, _| seen.contains(k));
@@ -211,12 +213,12 @@ impl Assembler {
         owners.sort_by(|a, b| (&a.1.created, a.0).cmp(&(&b.1.created, b.0)));
         let mut routes = Vec::new();
         let mut certificates = settings.certificates.clone();
-        let mut claimed: HashMap<(crate::config::HostMatch, String), &ObjectKey> = HashMap::new();
+        let mut claims: Claims<&ObjectKey> = Claims::default();
         let mut conflicts: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
         for (key, good) in owners {
             for route in &good.translated.routes {
-                let claim = (route.host.clone(), path_key(&route.path));
-                if let Some(owner) = claimed.get(&claim) {
+                // One object may repeat a host and path of its own; only another's is a conflict.
+                if let Err(owner) = claims.claim(route, key) {
                     if *owner != key {
                         conflicts.entry(key.clone()).or_default().push(format!(
                             "route {} matches the same host and path as {:?} {}/{}, which is older and keeps it",
@@ -225,7 +227,6 @@ impl Assembler {
                         continue;
                     }
                 }
-                claimed.insert(claim, key);
                 routes.push(route.clone());
             }
             certificates.extend(good.translated.certificates.iter().cloned());
@@ -294,9 +295,9 @@ impl Assembler {
             }
             let json = match r.key.kind {
                 Kind::ProxyConfig => self.last_settings.as_ref().map(|(_, pc)| stored_json(&**pc, |o| o.status = None)),
-                Kind::Ingress | Kind::Route => self.last_good.get(&r.key).map(|g| match &g.source {
-                    Source::Ingress(i) => stored_json(&**i, |o| o.status = None),
-                    Source::Route(rt) => stored_json(&**rt, |o| o.status = None),
+                Kind::Ingress | Kind::Route => self.last_good.get(&r.key).map(|g| match &g.origin {
+                    Origin::Ingress(i) => stored_json(&**i, |o| o.status = None),
+                    Origin::Route(rt) => stored_json(&**rt, |o| o.status = None),
                 }),
             };
             if let Some(json) = json {
@@ -310,19 +311,19 @@ impl Assembler {
     /// object (same uid) and it still translates.
     fn recover(&mut self, key: &ObjectKey, uid: Option<&str>, world: &World<'_>) {
         let Some(text) = world.stored.get(&key.store_key()) else { return };
-        let source = match key.kind {
-            Kind::Ingress => from_store::<Ingress>(text, uid).map(|o| Source::Ingress(Arc::new(o))),
-            Kind::Route => from_store::<RouteResource>(text, uid).map(|o| Source::Route(Arc::new(o))),
+        let origin = match key.kind {
+            Kind::Ingress => from_store::<Ingress>(text, uid).map(|o| Origin::Ingress(Arc::new(o))),
+            Kind::Route => from_store::<RouteResource>(text, uid).map(|o| Origin::Route(Arc::new(o))),
             Kind::ProxyConfig => None,
         };
-        let Some(source) = source else { return };
-        let (result, meta) = match &source {
-            Source::Ingress(i) => (translate_ingress(i, world.objects), i.meta()),
-            Source::Route(r) => (translate_route(r, world.objects), r.meta()),
+        let Some(origin) = origin else { return };
+        let (result, meta) = match &origin {
+            Origin::Ingress(i) => (translate_ingress(i, world.objects), i.meta()),
+            Origin::Route(r) => (translate_route(r, world.objects), r.meta()),
         };
         if let Ok(t) = result {
             tracing::info!(object = %key.store_key(), generation = ?meta.generation, "serving the stored last good version");
-            let good = Good { created: created(meta), translated: Arc::new(t), source };
+            let good = Good { created: created(meta), translated: Arc::new(t), origin };
             self.last_good.insert(key.clone(), good);
         }
     }
@@ -366,20 +367,20 @@ impl Assembler {
     fn record(
         &mut self,
         key: ObjectKey,
-        source: Source,
+        origin: Origin,
         result: Result<Arc<Translated>, Vec<FieldError>>,
         deprecated_class_annotation: bool,
         world: &World<'_>,
     ) -> Report {
-        let meta = match &source {
-            Source::Ingress(i) => i.meta(),
-            Source::Route(r) => r.meta(),
+        let meta = match &origin {
+            Origin::Ingress(i) => i.meta(),
+            Origin::Route(r) => r.meta(),
         };
         let generation = meta.generation;
         let verdict = match result {
             Ok(t) => {
                 let warnings = t.warnings.clone();
-                self.last_good.insert(key.clone(), Good { created: created(meta), translated: t, source });
+                self.last_good.insert(key.clone(), Good { created: created(meta), translated: t, origin });
                 Verdict::Accepted { warnings, conflicts: Vec::new() }
             }
             Err(errors) => {
@@ -473,8 +474,7 @@ mod tests {
 
     #[test]
     fn environment_overrides_apply_without_a_proxy_config() {
-        let overrides =
-            crate::config::file::env_overrides(&|k| (k == "ADMIN_ADDRESS").then(|| ":9901".into())).unwrap();
+        let overrides = crate::source::env::env_overrides(&|k| (k == "ADMIN_ADDRESS").then(|| ":9901".into())).unwrap();
         let mut a = Assembler::with_overrides(overrides);
         let (config, _) = run(&mut a, &[]);
         assert_eq!(config.settings.admin_address.map(|a| a.port()), Some(9901));

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
@@ -19,12 +19,13 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::assemble::{Assembler, World};
 use super::crd::{ProxyConfig, Route};
+use super::objects::Objects;
+use super::sink::{Sink, SinkOutcome};
 use super::status::StatusWriter;
-use super::translate::Objects;
-use crate::proxy::Proxy;
 
 /// How soon failed status, Event or store writes are tried again when nothing else changes.
 const WRITE_RETRY: Duration = Duration::from_secs(5);
@@ -115,22 +116,23 @@ where
 }
 
 /// Runs the controller until `shutdown` resolves. `start` is called once with the first
-/// config (to bind the listeners) and returns the data plane to update afterwards.
-/// `overrides`: the environment's global settings ([`crate::config::file::env_overrides`]),
+/// config (to bind the listeners) and returns the [`Sink`] to update afterwards.
+/// `overrides`: the environment's global settings ([`crate::source::env::env_overrides`]),
 /// applied over the ProxyConfig.
-pub async fn run<F, Fut>(
+pub async fn run<S, F, Fut>(
     client: Client,
     opts: Options,
-    overrides: serde_json::Map<String, serde_json::Value>,
+    overrides: crate::source::env::EnvOverrides,
     start: F,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()>
 where
     F: FnOnce(crate::config::Config) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Arc<Proxy>>>,
+    S: Sink + ?Sized,
+    Fut: std::future::Future<Output = anyhow::Result<Arc<S>>>,
 {
     if !overrides.is_empty() {
-        tracing::info!(keys = ?overrides.keys().collect::<Vec<_>>(), "global settings from the environment override the ProxyConfig");
+        tracing::info!(keys = ?overrides.keys(), "global settings from the environment override the ProxyConfig");
     }
     let changed = Arc::new(Notify::new());
     let stores = Stores {
@@ -165,9 +167,9 @@ where
     let leader = leader_election(client.clone(), &opts).await?;
     let mut assembler = Assembler::with_overrides(overrides);
     let (config, outcome) = assemble(&mut assembler, &stores, &opts);
-    let proxy = start(config).await?;
-    record_rejections(&proxy, &outcome, false);
-    tracing::info!(elapsed = ?t.elapsed(), routes = proxy.snapshot().routes.routes().len(), "serving the cluster config");
+    let sink = start(config).await?;
+    record_rejections(&*sink, &outcome, false);
+    tracing::info!(elapsed = ?t.elapsed(), routes = sink.route_count(), "serving the cluster config");
     let (outcomes, latest) = tokio::sync::watch::channel(Arc::new(outcome));
     let writer = StatusWriter::new(client.clone(), &opts.identity);
     let store = (opts.namespace.clone(), opts.last_good_configmap.clone());
@@ -185,14 +187,14 @@ where
         let t = Instant::now();
         let (config, outcome) = assemble(&mut assembler, &stores, &opts);
         let assembled = t.elapsed();
-        let listener_errors = match proxy.apply(config) {
-            crate::proxy::Applied::SwappedWithListenerErrors(errors) => {
+        let listener_errors = match sink.apply(config) {
+            SinkOutcome::AppliedWithListenerErrors(errors) => {
                 tracing::error!(?errors, "a listener could not move to its new address; it keeps the old one");
                 true
             }
-            crate::proxy::Applied::Swapped => false,
+            SinkOutcome::Applied => false,
         };
-        record_rejections(&proxy, &outcome, listener_errors);
+        record_rejections(&*sink, &outcome, listener_errors);
         tracing::debug!(?assembled, applied = ?t.elapsed().saturating_sub(assembled), "config assembled and applied");
         // Never blocks: the status task picks up the newest outcome when it is free.
         outcomes.send_replace(Arc::new(outcome));
@@ -202,10 +204,10 @@ where
 /// `portcullis_config_last_reload_success` is 0 while any object of ours is rejected (it
 /// serves its last good version or nothing) or a listener could not move: the config in
 /// force is not the one the cluster asks for, which is what the chart's alert watches.
-fn record_rejections(proxy: &Proxy, outcome: &Outcome, listener_errors: bool) {
+fn record_rejections<S: Sink + ?Sized>(sink: &S, outcome: &Outcome, listener_errors: bool) {
     let rejected = outcome.reports.iter().any(|r| matches!(r.verdict, super::assemble::Verdict::Rejected { .. }));
     if rejected || listener_errors {
-        proxy.reject();
+        sink.reject();
     }
 }
 

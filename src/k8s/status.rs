@@ -292,7 +292,7 @@ pub fn conditions(report: &Report) -> Vec<Condition> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse::FieldError;
+    use crate::config::FieldError;
 
     #[test]
     fn conditions_say_what_to_do() {

@@ -9,7 +9,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::translate::Objects;
+use super::objects::Objects;
 use crate::config::Route;
 
 pub fn meta(ns: &str, name: &str) -> ObjectMeta {
@@ -107,4 +107,11 @@ pub fn objects() -> Objects {
 
 pub fn upstreams(r: &Route) -> Vec<String> {
     r.to.iter().map(|u| format!("{:?}://{}", u.scheme, u.authority)).collect()
+}
+
+pub fn route_cr(spec: serde_json::Value) -> crate::k8s::crd::Route {
+    let spec: crate::k8s::crd::RouteSpec = serde_json::from_value(spec).unwrap();
+    let mut r = crate::k8s::crd::Route::new("api", spec);
+    r.metadata.namespace = Some("web".into());
+    r
 }

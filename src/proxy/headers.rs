@@ -266,7 +266,8 @@ pub(crate) fn forwarding_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse::{parse_route, Errors, NoMaterial};
+    use crate::config::errors::Errors;
+    use crate::source::yaml::{parse_route, NoMaterial};
 
     fn route(yaml: &str) -> Route {
         let v: serde_json::Value = serde_yaml_ng::from_str(yaml).unwrap();

@@ -154,7 +154,7 @@ fn normalize_host<'b>(host: &str, buf: &'b mut [u8; 256]) -> Option<&'b str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse::{parse_from, parse_host};
+    use crate::config::validate::{parse_from, parse_host};
 
     fn table(spec: &[(&str, &str)]) -> RouteTable<(HostMatch, PathMatch, String)> {
         let routes = spec

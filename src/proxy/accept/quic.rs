@@ -145,21 +145,19 @@ struct H3 {
 }
 
 impl Served for H3 {
-    fn serve(&mut self) -> impl std::future::Future<Output = Ended> + Send + '_ {
-        async move {
-            loop {
-                match self.server.accept().await {
-                    Ok(Some(resolver)) => {
-                        // The premature-reset rule of the TCP listeners, checked per request.
-                        if self.conn.state.abort.load(Ordering::Acquire) {
-                            return Ended::Aborted;
-                        }
-                        tokio::spawn(stall::scope(serve_request(resolver, self.proxy.clone(), self.conn.clone())));
+    async fn serve(&mut self) -> Ended {
+        loop {
+            match self.server.accept().await {
+                Ok(Some(resolver)) => {
+                    // The premature-reset rule of the TCP listeners, checked per request.
+                    if self.conn.state.abort.load(Ordering::Acquire) {
+                        return Ended::Aborted;
                     }
-                    Ok(None) => return Ended::Done,
-                    Err(e) if e.is_h3_no_error() => return Ended::Done,
-                    Err(e) => return Ended::Failed(e.to_string()),
+                    tokio::spawn(stall::scope(serve_request(resolver, self.proxy.clone(), self.conn.clone())));
                 }
+                Ok(None) => return Ended::Done,
+                Err(e) if e.is_h3_no_error() => return Ended::Done,
+                Err(e) => return Ended::Failed(e.to_string()),
             }
         }
     }

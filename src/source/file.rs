@@ -1,4 +1,5 @@
-//! The standalone YAML file: load it, overlay the environment, and watch it for edits.
+//! The standalone YAML file: load it, overlay the environment, and watch it for edits. The
+//! files it refers to (certificates, CAs) are read here, so the validator gets PEM bytes.
 //!
 //! Watching polls contents (the file and every file it references) once a second instead of
 //! using inotify: editors replace files by rename and Kubernetes ConfigMap volumes swap
@@ -10,10 +11,9 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
-
-use super::parse::{parse_config, ConfigErrors, FieldError, Material, NoMaterial, GLOBAL_SCALAR_KEYS};
-use super::Config;
+use super::env::apply_env;
+use super::yaml::{parse_config, yaml_to_value, Material};
+use crate::config::{Config, ConfigErrors, FieldError};
 
 /// A config file on disk plus the environment that overrides it.
 #[derive(Clone, Debug)]
@@ -73,53 +73,6 @@ impl FileSource {
         let fingerprint = hash_contents(&inputs);
         Ok(Loaded { config, inputs: inputs.into_iter().map(|(p, _)| p).collect(), fingerprint })
     }
-}
-
-/// The global settings the environment overrides (the key upper-cased), validated on their
-/// own. The controller applies them on top of the ProxyConfig: a Deployment pins the
-/// addresses its ports, probes and Services depend on (`ADDRESS`, `ADMIN_ADDRESS`, …) so that
-/// a ProxyConfig edit, or a missing ProxyConfig, cannot move a listener away from them.
-pub fn env_overrides(env: &dyn Fn(&str) -> Option<String>) -> Result<serde_json::Map<String, Value>, ConfigErrors> {
-    let mut root = Value::Object(serde_json::Map::new());
-    let applied = apply_env(&mut root, env);
-    if let Err(mut errs) = parse_config(&root, &NoMaterial) {
-        for e in &mut errs.0 {
-            if let Some(var) = applied.iter().find(|v| v.to_ascii_lowercase() == e.path) {
-                e.path.clone_from(var);
-                e.message.insert_str(0, "environment variable: ");
-            }
-        }
-        return Err(errs);
-    }
-    Ok(match root {
-        Value::Object(map) => map,
-        _ => serde_json::Map::new(),
-    })
-}
-
-/// Parses YAML into the JSON-like tree the validator walks. YAML-only constructs (non-string
-/// keys, tags) are reported rather than guessed at.
-pub fn yaml_to_value(text: &str) -> Result<Value, String> {
-    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
-    serde_json::to_value(yaml).map_err(|e| format!("unsupported YAML: {e}"))
-}
-
-/// Environment variables (the key upper-cased) override scalar global keys of the file.
-/// Returns the variables that were applied, for error messages.
-fn apply_env(root: &mut Value, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
-    let mut applied = Vec::new();
-    if root.is_null() {
-        *root = Value::Object(serde_json::Map::new());
-    }
-    let Value::Object(map) = root else { return applied };
-    for key in GLOBAL_SCALAR_KEYS {
-        let var = key.to_ascii_uppercase();
-        if let Some(v) = env(&var) {
-            map.insert((*key).to_owned(), Value::String(v));
-            applied.push(var);
-        }
-    }
-    applied
 }
 
 /// Reads referenced files relative to the config file's directory and remembers them so

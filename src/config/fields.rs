@@ -1,0 +1,226 @@
+//! How the validator names a field without knowing where it came from: it reports errors
+//! against a [`RouteField`] or [`SettingsField`], and the source supplies the spelling
+//! ([`RouteNames`], [`SettingsNames`]): `routes[3].timeout` for the file, `spec.idleTimeout`
+//! for a Route resource, `metadata.annotations["portcullis.io/timeout"]` for an Ingress.
+
+/// A field of a route the validator can find fault with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteField<'a> {
+    /// The route as a whole (for example two path matchers at once).
+    Route,
+    /// `name`.
+    Name,
+    /// `from`.
+    From,
+    /// `prefix`.
+    Prefix,
+    /// `path`.
+    Path,
+    /// `regex`.
+    Regex,
+    /// `to` as a whole.
+    To,
+    /// One `to` entry.
+    ToEntry(usize),
+    /// `timeout`.
+    Timeout,
+    /// `idle_timeout`.
+    IdleTimeout,
+    /// `host_rewrite`.
+    HostRewrite,
+    /// `prefix_rewrite`.
+    PrefixRewrite,
+    /// `regex_rewrite_pattern`.
+    RegexRewritePattern,
+    /// `regex_rewrite_substitution`.
+    RegexRewriteSubstitution,
+    /// One `set_request_headers` entry, by header name.
+    SetRequestHeader(&'a str),
+    /// One `remove_request_headers` entry.
+    RemoveRequestHeader(usize),
+    /// One `set_response_headers` entry, by header name.
+    SetResponseHeader(&'a str),
+    /// `tls_server_name`.
+    TlsServerName,
+    /// `tls_custom_ca` (or its file).
+    TlsCustomCa,
+    /// `tls_client_cert` (or its file).
+    TlsClientCert,
+    /// `tls_client_key` (or its file).
+    TlsClientKey,
+    /// `load_balancing_policy`.
+    LoadBalancingPolicy,
+    /// A field of one health check.
+    HealthCheck(usize, HealthCheckField),
+}
+
+/// A field of one health check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthCheckField {
+    /// The check as a whole.
+    Check,
+    /// `interval`.
+    Interval,
+    /// `timeout`.
+    Timeout,
+    /// `http_health_check.path`.
+    HttpPath,
+}
+
+impl RouteField<'_> {
+    /// The field's path below the route in the reference's (snake_case) key names, empty for
+    /// the route itself: `timeout`, `to[2]`, `set_request_headers.X-A`,
+    /// `health_checks[0].http_health_check.path`. The file spells fields exactly so; other
+    /// sources translate it.
+    pub fn key_path(&self) -> String {
+        match self {
+            Self::Route => String::new(),
+            Self::ToEntry(i) => format!("to[{i}]"),
+            Self::SetRequestHeader(h) => format!("set_request_headers.{h}"),
+            Self::SetResponseHeader(h) => format!("set_response_headers.{h}"),
+            Self::RemoveRequestHeader(i) => format!("remove_request_headers[{i}]"),
+            Self::HealthCheck(i, f) => match f {
+                HealthCheckField::Check => format!("health_checks[{i}]"),
+                HealthCheckField::Interval => format!("health_checks[{i}].interval"),
+                HealthCheckField::Timeout => format!("health_checks[{i}].timeout"),
+                HealthCheckField::HttpPath => format!("health_checks[{i}].http_health_check.path"),
+            },
+            other => other.key().to_owned(),
+        }
+    }
+
+    /// The top-level route key the field belongs to (`to` for a `to` entry, `""` for the
+    /// route itself).
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Route => "",
+            Self::Name => "name",
+            Self::From => "from",
+            Self::Prefix => "prefix",
+            Self::Path => "path",
+            Self::Regex => "regex",
+            Self::To | Self::ToEntry(_) => "to",
+            Self::Timeout => "timeout",
+            Self::IdleTimeout => "idle_timeout",
+            Self::HostRewrite => "host_rewrite",
+            Self::PrefixRewrite => "prefix_rewrite",
+            Self::RegexRewritePattern => "regex_rewrite_pattern",
+            Self::RegexRewriteSubstitution => "regex_rewrite_substitution",
+            Self::SetRequestHeader(_) => "set_request_headers",
+            Self::RemoveRequestHeader(_) => "remove_request_headers",
+            Self::SetResponseHeader(_) => "set_response_headers",
+            Self::TlsServerName => "tls_server_name",
+            Self::TlsCustomCa => "tls_custom_ca",
+            Self::TlsClientCert => "tls_client_cert",
+            Self::TlsClientKey => "tls_client_key",
+            Self::LoadBalancingPolicy => "load_balancing_policy",
+            Self::HealthCheck(..) => "health_checks",
+        }
+    }
+}
+
+/// A global setting the validator can find fault with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettingsField {
+    /// `address`.
+    Address,
+    /// `http_redirect_address`.
+    HttpRedirectAddress,
+    /// `metrics_address`.
+    MetricsAddress,
+    /// `admin_address`.
+    AdminAddress,
+    /// `codec_type`.
+    CodecType,
+    /// `http3_advertised_port`.
+    Http3AdvertisedPort,
+    /// `timeout_read`.
+    TimeoutRead,
+    /// `timeout_write`.
+    TimeoutWrite,
+    /// `timeout_idle`.
+    TimeoutIdle,
+    /// `default_upstream_timeout`.
+    DefaultUpstreamTimeout,
+    /// `drain_timeout`.
+    DrainTimeout,
+    /// `drain_scope`.
+    DrainScope,
+    /// One entry of `certificates`.
+    Certificate(usize),
+    /// `downstream_mtls` as a whole.
+    DownstreamMtls,
+    /// `downstream_mtls.ca`.
+    MtlsCa,
+    /// `downstream_mtls.crl`.
+    MtlsCrl,
+    /// `downstream_mtls.enforcement`.
+    MtlsEnforcement,
+}
+
+impl SettingsField {
+    /// The field's path in the reference's (snake_case) key names: `timeout_read`,
+    /// `certificates[0]`, `downstream_mtls.ca`.
+    pub fn key_path(&self) -> String {
+        match self {
+            Self::Address => "address".into(),
+            Self::HttpRedirectAddress => "http_redirect_address".into(),
+            Self::MetricsAddress => "metrics_address".into(),
+            Self::AdminAddress => "admin_address".into(),
+            Self::CodecType => "codec_type".into(),
+            Self::Http3AdvertisedPort => "http3_advertised_port".into(),
+            Self::TimeoutRead => "timeout_read".into(),
+            Self::TimeoutWrite => "timeout_write".into(),
+            Self::TimeoutIdle => "timeout_idle".into(),
+            Self::DefaultUpstreamTimeout => "default_upstream_timeout".into(),
+            Self::DrainTimeout => "drain_timeout".into(),
+            Self::DrainScope => "drain_scope".into(),
+            Self::Certificate(i) => format!("certificates[{i}]"),
+            Self::DownstreamMtls => "downstream_mtls".into(),
+            Self::MtlsCa => "downstream_mtls.ca".into(),
+            Self::MtlsCrl => "downstream_mtls.crl".into(),
+            Self::MtlsEnforcement => "downstream_mtls.enforcement".into(),
+        }
+    }
+}
+
+/// A source's spelling of route fields.
+pub trait RouteNames {
+    /// The path an error about `field` is reported at.
+    fn name(&self, field: RouteField<'_>) -> String;
+}
+
+/// A source's spelling of global settings.
+pub trait SettingsNames {
+    /// The path an error about `field` is reported at.
+    fn name(&self, field: SettingsField) -> String;
+}
+
+/// The reference's own spelling below a base path: `routes[3]` + `timeout` is
+/// `routes[3].timeout`, an empty base gives the key alone. What the file and the environment
+/// use.
+#[derive(Clone, Debug, Default)]
+pub struct KeyPath(pub String);
+
+impl KeyPath {
+    /// `base.key`, `key` or `base`.
+    pub fn join(&self, key: &str) -> String {
+        match (self.0.is_empty(), key.is_empty()) {
+            (true, _) => key.to_owned(),
+            (false, true) => self.0.clone(),
+            (false, false) => format!("{}.{key}", self.0),
+        }
+    }
+}
+
+impl RouteNames for KeyPath {
+    fn name(&self, field: RouteField<'_>) -> String {
+        self.join(&field.key_path())
+    }
+}
+
+impl SettingsNames for KeyPath {
+    fn name(&self, field: SettingsField) -> String {
+        self.join(&field.key_path())
+    }
+}

@@ -1,0 +1,712 @@
+//! The one validator: turns typed inputs ([`super::input`]) into the domain model,
+//! collecting *every* error with the path of the field that caused it, in the source's own
+//! spelling ([`super::fields`]).
+//!
+//! Everything that reaches the data plane passes through here, so the rules live in one
+//! place: the standalone file, `portcullis check` and the Kubernetes translation all agree.
+//! No I/O happens here: sources read files and Secrets and hand over PEM.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use regex::Regex;
+
+pub use super::errors::{ConfigErrors, Errors, FieldError};
+
+use super::claims::Claims;
+use super::duration;
+use super::fields::{HealthCheckField, RouteField, RouteNames, SettingsField, SettingsNames};
+use super::input::{
+    CertificateInput, Destinations, Given, HealthCheckInput, MtlsInput, RouteInput, SettingsInput, UpstreamInput,
+    UNKNOWN_KEYS,
+};
+use super::model::{
+    Certificate, ClientCert, CodecType, DownstreamMtls, DrainScope, HealthCheck, HealthCheckKind, HostMatch, LbPolicy,
+    MtlsEnforcement, PathMatch, Route, Settings, Upstream, UpstreamScheme, UpstreamTls,
+};
+use crate::pki::{build_certificate, parse_certs, parse_crls, parse_private_key};
+
+/// A duration as set: `None` when not set, `Some(None)` for an explicit `0` (disabled), the
+/// convention of [`Route::timeout`].
+#[allow(clippy::option_option)]
+fn duration_of(
+    given: Option<&Given<Duration>>,
+    at: impl FnOnce() -> String,
+    errs: &mut Errors,
+) -> Option<Option<Duration>> {
+    let d = match given? {
+        Given::Parsed(d) => *d,
+        Given::Text(s) => match duration::parse(s) {
+            Ok(d) => d,
+            Err(e) => {
+                errs.push(at(), e.to_string());
+                return None;
+            }
+        },
+    };
+    Some((!d.is_zero()).then_some(d))
+}
+
+/// A typed choice, or its text parsed by `parse` (which says what is allowed).
+fn choice<T: Copy>(
+    given: Option<&Given<T>>,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+    at: impl FnOnce() -> String,
+    errs: &mut Errors,
+) -> Option<T> {
+    match given? {
+        Given::Parsed(v) => Some(*v),
+        Given::Text(s) => parse(s).map_err(|e| errs.push(at(), e)).ok(),
+    }
+}
+
+/// Validates the global settings. Unset fields keep their defaults.
+pub fn settings(input: &SettingsInput, names: &dyn SettingsNames, errs: &mut Errors) -> Settings {
+    let mut s = Settings::default();
+    let found = |key, errs: &mut Errors| errs.extend(input.problems.about(key, None));
+    found("address", errs);
+    if let Some(v) = &input.address {
+        match parse_listen_addr(v) {
+            Ok(Some(a)) => s.address = a,
+            Ok(None) => errs.push(names.name(SettingsField::Address), "must not be empty"),
+            Err(e) => errs.push(names.name(SettingsField::Address), e),
+        }
+    }
+    for (key, field, value, slot) in [
+        (
+            "http_redirect_address",
+            SettingsField::HttpRedirectAddress,
+            &input.http_redirect_address,
+            &mut s.http_redirect_address,
+        ),
+        ("metrics_address", SettingsField::MetricsAddress, &input.metrics_address, &mut s.metrics_address),
+        ("admin_address", SettingsField::AdminAddress, &input.admin_address, &mut s.admin_address),
+    ] {
+        found(key, errs);
+        if let Some(v) = value {
+            match parse_listen_addr(v) {
+                Ok(a) => *slot = a,
+                Err(e) => errs.push(names.name(field), e),
+            }
+        }
+    }
+    found("insecure_server", errs);
+    if let Some(b) = input.insecure_server {
+        s.insecure_server = b;
+    }
+    found("codec_type", errs);
+    if let Some(c) = choice(input.codec_type.as_ref(), parse_codec, || names.name(SettingsField::CodecType), errs) {
+        s.codec_type = c;
+    }
+    found("http3_advertised_port", errs);
+    if let Some(p) = input.http3_advertised_port {
+        match u16::try_from(p) {
+            Ok(p) if p > 0 => s.http3_advertised_port = Some(p),
+            _ => errs.push(names.name(SettingsField::Http3AdvertisedPort), format!("{p} is not a port (1-65535)")),
+        }
+    }
+    let timeout = |key, given: &Option<Given<Duration>>, field, errs: &mut Errors| {
+        found(key, errs);
+        duration_of(given.as_ref(), || names.name(field), errs)
+    };
+    if let Some(d) = timeout("timeout_read", &input.timeout_read, SettingsField::TimeoutRead, errs) {
+        s.timeouts.read = d;
+    }
+    if let Some(d) = timeout("timeout_write", &input.timeout_write, SettingsField::TimeoutWrite, errs) {
+        s.timeouts.write = d;
+    }
+    if let Some(d) = timeout("timeout_idle", &input.timeout_idle, SettingsField::TimeoutIdle, errs) {
+        s.timeouts.idle = d;
+    }
+    if let (Some(r), Some(w)) = (s.timeouts.read, s.timeouts.write) {
+        if w <= r {
+            errs.push(
+                names.name(SettingsField::TimeoutWrite),
+                format!(
+                    "must be greater than timeout_read ({}) because it covers the whole request and response; use 0 to disable it",
+                    duration::format(r)
+                ),
+            );
+        }
+    }
+    if let Some(d) = timeout(
+        "default_upstream_timeout",
+        &input.default_upstream_timeout,
+        SettingsField::DefaultUpstreamTimeout,
+        errs,
+    ) {
+        s.default_upstream_timeout = d;
+    }
+    if let Some(d) = timeout("drain_timeout", &input.drain_timeout, SettingsField::DrainTimeout, errs) {
+        s.drain_timeout = d.unwrap_or(Duration::ZERO);
+    }
+    found("drain_scope", errs);
+    if let Some(d) =
+        choice(input.drain_scope.as_ref(), parse_drain_scope, || names.name(SettingsField::DrainScope), errs)
+    {
+        s.drain_scope = d;
+    }
+    found("certificates", errs);
+    for (i, c) in input.certificates.iter().enumerate() {
+        errs.extend(input.problems.about("certificates", Some(i)));
+        if let Some(c) = c.as_ref().and_then(|c| certificate(c, &names.name(SettingsField::Certificate(i)), errs)) {
+            s.certificates.push(c);
+        }
+    }
+    found("downstream_mtls", errs);
+    if let Some(m) = &input.downstream_mtls {
+        s.downstream_mtls = mtls(m, names, errs);
+    }
+    s
+}
+
+fn parse_codec(v: &str) -> Result<CodecType, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "auto" | "" => Ok(CodecType::Auto),
+        "http1" => Ok(CodecType::Http1),
+        "http2" => Ok(CodecType::Http2),
+        "http3" => Ok(CodecType::Http3),
+        _ => Err(format!("unknown codec {v:?}: use auto, http1, http2 or http3")),
+    }
+}
+
+fn parse_drain_scope(v: &str) -> Result<DrainScope, String> {
+    match v {
+        "affected" => Ok(DrainScope::Affected),
+        "all" => Ok(DrainScope::All),
+        _ => Err(format!("unknown drain scope {v:?}: use affected or all")),
+    }
+}
+
+fn parse_enforcement(v: &str) -> Result<MtlsEnforcement, String> {
+    match v {
+        "policy_with_default_deny" => Ok(MtlsEnforcement::PolicyWithDefaultDeny),
+        "policy" => Ok(MtlsEnforcement::Policy),
+        "reject_connection" => Ok(MtlsEnforcement::RejectConnection),
+        other => Err(format!("unknown mode {other:?}: use policy_with_default_deny, policy or reject_connection")),
+    }
+}
+
+fn parse_lb_policy(v: &str) -> Result<LbPolicy, String> {
+    match v {
+        "ROUND_ROBIN" => Ok(LbPolicy::RoundRobin),
+        "RANDOM" => Ok(LbPolicy::Random),
+        "LEAST_REQUEST" => Ok(LbPolicy::LeastRequest),
+        other => Err(format!("unsupported policy {other:?}: use ROUND_ROBIN, RANDOM or LEAST_REQUEST")),
+    }
+}
+
+/// Parses `":8443"`, `"127.0.0.1:9901"`, `"[::1]:443"`, `"localhost:80"`. Empty disables.
+pub fn parse_listen_addr(v: &str) -> Result<Option<SocketAddr>, String> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let (host, port) =
+        v.rsplit_once(':').ok_or_else(|| format!("invalid address {v:?}: expected host:port or :port"))?;
+    let port: u16 = port.parse().map_err(|_| format!("invalid address {v:?}: bad port {port:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = match host {
+        "" | "0.0.0.0" | "*" => IpAddr::from([0, 0, 0, 0]),
+        "localhost" => IpAddr::from([127, 0, 0, 1]),
+        other => other.parse().map_err(|_| format!("invalid address {v:?}: {other:?} is not an IP address"))?,
+    };
+    Ok(Some(SocketAddr::new(ip, port)))
+}
+
+fn certificate(input: &CertificateInput, at: &str, errs: &mut Errors) -> Option<Certificate> {
+    for key in ["cert", "key", UNKNOWN_KEYS] {
+        errs.extend(input.problems.about(key, None));
+    }
+    let (Some(cert), Some(key)) = (&input.cert, &input.key) else {
+        // A half that failed to load was reported already.
+        if errs.is_empty() {
+            errs.push(at, "needs cert_file and key_file (or inline cert and key)");
+        }
+        return None;
+    };
+    build_certificate(&cert.bytes, &key.bytes, &cert.source).map_err(|e| errs.push(at, e)).ok()
+}
+
+fn mtls(input: &MtlsInput, names: &dyn SettingsNames, errs: &mut Errors) -> Option<DownstreamMtls> {
+    for key in ["ca", "crl", "enforcement"] {
+        errs.extend(input.problems.about(key, None));
+    }
+    let enforcement =
+        choice(input.enforcement.as_ref(), parse_enforcement, || names.name(SettingsField::MtlsEnforcement), errs)
+            .unwrap_or(MtlsEnforcement::PolicyWithDefaultDeny);
+    for key in ["max_verify_depth", UNKNOWN_KEYS] {
+        errs.extend(input.problems.about(key, None));
+    }
+    let max_verify_depth = input.max_verify_depth.map_or(1, |d| d.min(100) as u32);
+    let Some(ca) = &input.ca else {
+        errs.push(
+            names.name(SettingsField::DownstreamMtls),
+            "needs ca (or ca_file): the CA that signs client certificates",
+        );
+        return None;
+    };
+    let ca = parse_certs(&ca.bytes).map_err(|e| errs.push(names.name(SettingsField::MtlsCa), e)).ok()?;
+    let mut crls = Vec::new();
+    for item in input.crl.iter().flat_map(|crl| parse_crls(&crl.bytes)) {
+        match item {
+            Ok(c) => crls.push(c),
+            Err(e) => errs.push(names.name(SettingsField::MtlsCrl), e),
+        }
+    }
+    Some(DownstreamMtls { ca, crls, enforcement, max_verify_depth })
+}
+
+/// Validates one route. `None` when anything about it is wrong (every error recorded).
+pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> Option<Route> {
+    let before = errs.len();
+    let found = |key, errs: &mut Errors| errs.extend(input.problems.about(key, None));
+    found("name", errs);
+    found("from", errs);
+    let host = if let Some(f) = input.from.as_deref() {
+        parse_from(f).map_err(|e| errs.push(names.name(RouteField::From), e)).ok()
+    } else {
+        errs.push(names.name(RouteField::From), "is required (for example https://app.example.com)");
+        None
+    };
+    for key in ["prefix", "path", "regex"] {
+        found(key, errs);
+    }
+    let path_match = match (&input.prefix, &input.path, &input.regex) {
+        (None, None, None) => Some(PathMatch::Any),
+        (Some(p), None, None) => parse_prefix(p).map_err(|e| errs.push(names.name(RouteField::Prefix), e)).ok(),
+        (None, Some(p), None) => {
+            if p.starts_with('/') {
+                Some(PathMatch::Exact(p.clone()))
+            } else {
+                errs.push(names.name(RouteField::Path), format!("{p:?} must start with /"));
+                None
+            }
+        }
+        (None, None, Some(r)) => match Regex::new(&format!("^(?:{r})$")) {
+            Ok(re) => Some(PathMatch::Regex(re)),
+            Err(e) => {
+                errs.push(names.name(RouteField::Regex), regex_error(&e));
+                None
+            }
+        },
+        _ => {
+            errs.push(names.name(RouteField::Route), "set only one of prefix, path and regex");
+            None
+        }
+    };
+    found("to", errs);
+    let to = match &input.to {
+        Some(Destinations::Resolved(items)) => Some(upstreams(items.iter().map(Some), input, names, errs)),
+        Some(Destinations::Listed(items)) if !items.is_empty() => {
+            Some(upstreams(items.iter().map(Option::as_ref), input, names, errs))
+        }
+        _ => {
+            errs.push(
+                names.name(RouteField::To),
+                "is required: one or more upstream URLs such as http://10.0.0.1:8080",
+            );
+            None
+        }
+    };
+    found("timeout", errs);
+    let timeout = duration_of(input.timeout.as_ref(), || names.name(RouteField::Timeout), errs);
+    found("idle_timeout", errs);
+    let idle_timeout = duration_of(input.idle_timeout.as_ref(), || names.name(RouteField::IdleTimeout), errs);
+    for key in ["allow_websockets", "preserve_host_header", "host_rewrite"] {
+        found(key, errs);
+    }
+    let preserve_host_header = input.preserve_host_header.unwrap_or(false);
+    let host_rewrite = input.host_rewrite.clone();
+    if let Some(h) = &host_rewrite {
+        if HeaderValue::from_str(h).is_err() || h.is_empty() {
+            errs.push(names.name(RouteField::HostRewrite), format!("{h:?} is not a valid Host header value"));
+        }
+    }
+    if preserve_host_header && host_rewrite.is_some() {
+        errs.push(names.name(RouteField::HostRewrite), "cannot be combined with preserve_host_header");
+    }
+    for key in ["prefix_rewrite", "regex_rewrite_pattern", "regex_rewrite_substitution"] {
+        found(key, errs);
+    }
+    let regex_rewrite = match (&input.regex_rewrite_pattern, &input.regex_rewrite_substitution) {
+        (Some(p), Some(s)) => match Regex::new(p) {
+            Ok(re) => Some((re, s.clone())),
+            Err(e) => {
+                errs.push(names.name(RouteField::RegexRewritePattern), regex_error(&e));
+                None
+            }
+        },
+        (Some(_), None) => {
+            errs.push(names.name(RouteField::RegexRewriteSubstitution), "is required with regex_rewrite_pattern");
+            None
+        }
+        (None, Some(_)) => {
+            errs.push(names.name(RouteField::RegexRewritePattern), "is required with regex_rewrite_substitution");
+            None
+        }
+        (None, None) => None,
+    };
+    if input.prefix_rewrite.is_some() && regex_rewrite.is_some() {
+        errs.push(names.name(RouteField::PrefixRewrite), "cannot be combined with regex_rewrite_pattern");
+    }
+    found("set_request_headers", errs);
+    let set_request_headers = header_pairs(&input.set_request_headers, RouteField::SetRequestHeader, names, errs);
+    found("remove_request_headers", errs);
+    let mut remove_request_headers = Vec::with_capacity(input.remove_request_headers.len());
+    for (i, name) in input.remove_request_headers.iter().enumerate() {
+        errs.extend(input.problems.about("remove_request_headers", Some(i)));
+        let Some(name) = name else { continue };
+        match HeaderName::try_from(name.as_str()) {
+            Ok(n) => remove_request_headers.push(n),
+            Err(_) => errs
+                .push(names.name(RouteField::RemoveRequestHeader(i)), format!("{name:?} is not a valid header name")),
+        }
+    }
+    found("set_response_headers", errs);
+    let set_response_headers = header_pairs(&input.set_response_headers, RouteField::SetResponseHeader, names, errs);
+    let tls = upstream_tls(input, names, errs);
+    found("load_balancing_policy", errs);
+    let load_balancing_policy = choice(
+        input.load_balancing_policy.as_ref(),
+        parse_lb_policy,
+        || names.name(RouteField::LoadBalancingPolicy),
+        errs,
+    )
+    .unwrap_or(LbPolicy::RoundRobin);
+    found("health_checks", errs);
+    let mut health_checks = Vec::with_capacity(input.health_checks.len());
+    for (i, h) in input.health_checks.iter().enumerate() {
+        errs.extend(input.problems.about("health_checks", Some(i)));
+        if let Some(h) = h.as_ref().and_then(|h| health_check(h, i, names, errs)) {
+            health_checks.push(h);
+        }
+    }
+    found("policy", errs);
+    if errs.len() > before {
+        return None;
+    }
+    let host = host?;
+    let path_match = path_match?;
+    let name = input.name.clone().unwrap_or_else(|| default_route_name(&host, &path_match));
+    Some(Route {
+        name,
+        host,
+        path: path_match,
+        to: to?,
+        timeout,
+        idle_timeout,
+        allow_websockets: input.allow_websockets.unwrap_or(false),
+        preserve_host_header,
+        host_rewrite,
+        prefix_rewrite: input.prefix_rewrite.clone(),
+        regex_rewrite,
+        set_request_headers,
+        remove_request_headers,
+        set_response_headers,
+        tls,
+        load_balancing_policy,
+        health_checks,
+    })
+}
+
+/// The valid upstreams among `items`, each bad one reported at its position; `None` entries
+/// were reported by the source.
+fn upstreams<'a>(
+    items: impl Iterator<Item = Option<&'a UpstreamInput>>,
+    input: &RouteInput,
+    names: &dyn RouteNames,
+    errs: &mut Errors,
+) -> Vec<Upstream> {
+    let mut out = Vec::new();
+    for (i, item) in items.enumerate() {
+        errs.extend(input.problems.about("to", Some(i)));
+        match item.map(upstream) {
+            Some(Ok(u)) => out.push(u),
+            Some(Err(e)) => errs.push(names.name(RouteField::ToEntry(i)), e),
+            None => {}
+        }
+    }
+    out
+}
+
+/// A regex error's last non-empty line: the `regex` crate explains with a multi-line
+/// drawing of the pattern, and its final line is the reason.
+fn regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    format!("invalid regular expression: {}", last_line(&text))
+}
+
+/// The last non-empty line, trimmed (the whole text when there is none).
+fn last_line(s: &str) -> String {
+    s.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(s).trim().to_owned()
+}
+
+fn header_pairs<'a>(
+    pairs: &'a [(String, String)],
+    field: fn(&'a str) -> RouteField<'a>,
+    names: &dyn RouteNames,
+    errs: &mut Errors,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        match (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+            (Ok(n), Ok(v)) => out.push((n, v)),
+            (Err(_), _) => errs.push(names.name(field(name)), "is not a valid header name"),
+            (_, Err(_)) => errs.push(names.name(field(name)), "value contains characters not allowed in a header"),
+        }
+    }
+    out
+}
+
+fn upstream_tls(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> UpstreamTls {
+    let found = |key, errs: &mut Errors| errs.extend(input.problems.about(key, None));
+    found("tls_skip_verify", errs);
+    found("tls_server_name", errs);
+    let server_name = input.tls_server_name.clone();
+    if let Some(n) = &server_name {
+        if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
+            errs.push(names.name(RouteField::TlsServerName), format!("{n:?} is not a valid server name"));
+        }
+    }
+    found("tls_custom_ca", errs);
+    let custom_ca = input
+        .tls_custom_ca
+        .as_ref()
+        .and_then(|pem| parse_certs(&pem.bytes).map_err(|e| errs.push(names.name(RouteField::TlsCustomCa), e)).ok());
+    found("tls_client_cert", errs);
+    found("tls_client_key", errs);
+    let client_cert = match (&input.tls_client_cert, &input.tls_client_key) {
+        (Some(c), Some(k)) => {
+            let chain = parse_certs(&c.bytes).map_err(|e| errs.push(names.name(RouteField::TlsClientCert), e)).ok();
+            let key = parse_private_key(&k.bytes)
+                .map_err(|e| {
+                    errs.push(names.name(RouteField::TlsClientKey), format!("no usable PEM private key ({e})"));
+                })
+                .ok();
+            chain.zip(key).map(|(chain, key)| ClientCert { chain, key })
+        }
+        (Some(_), None) => {
+            errs.push(names.name(RouteField::TlsClientKey), "is required with tls_client_cert");
+            None
+        }
+        (None, Some(_)) => {
+            errs.push(names.name(RouteField::TlsClientCert), "is required with tls_client_key");
+            None
+        }
+        (None, None) => None,
+    };
+    UpstreamTls { skip_verify: input.tls_skip_verify.unwrap_or(false), server_name, custom_ca, client_cert }
+}
+
+fn health_check(input: &HealthCheckInput, i: usize, names: &dyn RouteNames, errs: &mut Errors) -> Option<HealthCheck> {
+    let at = |f| names.name(RouteField::HealthCheck(i, f));
+    let found = |key, errs: &mut Errors| errs.extend(input.problems.about(key, None));
+    found("interval", errs);
+    let interval = duration_of(input.interval.as_ref(), || at(HealthCheckField::Interval), errs)
+        .flatten()
+        .unwrap_or(Duration::from_secs(10));
+    found("timeout", errs);
+    let timeout = duration_of(input.timeout.as_ref(), || at(HealthCheckField::Timeout), errs)
+        .flatten()
+        .unwrap_or(Duration::from_secs(5));
+    found("unhealthy_threshold", errs);
+    found("healthy_threshold", errs);
+    let unhealthy_threshold = input.unhealthy_threshold.unwrap_or(3).clamp(1, 100) as u32;
+    let healthy_threshold = input.healthy_threshold.unwrap_or(2).clamp(1, 100) as u32;
+    found("http_health_check", errs);
+    let kind = match (&input.http, input.tcp) {
+        (Some(h), false) => {
+            let path = h.path.clone().unwrap_or_else(|| "/".to_owned());
+            if !path.starts_with('/') {
+                errs.push(at(HealthCheckField::HttpPath), "must start with /");
+            }
+            HealthCheckKind::Http { path }
+        }
+        (None, true) => HealthCheckKind::Tcp,
+        _ => {
+            errs.push(at(HealthCheckField::Check), "set exactly one of http_health_check and tcp_health_check");
+            return None;
+        }
+    };
+    found(UNKNOWN_KEYS, errs);
+    Some(HealthCheck { interval, timeout, unhealthy_threshold, healthy_threshold, kind })
+}
+
+/// Cross-route checks of one source: unique names, no two routes with the same host and
+/// path (the second could never be reached). Each route comes with its source's names.
+pub fn check_route_set<'a>(routes: impl IntoIterator<Item = (&'a dyn RouteNames, &'a Route)>, errs: &mut Errors) {
+    let mut seen_names = HashSet::new();
+    let mut claims = Claims::default();
+    for (names, r) in routes {
+        if !seen_names.insert(r.name.as_str()) {
+            errs.push(names.name(RouteField::Name), format!("duplicate route name {:?}", r.name));
+        }
+        if let Err(other) = claims.claim(r, names) {
+            errs.push(
+                names.name(RouteField::Route),
+                format!(
+                    "matches the same host and path as {}; the second could never be reached",
+                    other.name(RouteField::Route)
+                ),
+            );
+        }
+    }
+}
+
+/// A readable, bounded name for routes that have none: `host/path`.
+fn default_route_name(host: &HostMatch, path: &PathMatch) -> String {
+    let host = match host {
+        HostMatch::Any => "*".to_owned(),
+        HostMatch::Exact(h) => h.clone(),
+        HostMatch::Wildcard(s) => format!("*.{s}"),
+    };
+    match path {
+        PathMatch::Any => host,
+        PathMatch::Prefix(p) => format!("{host}{p}"),
+        PathMatch::Exact(p) => format!("{host}={p}"),
+        PathMatch::Regex(r) => format!("{host}~{}", r.as_str().trim_start_matches("^(?:").trim_end_matches(")$")),
+    }
+}
+
+/// Parses `from`: `https://host`, `https://*.example.com`, `https://*`.
+pub fn parse_from(from: &str) -> Result<HostMatch, String> {
+    let rest = if let Some(r) = from.strip_prefix("https://") {
+        r
+    } else if let Some(r) = from.strip_prefix("http://") {
+        r
+    } else if from.starts_with("tcp+") || from.starts_with("udp+") {
+        return Err(format!("{from:?}: TCP and UDP tunnel routes are not supported by this version"));
+    } else {
+        return Err(format!("{from:?} must start with https:// (for example https://app.example.com)"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err(format!("{from:?} must be a scheme and host only; put paths in prefix, path or regex"));
+    }
+    let host = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') && p.parse::<u16>().is_ok() => h,
+        _ => rest,
+    };
+    parse_host(host).map_err(|e| format!("{from:?}: {e}"))
+}
+
+/// Parses a host pattern as used by `from` and Ingress rules.
+pub fn parse_host(host: &str) -> Result<HostMatch, String> {
+    let host = host.to_ascii_lowercase();
+    if host.is_empty() || host == "*" {
+        return Ok(HostMatch::Any);
+    }
+    if let Some(suffix) = host.strip_prefix("*.") {
+        check_dns_name(suffix)?;
+        return Ok(HostMatch::Wildcard(suffix.to_owned()));
+    }
+    if host.contains('*') {
+        return Err("a wildcard must be a whole first label, as in *.example.com".to_owned());
+    }
+    check_dns_name(&host)?;
+    Ok(HostMatch::Exact(host))
+}
+
+fn check_dns_name(name: &str) -> Result<(), String> {
+    if name.len() > 253 {
+        return Err("host name longer than 253 characters".to_owned());
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!("{name:?} is not a valid host name"));
+        }
+    }
+    Ok(())
+}
+
+fn parse_prefix(p: &str) -> Result<PathMatch, String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} must start with /"));
+    }
+    let trimmed = p.trim_end_matches('/');
+    Ok(if trimmed.is_empty() { PathMatch::Any } else { PathMatch::Prefix(trimmed.to_owned()) })
+}
+
+/// Parses the string form of a `to` entry (`"http://host:port"` or
+/// `"http://host:port,weight"`) into an upstream.
+pub fn parse_upstream(text: &str) -> Result<Upstream, String> {
+    upstream(&UpstreamInput::parse(text)?)
+}
+
+/// Validates one upstream: scheme, host and port, weight at least 1.
+pub fn upstream(input: &UpstreamInput) -> Result<Upstream, String> {
+    let UpstreamInput { url, weight } = input;
+    if *weight == 0 {
+        return Err(format!("{url:?}: weight must be at least 1"));
+    }
+    let (scheme, rest, default_port) = if let Some(r) = url.strip_prefix("http://") {
+        (UpstreamScheme::Http, r, 80)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (UpstreamScheme::Https, r, 443)
+    } else if let Some(r) = url.strip_prefix("h2c://") {
+        (UpstreamScheme::H2c, r, 80)
+    } else {
+        return Err(format!("{url:?} must start with http://, https:// or h2c://"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err(format!("{url:?}: an upstream URL is a scheme, host and port only; use prefix_rewrite for paths"));
+    }
+    let (host, port) = if let Some(stripped) = rest.strip_prefix('[') {
+        let (h, tail) = stripped.split_once(']').ok_or_else(|| format!("{url:?}: unterminated IPv6 address"))?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => p.parse::<u16>().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
+            None if tail.is_empty() => default_port,
+            None => return Err(format!("{url:?}: garbage after IPv6 address")),
+        };
+        (format!("[{h}]"), port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse::<u16>().map_err(|_| format!("{url:?}: bad port {p:?}"))?),
+            None => (rest.to_owned(), default_port),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?}: missing host"));
+    }
+    if !host.starts_with('[') && host.parse::<IpAddr>().is_err() {
+        check_dns_name(&host.to_ascii_lowercase()).map_err(|e| format!("{url:?}: {e}"))?;
+    }
+    Ok(Upstream { scheme, authority: format!("{host}:{port}"), host, weight: *weight })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_addresses() {
+        assert!(parse_from("https://a..b").is_err());
+        assert!(parse_from("https://a.*.b").is_err());
+        assert!(parse_from("https://a.b/path").is_err());
+        assert_eq!(parse_from("https://a.b:8443").unwrap(), HostMatch::Exact("a.b".into()));
+        assert_eq!(parse_listen_addr(":8443").unwrap().unwrap().to_string(), "0.0.0.0:8443");
+        assert_eq!(parse_listen_addr("[::1]:80").unwrap().unwrap().to_string(), "[::1]:80");
+        assert_eq!(parse_listen_addr("").unwrap(), None);
+        assert!(parse_listen_addr("nope").is_err());
+    }
+
+    #[test]
+    fn an_empty_to_is_valid_only_when_resolved() {
+        let mut input = RouteInput { from: Some("https://a.test".into()), ..RouteInput::default() };
+        input.to = Some(Destinations::Resolved(Vec::new()));
+        let mut errs = Errors::default();
+        assert!(route(&input, &crate::config::fields::KeyPath("r".into()), &mut errs).is_some_and(|r| r.to.is_empty()));
+        input.to = Some(Destinations::Listed(Vec::new()));
+        assert!(route(&input, &crate::config::fields::KeyPath("r".into()), &mut errs).is_none());
+        assert_eq!(errs.into_vec()[0].path, "r.to");
+    }
+}

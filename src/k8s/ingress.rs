@@ -1,0 +1,557 @@
+//! An Ingress as routes: one per rule path (and the default backend), to the ready
+//! endpoints of the backend Service, with the `portcullis.io/` annotations as route keys.
+//! Annotation values are strings: parsing them into the typed input happens here, and
+//! errors name the annotation. Certificates come from `spec.tls` Secrets.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+use kube::ResourceExt;
+
+use super::objects::{endpoint_upstreams, secret_pem, tls_certificate, Objects};
+use super::translate::{cluster_host_default, Translated};
+use crate::config::fields::{RouteField, RouteNames};
+use crate::config::input::{Destinations, Pem, RouteInput, UpstreamInput};
+use crate::config::validate::{self, Errors};
+use crate::config::FieldError;
+use crate::source::yaml::{read_route_value, yaml_to_value};
+
+/// Prefix of the Ingress annotations Portcullis reads.
+pub const ANNOTATION_PREFIX: &str = "portcullis.io/";
+/// Route keys that an Ingress may set as `portcullis.io/<key>` annotations. `from`, `to`
+/// and the path matchers come from the Ingress spec itself.
+pub const ROUTE_ANNOTATIONS: &[&str] = &[
+    "timeout",
+    "idle_timeout",
+    "allow_websockets",
+    "preserve_host_header",
+    "host_rewrite",
+    "prefix_rewrite",
+    "regex_rewrite_pattern",
+    "regex_rewrite_substitution",
+    "set_request_headers",
+    "remove_request_headers",
+    "set_response_headers",
+    "tls_skip_verify",
+    "tls_server_name",
+    "load_balancing_policy",
+    "health_checks",
+];
+/// Annotations that are not route keys: how to reach the backend and Secret references.
+pub const EXTRA_ANNOTATIONS: &[&str] = &["secure_upstream", "path_regex", "tls_custom_ca_secret", "tls_client_secret"];
+
+/// An Ingress's spelling of route fields, for the route of one path (or the default
+/// backend): the matcher is the path's `path`, `to` its `backend`, `from` the rule's `host`,
+/// and every other key the `portcullis.io/` annotation that set it.
+pub struct IngressNames {
+    field: String,
+}
+
+impl IngressNames {
+    /// Names for the route built at `field` (`spec.rules[i].http.paths[j]` or
+    /// `spec.defaultBackend`).
+    pub fn new(field: impl Into<String>) -> Self {
+        Self { field: field.into() }
+    }
+}
+
+impl RouteNames for IngressNames {
+    fn name(&self, field: RouteField<'_>) -> String {
+        match field {
+            RouteField::Route => self.field.clone(),
+            RouteField::Name => format!("{}.name", self.field),
+            RouteField::From => {
+                self.field.split_once(".http.").map_or_else(|| self.field.clone(), |(rule, _)| format!("{rule}.host"))
+            }
+            RouteField::Prefix | RouteField::Path | RouteField::Regex => format!("{}.path", self.field),
+            RouteField::To | RouteField::ToEntry(_) => backend_field(&self.field),
+            RouteField::TlsCustomCa => annotation_path("tls_custom_ca_secret"),
+            RouteField::TlsClientCert | RouteField::TlsClientKey => annotation_path("tls_client_secret"),
+            other => annotation_path(other.key()),
+        }
+    }
+}
+
+/// Translates one Ingress. `Err` holds every error; the caller keeps the last good
+/// translation of this object serving.
+pub fn translate_ingress(ing: &Ingress, objects: &Objects) -> Result<Translated, Vec<FieldError>> {
+    let ns = ing.namespace().unwrap_or_default();
+    let name = ing.name_any();
+    let mut errs = Errors::default();
+    let mut out = Translated::default();
+    let ann = read_annotations(ing.annotations(), &ns, objects, &mut errs);
+    let spec = ing.spec.clone().unwrap_or_default();
+
+    let add_route = |field: String,
+                     host: &str,
+                     matcher: Option<Matcher>,
+                     backend: &IngressBackend,
+                     errs: &mut Errors,
+                     out: &mut Translated| {
+        let Some(to) = backend_upstreams(
+            &ns,
+            backend,
+            &backend_field(&field),
+            objects,
+            ann.secure_upstream,
+            errs,
+            &mut out.warnings,
+        ) else {
+            return;
+        };
+        let mut input = ann.route_input();
+        let shown_host = if host.is_empty() { "*" } else { host };
+        let shown_path = matcher.as_ref().map_or("", |m| m.path());
+        input.name = Some(format!("{ns}/{name}:{shown_host}{shown_path}"));
+        input.from = Some(format!("https://{shown_host}"));
+        match matcher {
+            Some(Matcher::Exact(p)) => input.path = Some(p),
+            Some(Matcher::Prefix(p)) => input.prefix = Some(p),
+            Some(Matcher::Regex(p)) => input.regex = Some(p),
+            None => {}
+        }
+        input.to = Some(Destinations::Resolved(to));
+        cluster_host_default(&mut input);
+        if let Some(r) = validate::route(&input, &IngressNames::new(field), errs) {
+            out.routes.push(r);
+        }
+    };
+
+    for (i, rule) in spec.rules.iter().flatten().enumerate() {
+        let host = rule.host.clone().unwrap_or_default();
+        for (j, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
+            let field = format!("spec.rules[{i}].http.paths[{j}]");
+            let path = p.path.clone().unwrap_or_else(|| "/".to_owned());
+            let matcher = match p.path_type.as_str() {
+                "Exact" => Matcher::Exact(path),
+                // ImplementationSpecific is a prefix unless `path_regex` makes it a regex.
+                "ImplementationSpecific" if ann.path_regex => Matcher::Regex(path),
+                "Prefix" | "ImplementationSpecific" => Matcher::Prefix(path),
+                other => {
+                    errs.push(
+                        format!("{field}.pathType"),
+                        format!("unknown pathType {other:?}: use Exact, Prefix or ImplementationSpecific"),
+                    );
+                    continue;
+                }
+            };
+            add_route(field, &host, Some(matcher), &p.backend, &mut errs, &mut out);
+        }
+    }
+    if let Some(backend) = &spec.default_backend {
+        add_route("spec.defaultBackend".to_owned(), "", None, backend, &mut errs, &mut out);
+    }
+    for (k, tls) in spec.tls.iter().flatten().enumerate() {
+        let field = format!("spec.tls[{k}].secretName");
+        let Some(secret_name) = tls.secret_name.as_deref() else { continue };
+        match tls_certificate(&ns, secret_name, objects) {
+            Ok(mut cert) => {
+                let hosts: Vec<String> = tls.hosts.iter().flatten().map(|h| h.to_ascii_lowercase()).collect();
+                if !hosts.is_empty() {
+                    cert.names = hosts;
+                }
+                out.certificates.push(cert);
+            }
+            Err(e) => errs.push(field, e),
+        }
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs.into_vec())
+    }
+}
+
+/// An Ingress path's matcher by its `pathType`.
+enum Matcher {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+}
+
+impl Matcher {
+    fn path(&self) -> &str {
+        match self {
+            Self::Exact(p) | Self::Prefix(p) | Self::Regex(p) => p,
+        }
+    }
+}
+
+/// Where the backend of a translated route lives: `spec.rules[i].http.paths[j].backend`, or
+/// `spec.defaultBackend` itself (which *is* a backend).
+fn backend_field(route_field: &str) -> String {
+    if route_field == "spec.defaultBackend" {
+        route_field.to_owned()
+    } else {
+        format!("{route_field}.backend")
+    }
+}
+
+/// The `portcullis.io/` annotations of one Ingress: route keys (as written; each route parses
+/// them, so each route's errors are complete), the extras, and the Secrets' PEM.
+struct Annotations {
+    route: Vec<(String, String)>,
+    secure_upstream: bool,
+    path_regex: bool,
+    tls_custom_ca: Option<Pem>,
+    tls_client: Option<(Pem, Pem)>,
+}
+
+impl Annotations {
+    /// A route input with every route annotation parsed into it. An annotation's value is a
+    /// string; maps and lists are written as YAML/JSON (`{X-A: b}`). What is wrong with one
+    /// is reported by the validator in the key's place, naming the annotation.
+    fn route_input(&self) -> RouteInput {
+        let mut input = RouteInput::default();
+        for (key, value) in &self.route {
+            let at = annotation_path(key);
+            let start = input.problems.len();
+            read_route_value(key, &annotation_value(value), &at, &mut input);
+            // A nested key (a header of `set_request_headers`, a key of a health check) is
+            // still that annotation.
+            input.problems.rename_since(start, &at);
+            if key == "health_checks" {
+                for check in input.health_checks.iter_mut().flatten() {
+                    check.problems.rename_since(0, &at);
+                }
+            }
+        }
+        input.tls_custom_ca.clone_from(&self.tls_custom_ca);
+        if let Some((cert, key)) = &self.tls_client {
+            input.tls_client_cert = Some(cert.clone());
+            input.tls_client_key = Some(key.clone());
+        }
+        input
+    }
+}
+
+fn read_annotations(all: &BTreeMap<String, String>, ns: &str, objects: &Objects, errs: &mut Errors) -> Annotations {
+    let mut a = Annotations {
+        route: Vec::new(),
+        secure_upstream: false,
+        path_regex: false,
+        tls_custom_ca: None,
+        tls_client: None,
+    };
+    for (full, value) in all {
+        let Some(key) = full.strip_prefix(ANNOTATION_PREFIX) else { continue };
+        let field = annotation_path(key);
+        match key {
+            "secure_upstream" | "path_regex" => match value.trim() {
+                "true" => *(if key == "secure_upstream" { &mut a.secure_upstream } else { &mut a.path_regex }) = true,
+                "false" => {}
+                other => errs.push(field, format!("expected \"true\" or \"false\", found {other:?}")),
+            },
+            "tls_custom_ca_secret" => match secret_pem(ns, value, "ca.crt", objects) {
+                Ok(pem) => a.tls_custom_ca = Some(pem),
+                Err(e) => errs.push(field, e),
+            },
+            "tls_client_secret" => {
+                let cert = secret_pem(ns, value, "tls.crt", objects);
+                let key_pem = secret_pem(ns, value, "tls.key", objects);
+                match (cert, key_pem) {
+                    (Ok(c), Ok(k)) => a.tls_client = Some((c, k)),
+                    (Err(e), _) | (_, Err(e)) => errs.push(field, e),
+                }
+            }
+            k if ROUTE_ANNOTATIONS.contains(&k) => a.route.push((k.to_owned(), value.clone())),
+            _ => errs.push(
+                field,
+                format!(
+                    "unknown annotation; Portcullis reads {}",
+                    ROUTE_ANNOTATIONS
+                        .iter()
+                        .chain(EXTRA_ANNOTATIONS)
+                        .map(|k| format!("{ANNOTATION_PREFIX}{k}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+        }
+    }
+    a
+}
+
+fn annotation_path(key: &str) -> String {
+    format!("metadata.annotations[\"{ANNOTATION_PREFIX}{key}\"]")
+}
+
+/// An annotation's text as the value the file reader would see: YAML/JSON for maps and lists,
+/// the string itself otherwise.
+fn annotation_value(v: &str) -> serde_json::Value {
+    let t = v.trim();
+    if t.starts_with('{') || t.starts_with('[') {
+        if let Ok(parsed) = yaml_to_value(t) {
+            return parsed;
+        }
+    }
+    serde_json::Value::String(v.to_owned())
+}
+
+/// Upstreams for a backend: the ready endpoints of its Service (or the ExternalName).
+/// `None` when the backend cannot be used at all (error or warning recorded).
+fn backend_upstreams(
+    ns: &str,
+    backend: &IngressBackend,
+    field: &str,
+    objects: &Objects,
+    secure: bool,
+    errs: &mut Errors,
+    warnings: &mut Vec<FieldError>,
+) -> Option<Vec<UpstreamInput>> {
+    if backend.resource.is_some() {
+        warnings.push(FieldError {
+            path: format!("{field}.resource"),
+            message: "resource backends are not supported; this path is skipped".into(),
+        });
+        return None;
+    }
+    let Some(svc_ref) = &backend.service else {
+        errs.push(field, "needs a service backend");
+        return None;
+    };
+    let key = (ns.to_owned(), svc_ref.name.clone());
+    let Some(svc) = objects.service(&key) else {
+        errs.push(format!("{field}.service.name"), format!("Service {ns}/{} not found", svc_ref.name));
+        return None;
+    };
+    let spec = svc.spec.clone().unwrap_or_default();
+    let port_ref = svc_ref.port.clone().unwrap_or_default();
+    let svc_port = spec.ports.iter().flatten().find(|p| match (&port_ref.name, port_ref.number) {
+        (Some(n), _) => p.name.as_deref() == Some(n.as_str()),
+        (None, Some(num)) => p.port == num,
+        (None, None) => false,
+    });
+    let scheme = |app_protocol: Option<&str>| match app_protocol {
+        Some("kubernetes.io/h2c") => "h2c",
+        Some("https" | "kubernetes.io/https") => "https",
+        _ if secure => "https",
+        _ => "http",
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        let host = spec.external_name.clone().unwrap_or_default();
+        let port = svc_port.map(|p| p.port).or(port_ref.number);
+        let Some(port) = port else {
+            errs.push(
+                format!("{field}.service.port"),
+                format!("Service {ns}/{} has no port {:?}", svc_ref.name, port_ref.name.unwrap_or_default()),
+            );
+            return None;
+        };
+        let scheme = scheme(svc_port.and_then(|p| p.app_protocol.as_deref()));
+        return Some(vec![UpstreamInput { url: format!("{scheme}://{host}:{port}"), weight: 1 }]);
+    }
+    let Some(svc_port) = svc_port else {
+        let wanted = port_ref.name.clone().unwrap_or_else(|| port_ref.number.unwrap_or_default().to_string());
+        errs.push(format!("{field}.service.port"), format!("Service {ns}/{} has no port {wanted}", svc_ref.name));
+        return None;
+    };
+    let scheme = scheme(svc_port.app_protocol.as_deref());
+    Some(endpoint_upstreams(&key, svc_port, scheme, objects, 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::test_support::*;
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::api::networking::v1::IngressTLS;
+    use k8s_openapi::ByteString;
+    use std::sync::Arc;
+
+    use crate::config::{HostMatch, PathMatch, UpstreamScheme};
+
+    #[test]
+    fn rules_become_routes_with_kubernetes_path_types() {
+        let ing = ingress(
+            &[],
+            &[
+                ("a.example.com", "/exact", "Exact", backend("app", num(80))),
+                ("a.example.com", "/api/", "Prefix", backend("app", named("http"))),
+                ("*.example.com", "/", "ImplementationSpecific", backend("app", named("grpc"))),
+            ],
+        );
+        let t = translate_ingress(&ing, &objects()).unwrap();
+        assert_eq!(t.routes.len(), 3);
+        assert!(matches!(&t.routes[0].path, PathMatch::Exact(p) if p == "/exact"));
+        assert!(matches!(&t.routes[1].path, PathMatch::Prefix(p) if p == "/api"));
+        assert_eq!(t.routes[2].host, HostMatch::Wildcard("example.com".into()));
+        assert_eq!(
+            upstreams(&t.routes[0]),
+            vec!["Http://10.244.1.7:8080"],
+            "only ready endpoints, target port resolved"
+        );
+        assert_eq!(t.routes[2].to[0].scheme, UpstreamScheme::H2c, "appProtocol kubernetes.io/h2c");
+        assert_eq!(t.routes[2].to[0].authority, "10.244.1.7:9090");
+        assert_eq!(t.routes[0].name, "web/shop:a.example.com/exact");
+    }
+
+    #[test]
+    fn terminating_serving_endpoints_are_used_only_when_none_is_ready() {
+        let mut o = objects();
+        for s in o.slices.values_mut().flatten() {
+            Arc::make_mut(s).endpoints.as_mut().unwrap().retain(|e| e.addresses[0] != "10.244.1.7");
+        }
+        let t = translate_ingress(&ingress(&[], &[("a.test", "/", "Prefix", backend("app", num(80)))]), &o).unwrap();
+        assert_eq!(upstreams(&t.routes[0]), vec!["Http://10.244.1.8:8080"]);
+        o.slices.clear();
+        let t = translate_ingress(&ingress(&[], &[("a.test", "/", "Prefix", backend("app", num(80)))]), &o).unwrap();
+        assert!(t.routes[0].to.is_empty(), "no endpoints: the route stays and answers 503");
+    }
+
+    #[test]
+    fn annotations_are_parsed_by_the_route_validator() {
+        let ing = ingress(
+            &[
+                ("portcullis.io/timeout", "10s"),
+                ("portcullis.io/allow_websockets", "true"),
+                ("portcullis.io/set_request_headers", "{X-A: b}"),
+                ("portcullis.io/secure_upstream", "true"),
+                ("portcullis.io/path_regex", "true"),
+                ("other.io/ignored", "x"),
+            ],
+            &[("a.test", "/items/[0-9]+", "ImplementationSpecific", backend("app", num(80)))],
+        );
+        let r = &translate_ingress(&ing, &objects()).unwrap().routes[0];
+        assert_eq!(r.timeout, Some(Some(std::time::Duration::from_secs(10))));
+        assert!(r.allow_websockets);
+        assert_eq!(r.set_request_headers[0].0, "x-a");
+        assert_eq!(r.to[0].scheme, UpstreamScheme::Https);
+        assert!(matches!(&r.path, PathMatch::Regex(_)));
+    }
+
+    #[test]
+    fn bad_annotations_name_the_annotation() {
+        let ing = ingress(
+            &[
+                ("portcullis.io/timeout", "5 minutes"),
+                ("portcullis.io/timout", "5s"),
+                ("portcullis.io/secure_upstream", "yes"),
+            ],
+            &[("a.test", "/", "Prefix", backend("app", num(80)))],
+        );
+        let errs = translate_ingress(&ing, &objects()).unwrap_err();
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|e| e
+                    .starts_with("metadata.annotations[\"portcullis.io/timeout\"]: invalid duration \"5 minutes\"")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|e| e.starts_with("metadata.annotations[\"portcullis.io/timout\"]: unknown annotation")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|e| e.starts_with("metadata.annotations[\"portcullis.io/secure_upstream\"]")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_regex_path_names_the_ingress_path_field() {
+        let ing = ingress(
+            &[("portcullis.io/path_regex", "true")],
+            &[
+                ("a.test", "/items/[0-9]+", "ImplementationSpecific", backend("app", num(80))),
+                ("a.test", "/items/[0-9+", "ImplementationSpecific", backend("app", num(80))),
+            ],
+        );
+        let errs = translate_ingress(&ing, &objects()).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "spec.rules[1].http.paths[0].path", "the Ingress's own field, not the route key");
+        assert!(errs[0].message.contains("invalid regular expression"), "{errs:?}");
+    }
+
+    #[test]
+    fn route_keys_map_back_to_ingress_fields() {
+        let f = "spec.rules[2].http.paths[1]";
+        let names = IngressNames::new(f);
+        assert_eq!(names.name(RouteField::Regex), format!("{f}.path"));
+        assert_eq!(names.name(RouteField::Prefix), format!("{f}.path"));
+        assert_eq!(names.name(RouteField::ToEntry(0)), format!("{f}.backend"));
+        assert_eq!(names.name(RouteField::From), "spec.rules[2].host");
+        assert_eq!(names.name(RouteField::IdleTimeout), "metadata.annotations[\"portcullis.io/idle_timeout\"]");
+        assert_eq!(IngressNames::new("spec.defaultBackend").name(RouteField::ToEntry(0)), "spec.defaultBackend");
+    }
+
+    #[test]
+    fn missing_service_and_port_are_errors_resource_backends_warnings() {
+        let res = IngressBackend {
+            service: None,
+            resource: Some(k8s_openapi::api::core::v1::TypedLocalObjectReference::default()),
+        };
+        let ing = ingress(
+            &[],
+            &[
+                ("a.test", "/x", "Prefix", backend("nope", num(80))),
+                ("a.test", "/y", "Prefix", backend("app", num(81))),
+                ("a.test", "/z", "Prefix", res.clone()),
+            ],
+        );
+        let errs = translate_ingress(&ing, &objects()).unwrap_err();
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert!(
+            text.contains(&"spec.rules[0].http.paths[0].backend.service.name: Service web/nope not found".to_owned()),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(
+                &"spec.rules[1].http.paths[0].backend.service.port: Service web/app has no port 81".to_owned()
+            ),
+            "{text:?}"
+        );
+        let t = translate_ingress(&ingress(&[], &[("a.test", "/z", "Prefix", res)]), &objects()).unwrap();
+        assert!(t.routes.is_empty() && t.warnings[0].message.contains("resource backends"));
+    }
+
+    #[test]
+    fn default_backend_errors_name_spec_default_backend() {
+        let mut ing = ingress(&[], &[]);
+        ing.spec.as_mut().unwrap().default_backend = Some(backend("nope", num(80)));
+        let errs = translate_ingress(&ing, &objects()).unwrap_err();
+        assert_eq!(errs[0].to_string(), "spec.defaultBackend.service.name: Service web/nope not found");
+    }
+
+    #[test]
+    fn external_name_and_default_backend() {
+        let mut ing = ingress(&[], &[]);
+        ing.spec.as_mut().unwrap().default_backend = Some(backend("ext", num(443)));
+        ing.metadata.annotations = Some([("portcullis.io/secure_upstream".to_owned(), "true".to_owned())].into());
+        let t = translate_ingress(&ing, &objects()).unwrap();
+        assert_eq!(t.routes[0].host, HostMatch::Any);
+        assert!(matches!(t.routes[0].path, PathMatch::Any));
+        assert_eq!(upstreams(&t.routes[0]), vec!["Https://api.example.org:443"]);
+    }
+
+    #[test]
+    fn tls_secrets_become_certificates_and_wrong_types_are_errors() {
+        let cert = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).unwrap();
+        let mut o = objects();
+        let secret = |ty: &str| Secret {
+            metadata: meta("web", "tls"),
+            type_: Some(ty.into()),
+            data: Some(
+                [
+                    ("tls.crt".to_owned(), ByteString(cert.cert.pem().into_bytes())),
+                    ("tls.key".to_owned(), ByteString(cert.signing_key.serialize_pem().into_bytes())),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        o.secrets.insert(("web".into(), "tls".into()), secret("kubernetes.io/tls").into());
+        let mut ing = ingress(&[], &[("a.test", "/", "Prefix", backend("app", num(80)))]);
+        ing.spec.as_mut().unwrap().tls =
+            Some(vec![IngressTLS { hosts: Some(vec!["A.test".into()]), secret_name: Some("tls".into()) }]);
+        let t = translate_ingress(&ing, &o).unwrap();
+        assert_eq!(t.certificates[0].names, vec!["a.test"]);
+        assert_eq!(t.certificates[0].source, "secret web/tls");
+        o.secrets.insert(("web".into(), "tls".into()), secret("Opaque").into());
+        let errs = translate_ingress(&ing, &o).unwrap_err();
+        assert!(
+            errs[0].to_string().starts_with("spec.tls[0].secretName: Secret web/tls has type \"Opaque\""),
+            "{errs:?}"
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! The objects a translation reads besides the one it translates (Services, EndpointSlices,
+//! Secrets), with every read recorded so that the assembler knows when a translation is
+//! stale, and the lookups translations share: a Secret's PEM, a TLS Secret as a
+//! certificate, the endpoints behind a Service port.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+
+use crate::config::input::{Pem, UpstreamInput};
+use crate::config::Certificate;
+use crate::pki::build_certificate;
+
+/// The objects a translation may look at, keyed by (namespace, name). EndpointSlices are
+/// keyed by the Service they belong to (their `kubernetes.io/service-name` label).
+///
+/// Translations read them only through [`Objects::service`], [`Objects::slices_of`] and
+/// [`Objects::secret`], which record what was read and at which `resourceVersion`: the
+/// assembler keeps a translation until its object or one of those reads changes, so an edit
+/// in a cluster of a thousand Ingresses re-translates one object, not a thousand.
+#[derive(Clone, Debug, Default)]
+pub struct Objects {
+    /// Services.
+    pub services: BTreeMap<(String, String), Arc<Service>>,
+    /// EndpointSlices by owning Service.
+    pub slices: BTreeMap<(String, String), Vec<Arc<EndpointSlice>>>,
+    /// Secrets.
+    pub secrets: BTreeMap<(String, String), Arc<Secret>>,
+    reads: RefCell<Vec<Read>>,
+}
+
+/// Which map a [`Read`] looked in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadKind {
+    Service,
+    Slices,
+    Secret,
+}
+
+/// One lookup a translation made and the version it saw (`-` when the object was missing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Read {
+    kind: ReadKind,
+    key: (String, String),
+    version: String,
+}
+
+fn version_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.resource_version.as_deref().unwrap_or("")
+}
+
+impl Objects {
+    /// Adds an EndpointSlice under the Service named by its label.
+    pub fn add_slice(&mut self, slice: impl Into<Arc<EndpointSlice>>) {
+        let slice = slice.into();
+        let ns = slice.namespace().unwrap_or_default();
+        if let Some(svc) = slice.labels().get("kubernetes.io/service-name").cloned() {
+            self.slices.entry((ns, svc)).or_default().push(slice);
+        }
+    }
+
+    /// A Service, recording the read.
+    pub fn service(&self, key: &(String, String)) -> Option<&Service> {
+        self.record(ReadKind::Service, key);
+        self.services.get(key).map(AsRef::as_ref)
+    }
+
+    /// The EndpointSlices of a Service, recording the read.
+    pub fn slices_of(&self, key: &(String, String)) -> impl Iterator<Item = &EndpointSlice> {
+        self.record(ReadKind::Slices, key);
+        self.slices.get(key).into_iter().flatten().map(AsRef::as_ref)
+    }
+
+    /// A Secret, recording the read.
+    pub fn secret(&self, key: &(String, String)) -> Option<&Secret> {
+        self.record(ReadKind::Secret, key);
+        self.secrets.get(key).map(AsRef::as_ref)
+    }
+
+    fn record(&self, kind: ReadKind, key: &(String, String)) {
+        let version = self.version(kind, key);
+        self.reads.borrow_mut().push(Read { kind, key: key.clone(), version });
+    }
+
+    fn version(&self, kind: ReadKind, key: &(String, String)) -> String {
+        match kind {
+            ReadKind::Service => {
+                self.services.get(key).map_or_else(|| "-".to_owned(), |s| version_of(&s.metadata).to_owned())
+            }
+            ReadKind::Secret => {
+                self.secrets.get(key).map_or_else(|| "-".to_owned(), |s| version_of(&s.metadata).to_owned())
+            }
+            ReadKind::Slices => self.slices.get(key).map_or_else(
+                || "-".to_owned(),
+                |v| v.iter().map(|s| version_of(&s.metadata)).collect::<Vec<_>>().join(","),
+            ),
+        }
+    }
+
+    /// Hands over (and forgets) the reads recorded since the last call.
+    pub fn take_reads(&self) -> Vec<Read> {
+        std::mem::take(&mut *self.reads.borrow_mut())
+    }
+
+    /// Whether every read would see the same version now.
+    pub fn unchanged(&self, reads: &[Read]) -> bool {
+        reads.iter().all(|r| self.version(r.kind, &r.key) == r.version)
+    }
+}
+
+fn secret_text(ns: &str, name: &str, key: &str, objects: &Objects) -> Result<String, String> {
+    let secret =
+        objects.secret(&(ns.to_owned(), name.to_owned())).ok_or_else(|| format!("Secret {ns}/{name} not found"))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| format!("Secret {ns}/{name} has no {key:?} key"))?;
+    String::from_utf8(bytes.0.clone()).map_err(|_| format!("Secret {ns}/{name} key {key:?} is not PEM text"))
+}
+
+/// One key of a Secret as PEM for the validator.
+pub(crate) fn secret_pem(ns: &str, name: &str, key: &str, objects: &Objects) -> Result<Pem, String> {
+    let text = secret_text(ns, name, key, objects)?;
+    Ok(Pem { source: format!("secret {ns}/{name} {key}"), bytes: text.into_bytes() })
+}
+
+/// A `kubernetes.io/tls` Secret as a certificate.
+pub fn tls_certificate(ns: &str, name: &str, objects: &Objects) -> Result<Certificate, String> {
+    let secret =
+        objects.secret(&(ns.to_owned(), name.to_owned())).ok_or_else(|| format!("Secret {ns}/{name} not found"))?;
+    if secret.type_.as_deref() != Some("kubernetes.io/tls") {
+        return Err(format!(
+            "Secret {ns}/{name} has type {:?}; a kubernetes.io/tls Secret is required",
+            secret.type_.as_deref().unwrap_or("Opaque")
+        ));
+    }
+    let cert = secret_text(ns, name, "tls.crt", objects)?;
+    let key = secret_text(ns, name, "tls.key", objects)?;
+    build_certificate(cert.as_bytes(), key.as_bytes(), &format!("secret {ns}/{name}"))
+        .map_err(|e| format!("Secret {ns}/{name}: {e}"))
+}
+
+/// `scheme://ip:port` with `weight` for the endpoints behind one Service port: ready
+/// endpoints, or, when none is ready, those still serving while terminating (as kube-proxy
+/// does).
+pub(crate) fn endpoint_upstreams(
+    service: &(String, String),
+    svc_port: &k8s_openapi::api::core::v1::ServicePort,
+    scheme: &str,
+    objects: &Objects,
+    weight: u32,
+) -> Vec<UpstreamInput> {
+    // EndpointSlice ports carry the Service port's name and the resolved target port.
+    let mut ready = Vec::new();
+    let mut terminating = Vec::new();
+    for slice in objects.slices_of(service) {
+        let wanted = svc_port.name.as_deref().unwrap_or("");
+        let Some(port) =
+            slice.ports.iter().flatten().find(|p| p.name.as_deref().unwrap_or("") == wanted).and_then(|p| p.port)
+        else {
+            continue;
+        };
+        for ep in slice.endpoints.iter().flatten() {
+            let c = ep.conditions.clone().unwrap_or_default();
+            let bucket = if c.ready.unwrap_or(true) {
+                &mut ready
+            } else if c.serving.unwrap_or(false) && c.terminating.unwrap_or(false) {
+                &mut terminating
+            } else {
+                continue;
+            };
+            for addr in &ep.addresses {
+                let host = if addr.contains(':') { format!("[{addr}]") } else { addr.clone() };
+                bucket.push(format!("{scheme}://{host}:{port}"));
+            }
+        }
+    }
+    let mut urls = if ready.is_empty() { terminating } else { ready };
+    urls.sort();
+    urls.dedup();
+    urls.into_iter().map(|url| UpstreamInput { url, weight }).collect()
+}

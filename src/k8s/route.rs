@@ -1,0 +1,206 @@
+//! A `Route` custom resource as a route: its typed spec becomes the route input field by
+//! field, `to` hosts that name Services are resolved to their ready endpoints, Secret
+//! references to PEM, and `tls` to the certificate served for the route's host.
+
+use std::collections::BTreeMap;
+
+use kube::ResourceExt;
+
+use super::objects::{endpoint_upstreams, secret_pem, tls_certificate, Objects};
+use super::translate::{cluster_host_default, SpecNames, Translated};
+use crate::config::input::{Destinations, Given, HealthCheckInput, HttpProbeInput, RouteInput, UpstreamInput};
+use crate::config::validate::{self, Errors};
+use crate::config::FieldError;
+
+/// Translates a `Route` custom resource: its typed spec becomes the route input field by
+/// field, `to` hosts that name Services are resolved to endpoints, and Secrets to PEM.
+pub fn translate_route(route: &crate::k8s::crd::Route, objects: &Objects) -> Result<Translated, Vec<FieldError>> {
+    let ns = route.namespace().unwrap_or_default();
+    let mut errs = Errors::default();
+    let mut out = Translated::default();
+    let spec = &route.spec;
+    let mut input = route_input(spec);
+    input.name = Some(format!("{ns}/{}", route.name_any()));
+    let mut to = Vec::new();
+    for (i, entry) in spec.to.iter().enumerate() {
+        match resolve_to(&ns, entry, objects) {
+            Ok(urls) => to.extend(urls),
+            Err(e) => errs.push(format!("spec.to[{i}]"), e),
+        }
+    }
+    input.to = Some(Destinations::Resolved(to));
+    cluster_host_default(&mut input);
+    if let Some(name) = &spec.tls_custom_ca_secret {
+        match secret_pem(&ns, name, "ca.crt", objects) {
+            Ok(pem) => input.tls_custom_ca = Some(pem),
+            Err(e) => errs.push("spec.tlsCustomCaSecret", e),
+        }
+    }
+    if let Some(name) = &spec.tls_client_secret {
+        for (slot, key) in [(&mut input.tls_client_cert, "tls.crt"), (&mut input.tls_client_key, "tls.key")] {
+            match secret_pem(&ns, name, key, objects) {
+                Ok(pem) => *slot = Some(pem),
+                Err(e) => errs.push("spec.tlsClientSecret", e),
+            }
+        }
+    }
+    if let Some(tls) = &spec.tls {
+        match tls_certificate(&ns, &tls.secret_name, objects) {
+            Ok(c) => {
+                if let Ok(crate::config::HostMatch::Exact(h) | crate::config::HostMatch::Wildcard(h)) =
+                    validate::parse_from(&spec.from)
+                {
+                    if !c.names.iter().any(|n| *n == h || n.strip_prefix("*.") == h.split_once('.').map(|x| x.1)) {
+                        out.warnings.push(FieldError {
+                            path: "spec.tls.secretName".into(),
+                            message: format!("the certificate does not name {h}; clients that verify it will fail"),
+                        });
+                    }
+                }
+                out.certificates.push(c);
+            }
+            Err(e) => errs.push("spec.tls.secretName", e),
+        }
+    }
+    if errs.is_empty() {
+        if let Some(r) = validate::route(&input, &SpecNames, &mut errs) {
+            out.routes.push(r);
+        }
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs.into_vec())
+    }
+}
+
+/// The route keys of a Route spec, typed as the CRD already types them.
+fn route_input(spec: &crate::k8s::crd::RouteSpec) -> RouteInput {
+    use crate::config::LbPolicy;
+    use crate::k8s::crd::LoadBalancingPolicy;
+    let headers = |h: &Option<BTreeMap<String, String>>| {
+        h.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()
+    };
+    RouteInput {
+        from: Some(spec.from.clone()),
+        prefix: spec.prefix.clone(),
+        path: spec.path.clone(),
+        regex: spec.regex.clone(),
+        timeout: spec.timeout.clone().map(Given::Text),
+        idle_timeout: spec.idle_timeout.clone().map(Given::Text),
+        allow_websockets: spec.allow_websockets,
+        preserve_host_header: spec.preserve_host_header,
+        host_rewrite: spec.host_rewrite.clone(),
+        prefix_rewrite: spec.prefix_rewrite.clone(),
+        regex_rewrite_pattern: spec.regex_rewrite_pattern.clone(),
+        regex_rewrite_substitution: spec.regex_rewrite_substitution.clone(),
+        set_request_headers: headers(&spec.set_request_headers),
+        remove_request_headers: spec.remove_request_headers.iter().flatten().cloned().map(Some).collect(),
+        set_response_headers: headers(&spec.set_response_headers),
+        tls_skip_verify: spec.tls_skip_verify,
+        tls_server_name: spec.tls_server_name.clone(),
+        load_balancing_policy: spec.load_balancing_policy.map(|p| {
+            Given::Parsed(match p {
+                LoadBalancingPolicy::ROUND_ROBIN => LbPolicy::RoundRobin,
+                LoadBalancingPolicy::RANDOM => LbPolicy::Random,
+                LoadBalancingPolicy::LEAST_REQUEST => LbPolicy::LeastRequest,
+            })
+        }),
+        health_checks: spec
+            .health_checks
+            .iter()
+            .flatten()
+            .map(|h| {
+                Some(HealthCheckInput {
+                    interval: h.interval.clone().map(Given::Text),
+                    timeout: h.timeout.clone().map(Given::Text),
+                    unhealthy_threshold: h.unhealthy_threshold.map(u64::from),
+                    healthy_threshold: h.healthy_threshold.map(u64::from),
+                    http: h.http_health_check.as_ref().map(|p| HttpProbeInput { path: p.path.clone() }),
+                    tcp: h.tcp_health_check.is_some(),
+                    ..HealthCheckInput::default()
+                })
+            })
+            .collect(),
+        ..RouteInput::default()
+    }
+}
+
+/// Resolves one `to` entry of a Route: a URL whose host names a Service becomes that
+/// Service's ready endpoints (with the entry's weight each); other hosts stay as written.
+fn resolve_to(ns: &str, entry: &str, objects: &Objects) -> Result<Vec<UpstreamInput>, String> {
+    let written = UpstreamInput::parse(entry)?;
+    let up = validate::upstream(&written)?;
+    let host = up.host.to_ascii_lowercase();
+    let labels: Vec<&str> = host.split('.').collect();
+    let (svc_ns, name, must_exist) = match labels.as_slice() {
+        [name] => (ns.to_owned(), (*name).to_owned(), true),
+        [name, n] => ((*n).to_owned(), (*name).to_owned(), false),
+        [name, n, "svc"] | [name, n, "svc", "cluster", "local"] => ((*n).to_owned(), (*name).to_owned(), true),
+        _ => return Ok(vec![written]),
+    };
+    let key = (svc_ns.clone(), name.clone());
+    let Some(svc) = objects.service(&key) else {
+        return if must_exist { Err(format!("Service {svc_ns}/{name} not found")) } else { Ok(vec![written]) };
+    };
+    let spec = svc.spec.clone().unwrap_or_default();
+    let port: i32 = up.authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(80);
+    let Some(svc_port) = spec.ports.iter().flatten().find(|p| p.port == port) else {
+        return Err(format!("Service {svc_ns}/{name} has no port {port}"));
+    };
+    let scheme = match up.scheme {
+        crate::config::UpstreamScheme::Http => "http",
+        crate::config::UpstreamScheme::Https => "https",
+        crate::config::UpstreamScheme::H2c => "h2c",
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        let ext = spec.external_name.unwrap_or_default();
+        return Ok(vec![UpstreamInput { url: format!("{scheme}://{ext}:{port}"), weight: up.weight }]);
+    }
+    Ok(endpoint_upstreams(&key, svc_port, scheme, objects, up.weight))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::test_support::*;
+
+    #[test]
+    fn route_resources_use_the_same_validator_and_resolve_services() {
+        let r = route_cr(serde_json::json!({
+            "from": "https://api.example.com",
+            "prefix": "/v1",
+            "to": ["http://app:80,3", "h2c://app.web.svc.cluster.local:9000", "https://api.example.org"],
+            "idleTimeout": "0",
+            "setRequestHeaders": {"X-Mixed-Case": "1"},
+            "healthChecks": [{"interval": "5s", "httpHealthCheck": {"path": "/healthz"}}],
+        }));
+        let t = translate_route(&r, &objects()).unwrap();
+        let route = &t.routes[0];
+        assert_eq!(route.name, "web/api");
+        assert_eq!(
+            upstreams(route),
+            vec!["Http://10.244.1.7:8080", "H2c://10.244.1.7:9090", "Https://api.example.org:443"]
+        );
+        assert_eq!(route.to[0].weight, 3);
+        assert_eq!(route.idle_timeout, Some(None));
+        assert_eq!(route.set_request_headers[0].0, "x-mixed-case");
+        assert_eq!(route.health_checks[0].interval, std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn route_errors_use_the_crd_spelling() {
+        let r =
+            route_cr(serde_json::json!({"from": "https://a.test", "to": ["http://missing:80"], "idleTimeout": "soon"}));
+        let errs = translate_route(&r, &objects()).unwrap_err();
+        assert_eq!(errs[0].to_string(), "spec.to[0]: Service web/missing not found");
+        let r = route_cr(serde_json::json!({"from": "https://a.test", "to": ["http://app:80"], "idleTimeout": "soon"}));
+        let errs = translate_route(&r, &objects()).unwrap_err();
+        assert!(errs[0].to_string().starts_with("spec.idleTimeout: invalid duration \"soon\""), "{errs:?}");
+        let r = route_cr(serde_json::json!({"from": "https://a.test", "to": ["http://app:81"]}));
+        assert_eq!(
+            translate_route(&r, &objects()).unwrap_err()[0].to_string(),
+            "spec.to[0]: Service web/app has no port 81"
+        );
+    }
+}

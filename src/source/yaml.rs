@@ -1,0 +1,718 @@
+//! Reads the loosely typed YAML tree of a standalone config into the validator's typed
+//! inputs: each mapping through a [`MappingReader`], which records the keys it was asked
+//! for so that the rest are reported as unknown, with a "did you mean" suggestion.
+//!
+//! Type errors (a list where a string belongs) are found here; what a value *means* is the
+//! validator's business (`config::validate`). Files that fields refer to (`cert_file`, ...)
+//! are read through a [`Material`], so that the PEM the validator gets was read by the source.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::config::fields::{KeyPath, RouteNames};
+use crate::config::input::{
+    CertificateInput, Destinations, Given, HealthCheckInput, HttpProbeInput, MtlsInput, Pem, Problems, RouteInput,
+    SettingsInput, UpstreamInput, UNKNOWN_KEYS,
+};
+use crate::config::validate::{self, check_route_set, ConfigErrors, Errors};
+use crate::config::{Config, Route};
+
+/// Reads the material that config fields refer to (`cert_file`, `tls_custom_ca_file`, ...).
+pub trait Material {
+    /// Returns the bytes behind `reference`, or a message saying why they are not there.
+    fn read(&self, reference: &str) -> Result<Vec<u8>, String>;
+}
+
+/// A [`Material`] that has nothing: every reference is an error. For trees with no files.
+pub struct NoMaterial;
+
+impl Material for NoMaterial {
+    fn read(&self, reference: &str) -> Result<Vec<u8>, String> {
+        Err(format!("cannot read {reference:?}: no files can be referenced here"))
+    }
+}
+
+/// Parses YAML into the JSON-like tree the reader walks. YAML-only constructs (non-string
+/// keys, tags) are reported rather than guessed at.
+pub fn yaml_to_value(text: &str) -> Result<Value, String> {
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
+    serde_json::to_value(yaml).map_err(|e| format!("unsupported YAML: {e}"))
+}
+
+/// A view of one mapping that remembers which keys were read, so that the rest can be
+/// reported as unknown (with a suggestion) when it is finished.
+pub struct MappingReader<'a> {
+    path: KeyPath,
+    map: &'a Map<String, Value>,
+    known: Vec<&'static str>,
+}
+
+impl<'a> MappingReader<'a> {
+    /// Starts reading `value` at `path`; records an error when it is not a mapping.
+    pub fn new(path: &str, value: &'a Value, errs: &mut Errors) -> Option<Self> {
+        match value {
+            Value::Object(map) => Some(Self { path: KeyPath(path.to_owned()), map, known: Vec::new() }),
+            other => {
+                errs.push(path, format!("expected a mapping, found {}", kind_of(other)));
+                None
+            }
+        }
+    }
+
+    /// Path of a child field.
+    pub fn at(&self, key: &str) -> String {
+        self.path.join(key)
+    }
+
+    /// Raw value of `key` (null counts as absent) and marks it known.
+    pub fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.known.push(key);
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    /// Reads `key` with `read`, recording what is wrong with it in `problems` under the key.
+    fn keyed<T>(
+        &mut self,
+        key: &'static str,
+        problems: &mut Problems,
+        read: impl FnOnce(&'a Value, &str, &mut Errors) -> Option<T>,
+    ) -> Option<T> {
+        let v = self.get(key)?;
+        let mut found = Errors::default();
+        let out = read(v, &self.at(key), &mut found);
+        problems.add(key, None, found);
+        out
+    }
+
+    /// A string field.
+    pub fn string(&mut self, key: &'static str, problems: &mut Problems) -> Option<String> {
+        self.keyed(key, problems, string)
+    }
+
+    /// A boolean field; the strings `"true"`/`"false"` are accepted (environment, annotations).
+    pub fn boolean(&mut self, key: &'static str, problems: &mut Problems) -> Option<bool> {
+        self.keyed(key, problems, boolean)
+    }
+
+    /// An unsigned integer field; numeric strings are accepted.
+    pub fn uint(&mut self, key: &'static str, problems: &mut Problems) -> Option<u64> {
+        self.keyed(key, problems, uint)
+    }
+
+    /// A Go duration field, as text for the validator (a YAML `0` is already a duration).
+    pub fn duration(&mut self, key: &'static str, problems: &mut Problems) -> Option<Given<Duration>> {
+        self.keyed(key, problems, duration)
+    }
+
+    /// A list field; a single scalar is accepted as a list of one.
+    pub fn list(&mut self, key: &'static str, problems: &mut Problems) -> Option<Vec<&'a Value>> {
+        self.keyed(key, problems, list)
+    }
+
+    /// Reports every key that no getter asked for.
+    pub fn finish(self, errs: &mut Errors) {
+        for key in self.map.keys() {
+            if !self.known.contains(&key.as_str()) {
+                let hint = closest(key, &self.known).map(|k| format!(" (did you mean {k:?}?)")).unwrap_or_default();
+                errs.push(self.at(key), format!("unknown field{hint}"));
+            }
+        }
+    }
+
+    /// As [`Self::finish`], into an input's problems (reported after its known fields).
+    pub fn finish_into(self, problems: &mut Problems) {
+        let mut found = Errors::default();
+        self.finish(&mut found);
+        problems.add(UNKNOWN_KEYS, None, found);
+    }
+}
+
+fn string(v: &Value, at: &str, errs: &mut Errors) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        other => {
+            errs.push(at, format!("expected a string, found {}", kind_of(other)));
+            None
+        }
+    }
+}
+
+fn boolean(v: &Value, at: &str, errs: &mut Errors) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+        other => {
+            errs.push(at, format!("expected true or false, found {}", describe(other)));
+            None
+        }
+    }
+}
+
+fn uint(v: &Value, at: &str, errs: &mut Errors) -> Option<u64> {
+    let n = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    if n.is_none() {
+        errs.push(at, format!("expected a non-negative integer, found {}", describe(v)));
+    }
+    n
+}
+
+fn duration(v: &Value, at: &str, errs: &mut Errors) -> Option<Given<Duration>> {
+    match v {
+        Value::String(s) => Some(Given::Text(s.clone())),
+        Value::Number(n) if n.as_u64() == Some(0) => Some(Given::Parsed(Duration::ZERO)),
+        other => {
+            errs.push(at, format!("expected a Go duration string such as \"30s\", found {}", describe(other)));
+            None
+        }
+    }
+}
+
+fn list<'a>(v: &'a Value, at: &str, errs: &mut Errors) -> Option<Vec<&'a Value>> {
+    match v {
+        Value::Array(items) => Some(items.iter().collect()),
+        Value::Object(_) => {
+            errs.push(at, "expected a list");
+            None
+        }
+        scalar => Some(vec![scalar]),
+    }
+}
+
+/// A string-to-string mapping, in key order; numbers and booleans are taken as their text.
+fn string_map(v: &Value, at: &str, errs: &mut Errors) -> Option<Vec<(String, String)>> {
+    let Value::Object(map) = v else {
+        errs.push(at, format!("expected a mapping of names to values, found {}", kind_of(v)));
+        return None;
+    };
+    let mut out = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        match v {
+            Value::String(s) => out.push((k.clone(), s.clone())),
+            Value::Number(n) => out.push((k.clone(), n.to_string())),
+            Value::Bool(b) => out.push((k.clone(), b.to_string())),
+            other => errs.push(format!("{at}.{k}"), format!("expected a string, found {}", kind_of(other))),
+        }
+    }
+    Some(out)
+}
+
+/// What kind of YAML value `v` is, for "expected X, found Y".
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// A scalar as written (strings quoted), anything else by its kind.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Bool(_) | Value::Number(_) => v.to_string(),
+        other => kind_of(other).to_owned(),
+    }
+}
+
+/// The known key nearest to a typo, if it is near enough to be a plausible intent.
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    let norm = key.to_ascii_lowercase().replace('-', "_");
+    known.iter().map(|k| (levenshtein(&norm, k), *k)).filter(|(d, k)| *d <= 2.max(k.len() / 4)).min().map(|(_, k)| k)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// The global keys a root mapping may hold, besides `routes`; also the environment variables
+/// (upper-cased) that override them.
+pub const GLOBAL_SCALAR_KEYS: &[&str] = &[
+    "address",
+    "http_redirect_address",
+    "insecure_server",
+    "codec_type",
+    "http3_advertised_port",
+    "timeout_read",
+    "timeout_write",
+    "timeout_idle",
+    "default_upstream_timeout",
+    "drain_timeout",
+    "drain_scope",
+    "metrics_address",
+    "admin_address",
+];
+
+/// Parses a whole standalone-style document (global settings plus `routes`) into a config,
+/// with errors named by their YAML path (`routes[3].timeout`).
+pub fn parse_config(root: &Value, material: &dyn Material) -> Result<Config, ConfigErrors> {
+    let mut errs = Errors::default();
+    let empty = Value::Object(Map::new());
+    let root = if root.is_null() { &empty } else { root };
+    let Some(mut doc) = MappingReader::new("", root, &mut errs) else {
+        return Err(ConfigErrors(errs.into_vec()));
+    };
+    let settings_input = read_settings(&mut doc, material);
+    let settings = validate::settings(&settings_input, &KeyPath::default(), &mut errs);
+    let mut routes: Vec<Route> = Vec::new();
+    if let Some(items) = doc.get("routes").and_then(|v| list(v, "routes", &mut errs)) {
+        for (i, item) in items.into_iter().enumerate() {
+            if let Some(route) = parse_route(&format!("routes[{i}]"), item, material, &mut errs) {
+                routes.push(route);
+            }
+        }
+    }
+    doc.finish(&mut errs);
+    // Named by position among the valid routes, as the checks always have been: the same as
+    // the source's index whenever these are the only errors (the config is rejected anyway
+    // when some route was invalid).
+    let names: Vec<KeyPath> = (0..routes.len()).map(|i| KeyPath(format!("routes[{i}]"))).collect();
+    check_route_set(names.iter().map(|n| n as &dyn RouteNames).zip(&routes), &mut errs);
+    if errs.is_empty() {
+        Ok(Config { settings, routes })
+    } else {
+        Err(ConfigErrors(errs.into_vec()))
+    }
+}
+
+/// Reads and validates one route mapping at `path` (the standalone `routes[i]`). `None` when
+/// anything about it is wrong, every error recorded.
+pub fn parse_route(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors) -> Option<Route> {
+    let before = errs.len();
+    let mut m = MappingReader::new(path, v, errs)?;
+    let input = read_route_fields(&mut m, material);
+    let route = validate::route(&input, &KeyPath(path.to_owned()), errs);
+    // Unknown keys come last, after what is wrong with the known ones.
+    m.finish(errs);
+    route.filter(|_| errs.len() == before)
+}
+
+/// Reads the global settings out of a mapping (the file root); the caller finishes it.
+pub fn read_settings(m: &mut MappingReader<'_>, material: &dyn Material) -> SettingsInput {
+    let mut p = Problems::default();
+    let mut s = SettingsInput {
+        address: m.string("address", &mut p),
+        http_redirect_address: m.string("http_redirect_address", &mut p),
+        metrics_address: m.string("metrics_address", &mut p),
+        admin_address: m.string("admin_address", &mut p),
+        insecure_server: m.boolean("insecure_server", &mut p),
+        codec_type: m.string("codec_type", &mut p).map(Given::Text),
+        http3_advertised_port: m.uint("http3_advertised_port", &mut p),
+        timeout_read: m.duration("timeout_read", &mut p),
+        timeout_write: m.duration("timeout_write", &mut p),
+        timeout_idle: m.duration("timeout_idle", &mut p),
+        default_upstream_timeout: m.duration("default_upstream_timeout", &mut p),
+        drain_timeout: m.duration("drain_timeout", &mut p),
+        drain_scope: m.string("drain_scope", &mut p).map(Given::Text),
+        ..SettingsInput::default()
+    };
+    if let Some(items) = m.list("certificates", &mut p) {
+        for (i, item) in items.into_iter().enumerate() {
+            let mut found = Errors::default();
+            s.certificates.push(read_certificate(
+                &format!("{}[{i}]", m.at("certificates")),
+                item,
+                material,
+                &mut found,
+            ));
+            p.add("certificates", Some(i), found);
+        }
+    }
+    if let Some(v) = m.get("downstream_mtls") {
+        let mut found = Errors::default();
+        s.downstream_mtls = read_mtls(&m.at("downstream_mtls"), v, material, &mut found);
+        p.add("downstream_mtls", None, found);
+    }
+    s.problems = p;
+    s
+}
+
+fn read_certificate(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors) -> Option<CertificateInput> {
+    let mut m = MappingReader::new(path, v, errs)?;
+    let mut input = CertificateInput::default();
+    input.cert = read_pem_field(&mut m, "cert", "cert_file", material, &mut input.problems);
+    input.key = read_pem_field(&mut m, "key", "key_file", material, &mut input.problems);
+    m.finish_into(&mut input.problems);
+    Some(input)
+}
+
+fn read_mtls(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors) -> Option<MtlsInput> {
+    let mut m = MappingReader::new(path, v, errs)?;
+    let mut input = MtlsInput::default();
+    input.ca = read_pem_field(&mut m, "ca", "ca_file", material, &mut input.problems);
+    input.crl = read_pem_field(&mut m, "crl", "crl_file", material, &mut input.problems);
+    input.enforcement = m.string("enforcement", &mut input.problems).map(Given::Text);
+    input.max_verify_depth = m.uint("max_verify_depth", &mut input.problems);
+    m.finish_into(&mut input.problems);
+    Some(input)
+}
+
+/// Reads `inline_key` (PEM, or base64 of PEM) or `file_key` (a reference for [`Material`]).
+/// Problems with either are recorded under `inline_key`.
+fn read_pem_field(
+    m: &mut MappingReader<'_>,
+    inline_key: &'static str,
+    file_key: &'static str,
+    material: &dyn Material,
+    problems: &mut Problems,
+) -> Option<Pem> {
+    let mut found = Problems::default();
+    let inline = m.string(inline_key, &mut found);
+    let file = m.string(file_key, &mut found);
+    let mut errs = Errors::default();
+    let pem = match (inline, file) {
+        (Some(_), Some(_)) => {
+            errs.push(m.at(file_key), format!("set either {inline_key} or {file_key}, not both"));
+            None
+        }
+        (Some(text), None) => Some(Pem { source: format!("inline {inline_key}"), bytes: decode_pem_or_base64(&text) }),
+        (None, Some(file)) => match material.read(&file) {
+            Ok(bytes) => Some(Pem { source: file, bytes }),
+            Err(e) => {
+                errs.push(m.at(file_key), e);
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let mut all = Errors::default();
+    all.extend(found.about(inline_key, None).chain(found.about(file_key, None)));
+    all.extend(errs.into_vec().iter());
+    problems.add(inline_key, None, all);
+    pem
+}
+
+/// Pomerium accepts base64-encoded PEM inline; plain PEM is friendlier, so both work.
+fn decode_pem_or_base64(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    if text.contains("-----BEGIN") {
+        return text.as_bytes().to_vec();
+    }
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(compact).unwrap_or_else(|_| text.as_bytes().to_vec())
+}
+
+/// The route keys that hold one plain value (everything but the PEM pairs and `policy`), in
+/// the order a route mapping is read.
+pub const ROUTE_VALUE_KEYS: &[&str] = &[
+    "name",
+    "from",
+    "prefix",
+    "path",
+    "regex",
+    "to",
+    "timeout",
+    "idle_timeout",
+    "allow_websockets",
+    "preserve_host_header",
+    "host_rewrite",
+    "prefix_rewrite",
+    "regex_rewrite_pattern",
+    "regex_rewrite_substitution",
+    "set_request_headers",
+    "remove_request_headers",
+    "set_response_headers",
+    "tls_skip_verify",
+    "tls_server_name",
+    "load_balancing_policy",
+    "health_checks",
+];
+
+/// Reads one route mapping into a [`RouteInput`] (what is wrong recorded in its problems).
+pub fn read_route(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors) -> Option<RouteInput> {
+    let mut m = MappingReader::new(path, v, errs)?;
+    let mut input = read_route_fields(&mut m, material);
+    m.finish_into(&mut input.problems);
+    Some(input)
+}
+
+/// Reads the route keys of a mapping; the caller finishes it (reports unknown keys).
+fn read_route_fields(m: &mut MappingReader<'_>, material: &dyn Material) -> RouteInput {
+    let mut input = RouteInput::default();
+    for key in ROUTE_VALUE_KEYS {
+        if let Some(v) = m.get(key) {
+            read_route_value(key, v, &m.at(key), &mut input);
+        }
+    }
+    let mut p = std::mem::take(&mut input.problems);
+    input.tls_custom_ca = read_pem_field(m, "tls_custom_ca", "tls_custom_ca_file", material, &mut p);
+    input.tls_client_cert = read_pem_field(m, "tls_client_cert", "tls_client_cert_file", material, &mut p);
+    input.tls_client_key = read_pem_field(m, "tls_client_key", "tls_client_key_file", material, &mut p);
+    if m.get("policy").is_some() {
+        let mut found = Errors::default();
+        found.push(m.at("policy"), "authorization policies are not supported by this version of Portcullis");
+        p.add("policy", None, found);
+    }
+    input.problems = p;
+    input
+}
+
+/// Reads the value of one of [`ROUTE_VALUE_KEYS`] into `input`, with what is wrong recorded
+/// in its problems at `at`. Also what the Ingress translation uses for an annotation's value
+/// (parsed from its text). Returns `false` for a key that is not one of them.
+pub fn read_route_value(key: &str, v: &Value, at: &str, input: &mut RouteInput) -> bool {
+    let Some(key) = ROUTE_VALUE_KEYS.iter().copied().find(|k| *k == key) else { return false };
+    let mut errs = Errors::default();
+    let errs = &mut errs;
+    let mut items = Problems::default();
+    match key {
+        "name" => input.name = string(v, at, errs),
+        "from" => input.from = string(v, at, errs),
+        "prefix" => input.prefix = string(v, at, errs),
+        "path" => input.path = string(v, at, errs),
+        "regex" => input.regex = string(v, at, errs),
+        "to" => {
+            input.to = list(v, at, errs).map(|entries| {
+                Destinations::Listed(
+                    entries
+                        .iter()
+                        .enumerate()
+                        .map(|(i, entry)| {
+                            read_upstream(entry)
+                                .map_err(|e| {
+                                    let mut found = Errors::default();
+                                    found.push(format!("{at}[{i}]"), e);
+                                    items.add(key, Some(i), found);
+                                })
+                                .ok()
+                        })
+                        .collect(),
+                )
+            });
+        }
+        "timeout" => input.timeout = duration(v, at, errs),
+        "idle_timeout" => input.idle_timeout = duration(v, at, errs),
+        "allow_websockets" => input.allow_websockets = boolean(v, at, errs),
+        "preserve_host_header" => input.preserve_host_header = boolean(v, at, errs),
+        "host_rewrite" => input.host_rewrite = string(v, at, errs),
+        "prefix_rewrite" => input.prefix_rewrite = string(v, at, errs),
+        "regex_rewrite_pattern" => input.regex_rewrite_pattern = string(v, at, errs),
+        "regex_rewrite_substitution" => input.regex_rewrite_substitution = string(v, at, errs),
+        "set_request_headers" => input.set_request_headers = string_map(v, at, errs).unwrap_or_default(),
+        "set_response_headers" => input.set_response_headers = string_map(v, at, errs).unwrap_or_default(),
+        "remove_request_headers" => {
+            input.remove_request_headers = list(v, at, errs)
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, item)| {
+                    let name = item.as_str().map(str::to_owned);
+                    if name.is_none() {
+                        let mut found = Errors::default();
+                        found.push(format!("{at}[{i}]"), format!("{} is not a valid header name", describe(item)));
+                        items.add(key, Some(i), found);
+                    }
+                    name
+                })
+                .collect();
+        }
+        "tls_skip_verify" => input.tls_skip_verify = boolean(v, at, errs),
+        "tls_server_name" => input.tls_server_name = string(v, at, errs),
+        "load_balancing_policy" => input.load_balancing_policy = string(v, at, errs).map(Given::Text),
+        "health_checks" => {
+            input.health_checks = list(v, at, errs)
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, item)| {
+                    let mut found = Errors::default();
+                    let check = read_health_check(&format!("{at}[{i}]"), item, &mut found);
+                    items.add(key, Some(i), found);
+                    check
+                })
+                .collect();
+        }
+        _ => unreachable!("every key of ROUTE_VALUE_KEYS is read above"),
+    }
+    input.problems.add(key, None, std::mem::take(errs));
+    for (k, i, e) in items.into_entries() {
+        let mut found = Errors::default();
+        found.extend([&e]);
+        input.problems.add(k, i, found);
+    }
+    true
+}
+
+fn read_upstream(v: &Value) -> Result<UpstreamInput, String> {
+    match v {
+        Value::String(s) => UpstreamInput::parse(s),
+        Value::Object(m) => {
+            let url = m.get("url").and_then(Value::as_str).ok_or("needs url")?.to_owned();
+            let weight = match m.get("weight") {
+                None => 1,
+                Some(w) => w.as_u64().and_then(|w| u32::try_from(w).ok()).ok_or("weight must be a positive integer")?,
+            };
+            if let Some(k) = m.keys().find(|k| *k != "url" && *k != "weight") {
+                return Err(format!("unknown field {k:?} (use url and weight)"));
+            }
+            Ok(UpstreamInput { url, weight })
+        }
+        other => Err(format!("expected an upstream URL, found {}", kind_of(other))),
+    }
+}
+
+/// One health check; `None` (the error in `errs`) when it or its probe is not a mapping.
+fn read_health_check(path: &str, v: &Value, errs: &mut Errors) -> Option<HealthCheckInput> {
+    let mut m = MappingReader::new(path, v, errs)?;
+    let mut input = HealthCheckInput::default();
+    let p = &mut input.problems;
+    input.interval = m.duration("interval", p);
+    input.timeout = m.duration("timeout", p);
+    input.unhealthy_threshold = m.uint("unhealthy_threshold", p);
+    input.healthy_threshold = m.uint("healthy_threshold", p);
+    let http = m.get("http_health_check");
+    input.tcp = m.get("tcp_health_check").is_some();
+    if let Some(h) = http {
+        let mut probe = MappingReader::new(&m.at("http_health_check"), h, errs)?;
+        let mut found = Problems::default();
+        input.http = Some(HttpProbeInput { path: probe.string("path", &mut found) });
+        let mut all = Errors::default();
+        all.extend(found.about("path", None));
+        probe.finish(&mut all);
+        input.problems.add("http_health_check", None, all);
+    }
+    // With both or neither probe the validator rejects the check as a whole; its other keys
+    // are not worth a second complaint.
+    if input.http.is_some() != input.tcp {
+        m.finish_into(&mut input.problems);
+    }
+    Some(input)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DrainScope, HostMatch, LbPolicy, PathMatch, UpstreamScheme};
+
+    fn parse(yaml: &str) -> Result<Config, ConfigErrors> {
+        let v: Value = serde_yaml_ng::from_str(yaml).unwrap();
+        parse_config(&v, &NoMaterial)
+    }
+
+    #[test]
+    fn defaults_follow_pomerium() {
+        let c = parse("routes: []").unwrap();
+        let s = &c.settings;
+        assert_eq!(s.address.port(), 8443);
+        assert_eq!(s.timeouts.read, Some(Duration::from_secs(30)));
+        assert_eq!(s.timeouts.write, None);
+        assert_eq!(s.timeouts.idle, Some(Duration::from_secs(300)));
+        assert_eq!(s.default_upstream_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(s.drain_timeout, Duration::from_secs(600));
+        assert_eq!(s.drain_scope, DrainScope::Affected);
+        assert_eq!(s.admin_address.unwrap().to_string(), "127.0.0.1:9901");
+        assert_eq!(s.metrics_address.unwrap().port(), 9902);
+    }
+
+    #[test]
+    fn reports_every_error_with_its_path() {
+        let errs = parse(
+            r#"
+timeout_read: 5 minutes
+codec_type: http9
+drain_scope: some
+routes:
+  - from: https://a.example.com
+    to: [http://127.0.0.1:1]
+  - from: https://b.example.com
+    to: [ftp://x]
+    timeout: soon
+    timout: 1s
+  - to: [http://127.0.0.1:2]
+    regex: "(unclosed"
+"#,
+        )
+        .unwrap_err();
+        let text = errs.to_string();
+        for needle in [
+            "timeout_read: invalid duration \"5 minutes\"",
+            "codec_type: unknown codec \"http9\"",
+            "drain_scope: unknown drain scope \"some\": use affected or all",
+            "routes[1].to[0]: \"ftp://x\" must start with",
+            "routes[1].timeout: invalid duration \"soon\"",
+            "routes[1].timout: unknown field (did you mean \"timeout\"?)",
+            "routes[2].from: is required",
+            "routes[2].regex: invalid regular expression",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert_eq!(errs.0.len(), 8, "{text}");
+    }
+
+    #[test]
+    fn route_keys_parse() {
+        let c = parse(
+            r#"
+routes:
+  - from: https://*.Example.com
+    prefix: /api/
+    to: ["http://10.0.0.1:80,3", {url: "h2c://svc:9000", weight: 2}, "https://[::1]"]
+    timeout: 0
+    idle_timeout: 1m
+    allow_websockets: "true"
+    set_request_headers: {X-A: b}
+    remove_request_headers: [cookie]
+    set_response_headers: {Strict-Transport-Security: max-age=1}
+    regex_rewrite_pattern: "^/api/(.*)"
+    regex_rewrite_substitution: "/\\1"
+    load_balancing_policy: LEAST_REQUEST
+"#,
+        )
+        .unwrap();
+        let r = &c.routes[0];
+        assert_eq!(r.host, HostMatch::Wildcard("example.com".into()));
+        assert!(matches!(&r.path, PathMatch::Prefix(p) if p == "/api"));
+        assert_eq!(r.to.len(), 3);
+        assert_eq!(r.to[0].weight, 3);
+        assert_eq!(r.to[1].scheme, UpstreamScheme::H2c);
+        assert_eq!(r.to[2].authority, "[::1]:443");
+        assert_eq!(r.timeout, Some(None));
+        assert_eq!(r.idle_timeout, Some(Some(Duration::from_secs(60))));
+        assert!(r.allow_websockets);
+        assert_eq!(r.name, "*.example.com/api");
+        assert_eq!(r.load_balancing_policy, LbPolicy::LeastRequest);
+    }
+
+    #[test]
+    fn write_must_exceed_read() {
+        let e = parse("timeout_read: 30s\ntimeout_write: 10s").unwrap_err();
+        assert!(e.to_string().contains("timeout_write: must be greater than timeout_read (30s)"));
+        assert!(parse("timeout_read: 30s\ntimeout_write: 0").is_ok());
+    }
+
+    #[test]
+    fn duplicate_routes_are_rejected() {
+        let e = parse(
+            "routes:\n - {from: https://a.b, prefix: /x, to: http://h}\n - {from: https://A.b, prefix: /x/, to: http://h, name: other}",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("routes[1]: matches the same host and path as routes[0]"), "{e}");
+    }
+
+    #[test]
+    fn non_mapping_root_is_an_error_not_a_panic() {
+        for doc in ["[1,2]", "42", "routes: 5", "routes: [5]", "certificates: [{cert_file: x}]"] {
+            let v: Value = serde_yaml_ng::from_str(doc).unwrap();
+            assert!(parse_config(&v, &NoMaterial).is_err(), "{doc}");
+        }
+    }
+}
