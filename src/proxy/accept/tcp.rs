@@ -173,7 +173,7 @@ where
             let builder = builder.http2_only();
             // HTTP/2 streams are tasks of their own, each watched (`StreamExecutor`).
             let served = Watched::unwatched(builder.serve_connection(io, service));
-            run_to_end(Hyper::new(served, auto::Connection::graceful_shutdown, false, &conn), &conn).await;
+            run_to_end(hyper(served, auto::Connection::graceful_shutdown, false, &conn), &conn).await;
         }
         Some(false) => {
             let mut h1 = hyper::server::conn::http1::Builder::new();
@@ -184,12 +184,12 @@ where
                 .keep_alive(true);
             let served = Watched::new(h1.serve_connection(io, service).with_upgrades());
             let graceful = hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown;
-            run_to_end(Hyper::new(served, graceful, true, &conn), &conn).await;
+            run_to_end(hyper(served, graceful, true, &conn), &conn).await;
         }
         None => {
             let served = Watched::new(builder.serve_connection_with_upgrades(io, service));
             let graceful = auto::UpgradeableConnection::graceful_shutdown;
-            run_to_end(Hyper::new(served, graceful, true, &conn), &conn).await;
+            run_to_end(hyper(served, graceful, true, &conn), &conn).await;
         }
     }
 }
@@ -221,64 +221,54 @@ async fn run_to_end<S: Served>(mut served: S, conn: &Conn) {
     }
 }
 
-/// A hyper connection as the driver serves it, its type erased: the three kinds of hyper
-/// connection (HTTP/2, HTTP/1.1, auto-detected) share one [`Served`] impl. Boxed: held
-/// inline, hyper's connection state (several KiB) was laid out more than once in the task's
-/// future, and every idle connection paid for the copies.
-struct Hyper<'a> {
-    conn: Pin<Box<dyn HyperConnection + 'a>>,
+/// A step of a hyper connection: its poll, with its error as text.
+type Step = Poll<Result<Result<(), String>, Stalled>>;
+
+/// A hyper connection as the driver serves it: one closure over the pinned connection that
+/// polls it (`Some(cx)`) or begins its graceful shutdown (`None`), so that the three kinds of
+/// hyper connection (HTTP/2, HTTP/1.1, auto-detected) share one [`Served`] impl. A closure
+/// rather than a trait over the connection types: the compiler proves `Send` for a closure
+/// from what it captures, where for a trait impl over hyper's connection types it must
+/// re-prove their `Future` impls under erased lifetimes, which it cannot
+/// (rust-lang/rust#64552). The connection is boxed: held inline, hyper's connection state
+/// (several KiB) was laid out more than once in the task's future, and every idle connection
+/// paid for the copies.
+struct Hyper<F> {
+    step: F,
     is_h1: bool,
     state: Arc<ConnState>,
 }
 
-impl<'a> Hyper<'a> {
-    fn new<C, E>(conn: Watched<C>, graceful_shutdown: fn(Pin<&mut C>), is_h1: bool, on: &Conn) -> Self
-    where
-        C: Future<Output = Result<(), E>> + Send + 'a,
-        E: std::fmt::Display,
-    {
-        let conn: Pin<Box<dyn HyperConnection + 'a>> = Box::pin(WithShutdown { conn, graceful_shutdown });
-        Self { conn, is_h1, state: on.state.clone() }
-    }
-}
-
-/// What the driver needs of a hyper connection. (Erasing the type also keeps the compiler
-/// from proving `Send` for hyper's connection types under erased lifetimes, which it cannot:
-/// rust-lang/rust#64552.)
-trait HyperConnection: Send {
-    /// Polls the connection; its error as text.
-    fn poll_served(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Result<(), String>, Stalled>>;
-    /// hyper's graceful shutdown.
-    fn graceful_shutdown(self: Pin<&mut Self>);
-}
-
-pin_project_lite::pin_project! {
-    struct WithShutdown<C> {
-        #[pin]
-        conn: Watched<C>,
-        graceful_shutdown: fn(Pin<&mut C>),
-    }
-}
-
-impl<C, E> HyperConnection for WithShutdown<C>
+/// `conn` as the driver serves it; `graceful_shutdown` is hyper's for its type.
+fn hyper<C, E>(
+    conn: Watched<C>,
+    graceful_shutdown: fn(Pin<&mut C>),
+    is_h1: bool,
+    on: &Conn,
+) -> Hyper<impl FnMut(Option<&mut Context<'_>>) -> Step + Send>
 where
     C: Future<Output = Result<(), E>> + Send,
     E: std::fmt::Display,
 {
-    fn poll_served(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Result<(), String>, Stalled>> {
-        self.project().conn.poll(cx).map(|r| r.map(|r| r.map_err(|e| e.to_string())))
-    }
-
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        let this = self.project();
-        (this.graceful_shutdown)(this.conn.inner());
-    }
+    let mut conn = Box::pin(conn);
+    let step = move |cx: Option<&mut Context<'_>>| {
+        if let Some(cx) = cx {
+            conn.as_mut().poll(cx).map(|r| r.map(|r| r.map_err(|e| e.to_string())))
+        } else {
+            graceful_shutdown(conn.as_mut().inner());
+            Poll::Pending
+        }
+    };
+    Hyper { step, is_h1, state: on.state.clone() }
 }
 
-impl Served for Hyper<'_> {
+impl<F> Served for Hyper<F>
+where
+    F: FnMut(Option<&mut Context<'_>>) -> Step + Send,
+{
     fn serve(&mut self) -> impl Future<Output = Ended> + Send + '_ {
         std::future::poll_fn(|cx| {
-            let ended = match std::task::ready!(self.conn.as_mut().poll_served(cx)) {
+            let ended = match std::task::ready!((self.step)(Some(cx))) {
                 Ok(Ok(())) => Ended::Done,
                 // The IO wrapper failed the connection after its ENHANCE_YOUR_CALM GOAWAY.
                 Ok(Err(_)) if self.state.abort.load(Ordering::Acquire) => Ended::Aborted,
@@ -293,7 +283,7 @@ impl Served for Hyper<'_> {
         // A drained HTTP/1.1 connection ends with its next response (`Connection: close`):
         // shutting it down now could close it under a request already on the wire.
         if !(drain && self.is_h1) {
-            self.conn.as_mut().graceful_shutdown();
+            let _ = (self.step)(None);
         }
         std::future::ready(())
     }
