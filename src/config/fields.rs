@@ -224,3 +224,23 @@ impl SettingsNames for KeyPath {
         self.join(&field.key_path())
     }
 }
+
+/// The keys of a route's options as a file spells them and an Ingress annotation names them
+/// (`portcullis.io/<key>`): everything but its name, host, path matcher and upstreams.
+pub const ROUTE_OPTION_KEYS: &[&str] = &[
+    "timeout",
+    "idle_timeout",
+    "allow_websockets",
+    "preserve_host_header",
+    "host_rewrite",
+    "prefix_rewrite",
+    "regex_rewrite_pattern",
+    "regex_rewrite_substitution",
+    "set_request_headers",
+    "remove_request_headers",
+    "set_response_headers",
+    "tls_skip_verify",
+    "tls_server_name",
+    "load_balancing_policy",
+    "health_checks",
+];

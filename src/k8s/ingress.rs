@@ -10,7 +10,7 @@ use kube::ResourceExt;
 
 use super::objects::{endpoint_upstreams, secret_pem, tls_certificate, Objects};
 use super::translate::{cluster_host_default, Translated};
-use crate::config::fields::{RouteField, RouteNames};
+use crate::config::fields::{RouteField, RouteNames, ROUTE_OPTION_KEYS};
 use crate::config::input::{Destinations, Pem, RouteInput, UpstreamInput};
 use crate::config::validate::{self, Errors};
 use crate::config::FieldError;
@@ -18,25 +18,9 @@ use crate::source::yaml::{read_route_value, yaml_to_value};
 
 /// Prefix of the Ingress annotations Portcullis reads.
 pub const ANNOTATION_PREFIX: &str = "portcullis.io/";
-/// Route keys that an Ingress may set as `portcullis.io/<key>` annotations. `from`, `to`
-/// and the path matchers come from the Ingress spec itself.
-pub const ROUTE_ANNOTATIONS: &[&str] = &[
-    "timeout",
-    "idle_timeout",
-    "allow_websockets",
-    "preserve_host_header",
-    "host_rewrite",
-    "prefix_rewrite",
-    "regex_rewrite_pattern",
-    "regex_rewrite_substitution",
-    "set_request_headers",
-    "remove_request_headers",
-    "set_response_headers",
-    "tls_skip_verify",
-    "tls_server_name",
-    "load_balancing_policy",
-    "health_checks",
-];
+/// Route keys that an Ingress may set as `portcullis.io/<key>` annotations (`from`, `to` and
+/// the path matchers come from the Ingress spec itself): the route options a file may set.
+pub const ROUTE_ANNOTATIONS: &[&str] = ROUTE_OPTION_KEYS;
 /// Annotations that are not route keys: how to reach the backend and Secret references.
 pub const EXTRA_ANNOTATIONS: &[&str] = &["secure_upstream", "path_regex", "tls_custom_ca_secret", "tls_client_secret"];
 

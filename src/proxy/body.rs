@@ -48,6 +48,22 @@ pub fn instant_at_ms(ms: u64) -> Instant {
     start() + Duration::from_millis(ms)
 }
 
+/// Polls the timer in `slot` for `deadline`: armed on the first poll that needs it (most
+/// streams never do), reset when the deadline moved. Every lazily armed timer of the request
+/// path (the bodies', the upstream wait's, the stall watch's) goes through here.
+pub fn poll_timer(slot: &mut Option<Pin<Box<Sleep>>>, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+    let timer = match slot {
+        Some(t) => {
+            if t.deadline() != deadline {
+                t.as_mut().reset(deadline);
+            }
+            t
+        }
+        None => slot.insert(Box::pin(tokio::time::sleep_until(deadline))),
+    };
+    timer.as_mut().poll(cx)
+}
+
 /// Shared per-request state between the two body wrappers and the forwarding code.
 #[derive(Default)]
 pub struct StreamState {
@@ -378,16 +394,7 @@ fn poll_timers(
             (None, Some(i)) => i,
             (None, None) => return None,
         };
-        let sleep = match timer {
-            Some(s) => {
-                if s.deadline() != next {
-                    s.as_mut().reset(next);
-                }
-                s
-            }
-            None => timer.insert(Box::pin(tokio::time::sleep_until(next))),
-        };
-        if sleep.as_mut().poll(cx).is_pending() {
+        if poll_timer(timer, next, cx).is_pending() {
             return None;
         }
         let now = Instant::now().max(next);

@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 pub use super::body::Stalled;
-use super::body::{instant_at_ms, now_ms, StreamState, BODY_READY};
+use super::body::{instant_at_ms, now_ms, poll_timer, StreamState, BODY_READY};
 use super::conn::ConnState;
 
 tokio::task_local! {
@@ -196,16 +196,7 @@ impl<F: Future> Future for Watched<F> {
                 return Poll::Ready(Err(reason));
             }
             let Some(deadline) = info.deadline(*this.progress_ms) else { return Poll::Pending };
-            let timer = match this.timer {
-                Some(t) => {
-                    if t.deadline() != deadline {
-                        t.as_mut().reset(deadline);
-                    }
-                    t
-                }
-                None => this.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
-            };
-            if timer.as_mut().poll(cx).is_pending() {
+            if poll_timer(this.timer, deadline, cx).is_pending() {
                 return Poll::Pending;
             }
             // The timer fired: expired now, or something moved since it was armed (then it

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::config::fields::{KeyPath, RouteNames};
+use crate::config::fields::{KeyPath, RouteNames, ROUTE_OPTION_KEYS};
 use crate::config::input::{
     CertificateInput, Destinations, Given, HealthCheckInput, HttpProbeInput, MtlsInput, Pem, Problems, RouteInput,
     SettingsInput, UpstreamInput, UNKNOWN_KEYS,
@@ -412,30 +412,13 @@ fn decode_pem_or_base64(text: &str) -> Vec<u8> {
 }
 
 /// The route keys that hold one plain value (everything but the PEM pairs and `policy`), in
-/// the order a route mapping is read.
-pub const ROUTE_VALUE_KEYS: &[&str] = &[
-    "name",
-    "from",
-    "prefix",
-    "path",
-    "regex",
-    "to",
-    "timeout",
-    "idle_timeout",
-    "allow_websockets",
-    "preserve_host_header",
-    "host_rewrite",
-    "prefix_rewrite",
-    "regex_rewrite_pattern",
-    "regex_rewrite_substitution",
-    "set_request_headers",
-    "remove_request_headers",
-    "set_response_headers",
-    "tls_skip_verify",
-    "tls_server_name",
-    "load_balancing_policy",
-    "health_checks",
-];
+/// the order a route mapping is read: these, then [`ROUTE_OPTION_KEYS`].
+const ROUTE_MATCH_KEYS: &[&str] = &["name", "from", "prefix", "path", "regex", "to"];
+
+/// [`ROUTE_MATCH_KEYS`] and [`ROUTE_OPTION_KEYS`], in reading order.
+fn route_value_keys() -> impl Iterator<Item = &'static str> {
+    ROUTE_MATCH_KEYS.iter().chain(ROUTE_OPTION_KEYS).copied()
+}
 
 /// Reads one route mapping into a [`RouteInput`] (what is wrong recorded in its problems).
 pub fn read_route(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors) -> Option<RouteInput> {
@@ -448,7 +431,7 @@ pub fn read_route(path: &str, v: &Value, material: &dyn Material, errs: &mut Err
 /// Reads the route keys of a mapping; the caller finishes it (reports unknown keys).
 fn read_route_fields(m: &mut MappingReader<'_>, material: &dyn Material) -> RouteInput {
     let mut input = RouteInput::default();
-    for key in ROUTE_VALUE_KEYS {
+    for key in route_value_keys() {
         if let Some(v) = m.get(key) {
             read_route_value(key, v, &m.at(key), &mut input);
         }
@@ -466,11 +449,11 @@ fn read_route_fields(m: &mut MappingReader<'_>, material: &dyn Material) -> Rout
     input
 }
 
-/// Reads the value of one of [`ROUTE_VALUE_KEYS`] into `input`, with what is wrong recorded
+/// Reads the value of one of [`route_value_keys`] into `input`, with what is wrong recorded
 /// in its problems at `at`. Also what the Ingress translation uses for an annotation's value
 /// (parsed from its text). Returns `false` for a key that is not one of them.
 pub fn read_route_value(key: &str, v: &Value, at: &str, input: &mut RouteInput) -> bool {
-    let Some(key) = ROUTE_VALUE_KEYS.iter().copied().find(|k| *k == key) else { return false };
+    let Some(key) = route_value_keys().find(|k| *k == key) else { return false };
     let mut errs = Errors::default();
     let errs = &mut errs;
     let mut items = Problems::default();
@@ -541,7 +524,7 @@ pub fn read_route_value(key: &str, v: &Value, at: &str, input: &mut RouteInput) 
                 })
                 .collect();
         }
-        _ => unreachable!("every key of ROUTE_VALUE_KEYS is read above"),
+        _ => unreachable!("every key of route_value_keys() is read above"),
     }
     input.problems.add(key, None, std::mem::take(errs));
     for (k, i, e) in items.into_entries() {

@@ -7,7 +7,6 @@
 //! an idempotent one whose upstream failed) picks another endpoint and tries again, with a
 //! request body that can be replayed.
 
-use std::future::Future as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -231,16 +230,7 @@ impl<'a> UpstreamTimers<'a> {
             let Some(next) = [self.upstream_at, self.write_at, self.idle_at].into_iter().flatten().min() else {
                 return Poll::Pending;
             };
-            let sleep = match &mut self.sleep {
-                Some(s) => {
-                    if s.deadline() != next {
-                        s.as_mut().reset(next);
-                    }
-                    s
-                }
-                None => self.sleep.insert(Box::pin(tokio::time::sleep_until(next))),
-            };
-            if sleep.as_mut().poll(cx).is_pending() {
+            if body::poll_timer(&mut self.sleep, next, cx).is_pending() {
                 return Poll::Pending;
             }
             // The timer fired at `next` (or later): that deadline has passed.
