@@ -201,13 +201,19 @@ pub fn method_label(m: &http::Method) -> &'static str {
 /// metrics are `Arc`s inside), and the series are created by `get_or_create` on first use
 /// exactly as before; none of these families ever removes a series.
 ///
-/// An append-only list: a route sees a handful of label combinations (its listeners, methods
-/// and status codes), the common one first, so a lookup is a few pointer loads and key
-/// comparisons, and takes no lock (a `RwLock` here cost a read-modify-write of a shared
-/// cache line per lookup; an `ArcSwap`, more instructions than either).
+/// An append-only list in first-use order: a route sees a handful of label combinations (its
+/// listeners, methods and status codes), so a lookup is a few pointer loads and key
+/// comparisons and takes no lock (a `RwLock` here cost a read-modify-write of a shared cache
+/// line per lookup; an `ArcSwap`, more instructions than either). Only appending a new entry
+/// can wait, on another thread appending at the same place. At most [`SERIES_CACHED`]
+/// entries: combinations past those (an upstream answering with ever new status codes) go to
+/// the family each time, so a lookup stays short and memory bounded.
 pub struct SeriesCache<K, M> {
     head: std::sync::OnceLock<Box<SeriesNode<K, M>>>,
 }
+
+/// How many label combinations a [`SeriesCache`] keeps.
+pub const SERIES_CACHED: usize = 32;
 
 struct SeriesNode<K, M> {
     key: K,
@@ -225,14 +231,19 @@ impl<K: Eq + Clone, M> SeriesCache<K, M> {
     /// Runs `f` on the cached metric of `key`, which `make` creates on first use.
     pub fn with<R>(&self, key: &K, make: impl FnOnce() -> M, f: impl FnOnce(&M) -> R) -> R {
         let mut link = &self.head;
+        let mut len = 0;
         while let Some(node) = link.get() {
             if node.key == *key {
                 return f(&node.metric);
             }
             link = &node.next;
+            len += 1;
         }
         let metric = make();
         let r = f(&metric);
+        if len >= SERIES_CACHED {
+            return r;
+        }
         // Append; another thread may have appended meanwhile (its node may even be this key:
         // then both handles are the same family series, and this one is dropped).
         let mut node = Box::new(SeriesNode { key: key.clone(), metric, next: std::sync::OnceLock::new() });
@@ -277,6 +288,30 @@ mod tests {
     }
 
     #[test]
+    fn series_cache_keeps_a_bounded_list() {
+        let cache: SeriesCache<u16, Counter> = SeriesCache::default();
+        let family = prometheus_client::metrics::family::Family::<Vec<(String, String)>, Counter>::default();
+        for code in 100..300u16 {
+            cache.with(
+                &code,
+                || family.get_or_create(&vec![("code".to_owned(), code.to_string())]).clone(),
+                |c| {
+                    c.inc();
+                },
+            );
+        }
+        let mut cached = 0;
+        let mut link = &cache.head;
+        while let Some(node) = link.get() {
+            cached += 1;
+            link = &node.next;
+        }
+        assert_eq!(cached, SERIES_CACHED);
+        // Past the cached ones, increments still land on the family's series.
+        assert_eq!(family.get_or_create(&vec![("code".to_owned(), "299".to_owned())]).get(), 1);
+    }
+
+    #[test]
     fn series_cache_appends_from_many_threads() {
         let cache: std::sync::Arc<SeriesCache<usize, Counter>> = std::sync::Arc::default();
         let family = std::sync::Arc::new(
@@ -307,8 +342,10 @@ mod tests {
         let total: u64 = (0..50).map(|k| family.get_or_create(&vec![("k".to_owned(), k.to_string())]).get()).sum();
         assert_eq!(total, 800);
         for k in 0..50 {
-            let direct = family.get_or_create(&vec![("k".to_owned(), k.to_string())]).get();
-            assert_eq!(cache.with(&k, Counter::default, Counter::get), direct, "key {k}");
+            let labels = vec![("k".to_owned(), k.to_string())];
+            let direct = family.get_or_create(&labels).get();
+            let through_cache = cache.with(&k, || family.get_or_create(&labels).clone(), Counter::get);
+            assert_eq!(through_cache, direct, "key {k}");
         }
     }
 }

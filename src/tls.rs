@@ -9,10 +9,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
 use crate::config::{Certificate, DownstreamMtls, MtlsEnforcement};
-
-// The providers and the self-signed default live in `pki`; these paths stay because the data
-// plane names them `crate::tls::...`.
-pub use crate::pki::{downstream_provider, provider, self_signed};
+use crate::pki::downstream_provider;
 
 /// Certificates indexed for SNI: exact names, one-label wildcards, and the default.
 #[derive(Debug)]
@@ -200,6 +197,7 @@ impl rustls::server::danger::ClientCertVerifier for DepthLimited {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pki::self_signed;
 
     #[test]
     fn sni_prefers_exact_then_one_label_wildcard_then_default() {

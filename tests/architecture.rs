@@ -1,7 +1,9 @@
 //! The module layout's rules, checked on the source itself (docs/architecture.md): no import
-//! cycle between the modules of `src/` (each file is a module; `use` declarations and
-//! inline `crate::`/`super::` paths are its imports; re-exports count, so a module that
-//! imports through its parent's re-export while the parent imports it is a cycle too), and
+//! cycle between the modules of `src/` (each file is a module; `use` declarations, inline
+//! `crate::`/`super::`/`self::` paths and, in a directory module, its children named by path
+//! are its imports; re-exports count, so a module that imports through its parent's re-export
+//! while the parent imports it is a cycle too; a text scan, so what it cannot see is coupling
+//! through a type reached without naming its module, e.g. a field of a field), and
 //! the README's and docs/architecture.md's layout drawings name exactly the files of `src/`.
 
 // Test code measures wall time and may lock as it likes: the clippy.toml rules are for src/.
@@ -46,9 +48,11 @@ fn code(path: &Path) -> String {
 
 /// Expands a `use` tree (`a::{b, c::{d, e}}`) into its paths.
 fn expand(tree: &str) -> Vec<String> {
-    let tree: String = tree.split_whitespace().collect();
+    // `a as b` imports `a`: drop the alias before the spaces go.
+    let alias = regex::Regex::new(r"\s+as\s+[A-Za-z_0-9]+").unwrap();
+    let tree: String = alias.replace_all(tree, "").split_whitespace().collect();
     let Some(open) = tree.find('{') else {
-        return vec![tree.split(" as ").next().unwrap_or_default().to_owned()];
+        return vec![tree];
     };
     let prefix = &tree[..open];
     let Some(close) = tree.rfind('}').filter(|c| *c > open) else { return Vec::new() };
@@ -137,14 +141,24 @@ fn imports(known: &BTreeMap<String, PathBuf>) -> BTreeMap<String, BTreeSet<Strin
                 deps.extend(resolve(&p, module, dir_module, known));
             }
         }
-        for cap in inline.captures_iter(&text) {
+        // Paths in the code itself (not in `use` declarations, read above): `crate::`,
+        // `super::`, `self::`, and in a directory module its children by name.
+        let body = use_decl.replace_all(&text, "");
+        for cap in inline.captures_iter(&body) {
             deps.extend(resolve(&cap[1], module, dir_module, known));
         }
-        deps.remove(module);
-        // The crate root declares every module: its declarations are not imports.
-        if !module.is_empty() {
-            deps.remove("");
+        if dir_module {
+            let prefix = if module.is_empty() { String::new() } else { format!("{module}::") };
+            for child in
+                known.keys().filter_map(|k| k.strip_prefix(&prefix)).filter(|c| !c.is_empty() && !c.contains("::"))
+            {
+                let used = regex::Regex::new(&format!(r"(?:^|[^A-Za-z_0-9:]){child}::")).unwrap();
+                if used.is_match(&body) {
+                    deps.insert(format!("{prefix}{child}"));
+                }
+            }
         }
+        deps.remove(module);
         out.insert(module.clone(), deps);
     }
     out
@@ -237,6 +251,7 @@ fn the_checker_finds_a_cycle_and_resolves_use_trees() {
     // The checker itself: a cycle through a re-export, and `super::{a, b::{c}}` trees.
     assert_eq!(expand("super::{a, b::{c, d}}"), ["super::a", "super::b::c", "super::b::d"]);
     assert_eq!(expand("crate::x::{self, Y}"), ["crate::x", "crate::x::Y"]);
+    assert_eq!(expand("super::{drain as d, b::C as D}"), ["super::drain", "super::b::C"]);
     let known: BTreeMap<String, PathBuf> =
         ["", "p", "p::a", "p::b"].iter().map(|m| ((*m).to_owned(), PathBuf::new())).collect();
     assert_eq!(resolve("super::b::Thing", "p::a", false, &known).as_deref(), Some("p::b"));

@@ -369,9 +369,9 @@ mod tests {
     async fn a_certificate_change_drains_only_the_connections_that_negotiated_it() {
         let metrics = Arc::new(Metrics::new());
         let drains = Drains::new(metrics.clone());
-        let a1 = crate::tls::self_signed(&["a.test".to_owned()]);
-        let b = crate::tls::self_signed(&["b.test".to_owned()]);
-        let a2 = crate::tls::self_signed(&["a.test".to_owned()]);
+        let a1 = crate::pki::self_signed(&["a.test".to_owned()]);
+        let b = crate::pki::self_signed(&["b.test".to_owned()]);
+        let a2 = crate::pki::self_signed(&["a.test".to_owned()]);
         let old = store(&[a1.clone(), b.clone()]);
         let new = store(&[a2, b]);
 

@@ -11,7 +11,8 @@ use http::StatusCode;
 /// Error type of a cause: whatever a client, a body or a connector returned.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
-/// The source of a failed request: whose fault it was (the access log's `fault`).
+/// Whose fault a failed request was (the access log's `fault`): pingora's error source. (Not
+/// [`std::error::Error::source`], which is the cause.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// The client: a bad, slow or cancelled request.
@@ -36,8 +37,8 @@ impl Fault {
     }
 }
 
-/// Whether a failed upstream attempt may be made again (on another endpoint, by the retry
-/// step of [`super::http::send`]).
+/// Whether a failed upstream attempt may be made again, on another endpoint: what the retries
+/// of [`super::http::send`] will go by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Retry {
     /// Never: the failure is the request's own, or trying again cannot help.

@@ -51,15 +51,27 @@ pub(crate) fn strip_underscore_lookalikes(headers: &mut HeaderMap, route: &Route
     }
 }
 
+/// Whether a `Connection` header names the `upgrade` option.
+pub(crate) fn connection_has_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// The route's `set_response_headers` on a response the client gets.
+pub(crate) fn set_response_headers(headers: &mut HeaderMap, route: &Route) {
+    for (name, value) in &route.set_response_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
 /// An HTTP/1.1 upgrade offer other than a WebSocket or h2c (which the proxy ignores, as a
 /// server may).
 pub(crate) fn is_other_upgrade(headers: &HeaderMap) -> bool {
     headers.get(header::UPGRADE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"))
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        && connection_has_upgrade(headers)
 }
 
 /// `Content-Length` as the upstream gets it: one value, in decimal without leading zeros, or
@@ -155,6 +167,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.get(header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
         headers.remove(header::TE);
     }
+}
+
+/// Removes the fields that are connection-specific, which HTTP/3 forbids in a response
+/// (RFC 9114 section 4.2): `Connection` and the fields HTTP/1.1 uses it for. Unlike
+/// [`strip_hop_by_hop`], what a route sets on its responses (even `Trailer` or
+/// `Proxy-Authenticate`) is kept, as on HTTP/1.1 and HTTP/2.
+pub fn strip_connection_specific(headers: &mut HeaderMap) {
+    for name in [header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
 }
 
 /// Whether `strip_hop_by_hop` could remove or inspect a header of this name (`te` included:

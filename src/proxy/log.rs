@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::body::{self, OnFinish};
 use super::conn::{RequestGuard, PREMATURE_RESET_LIFETIME};
 use super::error::Fault;
-use super::snapshot::{CompiledRoute, Snapshot};
+use super::snapshot::{label_key, CompiledRoute, Snapshot};
 use crate::metrics::{DurationLabels, Metrics, RequestLabels};
 
 /// A request's access-log record: everything its log line and metrics need, filled in by the
@@ -78,11 +78,6 @@ impl RequestLog {
     fn compiled_route(&self) -> Option<&CompiledRoute> {
         self.route.map(|i| &self.snap.routes.routes()[i])
     }
-}
-
-/// The key of a `&'static str` label value in a [`super::snapshot::RouteSeries`].
-pub(crate) fn label_key(s: &'static str) -> (usize, usize) {
-    (s.as_ptr() as usize, s.len())
 }
 
 impl OnFinish for RequestLog {

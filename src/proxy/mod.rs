@@ -1,7 +1,7 @@
 //! The data plane, drawn in docs/architecture.md. A connection is accepted by [`accept`]
-//! (TCP or QUIC, one [`accept::driver`] for both), described by [`conn`], and each of its
+//! (TCP or QUIC, one connection driver for both), described by [`conn`], and each of its
 //! requests runs the [`http`] pipeline's phases in order; upgrades leave it after
-//! authorization into [`tunnel`]. The pipeline reads the current [`snapshot`] (routes in a
+//! authorization and the upstream pick, into [`tunnel`]. The pipeline reads the current [`snapshot`] (routes in a
 //! [`table`], balancers and clients in [`upstream`]), writes its line with [`log`], and
 //! answers failures with one [`error`] type. [`state`] is the running [`Proxy`] that
 //! reloads swap snapshots and listener [`generation`]s in, [`drain`] retires old

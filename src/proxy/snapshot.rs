@@ -35,15 +35,30 @@ pub struct CompiledRoute {
 
 /// The series a route's requests update, keyed by the addresses of the `&'static str`
 /// label values (equal addresses mean equal values; two addresses of one value just make
-/// two handles on the same series) and the status code or target index.
-#[derive(Default)]
+/// two handles on the same series) and the status code.
 pub(crate) struct RouteSeries {
     /// `portcullis_http_requests_total` by (listener, method, code).
     pub requests: SeriesCache<(usize, usize, usize, usize, u16), Counter>,
     /// `portcullis_http_request_duration_seconds` by (listener, method).
     pub duration: SeriesCache<(usize, usize, usize, usize), Histogram>,
-    /// `portcullis_upstream_requests_total` by (target index, outcome address and length).
-    pub upstream: SeriesCache<(usize, usize, usize), Counter>,
+    /// `portcullis_upstream_requests_total` of each target (by index), by outcome.
+    pub upstream: Box<[SeriesCache<(usize, usize), Counter>]>,
+}
+
+impl RouteSeries {
+    /// Empty caches for a route with `targets` upstream targets.
+    fn new(targets: usize) -> Self {
+        Self {
+            requests: SeriesCache::default(),
+            duration: SeriesCache::default(),
+            upstream: (0..targets).map(|_| SeriesCache::default()).collect(),
+        }
+    }
+}
+
+/// The key of a `&'static str` label value in a [`RouteSeries`] cache.
+pub(crate) fn label_key(s: &'static str) -> (usize, usize) {
+    (s.as_ptr() as usize, s.len())
 }
 
 impl CompiledRoute {
@@ -71,7 +86,8 @@ impl CompiledRoute {
             None => settings.timeouts.idle,
         };
         let balancer = Balancer::new(&route.to, &route.tls, route.load_balancing_policy, clients, health);
-        Self { route, upstream_timeout, stream_idle, balancer, closed, series: RouteSeries::default() }
+        let series = RouteSeries::new(balancer.targets().len());
+        Self { route, upstream_timeout, stream_idle, balancer, closed, series }
     }
 }
 

@@ -30,8 +30,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-pub use super::body::Stalled;
-use super::body::{instant_at_ms, now_ms, poll_timer, StreamState, BODY_READY};
+use super::body::{instant_at_ms, now_ms, poll_timer, Stalled, StreamState, BODY_READY};
 use super::conn::ConnState;
 
 tokio::task_local! {

@@ -83,7 +83,7 @@ impl Proxy {
         }));
         names.sort();
         names.dedup();
-        let default_cert = crate::tls::self_signed(&names);
+        let default_cert = crate::pki::self_signed(&names);
         let clients = ClientCache::default();
         let health = health::Registry::default();
         let generation = generation::build(1, &config.settings, &effective_certs(&config.settings, &default_cert))?;

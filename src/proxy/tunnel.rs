@@ -1,4 +1,5 @@
-//! Tunnels: requests that leave the pipeline after authorization and become byte streams.
+//! Tunnels: requests that leave the pipeline after authorization (and the upstream pick) and
+//! become byte streams.
 //! Today WebSockets (HTTP/1.1 `Upgrade` and RFC 8441 extended CONNECT on HTTP/2, both carried
 //! to the upstream as an HTTP/1.1 upgrade); CONNECT and CONNECT-UDP land here too.
 //!
@@ -24,7 +25,9 @@ use super::body::{self, OnFinish, ProxyBody, StreamState};
 use super::conn::Conn;
 use super::drain::ConnHandle;
 use super::error::{Error, Kind, Result};
-use super::headers::{forwarding_headers, rewrite_path, strip_hop_by_hop, upstream_uri};
+use super::headers::{
+    connection_has_upgrade, forwarding_headers, rewrite_path, set_response_headers, strip_hop_by_hop, upstream_uri,
+};
 use super::log::RequestLog;
 use super::snapshot::CompiledRoute;
 use super::upstream::Target;
@@ -44,13 +47,7 @@ pub fn is_websocket<B>(req: &Request<B>) -> bool {
     }
     // Most requests have no `Upgrade`: one lookup, and `Connection` is not scanned.
     let upgrade = req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    upgrade
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+    upgrade && connection_has_upgrade(req.headers())
 }
 
 /// Proxies a WebSocket handshake and, when the upstream switches protocols, spawns the
@@ -120,9 +117,7 @@ pub(crate) async fn websocket<B>(
             answer.headers_mut().insert("sec-websocket-accept", v.clone());
         }
     }
-    for (name, value) in &route.route.set_response_headers {
-        answer.headers_mut().insert(name.clone(), value.clone());
-    }
+    set_response_headers(answer.headers_mut(), &route.route);
     answer.extensions_mut().insert(Tunnelled);
     parts.extensions.clear();
 

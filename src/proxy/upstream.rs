@@ -339,7 +339,7 @@ fn timeout_connector(target: &str, h1_only: bool, tls: &UpstreamTls) -> TimeoutC
 }
 
 fn client_tls(tls: &UpstreamTls) -> ClientConfig {
-    let provider = crate::tls::provider();
+    let provider = crate::pki::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("the default provider supports the default versions");
@@ -386,7 +386,7 @@ fn system_roots() -> Arc<rustls::RootCertStore> {
 /// fall back to no client certificate and let the upstream reject us visibly.
 fn unreachable_client_auth() -> ClientConfig {
     tracing::error!("upstream client certificate rejected by rustls; connecting without one");
-    ClientConfig::builder_with_provider(crate::tls::provider())
+    ClientConfig::builder_with_provider(crate::pki::provider())
         .with_safe_default_protocol_versions()
         .expect("default versions")
         .with_root_certificates(rustls::RootCertStore::empty())

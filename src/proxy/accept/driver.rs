@@ -2,8 +2,9 @@
 //! alike: it runs the protocol's server and owns the connection's idle, drain and close
 //! logic, so the two listeners differ only in how they start a graceful close.
 //!
-//! A connection is open, then closing: after an idle GOAWAY, a drain or an HTTP/1.1 drain it
-//! lives while it has requests, plus a short linger, then it is closed. `drain_timeout`
+//! A connection is open, then closing: once its graceful close began (after `timeout_idle`,
+//! or a drain: a GOAWAY, or for HTTP/1.1 `Connection: close` on its next response) it lives
+//! while it has requests, plus a short linger, then it is closed. `drain_timeout`
 //! closes it at once whatever it is doing.
 
 use std::future::Future;
@@ -42,6 +43,9 @@ pub(crate) trait Served {
 
     /// Whether this is HTTP/1: the header part of `timeout_read` applies.
     fn is_h1(&self) -> bool;
+
+    /// What the logs call it (`connection`, `HTTP/3 connection`).
+    fn label(&self) -> &'static str;
 }
 
 /// How long a connection may stay idle after its graceful close began (an HTTP/2 or HTTP/3
@@ -83,7 +87,7 @@ pub(crate) async fn drive<S: Served>(served: &mut S, conn: &Conn) -> Ended {
             reason = watchdog(&conn.state, timeouts, since, is_h1) => match reason {
                 _ if closing_since.is_some() => return Ended::Closed("idle after its graceful close began"),
                 Watch::Idle => {
-                    tracing::debug!(peer = %conn.peer(), "closing idle connection (timeout_idle)");
+                    tracing::debug!(peer = %conn.peer(), "closing idle {} (timeout_idle)", served.label());
                     served.begin_close(false).await;
                     closing_since = Some(now_ms());
                 }

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::driver::{self, Ended, Served};
 use super::h3body::{content_length, H3RequestBody};
 use super::{count_connection, handshake};
+use crate::proxy::body::Stalled;
 use crate::proxy::conn::{Alpn, ClientChain, Conn, ConnFacts, ConnState, ListenerKind, MAX_HEAD_BYTES};
 use crate::proxy::drain::ConnHandle;
 use crate::proxy::generation::{ListenerGeneration, MAX_CONCURRENT_STREAMS};
@@ -171,6 +172,10 @@ impl Served for H3 {
     fn is_h1(&self) -> bool {
         false
     }
+
+    fn label(&self) -> &'static str {
+        "HTTP/3 connection"
+    }
 }
 
 /// Sends the GOAWAY of a graceful close. It admits every request stream the client may
@@ -205,7 +210,7 @@ async fn serve_request(
     let (mut parts, mut body) = resp.into_parts();
     // Connection-specific fields are malformed in HTTP/3 (RFC 9114 section 4.2); the
     // pipeline's own answers may carry `Connection: close`.
-    crate::proxy::headers::strip_hop_by_hop(&mut parts.headers);
+    crate::proxy::headers::strip_connection_specific(&mut parts.headers);
     // The stream's idle and write deadlines, for sends that flow control holds up (the
     // client stopped reading): see `super::stall`.
     let watch = stall::current();
@@ -260,7 +265,7 @@ async fn send_pieces(
     send: &mut h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
     mut data: Bytes,
     watch: Option<&stall::StallInfo>,
-) -> Result<Result<(), h3::error::StreamError>, stall::Stalled> {
+) -> Result<Result<(), h3::error::StreamError>, Stalled> {
     while !data.is_empty() {
         let piece = data.split_to(data.len().min(SEND_PIECE));
         match stall::bounded(send.send_data(piece), watch).await? {

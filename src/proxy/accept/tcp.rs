@@ -291,4 +291,8 @@ where
     fn is_h1(&self) -> bool {
         self.is_h1
     }
+
+    fn label(&self) -> &'static str {
+        "connection"
+    }
 }

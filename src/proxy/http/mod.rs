@@ -9,11 +9,14 @@
 //! 4. [`authn`]: who the request is from (the connection's verified client certificate;
 //!    later JWTs and sessions);
 //! 5. [`authz`]: whether it may pass (the mTLS default deny; later the route's policy);
-//! 6. [`pick`]: the upstream endpoint. Upgrades leave here for [`crate::proxy::tunnel`];
+//! 6. [`pick`]: the upstream endpoint. Upgrades leave here, after authorization and the
+//!    pick, for [`crate::proxy::tunnel`];
 //! 7. [`send`]: the upstream request under its timeouts (the place retries wrap);
 //! 8. [`response`]: the response headers, the error page, the body that enforces the
 //!    stream timeouts;
-//! 9. log: the request's [`crate::proxy::log::RequestLog`], written when the body ends.
+//! 9. log: the request's [`crate::proxy::log::RequestLog`], written once: when the response
+//!    body or the tunnel ends, or when the request is dropped first (499; 503 when the proxy
+//!    closed the connection).
 
 pub mod authn;
 pub mod authz;

@@ -1,6 +1,7 @@
-//! Runs the phases of [`super`] in order for one request. Every phase gets what it needs and
-//! no more; each failure is one [`Error`], answered by [`response::finish`] with one status
-//! and logged once.
+//! Runs the phases of [`super`] in order for one request. Every phase gets what it needs; the
+//! one thing they share is the request's log record, into which a phase writes what it
+//! decided (the route, the upstream). Each failure is one [`Error`], answered by
+//! [`response::finish`] with one status and logged once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,7 +83,7 @@ where
     let found = route::find(snap, host, req.uri().path());
     let identity = authn::authenticate(conn);
     authz::authorize(snap, conn, &identity)?;
-    let route_idx = found.ok_or(Error::new(Kind::NoRoute))?;
+    let route_idx = found.ok_or_else(|| Error::new(Kind::NoRoute))?;
     let route = &snap.routes.routes()[route_idx];
     log.route = Some(route_idx);
     if underscored {
@@ -109,7 +110,7 @@ where
     }
 
     let (upstream_req, state) = send::prepare(conn, route, target_idx, req, host, &log.request_id)?;
-    let resp = send::send(conn, route, target_idx, upstream_req, &state, log).await?;
+    let resp = send::send(conn, route, target_idx, upstream_req, &state, &log.metrics, log.started).await?;
     *stream = Some((route.stream_idle, state));
     Ok(response::relayed(route, resp))
 }

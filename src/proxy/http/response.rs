@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::proxy::body::{self, ProxyBody, ResponseBody, StreamState};
 use crate::proxy::conn::Conn;
 use crate::proxy::error::Error;
-use crate::proxy::headers::{strip_hop_by_hop, X_REQUEST_ID};
+use crate::proxy::headers::{set_response_headers, strip_hop_by_hop, X_REQUEST_ID};
 use crate::proxy::log::RequestLog;
 use crate::proxy::snapshot::CompiledRoute;
 use crate::proxy::stall::{self, StallInfo};
@@ -29,9 +29,7 @@ use crate::proxy::tunnel::Tunnelled;
 pub(crate) fn relayed(route: &CompiledRoute, resp: Response<Incoming>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    for (name, value) in &route.route.set_response_headers {
-        parts.headers.insert(name.clone(), value.clone());
-    }
+    set_response_headers(&mut parts.headers, &route.route);
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
 }

@@ -2,9 +2,9 @@
 //! route's header rules, a canonical `Content-Length`) sent under the upstream timeout, the
 //! write deadline and the stream idle timeout, and the outcome counted against the upstream.
 //!
-//! Retries land in [`send`]: an attempt that failed with an error whose
+//! This is where retries will go: [`send`] is one attempt, and a failed attempt whose
 //! [`crate::proxy::error::Retry`] class allows it (the request never reached an upstream, or
-//! an idempotent one whose upstream failed) picks another endpoint and tries again, with a
+//! an idempotent one whose upstream failed) will pick another endpoint and try again, with a
 //! request body that can be replayed.
 
 use std::sync::atomic::Ordering;
@@ -19,15 +19,14 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::config::duration;
-use crate::metrics::UpstreamLabels;
+use crate::metrics::{Metrics, UpstreamLabels};
 use crate::proxy::body::{self, ProxyBody, RequestBody, StreamState};
 use crate::proxy::conn::Conn;
 use crate::proxy::error::{chain, Error, Fault, Kind, Result};
 use crate::proxy::headers::{
     canonical_content_length, forwarding_headers, plain_upstream_uri, rewrite_path, strip_hop_by_hop, upstream_uri,
 };
-use crate::proxy::log::{label_key, RequestLog};
-use crate::proxy::snapshot::CompiledRoute;
+use crate::proxy::snapshot::{label_key, CompiledRoute};
 use crate::proxy::upstream::{ConnectError, H1Error, Target};
 
 /// The upstream request for `req` to target `target_idx` of `route`, and the stream state its
@@ -51,35 +50,36 @@ where
     Ok((upstream_req, state))
 }
 
-/// Sends `req` (from [`prepare`]) to target `target_idx` of `route` under its timers and
-/// counts the outcome against the upstream.
+/// Sends `req` (from [`prepare`]) to target `target_idx` of `route` under its timers (the
+/// write deadline counts from `started`) and counts the outcome against the upstream.
 pub(crate) async fn send(
     conn: &Conn,
     route: &CompiledRoute,
     target_idx: usize,
     req: Request<ProxyBody>,
     state: &Arc<StreamState>,
-    log: &RequestLog,
+    metrics: &Metrics,
+    started: Instant,
 ) -> Result<Response<Incoming>> {
     let target = &route.balancer.targets()[target_idx];
     let count = |outcome: &'static str| {
         let (o, ol) = label_key(outcome);
-        route.series.upstream.with(
-            &(target_idx, o, ol),
+        route.series.upstream[target_idx].with(
+            &(o, ol),
             || {
                 let labels = UpstreamLabels {
                     route: route.route.name.clone(),
                     upstream: target.upstream.authority.clone(),
                     outcome,
                 };
-                log.metrics.upstream_requests.get_or_create(&labels).clone()
+                metrics.upstream_requests.get_or_create(&labels).clone()
             },
             |c| {
                 c.inc();
             },
         );
     };
-    let timers = UpstreamTimers::new(conn, route, state, log.started);
+    let timers = UpstreamTimers::new(conn, route, state, started);
     let read_timed_out = || state.read_timed_out.load(Ordering::Acquire);
     // The upstream send failed because the request body could not be read: the client's
     // fault (a malformed chunked body, a stream reset while uploading).
