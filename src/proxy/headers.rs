@@ -80,11 +80,10 @@ pub(crate) fn is_other_upgrade(headers: &HeaderMap) -> bool {
 /// them as written would hand the upstream a framing that another parser may read
 /// differently.
 pub(crate) fn canonical_content_length(headers: &mut HeaderMap, exact: Option<u64>) {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let Some(first) = values.next() else { return };
-    let b = first.as_bytes();
-    let canonical =
-        values.next().is_none() && !b.is_empty() && b.iter().all(u8::is_ascii_digit) && (b.len() == 1 || b[0] != b'0');
+    if !headers.contains_key(header::CONTENT_LENGTH) {
+        return;
+    }
+    let canonical = decimal_content_length(headers).is_some_and(|b| b.len() == 1 || b[0] != b'0');
     if !canonical {
         match exact {
             Some(n) => {
@@ -179,6 +178,16 @@ pub fn strip_connection_specific(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+}
+
+/// The request's `Content-Length` when it is one value of decimal digits only (no sign, no
+/// list, not empty): the only spelling any parser reads the same way.
+pub(crate) fn decimal_content_length(headers: &HeaderMap) -> Option<&[u8]> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) if !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit) => Some(v.as_bytes()),
+        _ => None,
+    }
 }
 
 /// Whether `strip_hop_by_hop` could remove or inspect a header of this name (`te` included:

@@ -6,19 +6,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http::header::{self, HeaderMap};
+use http::header::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 /// `Content-Length` of an HTTP/3 request: one value of digits only (`+4` or `4, 4` is no
 /// length, and the upstream request is framed by the body itself).
 pub(super) fn content_length(headers: &HeaderMap) -> SizeHint {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    match (values.next(), values.next()) {
-        (Some(v), None) if !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit) => {
-            v.to_str().ok().and_then(|v| v.parse::<u64>().ok()).map_or_else(SizeHint::default, SizeHint::with_exact)
-        }
-        _ => SizeHint::default(),
-    }
+    crate::proxy::headers::decimal_content_length(headers)
+        .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+        .map_or_else(SizeHint::default, SizeHint::with_exact)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
