@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod k8s;
 pub mod metrics;
 pub mod pki;
+pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod source;
