@@ -19,6 +19,7 @@
 pub mod eval;
 pub mod net;
 pub mod parse;
+pub mod shorthand;
 
 use net::IpNet;
 
