@@ -159,6 +159,7 @@ impl StringMatcher {
             StringTest::Contains(v) => s.contains(v.as_str()),
             StringTest::In(vs) => vs.iter().any(|v| v == s),
             StringTest::NotIn(vs) => !vs.iter().any(|v| v == s),
+            StringTest::Not(v) => s != v,
         })
     }
 }
@@ -168,6 +169,8 @@ impl ListMatcher {
     pub fn matches(&self, list: &[String]) -> bool {
         self.0.iter().all(|t| match t {
             ListTest::Has(v) => list.iter().any(|x| x == v),
+            ListTest::Is(v) => list.len() == 1 && list[0] == *v,
+            ListTest::Exclude(v) => !list.iter().any(|x| x == v),
         })
     }
 }
@@ -257,6 +260,12 @@ mod tests {
             ("claim/missing: x", false, false),
             ("groups: {has: admins}", true, false),
             ("groups: {has: ops}", false, false),
+            ("groups: admins", true, false),
+            ("groups: {is: admins}", false, false),
+            ("groups: {exclude: ops}", true, false),
+            ("groups: {exclude: eng}", false, false),
+            ("email: {not: bob@example.com}", true, false),
+            ("email: {not: alice@example.com}", false, false),
             ("http_method: GET", true, true),
             ("http_method: {in: [POST, PUT]}", false, false),
             ("http_path: {starts_with: /app/}", true, true),

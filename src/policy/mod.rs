@@ -100,7 +100,8 @@ pub enum Criterion {
     CorsPreflight,
 }
 
-/// String tests, all of which must hold (a bare value in a policy is `is`).
+/// String tests, all of which must hold (a bare value in a policy is `is`). Pomerium's
+/// operators (`is`, `not`, `starts_with`, `ends_with`, `contains`, `in`) and `not_in`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StringMatcher(pub Vec<StringTest>);
 
@@ -119,17 +120,23 @@ pub enum StringTest {
     In(Vec<String>),
     /// Equal to none of these.
     NotIn(Vec<String>),
+    /// Not equal (Pomerium's `not`).
+    Not(String),
 }
 
 /// List tests, all of which must hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListMatcher(pub Vec<ListTest>);
 
-/// One list test.
+/// One list test (Pomerium's list matchers).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListTest {
     /// The list holds this value.
     Has(String),
+    /// The list is exactly this one value.
+    Is(String),
+    /// The list does not hold this value.
+    Exclude(String),
 }
 
 /// Tests of the verified client certificate, all of which must hold.

@@ -160,10 +160,11 @@ fn string_matcher(at: &str, v: &Value, errs: &mut Errors) -> Option<StringMatche
             "contains" => one(errs).map(StringTest::Contains),
             "in" => strings(at, op, value, errs).map(StringTest::In),
             "not_in" => strings(at, op, value, errs).map(StringTest::NotIn),
+            "not" => one(errs).map(StringTest::Not),
             other => {
                 errs.push(
                     at,
-                    format!("unknown operator {other:?}: use is, starts_with, ends_with, contains, in or not_in"),
+                    format!("unknown operator {other:?}: use is, not, starts_with, ends_with, contains, in or not_in"),
                 );
                 None
             }
@@ -173,22 +174,36 @@ fn string_matcher(at: &str, v: &Value, errs: &mut Errors) -> Option<StringMatche
     (errs.len() == before).then_some(StringMatcher(tests))
 }
 
+/// A list matcher: a bare value (`has`), or a mapping of `has`, `is` (the only value),
+/// `exclude`, all of which must hold.
 fn list_matcher(at: &str, v: &Value, errs: &mut Errors) -> Option<ListMatcher> {
-    let Value::Object(map) = v else {
-        errs.push(at, format!("expected a mapping such as {{has: admins}}, found {}", kind(v)));
-        return None;
+    let map = match v {
+        Value::String(s) => return Some(ListMatcher(vec![ListTest::Has(s.clone())])),
+        Value::Object(m) => m,
+        other => {
+            errs.push(at, format!("expected a string or a mapping such as {{has: admins}}, found {}", kind(other)));
+            return None;
+        }
     };
     if map.is_empty() {
-        errs.push(at, "is empty: give has");
+        errs.push(at, "is empty: give has, is or exclude");
         return None;
     }
     let before = errs.len();
     let mut tests = Vec::new();
     for (op, value) in map {
-        match (op.as_str(), value) {
-            ("has", Value::String(s)) => tests.push(ListTest::Has(s.clone())),
-            ("has", other) => errs.push(at, format!("has: expected a string, found {}", kind(other))),
-            (other, _) => errs.push(at, format!("unknown operator {other:?}: use has")),
+        let make: fn(String) -> ListTest = match op.as_str() {
+            "has" => ListTest::Has,
+            "is" => ListTest::Is,
+            "exclude" => ListTest::Exclude,
+            other => {
+                errs.push(at, format!("unknown operator {other:?}: use has, is or exclude"));
+                continue;
+            }
+        };
+        match value {
+            Value::String(s) => tests.push(make(s.clone())),
+            other => errs.push(at, format!("{op}: expected a string, found {}", kind(other))),
         }
     }
     (errs.len() == before).then_some(ListMatcher(tests))
@@ -378,7 +393,7 @@ mod tests {
         )
         .unwrap_err();
         let expected = [
-            r#"routes[2].policy[0].allow.and[1].email: unknown operator "eq": use is, starts_with, ends_with, contains, in or not_in"#,
+            r#"routes[2].policy[0].allow.and[1].email: unknown operator "eq": use is, not, starts_with, ends_with, contains, in or not_in"#,
             r#"routes[2].policy[0].allow.and[2].nope: unknown criterion "nope""#,
             r#"routes[2].policy[1].permit: unknown action "permit": use allow or deny"#,
             r#"routes[2].policy[2].deny.or[0].source_ip: "10.0.0.0/33": the prefix length must be 0 to 32"#,
