@@ -52,6 +52,8 @@ pub struct Facts<'a> {
     pub invalid_client_cert: bool,
     /// The request is a CORS preflight.
     pub cors_preflight: bool,
+    /// When the request is decided (the time criteria read it).
+    pub now: jiff::Timestamp,
 }
 
 /// What a policy decided, and which rule decided it (the access log's rule index).
@@ -133,6 +135,17 @@ impl Criterion {
             Criterion::ClientCertificate(m) => f.client_cert.is_some_and(|c| m.matches(c)),
             Criterion::InvalidClientCertificate => f.invalid_client_cert,
             Criterion::CorsPreflight => f.cors_preflight,
+            Criterion::Date { after, before } => after.is_none_or(|a| f.now > a) && before.is_none_or(|b| f.now < b),
+            Criterion::DayOfWeek { days, zone } => {
+                days[usize::try_from(zone.tz.to_datetime(f.now).weekday().to_monday_zero_offset()).unwrap_or(0)]
+            }
+            Criterion::TimeOfDay { after, before, zone } => {
+                let t = zone.tz.to_datetime(f.now).time();
+                match (after, before) {
+                    (Some(a), Some(b)) if a > b => t >= *a || t < *b,
+                    _ => after.is_none_or(|a| t >= a) && before.is_none_or(|b| t < b),
+                }
+            }
         }
     }
 }
@@ -210,6 +223,8 @@ mod tests {
             client_cert: None,
             invalid_client_cert: false,
             cors_preflight: false,
+            // A Tuesday, 13:30 in Berlin, already Wednesday on Kiritimati (UTC+14).
+            now: "2026-12-01T12:30:00Z".parse().unwrap(),
         }
     }
 
@@ -283,6 +298,22 @@ mod tests {
             ("client_certificate: {san_dns: other.internal}", false, false),
             ("invalid_client_certificate: true", false, false),
             ("cors_preflight: true", false, false),
+            ("date: {after: '2026-01-01T00:00:00Z'}", true, true),
+            ("date: {before: '2026-06-01T00:00:00Z'}", false, false),
+            ("date: {after: '2026-12-01T12:00:00Z', before: '2026-12-01T13:00:00+00:00'}", true, true),
+            ("day_of_week: mon-fri", true, true),
+            ("day_of_week: 'sat,sun'", false, false),
+            ("day_of_week: fri-mon", false, false),
+            ("day_of_week: 'Tuesday'", true, true),
+            ("day_of_week: {days: tue, timezone: Pacific/Kiritimati}", false, false),
+            ("day_of_week: {days: wed, timezone: Pacific/Kiritimati}", true, true),
+            ("time_of_day: {after: '09:00', before: '17:00'}", true, true),
+            ("time_of_day: {after: '13:00', before: '14:00', timezone: Europe/Berlin}", true, true),
+            ("time_of_day: {after: '13:00', before: '14:00'}", false, false),
+            ("time_of_day: {after: '22:00', before: '06:00'}", false, false),
+            ("time_of_day: {after: '12:00', before: '06:00'}", true, true),
+            ("time_of_day: {before: '12:30'}", false, false),
+            ("time_of_day: {after: '12:30'}", true, true),
         ];
         for (criterion, with_alice, anonymous) in table {
             let p = policy(&format!("allow: {{and: [{{{criterion}}}]}}"));

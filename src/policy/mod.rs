@@ -98,6 +98,55 @@ pub enum Criterion {
     /// The request is a CORS preflight (`OPTIONS` with `Origin` and
     /// `Access-Control-Request-Method`).
     CorsPreflight,
+    /// The request comes after `after` and before `before` (either may be open).
+    Date {
+        /// Exclusive lower bound.
+        after: Option<jiff::Timestamp>,
+        /// Exclusive upper bound.
+        before: Option<jiff::Timestamp>,
+    },
+    /// The request comes on one of these days in a time zone.
+    DayOfWeek {
+        /// Monday first.
+        days: [bool; 7],
+        /// Where the days are counted.
+        zone: Zone,
+    },
+    /// The request comes between two times of day in a time zone: `after` inclusive,
+    /// `before` exclusive; when `after` is later than `before` the span wraps midnight.
+    TimeOfDay {
+        /// From this time (open when absent).
+        after: Option<jiff::civil::Time>,
+        /// Until this time (open when absent).
+        before: Option<jiff::civil::Time>,
+        /// Where the times are read.
+        zone: Zone,
+    },
+}
+
+/// An IANA time zone (from the bundled database: the container image has none of its own),
+/// named as the policy named it.
+#[derive(Clone, Debug)]
+pub struct Zone {
+    /// The name given (`Europe/Berlin`, `UTC`).
+    pub name: String,
+    /// The zone.
+    pub tz: jiff::tz::TimeZone,
+}
+
+impl PartialEq for Zone {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Zone {}
+
+impl Zone {
+    /// UTC, the default.
+    pub fn utc() -> Self {
+        Self { name: "UTC".to_owned(), tz: jiff::tz::TimeZone::UTC }
+    }
 }
 
 /// String tests, all of which must hold (a bare value in a policy is `is`). Pomerium's

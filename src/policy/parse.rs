@@ -5,7 +5,9 @@
 use serde_json::{Map, Value};
 
 use super::net::IpNet;
-use super::{Action, CertMatcher, Criterion, ListMatcher, ListTest, Operator, Policy, Rule, StringMatcher, StringTest};
+use super::{
+    Action, CertMatcher, Criterion, ListMatcher, ListTest, Operator, Policy, Rule, StringMatcher, StringTest, Zone,
+};
 use crate::config::errors::Errors;
 
 /// Parses the policy at `at` (one rule, or a list of rules). `None` when anything is wrong
@@ -95,6 +97,9 @@ fn criterion(at: &str, v: &Value, errs: &mut Errors) -> Option<Criterion> {
         "groups" => Criterion::Groups(list_matcher(at, value, errs)?),
         "source_ip" => Criterion::SourceIp(networks(at, value, errs)?),
         "client_certificate" => Criterion::ClientCertificate(cert_matcher(at, value, errs)?),
+        "date" => date(at, value, errs)?,
+        "day_of_week" => day_of_week(at, value, errs)?,
+        "time_of_day" => time_of_day(at, value, errs)?,
         claim if claim.starts_with("claim/") => {
             let claim = &claim["claim/".len()..];
             if claim.is_empty() {
@@ -263,6 +268,168 @@ fn cert_matcher(at: &str, v: &Value, errs: &mut Errors) -> Option<CertMatcher> {
     (errs.len() == before).then_some(m)
 }
 
+/// `date: {after: 2026-01-01T00:00:00Z, before: ...}` (RFC 3339, either or both).
+fn date(at: &str, v: &Value, errs: &mut Errors) -> Option<Criterion> {
+    let map = object(at, v, errs)?;
+    let before_errs = errs.len();
+    let (mut after, mut before) = (None, None);
+    for (key, value) in map {
+        let slot = match key.as_str() {
+            "after" => &mut after,
+            "before" => &mut before,
+            other => {
+                errs.push(format!("{at}.{other}"), "unknown key: use after or before");
+                continue;
+            }
+        };
+        match value.as_str().map(str::parse::<jiff::Timestamp>) {
+            Some(Ok(t)) => *slot = Some(t),
+            _ => errs.push(format!("{at}.{key}"), "expected an RFC 3339 time such as 2026-01-01T00:00:00Z"),
+        }
+    }
+    if after.is_none() && before.is_none() && errs.len() == before_errs {
+        errs.push(at, "give after, before or both");
+    }
+    if let (Some(a), Some(b)) = (after, before) {
+        if a >= b {
+            errs.push(at, "after must be earlier than before");
+        }
+    }
+    (errs.len() == before_errs).then_some(Criterion::Date { after, before })
+}
+
+/// `day_of_week: mon-fri` (days and ranges, comma-separated; a range may wrap: `fri-mon`), or
+/// `{days: ..., timezone: Europe/Berlin}`.
+fn day_of_week(at: &str, v: &Value, errs: &mut Errors) -> Option<Criterion> {
+    let before_errs = errs.len();
+    let (days_text, zone) = match v {
+        Value::String(s) => (Some(s.as_str()), Some(Zone::utc())),
+        Value::Object(map) => {
+            let mut days = None;
+            let mut zone = Some(Zone::utc());
+            for (key, value) in map {
+                match key.as_str() {
+                    "days" => {
+                        days = value.as_str();
+                        if days.is_none() {
+                            errs.push(format!("{at}.days"), "expected days such as mon-fri or sat,sun");
+                        }
+                    }
+                    "timezone" => zone = timezone(&format!("{at}.timezone"), value, errs),
+                    other => errs.push(format!("{at}.{other}"), "unknown key: use days or timezone"),
+                }
+            }
+            if days.is_none() && errs.len() == before_errs {
+                errs.push(at, "give days, such as mon-fri");
+            }
+            (days, zone)
+        }
+        other => {
+            errs.push(at, format!("expected days such as mon-fri, or {{days, timezone}}, found {}", kind(other)));
+            return None;
+        }
+    };
+    let days = match days_text.map(parse_days) {
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            errs.push(if v.is_object() { format!("{at}.days") } else { at.to_owned() }, e);
+            None
+        }
+        None => None,
+    };
+    match (days, zone) {
+        (Some(days), Some(zone)) if errs.len() == before_errs => Some(Criterion::DayOfWeek { days, zone }),
+        _ => None,
+    }
+}
+
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+fn day(name: &str) -> Result<usize, String> {
+    let lower = name.trim().to_ascii_lowercase();
+    DAYS.iter()
+        .position(|d| lower == *d || (lower.len() > 3 && lower.starts_with(d) && full_day(d) == lower))
+        .ok_or_else(|| format!("{name:?} is not a day: use mon, tue, wed, thu, fri, sat or sun"))
+}
+
+fn full_day(short: &str) -> &'static str {
+    match short {
+        "mon" => "monday",
+        "tue" => "tuesday",
+        "wed" => "wednesday",
+        "thu" => "thursday",
+        "fri" => "friday",
+        "sat" => "saturday",
+        _ => "sunday",
+    }
+}
+
+fn parse_days(text: &str) -> Result<[bool; 7], String> {
+    let mut days = [false; 7];
+    for part in text.split(',') {
+        match part.split_once('-') {
+            Some((from, to)) => {
+                let (from, to) = (day(from)?, day(to)?);
+                let mut d = from;
+                loop {
+                    days[d] = true;
+                    if d == to {
+                        break;
+                    }
+                    d = (d + 1) % 7;
+                }
+            }
+            None => days[day(part)?] = true,
+        }
+    }
+    Ok(days)
+}
+
+/// `time_of_day: {after: "09:00", before: "17:00", timezone: Europe/Berlin}`.
+fn time_of_day(at: &str, v: &Value, errs: &mut Errors) -> Option<Criterion> {
+    let map = object(at, v, errs)?;
+    let before_errs = errs.len();
+    let (mut after, mut before, mut zone) = (None, None, Some(Zone::utc()));
+    for (key, value) in map {
+        let slot = match key.as_str() {
+            "after" => &mut after,
+            "before" => &mut before,
+            "timezone" => {
+                zone = timezone(&format!("{at}.timezone"), value, errs);
+                continue;
+            }
+            other => {
+                errs.push(format!("{at}.{other}"), "unknown key: use after, before or timezone");
+                continue;
+            }
+        };
+        match value.as_str().map(str::parse::<jiff::civil::Time>) {
+            Some(Ok(t)) => *slot = Some(t),
+            _ => errs.push(format!("{at}.{key}"), "expected a time of day such as 09:00 or 17:30:00"),
+        }
+    }
+    if after.is_none() && before.is_none() && errs.len() == before_errs {
+        errs.push(at, "give after, before or both");
+    }
+    match zone {
+        Some(zone) if errs.len() == before_errs => Some(Criterion::TimeOfDay { after, before, zone }),
+        _ => None,
+    }
+}
+
+fn timezone(at: &str, v: &Value, errs: &mut Errors) -> Option<Zone> {
+    let Some(name) = v.as_str() else {
+        errs.push(at, format!("expected an IANA time zone such as Europe/Berlin, found {}", kind(v)));
+        return None;
+    };
+    if let Ok(tz) = jiff::tz::TimeZone::get(name) {
+        Some(Zone { name: name.to_owned(), tz })
+    } else {
+        errs.push(at, format!("unknown time zone {name:?}: use an IANA name such as Europe/Berlin or UTC"));
+        None
+    }
+}
+
 fn one_or_many(at: &str, v: &Value, errs: &mut Errors) -> Vec<String> {
     match v {
         Value::String(s) => vec![s.clone()],
@@ -404,6 +571,36 @@ mod tests {
             r#"routes[2].policy[2].deny.xor: unknown operator "xor": use and, or, not or nor"#,
         ];
         assert_eq!(errs, expected);
+    }
+
+    #[test]
+    fn time_criteria_errors() {
+        let errs = parse(
+            r"
+allow:
+  or:
+    - date: {after: yesterday}
+    - date: {after: '2026-02-01T00:00:00Z', before: '2026-01-01T00:00:00Z'}
+    - date: {}
+    - day_of_week: mon-funday
+    - day_of_week: {days: mon, timezone: Mars/Olympus}
+    - time_of_day: {after: '25:00'}
+    - time_of_day: {at: '10:00'}
+",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            [
+                "routes[2].policy.allow.or[0].date.after: expected an RFC 3339 time such as 2026-01-01T00:00:00Z",
+                "routes[2].policy.allow.or[1].date: after must be earlier than before",
+                "routes[2].policy.allow.or[2].date: give after, before or both",
+                r#"routes[2].policy.allow.or[3].day_of_week: "funday" is not a day: use mon, tue, wed, thu, fri, sat or sun"#,
+                r#"routes[2].policy.allow.or[4].day_of_week.timezone: unknown time zone "Mars/Olympus": use an IANA name such as Europe/Berlin or UTC"#,
+                "routes[2].policy.allow.or[5].time_of_day.after: expected a time of day such as 09:00 or 17:30:00",
+                "routes[2].policy.allow.or[6].time_of_day.at: unknown key: use after, before or timezone",
+            ]
+        );
     }
 
     #[test]

@@ -76,6 +76,7 @@ mod tests {
             client_cert: None,
             invalid_client_cert: false,
             cors_preflight: false,
+            now: jiff::Timestamp::UNIX_EPOCH,
         };
         Policy { rules: s.rules() }.decide(&facts)
     }
