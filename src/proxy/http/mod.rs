@@ -22,6 +22,7 @@ pub mod authn;
 pub mod authz;
 pub mod builtin;
 pub mod early;
+pub mod jwt;
 pub mod pick;
 pub mod pipeline;
 pub mod response;
