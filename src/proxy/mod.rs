@@ -19,6 +19,7 @@ pub mod generation;
 pub mod headers;
 pub mod health;
 pub mod http;
+pub mod jwks;
 pub mod log;
 pub mod snapshot;
 pub mod stall;
