@@ -52,6 +52,8 @@ pub enum RouteField<'a> {
     LoadBalancingPolicy,
     /// A field of one health check.
     HealthCheck(usize, HealthCheckField),
+    /// `policy` (a policy's own errors are reported below it: `policy[0].allow.and[1]...`).
+    Policy,
 }
 
 /// A field of one health check.
@@ -115,6 +117,7 @@ impl RouteField<'_> {
             Self::TlsClientKey => "tls_client_key",
             Self::LoadBalancingPolicy => "load_balancing_policy",
             Self::HealthCheck(..) => "health_checks",
+            Self::Policy => "policy",
         }
     }
 }
@@ -243,4 +246,9 @@ pub const ROUTE_OPTION_KEYS: &[&str] = &[
     "tls_server_name",
     "load_balancing_policy",
     "health_checks",
+    "allow_public_unauthenticated_access",
+    "allow_any_authenticated_user",
+    "allowed_users",
+    "allowed_domains",
+    "allowed_idp_claims",
 ];

@@ -193,6 +193,10 @@ pub struct RouteInput {
     pub load_balancing_policy: Option<Given<LbPolicy>>,
     /// Active health checks.
     pub health_checks: Vec<Option<HealthCheckInput>>,
+    /// The policy's tree (PPL), checked by the validator.
+    pub policy: Option<serde_json::Value>,
+    /// Pomerium's shorthand policy keys.
+    pub shorthand: crate::policy::shorthand::Shorthand,
     /// What the source could not read.
     pub problems: Problems,
 }

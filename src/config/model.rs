@@ -309,4 +309,7 @@ pub struct Route {
     pub load_balancing_policy: LbPolicy,
     /// Active health checks (at most one per route in practice).
     pub health_checks: Vec<HealthCheck>,
+    /// Who may use the route: its `policy` and shorthand keys as one policy. `None`: no
+    /// policy, the route is public (as before policies existed).
+    pub policy: Option<std::sync::Arc<crate::policy::Policy>>,
 }

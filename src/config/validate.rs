@@ -385,6 +385,16 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
         }
     }
     found("policy", errs);
+    for key in [
+        "allow_public_unauthenticated_access",
+        "allow_any_authenticated_user",
+        "allowed_users",
+        "allowed_domains",
+        "allowed_idp_claims",
+    ] {
+        found(key, errs);
+    }
+    let policy = route_policy(input, names, errs);
     if errs.len() > before {
         return None;
     }
@@ -409,7 +419,23 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
         tls,
         load_balancing_policy,
         health_checks,
+        policy,
     })
+}
+
+/// The route's policy: its `policy` rules, then the rules of its shorthand keys. `None` when
+/// it has neither (a public route).
+fn route_policy(
+    input: &RouteInput,
+    names: &dyn RouteNames,
+    errs: &mut Errors,
+) -> Option<std::sync::Arc<crate::policy::Policy>> {
+    let mut rules = match &input.policy {
+        Some(tree) => crate::policy::parse::policy(&names.name(RouteField::Policy), tree, errs)?.rules,
+        None => Vec::new(),
+    };
+    rules.extend(input.shorthand.rules());
+    (!rules.is_empty()).then(|| std::sync::Arc::new(crate::policy::Policy { rules }))
 }
 
 /// The valid upstreams among `items`, each bad one reported at its position; `None` entries

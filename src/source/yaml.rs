@@ -440,11 +440,7 @@ fn read_route_fields(m: &mut MappingReader<'_>, material: &dyn Material) -> Rout
     input.tls_custom_ca = read_pem_field(m, "tls_custom_ca", "tls_custom_ca_file", material, &mut p);
     input.tls_client_cert = read_pem_field(m, "tls_client_cert", "tls_client_cert_file", material, &mut p);
     input.tls_client_key = read_pem_field(m, "tls_client_key", "tls_client_key_file", material, &mut p);
-    if m.get("policy").is_some() {
-        let mut found = Errors::default();
-        found.push(m.at("policy"), "authorization policies are not supported by this version of Portcullis");
-        p.add("policy", None, found);
-    }
+    input.policy = m.get("policy").cloned();
     input.problems = p;
     input
 }
@@ -511,6 +507,27 @@ pub fn read_route_value(key: &str, v: &Value, at: &str, input: &mut RouteInput) 
         "tls_skip_verify" => input.tls_skip_verify = boolean(v, at, errs),
         "tls_server_name" => input.tls_server_name = string(v, at, errs),
         "load_balancing_policy" => input.load_balancing_policy = string(v, at, errs).map(Given::Text),
+        "allow_public_unauthenticated_access" => {
+            input.shorthand.public = boolean(v, at, errs).unwrap_or(false);
+        }
+        "allow_any_authenticated_user" => {
+            input.shorthand.any_authenticated_user = boolean(v, at, errs).unwrap_or(false);
+        }
+        "allowed_users" => input.shorthand.users = strings(v, at, errs),
+        "allowed_domains" => input.shorthand.domains = strings(v, at, errs),
+        "allowed_idp_claims" => {
+            if let Value::Object(map) = v {
+                for (claim, values) in map {
+                    let values = match values {
+                        Value::String(s) => vec![s.clone()],
+                        other => strings(other, &format!("{at}.{claim}"), errs),
+                    };
+                    input.shorthand.idp_claims.insert(claim.clone(), values);
+                }
+            } else {
+                errs.push(at, format!("expected a mapping of claim names to values, found {}", kind_of(v)));
+            }
+        }
         "health_checks" => {
             input.health_checks = list(v, at, errs)
                 .into_iter()
@@ -533,6 +550,25 @@ pub fn read_route_value(key: &str, v: &Value, at: &str, input: &mut RouteInput) 
         input.problems.add(k, i, found);
     }
     true
+}
+
+/// A list of strings (a bare string is a list of one), each bad item reported.
+fn strings(v: &Value, at: &str, errs: &mut Errors) -> Vec<String> {
+    if let Value::String(s) = v {
+        return vec![s.clone()];
+    }
+    list(v, at, errs)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let s = item.as_str().map(str::to_owned);
+            if s.is_none() {
+                errs.push(format!("{at}[{i}]"), format!("expected a string, found {}", kind_of(item)));
+            }
+            s
+        })
+        .collect()
 }
 
 fn read_upstream(v: &Value) -> Result<UpstreamInput, String> {
@@ -589,6 +625,56 @@ mod tests {
     fn parse(yaml: &str) -> Result<Config, ConfigErrors> {
         let v: Value = serde_yaml_ng::from_str(yaml).unwrap();
         parse_config(&v, &NoMaterial)
+    }
+
+    #[test]
+    fn a_route_policy_and_its_shorthand_keys_become_one_policy() {
+        let c = parse(
+            "
+routes:
+  - from: https://public.test
+    to: [http://127.0.0.1:1]
+  - from: https://app.test
+    to: [http://127.0.0.1:1]
+    policy:
+      - allow: {and: [{domain: example.com}]}
+      - deny: {or: [{http_method: DELETE}]}
+    allowed_users: [alice@example.com]
+    allowed_idp_claims: {org: acme, tier: [gold, silver]}
+",
+        )
+        .unwrap();
+        assert!(c.routes[0].policy.is_none(), "no policy: public");
+        let p = c.routes[1].policy.as_ref().unwrap();
+        assert_eq!(p.rules.len(), 4, "two rules, then one per shorthand key: {p:?}");
+        assert_eq!(p.rules[1].action, crate::policy::Action::Deny);
+    }
+
+    #[test]
+    fn policy_errors_name_their_path() {
+        let e = parse(
+            "
+routes:
+  - from: https://a.test
+    to: [http://127.0.0.1:1]
+  - from: https://b.test
+    to: [http://127.0.0.1:1]
+    policy:
+      - allow: {and: [{email: {eq: x}}]}
+    allowed_users: [1]
+    allow_any_authenticated_user: yes please
+",
+        )
+        .unwrap_err();
+        let shown: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                r#"routes[1].allow_any_authenticated_user: expected true or false, found "yes please""#,
+                "routes[1].allowed_users[0]: expected a string, found a number",
+                r#"routes[1].policy[0].allow.and[0].email: unknown operator "eq": use is, not, starts_with, ends_with, contains, in or not_in"#,
+            ],
+        );
     }
 
     #[test]
