@@ -66,6 +66,10 @@ pub enum Kind {
     ReadTimeout,
     /// mTLS `policy_with_default_deny` and no client certificate.
     ClientCertRequired,
+    /// The route's policy refused a request that had no identity.
+    Unauthenticated,
+    /// The route's policy refused the request's identity.
+    Forbidden,
     /// The route has no upstream right now (its Service has no ready endpoints).
     NoEndpoints,
     /// Connecting to the upstream failed.
@@ -89,12 +93,13 @@ impl Kind {
     pub fn status(self) -> StatusCode {
         match self {
             Kind::NoRoute => StatusCode::NOT_FOUND,
-            Kind::UpgradeNotAllowed => StatusCode::FORBIDDEN,
+            Kind::UpgradeNotAllowed | Kind::Forbidden => StatusCode::FORBIDDEN,
             Kind::BadRequest => StatusCode::BAD_REQUEST,
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Kind::ReadTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::ClientCertRequired => StatusCode::from_u16(495).expect("495 is a valid code"),
+            Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
             Kind::UpstreamUnreachable | Kind::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
             Kind::UpstreamReset | Kind::UpgradeFailed => StatusCode::BAD_GATEWAY,
             Kind::UpstreamTimeout | Kind::WriteTimeout | Kind::StreamIdle => StatusCode::GATEWAY_TIMEOUT,
@@ -110,7 +115,9 @@ impl Kind {
             | Kind::MethodNotAllowed
             | Kind::HeadersTooLarge
             | Kind::ReadTimeout
-            | Kind::ClientCertRequired => Fault::Downstream,
+            | Kind::ClientCertRequired
+            | Kind::Unauthenticated
+            | Kind::Forbidden => Fault::Downstream,
             Kind::UpstreamUnreachable
             | Kind::NoEndpoints
             | Kind::UpstreamReset
@@ -152,6 +159,8 @@ impl Kind {
             Kind::HeadersTooLarge => "request headers too large",
             Kind::ReadTimeout => "request timeout: the request did not arrive within timeout_read",
             Kind::ClientCertRequired => "a valid client certificate is required",
+            Kind::Unauthenticated => "sign in to use this route",
+            Kind::Forbidden => "the route's policy does not allow this request",
             Kind::NoEndpoints => "no ready endpoints for this route",
             Kind::UpstreamUnreachable => "upstream unreachable",
             Kind::UpstreamReset => "upstream connection failed",

@@ -9,10 +9,12 @@ use crate::proxy::conn::{ClientChain, Conn};
 pub(crate) struct Identity<'c> {
     /// The verified client certificate chain, if the client presented one.
     pub client_chain: Option<&'c ClientChain>,
+    /// The verified claims of its bearer token (none until the identity provider is wired).
+    pub claims: Option<crate::policy::eval::Identity>,
 }
 
 /// The identity of a request on `conn`.
 #[inline]
 pub(crate) fn authenticate(conn: &Conn) -> Identity<'_> {
-    Identity { client_chain: conn.facts.client_chain.as_ref() }
+    Identity { client_chain: conn.facts.client_chain.as_ref(), claims: None }
 }

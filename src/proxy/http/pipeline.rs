@@ -86,6 +86,9 @@ where
     let route_idx = found.ok_or_else(|| Error::new(Kind::NoRoute))?;
     let route = &snap.routes.routes()[route_idx];
     log.route = Some(route_idx);
+    if let Some(policy) = &route.route.policy {
+        authz::route_policy(policy, conn, &identity, &req)?;
+    }
     if underscored {
         strip_underscore_lookalikes(req.headers_mut(), &route.route);
     }

@@ -91,5 +91,8 @@ pub fn error_response(e: &Error, request_id: &str) -> Response<ProxyBody> {
     if e.closes_connection() {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    if e.kind() == crate::proxy::error::Kind::Unauthenticated {
+        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     resp
 }
