@@ -1,5 +1,5 @@
-//! A route lookup allocates nothing, however large the table (counted by a real global
-//! allocator, not assumed).
+//! A route lookup and a policy decision allocate nothing, however large the table or the
+//! policy (counted by a real global allocator, not assumed).
 
 // Test code measures wall time and may lock as it likes: the clippy.toml rules are for src/.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
@@ -42,4 +42,46 @@ fn route_lookup_does_not_allocate() {
         }
     });
     assert_eq!(info.count_total, 0, "route lookups allocated {} times", info.count_total);
+}
+
+#[test]
+fn policy_decision_does_not_allocate() {
+    use portcullis::policy::eval::{Decision, Facts, Identity};
+    let tree: serde_json::Value = serde_yaml_ng::from_str(include_str!("../benches/policy_20.yaml")).unwrap();
+    let mut errs = portcullis::config::errors::Errors::default();
+    let policy = portcullis::policy::parse::policy("policy", &tree, &mut errs).expect("a valid policy");
+    let claims = serde_json::json!({"sub": "u-1", "email": "dev@example.com", "groups": ["engineering"],
+        "department": "platform", "role": "member"});
+    let identity = Identity {
+        subject: Some("u-1".into()),
+        email: Some("dev@example.com".into()),
+        groups: vec!["engineering".into()],
+        claims: claims.as_object().unwrap().clone(),
+    };
+    let facts = |method, path| Facts {
+        identity: Some(&identity),
+        method,
+        path,
+        source_ip: "10.1.2.3".parse().unwrap(),
+        client_cert: None,
+        invalid_client_cert: false,
+        cors_preflight: false,
+        now: "2026-12-01T12:30:00Z".parse().unwrap(),
+    };
+    let cases = [
+        (facts("GET", "/api/items"), Decision::Allow { rule: 0 }),
+        (facts("DELETE", "/api/items"), Decision::Deny { rule: 1 }),
+        (facts("GET", "/other"), Decision::NoMatch),
+    ];
+    for (f, want) in &cases {
+        assert_eq!(policy.decide(f), *want);
+    }
+    let info = allocation_counter::measure(|| {
+        for _ in 0..100 {
+            for (f, want) in &cases {
+                assert_eq!(policy.decide(f), *want);
+            }
+        }
+    });
+    assert_eq!(info.count_total, 0, "policy decisions allocated {} times", info.count_total);
 }

@@ -1,0 +1,48 @@
+//! Deciding a request against a 20-criterion policy (benches/policy_20.yaml):
+//! `cargo bench --bench policy_eval`. Issue 15's target is under 1 µs per decision, and a
+//! decision allocates nothing (tests/alloc.rs counts it). Not part of the test command.
+
+// Test code measures wall time and may lock as it likes: the clippy.toml rules are for src/.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+// criterion_group! defines an undocumented public function.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use portcullis::policy::eval::{Facts, Identity};
+
+fn bench(c: &mut Criterion) {
+    let tree: serde_json::Value = serde_yaml_ng::from_str(include_str!("policy_20.yaml")).expect("YAML");
+    let mut errs = portcullis::config::errors::Errors::default();
+    let policy = portcullis::policy::parse::policy("policy", &tree, &mut errs).expect("a valid policy");
+    let claims = serde_json::json!({"sub": "u-1", "email": "dev@example.com", "groups": ["engineering"],
+        "department": "platform", "role": "member"});
+    let identity = Identity {
+        subject: Some("u-1".into()),
+        email: Some("dev@example.com".into()),
+        groups: vec!["engineering".into()],
+        claims: claims.as_object().expect("an object").clone(),
+    };
+    let facts = |method, path| Facts {
+        identity: Some(&identity),
+        method,
+        path,
+        source_ip: "10.1.2.3".parse().expect("an IP"),
+        client_cert: None,
+        invalid_client_cert: false,
+        cors_preflight: false,
+        now: jiff::Timestamp::now(),
+    };
+    let allowed = facts("GET", "/api/items");
+    let denied = facts("DELETE", "/api/items");
+    let unmatched = facts("GET", "/other");
+    let mut g = c.benchmark_group("policy_20_criteria");
+    g.bench_function("allow (every criterion checked)", |b| b.iter(|| black_box(&policy).decide(black_box(&allowed))));
+    g.bench_function("deny", |b| b.iter(|| black_box(&policy).decide(black_box(&denied))));
+    g.bench_function("no match", |b| b.iter(|| black_box(&policy).decide(black_box(&unmatched))));
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
