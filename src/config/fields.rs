@@ -159,6 +159,18 @@ pub enum SettingsField {
     MtlsCrl,
     /// `downstream_mtls.enforcement`.
     MtlsEnforcement,
+    /// `idp_provider_url`.
+    IdpProviderUrl,
+    /// `idp_client_id`.
+    IdpClientId,
+    /// `jwks_url`.
+    JwksUrl,
+    /// `jwt_audiences`.
+    JwtAudiences,
+    /// `jwt_leeway`.
+    JwtLeeway,
+    /// `idp_ca`.
+    IdpCa,
 }
 
 impl SettingsField {
@@ -183,6 +195,12 @@ impl SettingsField {
             Self::MtlsCa => "downstream_mtls.ca".into(),
             Self::MtlsCrl => "downstream_mtls.crl".into(),
             Self::MtlsEnforcement => "downstream_mtls.enforcement".into(),
+            Self::IdpProviderUrl => "idp_provider_url".into(),
+            Self::IdpClientId => "idp_client_id".into(),
+            Self::JwksUrl => "jwks_url".into(),
+            Self::JwtAudiences => "jwt_audiences".into(),
+            Self::JwtLeeway => "jwt_leeway".into(),
+            Self::IdpCa => "idp_ca".into(),
         }
     }
 }

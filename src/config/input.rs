@@ -260,6 +260,18 @@ pub struct SettingsInput {
     pub certificates: Vec<Option<CertificateInput>>,
     /// `downstream_mtls`.
     pub downstream_mtls: Option<MtlsInput>,
+    /// `idp_provider_url`.
+    pub idp_provider_url: Option<String>,
+    /// `idp_client_id`.
+    pub idp_client_id: Option<String>,
+    /// `jwks_url`.
+    pub jwks_url: Option<String>,
+    /// `jwt_audiences`.
+    pub jwt_audiences: Option<Vec<String>>,
+    /// `jwt_leeway`.
+    pub jwt_leeway: Option<Given<Duration>>,
+    /// `idp_ca` (or `idp_ca_file`): trust anchors for the provider's TLS.
+    pub idp_ca: Option<Pem>,
     /// What the source could not read.
     pub problems: Problems,
 }
@@ -289,7 +301,11 @@ impl SettingsInput {
             timeout_idle,
             default_upstream_timeout,
             drain_timeout,
-            drain_scope
+            drain_scope,
+            idp_provider_url,
+            idp_client_id,
+            jwks_url,
+            jwt_leeway
         );
     }
 }

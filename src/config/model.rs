@@ -127,6 +127,29 @@ pub struct Settings {
     pub metrics_address: Option<SocketAddr>,
     /// `admin`; `None` disables it.
     pub admin_address: Option<SocketAddr>,
+    /// The OpenID provider whose bearer tokens identify requests; `None`: no identity but
+    /// client certificates (a policy that asks for a user never matches).
+    pub identity_provider: Option<IdentityProvider>,
+}
+
+/// The OpenID provider bearer tokens are verified against (`idp_provider_url` and friends).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityProvider {
+    /// `idp_provider_url`, as written: the `iss` a token must name, and where OIDC discovery
+    /// starts.
+    pub issuer: String,
+    /// `jwks_url`: where the signing keys are. `None`: the discovery document's `jwks_uri`.
+    pub jwks_url: Option<http::Uri>,
+    /// `idp_client_id`.
+    pub client_id: Option<String>,
+    /// The `aud` values a token may carry: the client id, then `jwt_audiences`, without
+    /// duplicates; never empty (a token minted for another client of the same provider is
+    /// no identity here).
+    pub audiences: Vec<String>,
+    /// `jwt_leeway`: clock skew allowed on `exp` and `nbf` (default 30 s).
+    pub leeway: Duration,
+    /// `idp_ca`: trust anchors for the provider's TLS; empty: the system's roots.
+    pub ca: Vec<CertificateDer<'static>>,
 }
 
 impl Default for Settings {
@@ -149,6 +172,7 @@ impl Default for Settings {
             downstream_mtls: None,
             metrics_address: Some(SocketAddr::from(([0, 0, 0, 0], 9902))),
             admin_address: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+            identity_provider: None,
         }
     }
 }

@@ -23,7 +23,8 @@ use super::input::{
     UNKNOWN_KEYS,
 };
 use super::model::{
-    Certificate, ClientCert, CodecType, DownstreamMtls, DrainScope, HealthCheck, HealthCheckKind, HostMatch, LbPolicy,
+    Certificate, ClientCert, CodecType, DownstreamMtls, DrainScope, HealthCheck, HealthCheckKind, HostMatch, IdentityProvider,
+    LbPolicy,
     MtlsEnforcement, PathMatch, Route, Settings, Upstream, UpstreamScheme, UpstreamTls,
 };
 use crate::pki::{build_certificate, parse_certs, parse_crls, parse_private_key};
@@ -159,7 +160,94 @@ pub fn settings(input: &SettingsInput, names: &dyn SettingsNames, errs: &mut Err
     if let Some(m) = &input.downstream_mtls {
         s.downstream_mtls = mtls(m, names, errs);
     }
+    s.identity_provider = identity_provider(input, names, errs);
     s
+}
+
+/// The identity provider keys: `idp_provider_url` is the issuer and the root of discovery;
+/// `jwks_url` skips discovery; `idp_client_id` and `jwt_audiences` are what `aud` may say.
+fn identity_provider(input: &SettingsInput, names: &dyn SettingsNames, errs: &mut Errors) -> Option<IdentityProvider> {
+    for key in ["idp_provider_url", "idp_client_id", "jwks_url", "jwt_audiences", "jwt_leeway", "idp_ca"] {
+        errs.extend(input.problems.about(key, None));
+    }
+    let name = |f| names.name(f);
+    let nonempty = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+    let issuer = nonempty(&input.idp_provider_url);
+    let client_id = nonempty(&input.idp_client_id);
+    let jwks = nonempty(&input.jwks_url);
+    let leeway = duration_of(input.jwt_leeway.as_ref(), || name(SettingsField::JwtLeeway), errs);
+    let Some(issuer) = issuer else {
+        // Everything else describes the provider: alone it is a mistake, not a no-op.
+        for (set, field) in [
+            (client_id.is_some(), SettingsField::IdpClientId),
+            (jwks.is_some(), SettingsField::JwksUrl),
+            (input.jwt_audiences.as_ref().is_some_and(|a| !a.is_empty()), SettingsField::JwtAudiences),
+            (input.idp_ca.is_some(), SettingsField::IdpCa),
+        ] {
+            if set {
+                errs.push(name(field), "needs idp_provider_url: the issuer whose tokens are accepted");
+            }
+        }
+        return None;
+    };
+    let before = errs.len();
+    if let Err(e) = provider_url(&issuer) {
+        errs.push(name(SettingsField::IdpProviderUrl), e);
+    }
+    let jwks_url = jwks.and_then(|u| match provider_url(&u) {
+        Ok(uri) => Some(uri),
+        Err(e) => {
+            errs.push(name(SettingsField::JwksUrl), e);
+            None
+        }
+    });
+    let mut audiences: Vec<String> = client_id.iter().cloned().collect();
+    for (i, a) in input.jwt_audiences.iter().flatten().enumerate() {
+        if a.trim().is_empty() {
+            errs.push(format!("{}[{i}]", name(SettingsField::JwtAudiences)), "must not be empty");
+        } else if !audiences.contains(a) {
+            audiences.push(a.clone());
+        }
+    }
+    if audiences.is_empty() {
+        errs.push(
+            name(SettingsField::IdpClientId),
+            "is required with idp_provider_url (or set jwt_audiences): a token is accepted only when its aud names this client",
+        );
+    }
+    let ca = match &input.idp_ca {
+        Some(pem) => parse_certs(&pem.bytes).map_err(|e| errs.push(name(SettingsField::IdpCa), e)).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    (errs.len() == before).then(|| IdentityProvider {
+        issuer,
+        jwks_url,
+        client_id,
+        audiences,
+        leeway: leeway.map_or(DEFAULT_JWT_LEEWAY, |d| d.unwrap_or(Duration::ZERO)),
+        ca,
+    })
+}
+
+/// Clock skew allowed on a token's `exp` and `nbf` unless `jwt_leeway` says otherwise.
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
+
+/// An identity provider's URL: absolute `https://`, or `http://` to a loopback address only
+/// (keys fetched in clear text from anywhere else could be replaced on the way).
+fn provider_url(v: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = v.parse().map_err(|_| format!("{v:?} is not a URL"))?;
+    let host = uri.host().unwrap_or_default();
+    match uri.scheme_str() {
+        Some("https") if !host.is_empty() => Ok(uri),
+        Some("http") if is_loopback_host(host) => Ok(uri),
+        Some("http") => Err(format!("{v:?}: use https:// (plain http:// only to a loopback address)")),
+        _ => Err(format!("{v:?} is not an absolute https:// URL")),
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn parse_codec(v: &str) -> Result<CodecType, String> {

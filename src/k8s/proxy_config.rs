@@ -94,6 +94,8 @@ fn settings_input(spec: &crate::k8s::crd::ProxyConfigSpec) -> SettingsInput {
         certificates: Vec::new(),
         downstream_mtls: None,
         problems: Problems::default(),
+        // The identity provider's keys land with the ProxyConfig fields for them.
+        ..SettingsInput::default()
     }
 }
 

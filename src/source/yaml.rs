@@ -110,6 +110,11 @@ impl<'a> MappingReader<'a> {
         self.keyed(key, problems, list)
     }
 
+    /// A list of strings; a single string is a list of one.
+    pub fn strings(&mut self, key: &'static str, problems: &mut Problems) -> Option<Vec<String>> {
+        self.keyed(key, problems, |v, at, errs| Some(strings(v, at, errs)))
+    }
+
     /// Reports every key that no getter asked for.
     pub fn finish(self, errs: &mut Errors) {
         for key in self.map.keys() {
@@ -260,6 +265,10 @@ pub const GLOBAL_SCALAR_KEYS: &[&str] = &[
     "drain_scope",
     "metrics_address",
     "admin_address",
+    "idp_provider_url",
+    "idp_client_id",
+    "jwks_url",
+    "jwt_leeway",
 ];
 
 /// Parses a whole standalone-style document (global settings plus `routes`) into a config,
@@ -323,8 +332,14 @@ pub fn read_settings(m: &mut MappingReader<'_>, material: &dyn Material) -> Sett
         default_upstream_timeout: m.duration("default_upstream_timeout", &mut p),
         drain_timeout: m.duration("drain_timeout", &mut p),
         drain_scope: m.string("drain_scope", &mut p).map(Given::Text),
+        idp_provider_url: m.string("idp_provider_url", &mut p),
+        idp_client_id: m.string("idp_client_id", &mut p),
+        jwks_url: m.string("jwks_url", &mut p),
+        jwt_leeway: m.duration("jwt_leeway", &mut p),
         ..SettingsInput::default()
     };
+    s.jwt_audiences = m.strings("jwt_audiences", &mut p);
+    s.idp_ca = read_pem_field(m, "idp_ca", "idp_ca_file", material, &mut p);
     if let Some(items) = m.list("certificates", &mut p) {
         for (i, item) in items.into_iter().enumerate() {
             let mut found = Errors::default();
