@@ -234,7 +234,7 @@ pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
 
 /// An identity provider's URL: absolute `https://`, or `http://` to a loopback address only
 /// (keys fetched in clear text from anywhere else could be replaced on the way).
-fn provider_url(v: &str) -> Result<http::Uri, String> {
+pub fn provider_url(v: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = v.parse().map_err(|_| format!("{v:?} is not a URL"))?;
     let host = uri.host().unwrap_or_default();
     match uri.scheme_str() {

@@ -13,7 +13,9 @@ use rustls_pki_types::CertificateDer;
 
 use super::body::now_ms;
 use super::drain::ConnHandle;
+use super::idp::TokenCache;
 use crate::config::Timeouts;
+use crate::policy::eval::CertFacts;
 
 /// PRODUCT.md: per-connection buffer limit.
 pub const CONNECTION_BUFFER: usize = 32 * 1024;
@@ -52,13 +54,17 @@ impl ListenerKind {
 
 /// The client certificate chain the TLS handshake verified against the downstream mTLS CA,
 /// leaf first. Shared, not copied, by every request of the connection.
+/// What a `client_certificate` policy reads of it (fingerprint, SPKI hash, SANs) is worked
+/// out once, at the handshake.
 #[derive(Clone, Debug)]
-pub struct ClientChain(Arc<[CertificateDer<'static>]>);
+pub struct ClientChain(Arc<[CertificateDer<'static>]>, Arc<CertFacts>);
 
 impl ClientChain {
     /// The chain a handshake reported, or `None` when the client presented none.
     pub fn from_handshake(certs: Option<&[CertificateDer<'static>]>) -> Option<Self> {
-        certs.filter(|c| !c.is_empty()).map(|c| Self(c.iter().cloned().collect()))
+        certs
+            .filter(|c| !c.is_empty())
+            .map(|c| Self(c.iter().cloned().collect(), Arc::new(cert_facts(&c[0]))))
     }
 
     /// The client's own certificate.
@@ -70,6 +76,39 @@ impl ClientChain {
     pub fn certificates(&self) -> &[CertificateDer<'static>] {
         &self.0
     }
+
+    /// The leaf's facts for a policy.
+    pub fn facts(&self) -> &Arc<CertFacts> {
+        &self.1
+    }
+}
+
+/// A certificate as Pomerium's `client_certificate` criterion reads it: `fingerprint` is the
+/// hex SHA-256 of the DER, `spki_hash` the base64 SHA-256 of its SubjectPublicKeyInfo, and
+/// the DNS, email and URI subject alternative names. A leaf that does not parse (rustls
+/// verified its signature chain, not every extension) has its fingerprint only.
+pub fn cert_facts(leaf: &CertificateDer<'_>) -> CertFacts {
+    use base64::Engine as _;
+    use std::fmt::Write as _;
+    use x509_parser::extensions::GeneralName;
+    let sha = |b: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
+    let mut facts = CertFacts::default();
+    for byte in sha(leaf.as_ref()).as_ref() {
+        let _ = write!(facts.fingerprint, "{byte:02x}");
+    }
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else { return facts };
+    facts.spki_hash = base64::engine::general_purpose::STANDARD.encode(sha(cert.public_key().raw));
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(n) => facts.san_dns.push((*n).to_owned()),
+                GeneralName::RFC822Name(n) => facts.san_email.push((*n).to_owned()),
+                GeneralName::URI(n) => facts.san_uri.push((*n).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    facts
 }
 
 /// What the handshake negotiated as the application protocol.
@@ -138,6 +177,9 @@ pub struct Conn {
     /// `Alt-Svc` for every response on this TCP connection while `quic-ingress` listens
     /// (`codec_type: http3`): how browsers find HTTP/3.
     pub alt_svc: Option<http::HeaderValue>,
+    /// The last bearer token its requests proved, so that the next one with it is not
+    /// verified again.
+    pub tokens: TokenCache,
 }
 
 impl Conn {
@@ -159,6 +201,7 @@ impl Conn {
             registration: Arc::new(registration),
             https_port,
             alt_svc,
+            tokens: TokenCache::default(),
         }
     }
 
