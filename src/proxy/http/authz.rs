@@ -49,8 +49,8 @@ pub(crate) struct Verdict {
 }
 
 /// Admits or refuses `req` from `who` on `conn` under `policy`: deny wins, then any allow;
-/// refused with 403 when the request had an identity, 401 when it had none (signing in
-/// could change the answer). Counted in `portcullis_authz_decisions_total`.
+/// refused with 403 when the request had an identity (a valid token or client certificate),
+/// 401 when it had none (signing in could change the answer). Counted in `portcullis_authz_decisions_total`.
 pub(crate) fn route_policy<B>(
     policy: &Policy,
     snap: &Snapshot,
@@ -77,7 +77,9 @@ pub(crate) fn route_policy<B>(
                 Decision::Deny { rule } => Some(rule),
                 _ => None,
             };
-            if who.token.is_none() {
+            // A verified client certificate is an identity too: signing in would not change
+            // what its holder may do.
+            if who.token.is_none() && who.client_chain.is_none() {
                 (Verdict { decision: AuthzDecision::Unauthenticated, rule }, Err(Error::new(Kind::Unauthenticated)))
             } else {
                 (Verdict { decision: AuthzDecision::Deny, rule }, Err(Error::new(Kind::Forbidden)))
