@@ -105,6 +105,18 @@ routes:
     std::fs::write(&good, "routes:\n - {from: https://a.test, to: http://127.0.0.1:1}\n").unwrap();
     let out = Command::new(BIN).args(["check", "--config"]).arg(&good).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
+    // With an identity provider, a route without a policy is worth a warning (not an error).
+    std::fs::write(
+        &good,
+        "idp_provider_url: https://idp.example.com\nidp_client_id: portcullis\nroutes:\n - {from: https://a.test, to: http://127.0.0.1:1}\n - {from: https://b.test, to: http://127.0.0.1:1, allow_public_unauthenticated_access: true}\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&good).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("warning: route \"a.test\" is public"), "{stdout}");
+    assert!(!stdout.contains("\"b.test\""), "public on purpose: {stdout}");
     let out = Command::new(BIN).arg("version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("portcullis "));
 }
