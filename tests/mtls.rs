@@ -114,8 +114,11 @@ async fn client_certificate_policies_read_the_verified_certificate() {
     let fingerprint: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, alice_chain[0].as_ref())
         .as_ref()
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+        .fold(String::new(), |mut s, b| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+            s
+        });
     let up = upstream("u").await;
     let r = start_in(
         pki.dir.path(),
@@ -142,7 +145,8 @@ routes:
         let main = r.main;
         async move {
             let tls = tls_connect(main, host, cfg).await.unwrap();
-            let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
             tokio::spawn(conn);
             text(send.send_request(get(host, "/")).await.unwrap()).await.0
         }
@@ -151,7 +155,8 @@ routes:
         let mut store = rustls::RootCertStore::empty();
         store.add(pki.ca_der.clone()).unwrap();
         let (chain, key) = pki.client("bob");
-        let mut c = rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
+        let mut c =
+            rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
         c.alpn_protocols = vec![b"http/1.1".to_vec()];
         c
     };
@@ -165,7 +170,8 @@ routes:
     let (chain, key) = (alice_chain, alice_key);
     let mut store = rustls::RootCertStore::empty();
     store.add(pki.ca_der.clone()).unwrap();
-    let mut exact = rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
+    let mut exact =
+        rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
     exact.alpn_protocols = vec![b"http/1.1".to_vec()];
     assert_eq!(status(exact, "fp.test").await, 200);
     assert_eq!(status(with_cert(&pki), "fp.test").await, 403, "another certificate of the same name");

@@ -3,7 +3,7 @@
 //! without a policy stays public. (Bearer tokens and the identity provider: next.)
 
 // Test code measures wall time and may lock as it likes: the clippy.toml rules are for src/.
-#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+#![allow(clippy::disallowed_types, clippy::disallowed_methods, clippy::many_single_char_names)]
 
 mod common;
 use common::*;
@@ -125,7 +125,7 @@ fn now() -> u64 {
 fn token_for(k: &Key, issuer: &str, aud: &str, email: &str, ttl: i64) -> String {
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some(k.kid.clone());
-    let exp = now().cast_signed() + ttl;
+    let exp = i64::try_from(now()).unwrap() + ttl;
     let claims = serde_json::json!({"iss": issuer, "aud": aud, "sub": email.split('@').next().unwrap(),
         "email": email, "groups": ["staff"], "exp": exp, "iat": now()});
     jsonwebtoken::encode(&h, &claims, &k.enc).unwrap()
@@ -205,7 +205,11 @@ async fn bearer_tokens_decide_over_http1_http2_and_http3() {
     let none = format!(
         "{}.{}.",
         b64(r#"{"alg":"none","typ":"JWT"}"#),
-        b64(&format!(r#"{{"iss":"{}","aud":"portcullis-test","email":"alice@example.com","exp":{}}}"#, p.issuer, now() + 300))
+        b64(&format!(
+            r#"{{"iss":"{}","aud":"portcullis-test","email":"alice@example.com","exp":{}}}"#,
+            p.issuer,
+            now() + 300
+        ))
     );
     for (what, t) in [
         ("forged", forged.as_str()),
@@ -220,7 +224,10 @@ async fn bearer_tokens_decide_over_http1_http2_and_http3() {
         assert_eq!(resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap()), Some("Bearer"), "{what}");
         let (status, body) = text(resp).await;
         assert_eq!(status, 401, "{what}: {body}");
-        assert!(!body.contains("signature") && !body.contains("expired") && !body.contains("audience"), "{what}: {body}");
+        assert!(
+            !body.contains("signature") && !body.contains("expired") && !body.contains("audience"),
+            "{what}: {body}"
+        );
     }
     assert_eq!(text(c.send_request(get("app.test", "/")).await.unwrap()).await.0, 401);
     // allow_any_authenticated_user: bob is somebody.
@@ -245,7 +252,10 @@ async fn bearer_tokens_decide_over_http1_http2_and_http3() {
     assert_eq!(h3_request(&mut c3.send, h3(Some(&alice)), None).await.unwrap().status, 200);
     assert_eq!(h3_request(&mut c3.send, h3(Some(&bob)), None).await.unwrap().status, 403);
     let unauth = h3_request(&mut c3.send, h3(None), None).await.unwrap();
-    assert_eq!((unauth.status, unauth.headers.get("www-authenticate").map(|v| v.to_str().unwrap())), (401, Some("Bearer")));
+    assert_eq!(
+        (unauth.status, unauth.headers.get("www-authenticate").map(|v| v.to_str().unwrap())),
+        (401, Some("Bearer"))
+    );
 
     let m = metrics(&r).await;
     for decision in ["allow", "deny", "unauthenticated"] {
@@ -399,10 +409,7 @@ routes:
         assert!(echoes(w).await, "alice's WebSockets are untouched");
     }
     let m = metrics(&r).await;
-    assert!(
-        m.contains("portcullis_connections_revoked_total{route=\"app.test\",reason=\"policy_changed\"} 1"),
-        "{m}"
-    );
+    assert!(m.contains("portcullis_connections_revoked_total{route=\"app.test\",reason=\"policy_changed\"} 1"), "{m}");
 }
 
 #[tokio::test]

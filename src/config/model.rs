@@ -359,4 +359,3 @@ impl Config {
             .collect()
     }
 }
-

@@ -62,9 +62,7 @@ pub struct ClientChain(Arc<[CertificateDer<'static>]>, Arc<CertFacts>);
 impl ClientChain {
     /// The chain a handshake reported, or `None` when the client presented none.
     pub fn from_handshake(certs: Option<&[CertificateDer<'static>]>) -> Option<Self> {
-        certs
-            .filter(|c| !c.is_empty())
-            .map(|c| Self(c.iter().cloned().collect(), Arc::new(cert_facts(&c[0]))))
+        certs.filter(|c| !c.is_empty()).map(|c| Self(c.iter().cloned().collect(), Arc::new(cert_facts(&c[0]))))
     }
 
     /// The client's own certificate.

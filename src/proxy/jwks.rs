@@ -101,14 +101,15 @@ impl Jwks {
     async fn get(&self) -> Result<JwkSet, String> {
         let url = match &self.at {
             KeysAt::Url(url) => url.clone(),
-            KeysAt::Discovery { issuer } => match self.discovered.load_full() {
-                Some(url) => (*url).clone(),
-                None => {
+            KeysAt::Discovery { issuer } => {
+                if let Some(url) = self.discovered.load_full() {
+                    (*url).clone()
+                } else {
                     let url = self.discover(issuer).await?;
                     self.discovered.store(Some(Arc::new(url.clone())));
                     url
                 }
-            },
+            }
         };
         let got = self.get_json(&url).await.and_then(|body| {
             let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("{url}: not a JWKS: {e}"))?;

@@ -28,8 +28,8 @@ use super::error::{Error, Kind, Result};
 use super::headers::{
     connection_has_upgrade, forwarding_headers, rewrite_path, set_response_headers, strip_hop_by_hop, upstream_uri,
 };
-use super::log::RequestLog;
 use super::http::authz::{Admission, Revoked};
+use super::log::RequestLog;
 use super::snapshot::CompiledRoute;
 use super::upstream::Target;
 use crate::config::duration;

@@ -725,7 +725,10 @@ routes:
         );
         assert_eq!(
             errs("idp_provider_url: idp.example.com\nidp_client_id: a\njwt_audiences: ['']\nroutes: []"),
-            [r#"idp_provider_url: "idp.example.com" is not an absolute https:// URL"#, "jwt_audiences[0]: must not be empty"]
+            [
+                r#"idp_provider_url: "idp.example.com" is not an absolute https:// URL"#,
+                "jwt_audiences[0]: must not be empty"
+            ]
         );
     }
 

@@ -28,7 +28,12 @@ pub(crate) struct Identity<'c> {
 /// (the route has a policy, or the request becomes a tunnel that a later policy may check);
 /// verifying one costs more than the rest of a request, so it is skipped otherwise.
 #[inline]
-pub(crate) async fn authenticate<'c, B>(conn: &'c Conn, snap: &Snapshot, req: &Request<B>, wanted: bool) -> Identity<'c> {
+pub(crate) async fn authenticate<'c, B>(
+    conn: &'c Conn,
+    snap: &Snapshot,
+    req: &Request<B>,
+    wanted: bool,
+) -> Identity<'c> {
     let client_chain = conn.facts.client_chain.as_ref();
     let token = match (&snap.idp, wanted) {
         (Some(idp), true) => match bearer(req) {
