@@ -422,20 +422,66 @@ async fn a_websocket_is_closed_when_its_token_expires() {
     let long = token_for(&k1, &p.issuer, "portcullis-test", "alice@example.com", 300);
     let mut s = ws(&r, &short).await;
     let mut l = ws(&r, &long).await;
-    assert!(echoes(&mut s).await && echoes(&mut l).await);
+    // And one over HTTP/2 (RFC 8441 extended CONNECT).
+    let mut c2 = h2_tls(r.main, "localhost", &[default_cert(&r)]).await;
+    let _ = text(c2.send_request(with_bearer(get2("app.test", "/"), &long)).await.unwrap()).await;
+    let mut req =
+        http::Request::connect("https://app.test/ws").header("sec-websocket-version", "13").body(empty()).unwrap();
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = c2.send_request(with_bearer(req, &short)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut s2 =
+        WebSocketStream::from_raw_socket(TokioIo::new(hyper::upgrade::on(resp).await.unwrap()), Role::Client, None)
+            .await;
+    assert!(echoes(&mut s).await && echoes(&mut l).await && echoes(&mut s2).await);
     let t0 = std::time::Instant::now();
     let ended = tokio::time::timeout(ms(6000), async {
-        loop {
-            match s.next().await {
-                None | Some(Err(_) | Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
+        for w in [&mut s, &mut s2] {
+            loop {
+                match w.next().await {
+                    None | Some(Err(_) | Ok(Message::Close(_))) => break,
+                    Some(Ok(_)) => {}
+                }
             }
         }
     })
     .await;
-    assert!(ended.is_ok(), "closed when its token expired");
+    assert!(ended.is_ok(), "both closed when their token expired");
     assert!(t0.elapsed() >= ms(500), "not before it expired");
     assert!(echoes(&mut l).await, "the one with a valid token stays");
     let m = metrics(&r).await;
-    assert!(m.contains("portcullis_connections_revoked_total{route=\"app.test\",reason=\"token_expired\"} 1"), "{m}");
+    assert!(m.contains("portcullis_connections_revoked_total{route=\"app.test\",reason=\"token_expired\"} 2"), "{m}");
+}
+
+#[tokio::test]
+async fn a_streaming_response_ends_when_its_policy_stops_admitting_it() {
+    let k1 = key("k1");
+    let p = provider(&[&k1]).await;
+    let up = upstream("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |users: &str| {
+        format!(
+            "idp_provider_url: {iss}\nidp_client_id: portcullis-test\nroutes:\n - from: https://app.test\n   to: http://{up}\n   allowed_users: [{users}]\n",
+            iss = p.issuer
+        )
+    };
+    let r = start_in(dir.path(), &cfg("alice@example.com, bob@example.com")).await;
+    let alice = token_for(&k1, &p.issuer, "portcullis-test", "alice@example.com", 300);
+    let bob = token_for(&k1, &p.issuer, "portcullis-test", "bob@example.com", 300);
+    let mut c = h2_tls(r.main, "localhost", &[default_cert(&r)]).await;
+    let sse = |t: &str| with_bearer(get2("app.test", "/sse?count=20&interval_ms=100"), t);
+    let a = c.send_request(sse(&alice)).await.unwrap();
+    let b = c.send_request(sse(&bob)).await.unwrap();
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    tokio::time::sleep(ms(300)).await;
+    apply(&r, dir.path(), &cfg("alice@example.com"));
+    use http_body_util::BodyExt as _;
+    let (a, b) = tokio::join!(a.into_body().collect(), b.into_body().collect());
+    let a = a.expect("alice's stream is untouched").to_bytes();
+    assert_eq!(String::from_utf8_lossy(&a).matches("data: tick").count(), 20);
+    assert!(b.is_err(), "bob's stream was reset when the policy stopped admitting him");
+    // The HTTP/2 connection itself carries on.
+    assert_eq!(text(c.send_request(with_bearer(get2("app.test", "/"), &alice)).await.unwrap()).await.0, 200);
+    let m = metrics(&r).await;
+    assert!(m.contains("portcullis_connections_revoked_total{route=\"app.test\",reason=\"policy_changed\"} 1"), "{m}");
 }

@@ -33,7 +33,6 @@ use super::log::RequestLog;
 use super::snapshot::CompiledRoute;
 use super::upstream::Target;
 use crate::config::duration;
-use crate::metrics::RevokedLabels;
 
 /// Marks a response whose request continues as a tunnel (logged when the tunnel ends).
 #[derive(Clone, Copy)]
@@ -193,7 +192,7 @@ impl Closed {
 
 /// Copies bytes both ways between the client's side and the upstream's until both close or a
 /// limit ends the tunnel, then writes the request's log record (bytes sent to the client).
-async fn splice<D, U>(down: D, up: U, limits: Limits, mut record: Box<RequestLog>)
+async fn splice<D, U>(down: D, up: U, mut limits: Limits, mut record: Box<RequestLog>)
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -219,12 +218,7 @@ where
             (0, Some(Closed::RouteDeleted))
         }
         why = limits.admission.revoked() => {
-            tracing::info!(route = %limits.route_name, reason = why.as_str(), peer = %record.peer, "closing a tunnel: its route's policy no longer admits it");
-            record
-                .metrics
-                .connections_revoked
-                .get_or_create(&RevokedLabels { route: limits.route_name.clone(), reason: why.as_str() })
-                .inc();
+            limits.admission.record(&record.metrics, why, "tunnel");
             (0, Some(Closed::Revoked(why)))
         }
     };

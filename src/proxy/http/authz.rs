@@ -17,9 +17,10 @@ use tokio::sync::watch;
 
 use super::authn::Identity;
 use crate::config::MtlsEnforcement;
-use crate::metrics::AuthzDecision;
+use crate::metrics::{AuthzDecision, Metrics, RevokedLabels};
 use crate::policy::eval::{CertFacts, Decision, Facts};
 use crate::policy::Policy;
+use crate::proxy::body::{BoxError, ProxyBody};
 use crate::proxy::conn::Conn;
 use crate::proxy::error::{Error, Kind, Result};
 use crate::proxy::idp::{unix_now, Admitted};
@@ -104,8 +105,12 @@ fn cors_preflight<B>(req: &Request<B>) -> bool {
         && h.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
-/// What a tunnel was admitted with, to authorize it again while it lives.
+/// What a tunnel or a streaming response was admitted with, to authorize it again while it
+/// lives.
 pub(crate) struct Admission {
+    /// The snapshot that routed it and the route's index there (its name, for the log).
+    snap: Arc<Snapshot>,
+    route: usize,
     token: Option<Arc<Admitted>>,
     cert: Option<Arc<CertFacts>>,
     invalid_cert: bool,
@@ -140,18 +145,21 @@ impl Admission {
     /// What `req` from `who` was admitted with on `route` under `policy` (the route's policy
     /// in the snapshot that routed it; `None`: public).
     pub(crate) fn new<B>(
-        snap: &Snapshot,
-        route: &CompiledRoute,
+        snap: &Arc<Snapshot>,
+        route_idx: usize,
         conn: &Conn,
         who: &Identity<'_>,
         req: &Request<B>,
     ) -> Self {
+        let route = &snap.routes.routes()[route_idx];
         let mut policy = route.life.policy.subscribe();
         // A reload between routing and now: check against what is in force.
         if policy.borrow().as_deref() != route.route.policy.as_deref() {
             policy.mark_changed();
         }
         Self {
+            snap: snap.clone(),
+            route: route_idx,
             token: who.token.clone(),
             cert: who.client_chain.map(|c| c.facts().clone()),
             invalid_cert: invalid_client_cert(snap, conn, who),
@@ -161,6 +169,21 @@ impl Admission {
             cors_preflight: cors_preflight(req),
             policy,
         }
+    }
+
+    /// The route's name.
+    pub(crate) fn route_name(&self) -> &str {
+        &self.snap.routes.routes()[self.route].route.name
+    }
+
+    /// Logs and counts a revocation of `what` (a tunnel, a stream) from `peer`.
+    pub(crate) fn record(&self, metrics: &Metrics, why: Revoked, what: &str) {
+        let route = self.route_name();
+        tracing::info!(route = %route, reason = why.as_str(), peer = %self.source_ip, "closing a {what}: its route's policy no longer admits it");
+        metrics
+            .connections_revoked
+            .get_or_create(&RevokedLabels { route: route.to_owned(), reason: why.as_str() })
+            .inc();
     }
 
     fn admits(&self, policy: Option<&Policy>) -> bool {
@@ -180,7 +203,7 @@ impl Admission {
 
     /// Resolves when the tunnel is no longer admitted; never while it is. A tunnel still
     /// admitted after a change is not touched.
-    pub(crate) async fn revoked(mut self) -> Revoked {
+    pub(crate) async fn revoked(&mut self) -> Revoked {
         loop {
             let expiry = self.token.as_ref().map(|t| Duration::from_secs(t.valid_until.saturating_sub(unix_now())));
             let expired = async {
@@ -209,5 +232,91 @@ impl Admission {
                 }
             }
         }
+    }
+}
+
+/// Why a stream was cut: the access log's error and the client's reset.
+#[derive(Debug)]
+pub(crate) struct StreamRevoked(Revoked);
+
+impl std::fmt::Display for StreamRevoked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Revoked::PolicyChanged => f.write_str("stream closed: its route's policy changed and no longer admits it"),
+            Revoked::TokenExpired => f.write_str("stream closed: the token it was admitted with expired"),
+        }
+    }
+}
+
+impl std::error::Error for StreamRevoked {}
+
+type RevokedFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Revoked> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// A relayed response body on a route with a policy (a gRPC stream, server-sent
+    /// events): ended with an error (a stream reset; on HTTP/1.1 the connection closes) when
+    /// the policy stops admitting it. The watch is armed the first time the body has to wait
+    /// for the upstream, so a response that is sent at once never boxes one.
+    pub(crate) struct Revocable<B> {
+        #[pin]
+        inner: B,
+        admission: Option<Admission>,
+        watch: Option<RevokedFuture>,
+        metrics: Arc<Metrics>,
+    }
+}
+
+impl<B> Revocable<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// `inner`, ended when `admission` is revoked.
+    pub(crate) fn boxed(inner: B, admission: Admission, metrics: Arc<Metrics>) -> ProxyBody {
+        use http_body_util::BodyExt as _;
+        Self { inner, admission: Some(admission), watch: None, metrics }.boxed_unsync()
+    }
+}
+
+impl<B> http_body::Body for Revocable<B>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if polled.is_pending() && this.watch.is_none() {
+            if let Some(mut a) = this.admission.take() {
+                let metrics = this.metrics.clone();
+                *this.watch = Some(Box::pin(async move {
+                    let why = a.revoked().await;
+                    a.record(&metrics, why, "stream");
+                    why
+                }));
+            }
+        }
+        if let Some(w) = this.watch.as_mut() {
+            if let Poll::Ready(why) = w.as_mut().poll(cx) {
+                *this.watch = None;
+                return Poll::Ready(Some(Err(Box::new(StreamRevoked(why)))));
+            }
+        }
+        polled.map(|f| f.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

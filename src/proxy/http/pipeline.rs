@@ -111,7 +111,7 @@ where
             return Err(Error::new(Kind::UpgradeNotAllowed));
         }
         let target = &route.balancer.targets()[target_idx];
-        let admission = authz::Admission::new(snap, route, conn, &identity, &req);
+        let admission = authz::Admission::new(snap, route_idx, conn, &identity, &req);
         return tunnel::websocket(conn, route, target, req, host, log, admission).await;
     }
     // No tunnel of any other kind (yet): a CONNECT is never relayed as a request, and a
@@ -124,8 +124,10 @@ where
         return Err(Error::new(Kind::UpgradeNotAllowed));
     }
 
+    // A streaming response on a route with a policy ends when the policy stops admitting it.
+    let admission = route.route.policy.is_some().then(|| authz::Admission::new(snap, route_idx, conn, &identity, &req));
     let (upstream_req, state) = send::prepare(conn, route, target_idx, req, host, &log.request_id)?;
     let resp = send::send(conn, route, target_idx, upstream_req, &state, &log.metrics, log.started).await?;
     *stream = Some((route.stream_idle, state));
-    Ok(response::relayed(route, resp))
+    Ok(response::relayed(route, resp, admission, &log.metrics))
 }

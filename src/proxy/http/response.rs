@@ -15,6 +15,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::authz::{Admission, Revocable};
+use crate::metrics::Metrics;
 use crate::proxy::body::{self, ProxyBody, ResponseBody, StreamState};
 use crate::proxy::conn::Conn;
 use crate::proxy::error::{Error, Kind};
@@ -26,12 +28,21 @@ use crate::proxy::tunnel::Tunnelled;
 
 /// The upstream's response as the client gets it (its body still streaming).
 #[inline]
-pub(crate) fn relayed(route: &CompiledRoute, resp: Response<Incoming>) -> Response<ProxyBody> {
+pub(crate) fn relayed(
+    route: &CompiledRoute,
+    resp: Response<Incoming>,
+    admission: Option<Admission>,
+    metrics: &Arc<Metrics>,
+) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     set_response_headers(&mut parts.headers, &route.route);
     parts.version = Version::HTTP_11;
-    Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+    let body = match admission {
+        Some(a) => Revocable::boxed(body, a, metrics.clone()),
+        None => body.map_err(Into::into).boxed_unsync(),
+    };
+    Response::from_parts(parts, body)
 }
 
 /// The response the client gets for the pipeline's `result`, with the body that writes
