@@ -50,6 +50,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
+use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -475,7 +476,6 @@ async fn a_streaming_response_ends_when_its_policy_stops_admitting_it() {
     assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
     tokio::time::sleep(ms(300)).await;
     apply(&r, dir.path(), &cfg("alice@example.com"));
-    use http_body_util::BodyExt as _;
     let (a, b) = tokio::join!(a.into_body().collect(), b.into_body().collect());
     let a = a.expect("alice's stream is untouched").to_bytes();
     assert_eq!(String::from_utf8_lossy(&a).matches("data: tick").count(), 20);

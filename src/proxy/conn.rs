@@ -322,3 +322,34 @@ impl Drop for RequestGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    #[test]
+    fn certificate_facts_are_pomeriums() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["alice.internal".to_owned()]).unwrap();
+        p.subject_alt_names.push(rcgen::SanType::Rfc822Name("alice@example.com".try_into().unwrap()));
+        p.subject_alt_names.push(rcgen::SanType::URI("spiffe://example.com/alice".try_into().unwrap()));
+        let cert = p.self_signed(&key).unwrap();
+        let facts = cert_facts(cert.der());
+        let sha = |b: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref().to_vec();
+        let hex: String = sha(cert.der()).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(facts.fingerprint, hex);
+        assert_eq!(facts.fingerprint.len(), 64);
+        // SPKI: the DER of the public key info, which rcgen hands out as the key's own.
+        let spki =
+            base64::engine::general_purpose::STANDARD.encode(sha(&rcgen::PublicKeyData::subject_public_key_info(&key)));
+        assert_eq!(facts.spki_hash, spki);
+        assert_eq!(facts.san_dns, ["alice.internal"]);
+        assert_eq!(facts.san_email, ["alice@example.com"]);
+        assert_eq!(facts.san_uri, ["spiffe://example.com/alice"]);
+        // Not a certificate: a fingerprint, nothing else, and no panic.
+        let junk = cert_facts(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]));
+        assert_eq!(junk.fingerprint.len(), 64);
+        assert!(junk.spki_hash.is_empty() && junk.san_dns.is_empty());
+    }
+}
