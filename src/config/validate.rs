@@ -23,8 +23,9 @@ use super::input::{
     UNKNOWN_KEYS,
 };
 use super::model::{
-    Certificate, ClientCert, CodecType, DownstreamMtls, DrainScope, HealthCheck, HealthCheckKind, HostMatch,
-    IdentityProvider, LbPolicy, MtlsEnforcement, PathMatch, Route, Settings, Upstream, UpstreamScheme, UpstreamTls,
+    Certificate, ClientCert, CodecType, DownstreamMtls, DrainScope, HealthCheck, HealthCheckKind, HostMatch, IdentityProvider,
+    LbPolicy,
+    MtlsEnforcement, PathMatch, Route, Settings, Upstream, UpstreamScheme, UpstreamTls,
 };
 use crate::pki::{build_certificate, parse_certs, parse_crls, parse_private_key};
 
