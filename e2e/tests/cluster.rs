@@ -839,6 +839,25 @@ async fn access_policy(k: &Kube, c: &HttpClient) {
         r.status?.conditions.into_iter().any(|c| c.type_ == "Accepted" && c.status == "True").then_some(())
     })
     .await;
+
+    // The ProxyConfig's identity provider fields pass the real schema (a dry run: the
+    // scenario's `global` stays without a provider), and a bad leeway is refused by it.
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    let idp = |leeway: &str| -> ProxyConfig {
+        obj(json!({
+            "apiVersion": "portcullis.io/v1alpha1", "kind": "ProxyConfig", "metadata": {"name": "idp-dry-run"},
+            "spec": {
+                "idpProviderUrl": "https://idp.example.com/realms/r", "idpClientId": "portcullis",
+                "jwksUrl": "https://idp.example.com/keys", "jwtAudiences": ["api"], "jwtLeeway": leeway,
+                "idpCaSecret": {"name": "idp-ca", "namespace": "portcullis"},
+            },
+        }))
+    };
+    let accepted = k.configs.create(&dry, &idp("45s")).await.expect("the identity provider fields are in the schema");
+    assert_eq!(accepted.spec.jwt_audiences.as_deref(), Some(&["api".to_owned()][..]), "not pruned");
+    assert_eq!(accepted.spec.idp_ca_secret.map(|s| s.name).as_deref(), Some("idp-ca"), "not pruned");
+    let refused = k.configs.create(&dry, &idp("soon")).await.expect_err("jwtLeeway is a duration");
+    assert!(refused.to_string().contains("jwtLeeway"), "{refused}");
 }
 
 /// A test CA and leaf certificates for `secure.test`, as PEM for Secrets and DER to compare.

@@ -482,6 +482,21 @@ mod tests {
         assert!(errs[0].message.starts_with("unknown operator \"eq\""), "{errs:?}");
     }
 
+    /// Annotations are anyone's input: hostile YAML is an error, never a panic or a hang.
+    #[test]
+    fn hostile_policy_yaml_is_an_error() {
+        let rule = [("a.test", "/", "Prefix", backend("app", num(80)))];
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let laughs = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n\
+                      c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n\
+                      e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n\
+                      g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: [*g, *g, *g, *g, *g, *g, *g, *g, *g]\n";
+        for (what, text) in [("deep", deep.as_str()), ("aliases", laughs), ("empty", ""), ("scalar", "allow")] {
+            let errs = translate_ingress(&ingress(&[("portcullis.io/policy", text)], &rule), &objects()).unwrap_err();
+            assert!(errs[0].path.starts_with("metadata.annotations[\"portcullis.io/policy\"]"), "{what}: {errs:?}");
+        }
+    }
+
     #[test]
     fn shorthand_annotations_are_route_keys() {
         let rule = [("a.test", "/", "Prefix", backend("app", num(80)))];
