@@ -205,7 +205,14 @@ pub async fn get(client: &HttpClient, host: &str, path: &str) -> (u16, String) {
 
 /// GET `https://host/path` through the proxy, keeping the response's HTTP version.
 pub async fn fetch(client: &HttpClient, host: &str, path: &str) -> Reply {
-    let req = http::Request::get(format!("https://{host}{path}"))
+    send(client, http::Method::GET, host, path).await
+}
+
+/// `method https://host/path` (no body) through the proxy: what a policy on the method sees.
+pub async fn send(client: &HttpClient, method: http::Method, host: &str, path: &str) -> Reply {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("https://{host}{path}"))
         .header(http::header::HOST, host)
         .body(Empty::<Bytes>::new().map_err(|n| match n {}).boxed_unsync())
         .expect("request");

@@ -20,7 +20,7 @@ use portcullis::k8s::crd::{ProxyConfig, Route};
 use portcullis::proxy::upstream::HttpClient;
 use portcullis_e2e::{
     client, client_from, closed_within, echoes, eventually, fetch, get, has_event, https, https_h1, https_sni, metric,
-    pod, served_leaf, service_account_kubeconfig, upstream_of, warning_event, websocket, ApiServer, Controller,
+    pod, send, served_leaf, service_account_kubeconfig, upstream_of, warning_event, websocket, ApiServer, Controller,
     WebSocket,
 };
 use rustls_pki_types::CertificateDer;
@@ -62,6 +62,7 @@ async fn ingress_and_route_lifecycle_against_a_real_api_server() {
     step("bad Ingress edits", bad_ingress_edits(&k, &h2)).await;
     step("conflicting routes", conflicts(&k, &h2)).await;
     step("Route resources", route_resources(&k, &h2)).await;
+    step("access policy on Routes and Ingresses", access_policy(&k, &h2)).await;
     // Boxed: with its WebSockets and load generators this step is a large future.
     let tls = Box::pin(step("TLS from Secrets and rotation", tls_secrets(&k, &h2))).await;
     step("ProxyConfig status", proxy_config_status(&k, &h2)).await;
@@ -727,6 +728,136 @@ async fn route_resources(k: &Kube, c: &HttpClient) {
     })
     .await;
     assert!(condition.contains("spec.to[0]: Service e2e-shop/missing not found"), "{condition}");
+}
+
+/// Polls until `method host/` answers `status` (from `upstream` when it is served, "" when
+/// the proxy refuses it).
+async fn answers(c: &HttpClient, method: http::Method, host: &str, status: u16, upstream: &str) {
+    let what = format!("{method} {host}/ answers {status} from {upstream:?}");
+    eventually(&what, SOON, || {
+        let method = method.clone();
+        async move {
+            let r = send(c, method, host, "/").await;
+            (r.status == status && upstream_of(&r.body) == upstream).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Access policy (PPL) from a Route's `spec.policy` and an Ingress's `portcullis.io/policy`,
+/// with identity-free criteria (the method) so that no identity provider is needed: the
+/// allowed method is served, another is refused with 401 (no identity, so signing in could
+/// change the answer). The API server refuses what the CRD's schema can judge; a policy only
+/// the controller can judge (an unknown matcher operator) gets a Warning Event and, on the
+/// Route, `Accepted=False`, both naming the field, while the last good policy keeps deciding.
+async fn access_policy(k: &Kube, c: &HttpClient) {
+    use http::Method;
+    let pp = PostParams::default();
+    let get_only = |op: &str| json!([{"allow": {"and": [{"http_method": {op: "GET"}}]}}]);
+    let route = |name: &str, spec: Value| -> Route {
+        obj(json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "Route", "metadata": {"name": name}, "spec": spec}))
+    };
+    k.routes
+        .create(
+            &pp,
+            &route("ppl", json!({"from": "https://ppl-route.test", "to": ["http://two:80"], "policy": get_only("is")})),
+        )
+        .await
+        .expect("route with a policy");
+    let mut ing = ingress("ppl", "ppl-ingress.test", &[path("/", "Prefix", "two")]);
+    ing["metadata"]["annotations"] =
+        json!({"portcullis.io/policy": "allow:\n  or:\n    - http_method: GET\n    - http_method: HEAD\n"});
+    k.create_ingress(ing).await;
+    for host in ["ppl-route.test", "ppl-ingress.test"] {
+        answers(c, Method::GET, host, 200, "pod-two").await;
+        answers(c, Method::POST, host, 401, "").await;
+    }
+
+    // What the schema can judge is refused at the door, with the CRD's message.
+    for (bad, says) in [
+        (json!([{}]), "a rule needs allow or deny"),
+        (json!([{"allow": {}}]), "give and, or, not or nor"),
+        (json!([{"allow": {"and": [{"http_method": "GET", "http_path": "/"}]}}]), "must have at most 1"),
+        (json!({"allow": {"and": [{"http_method": "GET"}]}}), "must be of type array"),
+    ] {
+        let spec = json!({"from": "https://ppl-bad.test", "to": ["http://two:80"], "policy": bad});
+        let refused = k.routes.create(&pp, &route("ppl-bad", spec)).await.expect_err("the schema refuses it");
+        assert!(refused.to_string().contains(says), "{says}: {refused}");
+    }
+
+    // An unknown operator is the controller's to find.
+    k.routes
+        .patch("ppl", &PatchParams::default(), &Patch::Merge(json!({"spec": {"policy": get_only("eq")}})))
+        .await
+        .expect("patching Route ppl");
+    k.patch_ingress(
+        "ppl",
+        json!({"metadata": {"annotations": {"portcullis.io/policy": "allow: {and: [{http_method: {eq: GET}}]}"}}}),
+    )
+    .await;
+    let kept = "The last good version keeps serving";
+    let route_error = "spec.policy[0].allow.and[0].http_method: unknown operator \"eq\"";
+    k.warning("ppl", "InvalidConfig", &[route_error, kept]).await;
+    k.warning(
+        "ppl",
+        "InvalidConfig",
+        &["metadata.annotations[\"portcullis.io/policy\"].allow.and[0].http_method: unknown operator \"eq\"", kept],
+    )
+    .await;
+    let condition = eventually("Route ppl reports Accepted=False", SOON, || async {
+        let r = k.routes.get("ppl").await.ok()?;
+        let c = r.status?.conditions.into_iter().find(|c| c.type_ == "Accepted" && c.status == "False")?;
+        Some(c.message)
+    })
+    .await;
+    assert!(condition.contains(route_error), "{condition}");
+    for host in ["ppl-route.test", "ppl-ingress.test"] {
+        answers(c, Method::GET, host, 200, "pod-two").await;
+        answers(c, Method::POST, host, 401, "").await;
+    }
+    others_unaffected(c).await;
+
+    // Fixed: the new policy (POST only on the Route, HEAD only on the Ingress) decides.
+    k.routes
+        .patch(
+            "ppl",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"policy": [{"allow": {"or": [{"http_method": "POST"}]}}]}})),
+        )
+        .await
+        .expect("fixing Route ppl");
+    k.patch_ingress(
+        "ppl",
+        json!({"metadata": {"annotations": {"portcullis.io/policy": "allow: {or: [{http_method: HEAD}]}"}}}),
+    )
+    .await;
+    answers(c, Method::POST, "ppl-route.test", 200, "pod-two").await;
+    answers(c, Method::GET, "ppl-route.test", 401, "").await;
+    answers(c, Method::GET, "ppl-ingress.test", 401, "").await;
+    eventually("Route ppl is Accepted again", SOON, || async {
+        let r = k.routes.get("ppl").await.ok()?;
+        r.status?.conditions.into_iter().any(|c| c.type_ == "Accepted" && c.status == "True").then_some(())
+    })
+    .await;
+
+    // The ProxyConfig's identity provider fields pass the real schema (a dry run: the
+    // scenario's `global` stays without a provider), and a bad leeway is refused by it.
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    let idp = |leeway: &str| -> ProxyConfig {
+        obj(json!({
+            "apiVersion": "portcullis.io/v1alpha1", "kind": "ProxyConfig", "metadata": {"name": "idp-dry-run"},
+            "spec": {
+                "idpProviderUrl": "https://idp.example.com/realms/r", "idpClientId": "portcullis",
+                "jwksUrl": "https://idp.example.com/keys", "jwtAudiences": ["api"], "jwtLeeway": leeway,
+                "idpCaSecret": {"name": "idp-ca", "namespace": "portcullis"},
+            },
+        }))
+    };
+    let accepted = k.configs.create(&dry, &idp("45s")).await.expect("the identity provider fields are in the schema");
+    assert_eq!(accepted.spec.jwt_audiences.as_deref(), Some(&["api".to_owned()][..]), "not pruned");
+    assert_eq!(accepted.spec.idp_ca_secret.map(|s| s.name).as_deref(), Some("idp-ca"), "not pruned");
+    let refused = k.configs.create(&dry, &idp("soon")).await.expect_err("jwtLeeway is a duration");
+    assert!(refused.to_string().contains("jwtLeeway"), "{refused}");
 }
 
 /// A test CA and leaf certificates for `secure.test`, as PEM for Secrets and DER to compare.

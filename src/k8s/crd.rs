@@ -126,6 +126,85 @@ pub struct RouteSpec {
     /// The certificate served for this route's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RouteTls>,
+    /// Who may use the route: Pomerium's Policy Language (PPL), a list of `allow`/`deny`
+    /// rules, each with `and`, `or`, `not` or `nor` lists of criteria; deny wins. A route with
+    /// neither a policy nor an `allow*` key is public.
+    // The API server checks the shape (`policy_schema`), the controller the criteria.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "policy_schema")]
+    pub policy: Option<serde_json::Value>,
+    /// Everyone may use the route, signed in or not (one more allow rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_public_unauthenticated_access: Option<bool>,
+    /// Anyone with a verified identity may use the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_any_authenticated_user: Option<bool>,
+    /// Users (`sub` or email address) allowed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 320)))]
+    pub allowed_users: Option<Vec<String>>,
+    /// Email domains allowed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 253)))]
+    pub allowed_domains: Option<Vec<String>>,
+    /// Identity-provider claims: a claim name and the values, any one of which admits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 32), inner(length(max = 64)))]
+    pub allowed_idp_claims: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// Most rules in a policy, and most criteria under one operator: far beyond any hand-written
+/// policy, and what keeps the API server's CEL cost estimate bounded.
+const POLICY_MAX_ITEMS: u32 = 64;
+
+/// The OpenAPI schema of `spec.policy`, written by hand because a structural schema cannot
+/// come from a free-form `serde_json::Value`. The rule level is typed (a list of objects
+/// with `allow`/`deny`, each with `and`/`or`/`not`/`nor` lists), so the API server refuses a
+/// misspelt action or operator at `kubectl apply` time. A criterion is an object with exactly
+/// one key whose name is open-ended (`claim/<name>`) and whose value is a string, list or
+/// matcher object; it keeps its unknown fields and is checked by the controller, whose
+/// errors name `spec.policy[i].allow.and[j]...`.
+///
+/// "Exactly one key" is `minProperties`/`maxProperties` rather than CEL: CEL sees an object
+/// without declared properties as an empty message type, on which `size()` is undefined.
+/// PPL also accepts one bare rule where a list is expected; a structural schema cannot say
+/// "object or array", so the CRD takes the list only.
+fn policy_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let criteria = serde_json::json!({
+        "description": "Criteria, each an object with exactly one key: accept, reject, authenticated_user, email, domain, user, claim/<name>, groups, http_method, http_path, source_ip, client_certificate, invalid_client_certificate, cors_preflight, date, day_of_week or time_of_day.",
+        "type": "array",
+        "maxItems": POLICY_MAX_ITEMS,
+        "items": {
+            "type": "object",
+            "minProperties": 1,
+            "maxProperties": 1,
+            "x-kubernetes-preserve-unknown-fields": true,
+        },
+    });
+    let operators = |action: &str| {
+        serde_json::json!({
+            "description": format!("When the request matches, {action} it: and (all), or (any), not (none matches), nor (not all match)."),
+            "type": "object",
+            "properties": {"and": criteria, "or": criteria, "not": criteria, "nor": criteria},
+            "x-kubernetes-validations": [{
+                "rule": "has(self.and) || has(self.or) || has(self.not) || has(self.nor)",
+                "message": "give and, or, not or nor",
+            }],
+        })
+    };
+    // The description is the field's doc comment.
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": POLICY_MAX_ITEMS,
+        "items": {
+            "type": "object",
+            "properties": {"allow": operators("allow"), "deny": operators("deny")},
+            "x-kubernetes-validations": [{
+                "rule": "has(self.allow) || has(self.deny)",
+                "message": "a rule needs allow or deny",
+            }],
+        },
+    })
 }
 
 /// Load balancing policies.
@@ -279,6 +358,30 @@ pub struct ProxyConfigSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub admin_address: Option<String>,
+    /// The OpenID provider: the issuer whose tokens are accepted, and the root of discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub idp_provider_url: Option<String>,
+    /// This client's id at the provider: a token's `aud` must name it (or a `jwtAudiences`
+    /// entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub idp_client_id: Option<String>,
+    /// The provider's keys, when they are not where discovery says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub jwks_url: Option<String>,
+    /// More audiences a token may name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 256)))]
+    pub jwt_audiences: Option<Vec<String>>,
+    /// Clock skew allowed on `exp` and `nbf` (Go duration; default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub jwt_leeway: Option<String>,
+    /// Secret whose `ca.crt` is trusted for the provider's TLS (discovery and keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp_ca_secret: Option<SecretRef>,
 }
 
 /// Downstream HTTP versions.
@@ -405,6 +508,39 @@ mod tests {
             assert!(yaml.contains(needle), "missing {needle:?}");
         }
         assert!(!yaml.contains("anyOf") && !yaml.contains("oneOf"), "schemas must stay structural");
+    }
+
+    /// `spec.policy` is structural down to the criteria (what the API server insists on) and
+    /// carries its shape rules; criteria keep their open-ended keys.
+    #[test]
+    fn the_policy_schema_is_structural_at_the_rule_level() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(Route::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        let policy = &spec["policy"];
+        assert_eq!(policy["type"], "array");
+        let rule = &policy["items"];
+        assert_eq!(rule["type"], "object");
+        assert_eq!(rule["x-kubernetes-validations"][0]["rule"], "has(self.allow) || has(self.deny)");
+        for action in ["allow", "deny"] {
+            let ops = &rule["properties"][action];
+            assert_eq!(ops["type"], "object", "{action}");
+            for op in ["and", "or", "not", "nor"] {
+                let criteria = &ops["properties"][op];
+                assert_eq!(criteria["type"], "array", "{action}.{op}");
+                assert!(criteria["maxItems"].is_number(), "bounded, for CEL's cost estimate");
+                let c = &criteria["items"];
+                assert_eq!(c["type"], "object", "a preserve-unknown-fields node is still an object");
+                assert_eq!(c["x-kubernetes-preserve-unknown-fields"], true);
+                assert_eq!((c["minProperties"].as_u64(), c["maxProperties"].as_u64()), (Some(1), Some(1)));
+            }
+        }
+        assert_eq!(spec["allowedIdpClaims"]["additionalProperties"]["items"]["type"], "string");
+        assert_eq!(spec["allowPublicUnauthenticatedAccess"]["type"], "boolean");
+        let pc = serde_json::to_value(ProxyConfig::crd()).unwrap();
+        let pc = &pc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        assert_eq!(pc["idpCaSecret"]["properties"]["name"]["type"], "string");
+        assert_eq!(pc["jwtAudiences"]["items"]["type"], "string");
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub const ANNOTATION_PREFIX: &str = "portcullis.io/";
 /// the path matchers come from the Ingress spec itself): the route options a file may set.
 pub const ROUTE_ANNOTATIONS: &[&str] = ROUTE_OPTION_KEYS;
 /// Annotations that are not route keys: how to reach the backend and Secret references.
-pub const EXTRA_ANNOTATIONS: &[&str] = &["secure_upstream", "path_regex", "tls_custom_ca_secret", "tls_client_secret"];
+pub const EXTRA_ANNOTATIONS: &[&str] =
+    &["secure_upstream", "path_regex", "tls_custom_ca_secret", "tls_client_secret", "policy"];
 
 /// An Ingress's spelling of route fields, for the route of one path (or the default
 /// backend): the matcher is the path's `path`, `to` its `backend`, `from` the rule's `host`,
@@ -142,7 +143,12 @@ pub fn translate_ingress(ing: &Ingress, objects: &Objects) -> Result<Translated,
     if errs.is_empty() {
         Ok(out)
     } else {
-        Err(errs.into_vec())
+        // Every path's route reads the same annotations, so an annotation's error would be
+        // reported once per path; once is enough.
+        let mut all = errs.into_vec();
+        let mut seen = std::collections::HashSet::new();
+        all.retain(|e| seen.insert((e.path.clone(), e.message.clone())));
+        Err(all)
     }
 }
 
@@ -179,6 +185,9 @@ struct Annotations {
     path_regex: bool,
     tls_custom_ca: Option<Pem>,
     tls_client: Option<(Pem, Pem)>,
+    /// `portcullis.io/policy`, parsed from YAML (or JSON) but not yet checked: the validator
+    /// checks it with the route, naming the annotation.
+    policy: Option<serde_json::Value>,
 }
 
 impl Annotations {
@@ -200,6 +209,7 @@ impl Annotations {
                 }
             }
         }
+        input.policy.clone_from(&self.policy);
         input.tls_custom_ca.clone_from(&self.tls_custom_ca);
         if let Some((cert, key)) = &self.tls_client {
             input.tls_client_cert = Some(cert.clone());
@@ -216,6 +226,7 @@ fn read_annotations(all: &BTreeMap<String, String>, ns: &str, objects: &Objects,
         path_regex: false,
         tls_custom_ca: None,
         tls_client: None,
+        policy: None,
     };
     for (full, value) in all {
         let Some(key) = full.strip_prefix(ANNOTATION_PREFIX) else { continue };
@@ -238,6 +249,12 @@ fn read_annotations(all: &BTreeMap<String, String>, ns: &str, objects: &Objects,
                     (Err(e), _) | (_, Err(e)) => errs.push(field, e),
                 }
             }
+            // A policy is a tree, written as a YAML block (or JSON) whatever it starts with;
+            // a syntax error is one error naming the annotation, not one per path.
+            "policy" => match yaml_to_value(value) {
+                Ok(tree) => a.policy = Some(tree),
+                Err(e) => errs.push(field, e),
+            },
             k if ROUTE_ANNOTATIONS.contains(&k) => a.route.push((k.to_owned(), value.clone())),
             _ => errs.push(
                 field,
@@ -429,6 +446,90 @@ mod tests {
         assert!(
             text.iter().any(|e| e.starts_with("metadata.annotations[\"portcullis.io/secure_upstream\"]")),
             "{text:?}"
+        );
+    }
+
+    #[test]
+    fn the_policy_annotation_is_a_yaml_policy() {
+        let rules =
+            [("a.test", "/", "Prefix", backend("app", num(80))), ("a.test", "/api", "Prefix", backend("app", num(80)))];
+        let block =
+            "- allow:\n    or:\n      - http_method: GET\n- deny:\n    and: [{http_path: {starts_with: /admin}}]\n";
+        let t = translate_ingress(&ingress(&[("portcullis.io/policy", block)], &rules), &objects()).unwrap();
+        for r in &t.routes {
+            assert!(admits(r, &anonymous("GET")), "{}", r.name);
+            assert!(!admits(r, &anonymous("POST")), "{}", r.name);
+            assert!(!admits(r, &crate::policy::eval::Facts { path: "/admin", ..anonymous("GET") }), "{}", r.name);
+        }
+        let json = r#"{"allow": {"and": [{"http_method": {"in": ["GET", "HEAD"]}}]}}"#;
+        let t = translate_ingress(&ingress(&[("portcullis.io/policy", json)], &rules), &objects()).unwrap();
+        assert!(admits(&t.routes[0], &anonymous("HEAD")) && !admits(&t.routes[0], &anonymous("PUT")), "JSON too");
+    }
+
+    #[test]
+    fn policy_annotation_errors_name_the_annotation_once() {
+        let rules =
+            [("a.test", "/", "Prefix", backend("app", num(80))), ("a.test", "/api", "Prefix", backend("app", num(80)))];
+        let errs =
+            translate_ingress(&ingress(&[("portcullis.io/policy", "allow: {or: [")], &rules), &objects()).unwrap_err();
+        assert_eq!(errs.len(), 1, "a syntax error is one error: {errs:?}");
+        assert_eq!(errs[0].path, "metadata.annotations[\"portcullis.io/policy\"]");
+        assert!(errs[0].message.starts_with("invalid YAML"), "{errs:?}");
+        let bad = "allow:\n  and:\n    - http_method: GET\n    - email: {eq: alice@example.com}\n";
+        let errs = translate_ingress(&ingress(&[("portcullis.io/policy", bad)], &rules), &objects()).unwrap_err();
+        assert_eq!(errs.len(), 1, "reported once, not once per path: {errs:?}");
+        assert_eq!(errs[0].path, "metadata.annotations[\"portcullis.io/policy\"].allow.and[1].email");
+        assert!(errs[0].message.starts_with("unknown operator \"eq\""), "{errs:?}");
+    }
+
+    /// Annotations are anyone's input: hostile YAML is an error, never a panic or a hang.
+    #[test]
+    fn hostile_policy_yaml_is_an_error() {
+        let rule = [("a.test", "/", "Prefix", backend("app", num(80)))];
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let laughs = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n\
+                      c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n\
+                      e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n\
+                      g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: [*g, *g, *g, *g, *g, *g, *g, *g, *g]\n";
+        for (what, text) in [("deep", deep.as_str()), ("aliases", laughs), ("empty", ""), ("scalar", "allow")] {
+            let errs = translate_ingress(&ingress(&[("portcullis.io/policy", text)], &rule), &objects()).unwrap_err();
+            assert!(errs[0].path.starts_with("metadata.annotations[\"portcullis.io/policy\"]"), "{what}: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn shorthand_annotations_are_route_keys() {
+        let rule = [("a.test", "/", "Prefix", backend("app", num(80)))];
+        let ing = ingress(
+            &[
+                ("portcullis.io/allowed_users", "[alice@example.com, u-2]"),
+                ("portcullis.io/allowed_domains", "example.com"),
+                ("portcullis.io/allowed_idp_claims", "{org: [acme], tier: gold}"),
+                ("portcullis.io/allow_any_authenticated_user", "true"),
+                ("portcullis.io/policy", "deny: {or: [{http_method: DELETE}]}"),
+            ],
+            &rule,
+        );
+        let r = &translate_ingress(&ing, &objects()).unwrap().routes[0];
+        assert_eq!(r.policy.as_ref().unwrap().rules.len(), 5, "one deny, then four shorthand allows");
+        assert!(!admits(r, &anonymous("GET")), "every shorthand key here needs an identity");
+        let public = [("portcullis.io/allow_public_unauthenticated_access", "true")];
+        let r = &translate_ingress(&ingress(&public, &rule), &objects()).unwrap().routes[0];
+        assert!(admits(r, &anonymous("POST")));
+        let bad =
+            [("portcullis.io/allow_any_authenticated_user", "yes"), ("portcullis.io/allowed_idp_claims", "[acme]")];
+        let errs: Vec<String> =
+            translate_ingress(&ingress(&bad, &rule), &objects()).unwrap_err().iter().map(ToString::to_string).collect();
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("metadata.annotations[\"portcullis.io/allow_any_authenticated_user\"]: ")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(
+                |e| e.starts_with("metadata.annotations[\"portcullis.io/allowed_idp_claims\"]: expected a mapping")
+            ),
+            "{errs:?}"
         );
     }
 

@@ -51,6 +51,13 @@ pub fn translate_proxy_config(
             problems: Problems::default(),
         });
     }
+    if let Some(r) = &pc.spec.idp_ca_secret {
+        let ns = r.namespace.as_deref().unwrap_or(default_ns);
+        match secret_pem(ns, &r.name, "ca.crt", objects) {
+            Ok(pem) => input.idp_ca = Some(pem),
+            Err(e) => errs.push("spec.idpCaSecret", e),
+        }
+    }
     let mut settings = validate::settings(&input, &SpecNames, &mut errs);
     settings.certificates = certificates;
     if errs.is_empty() {
@@ -91,11 +98,16 @@ fn settings_input(spec: &crate::k8s::crd::ProxyConfigSpec) -> SettingsInput {
                 crd::DrainScope::All => DrainScope::All,
             })
         }),
+        idp_provider_url: spec.idp_provider_url.clone(),
+        idp_client_id: spec.idp_client_id.clone(),
+        jwks_url: spec.jwks_url.clone(),
+        jwt_audiences: spec.jwt_audiences.clone(),
+        jwt_leeway: text(&spec.jwt_leeway),
+        // Secret references are resolved by the caller.
+        idp_ca: None,
         certificates: Vec::new(),
         downstream_mtls: None,
         problems: Problems::default(),
-        // The identity provider's keys land with the ProxyConfig fields for them.
-        ..SettingsInput::default()
     }
 }
 
@@ -131,6 +143,64 @@ mod tests {
         let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
         assert!(text.contains(&"spec.certificates[0]: Secret portcullis/nope not found".to_owned()), "{text:?}");
         assert!(text.iter().any(|e| e.starts_with("spec.timeoutRead: invalid duration")), "{text:?}");
+    }
+
+    #[test]
+    fn identity_provider_fields_become_the_identity_provider() {
+        let ca = rcgen::generate_simple_self_signed(vec!["idp.test".to_owned()]).unwrap();
+        let mut o = objects();
+        o.secrets.insert(
+            ("portcullis".into(), "idp-ca".into()),
+            k8s_openapi::api::core::v1::Secret {
+                metadata: meta("portcullis", "idp-ca"),
+                data: Some([("ca.crt".to_owned(), k8s_openapi::ByteString(ca.cert.pem().into_bytes()))].into()),
+                ..Default::default()
+            }
+            .into(),
+        );
+        let spec: crate::k8s::crd::ProxyConfigSpec = serde_json::from_value(serde_json::json!({
+            "idpProviderUrl": "https://idp.test/realms/r",
+            "idpClientId": "portcullis",
+            "jwksUrl": "https://idp.test/keys",
+            "jwtAudiences": ["api", "portcullis"],
+            "jwtLeeway": "5s",
+            "idpCaSecret": {"name": "idp-ca"},
+        }))
+        .unwrap();
+        let pc = crate::k8s::crd::ProxyConfig::new("global", spec);
+        let s = translate_proxy_config(&pc, &o, "portcullis", &EnvOverrides::default()).unwrap();
+        let idp = s.identity_provider.unwrap();
+        assert_eq!(idp.issuer, "https://idp.test/realms/r");
+        assert_eq!(idp.client_id.as_deref(), Some("portcullis"));
+        assert_eq!(idp.jwks_url.map(|u| u.to_string()).as_deref(), Some("https://idp.test/keys"));
+        assert_eq!(idp.audiences, ["portcullis", "api"], "the client id first, no repeats");
+        assert_eq!(idp.leeway, std::time::Duration::from_secs(5));
+        assert_eq!(idp.ca.len(), 1);
+        let spec: crate::k8s::crd::ProxyConfigSpec = serde_json::from_value(serde_json::json!({
+            "idpProviderUrl": "http://idp.test",
+            "jwtLeeway": "soon",
+            "idpCaSecret": {"name": "missing"},
+        }))
+        .unwrap();
+        let pc = crate::k8s::crd::ProxyConfig::new("global", spec);
+        let errs: Vec<String> = translate_proxy_config(&pc, &o, "portcullis", &EnvOverrides::default())
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for want in [
+            "spec.idpCaSecret: Secret portcullis/missing not found",
+            "spec.idpProviderUrl: ",
+            "spec.jwtLeeway: ",
+            "spec.idpClientId: ",
+        ] {
+            assert!(errs.iter().any(|e| e.starts_with(want)), "{want}: {errs:?}");
+        }
+        let spec: crate::k8s::crd::ProxyConfigSpec =
+            serde_json::from_value(serde_json::json!({"jwksUrl": "https://idp.test/keys"})).unwrap();
+        let pc = crate::k8s::crd::ProxyConfig::new("global", spec);
+        let errs = translate_proxy_config(&pc, &o, "portcullis", &EnvOverrides::default()).unwrap_err();
+        assert_eq!(errs[0].path, "spec.jwksUrl", "needs idpProviderUrl: {errs:?}");
     }
 
     #[test]

@@ -115,3 +115,23 @@ pub fn route_cr(spec: serde_json::Value) -> crate::k8s::crd::Route {
     r.metadata.namespace = Some("web".into());
     r
 }
+
+/// A request with `method` on `/`, from 10.0.0.1, without an identity or a client certificate:
+/// what identity-free policies decide on.
+pub fn anonymous(method: &str) -> crate::policy::eval::Facts<'_> {
+    crate::policy::eval::Facts {
+        identity: None,
+        method,
+        path: "/",
+        source_ip: std::net::Ipv4Addr::new(10, 0, 0, 1).into(),
+        client_cert: None,
+        invalid_client_cert: false,
+        cors_preflight: false,
+        now: jiff::Timestamp::UNIX_EPOCH,
+    }
+}
+
+/// Whether `route`'s policy lets `facts` in (a route without a policy is public).
+pub fn admits(route: &Route, facts: &crate::policy::eval::Facts<'_>) -> bool {
+    route.policy.as_ref().is_none_or(|p| matches!(p.decide(facts), crate::policy::eval::Decision::Allow { .. }))
+}

@@ -98,7 +98,11 @@ impl RouteNames for SpecNames {
 
 impl SettingsNames for SpecNames {
     fn name(&self, field: SettingsField) -> String {
-        format!("spec.{}", camel(&field.key_path()))
+        match field {
+            // The PEM the validator checks came from this Secret reference.
+            SettingsField::IdpCa => "spec.idpCaSecret".to_owned(),
+            other => format!("spec.{}", camel(&other.key_path())),
+        }
     }
 }
 
