@@ -184,7 +184,10 @@ fn identity_provider(input: &SettingsInput, names: &dyn SettingsNames, errs: &mu
             (input.idp_ca.is_some(), SettingsField::IdpCa),
         ] {
             if set {
-                errs.push(name(field), "needs idp_provider_url: the issuer whose tokens are accepted");
+                errs.push(
+                    name(field),
+                    format!("needs {}: the issuer whose tokens are accepted", name(SettingsField::IdpProviderUrl)),
+                );
             }
         }
         return None;

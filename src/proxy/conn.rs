@@ -337,7 +337,11 @@ mod tests {
         let cert = p.self_signed(&key).unwrap();
         let facts = cert_facts(cert.der());
         let sha = |b: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref().to_vec();
-        let hex: String = sha(cert.der()).iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = sha(cert.der()).iter().fold(String::new(), |mut s, b| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+            s
+        });
         assert_eq!(facts.fingerprint, hex);
         assert_eq!(facts.fingerprint.len(), 64);
         // SPKI: the DER of the public key info, which rcgen hands out as the key's own.
