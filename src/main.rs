@@ -133,10 +133,21 @@ fn init_logging(format: LogFormat, filter: &str) {
     }
 }
 
+/// Applies a reloaded config, logging what is valid but probably not meant first.
+fn apply_logging_warnings(proxy: &portcullis::proxy::Proxy, config: portcullis::config::Config) -> Applied {
+    for w in config.warnings() {
+        tracing::warn!(warning = %w, "config");
+    }
+    proxy.apply(config)
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
     match FileSource::new(path).load() {
         Ok(loaded) => {
             println!("{}: OK ({} routes)", path.display(), loaded.config.routes.len());
+            for w in loaded.config.warnings() {
+                println!("  warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -160,10 +171,13 @@ async fn serve(path: PathBuf, watch_interval: Duration, grace: Duration) -> anyh
             anyhow::bail!("{} has {} error(s); nothing was started", path.display(), errors.0.len());
         }
     };
+    for w in loaded.config.warnings() {
+        tracing::warn!(warning = %w, "config");
+    }
     let running = server::start(loaded.config).await.context("starting listeners")?;
     let proxy = running.proxy.clone();
     let watcher = file::watch(source, loaded.inputs, loaded.fingerprint, watch_interval, move |result| match result {
-        Ok(loaded) => match proxy.apply(loaded.config) {
+        Ok(loaded) => match apply_logging_warnings(&proxy, loaded.config) {
             Applied::Swapped => tracing::info!(version = proxy.snapshot().version, "config reloaded"),
             Applied::SwappedWithListenerErrors(errors) => tracing::error!(
                 version = proxy.snapshot().version,

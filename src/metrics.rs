@@ -68,6 +68,47 @@ pub struct ListenerLabels {
     pub listener: &'static str,
 }
 
+/// Labels of `portcullis_authz_decisions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// Route name.
+    pub route: String,
+    /// `allow`, `deny` or `unauthenticated`.
+    pub decision: &'static str,
+}
+
+/// An access-policy decision, as the access log and `portcullis_authz_decisions_total`
+/// name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthzDecision {
+    /// The policy admitted the request.
+    Allow,
+    /// Refused, with an identity (403).
+    Deny,
+    /// Refused, without an identity (401: signing in could change the answer).
+    Unauthenticated,
+}
+
+impl AuthzDecision {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Unauthenticated => "unauthenticated",
+        }
+    }
+}
+
+/// Labels of `portcullis_connections_revoked_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevokedLabels {
+    /// Route name.
+    pub route: String,
+    /// `policy_changed` or `token_expired`.
+    pub reason: &'static str,
+}
+
 /// Every metric the process exports.
 pub struct Metrics {
     /// The registry `/metrics` encodes.
@@ -92,6 +133,10 @@ pub struct Metrics {
     pub reload_success: Gauge,
     /// Unix time of the last applied reload.
     pub reload_success_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Access-policy decisions by route.
+    pub authz_decisions: Family<AuthzLabels, Counter>,
+    /// Long-lived connections closed because their policy stopped admitting them.
+    pub connections_revoked: Family<RevokedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -148,6 +193,18 @@ impl Metrics {
             "Unix time of the last applied config",
             reload_success_timestamp.clone(),
         );
+        let authz_decisions = Family::<AuthzLabels, Counter>::default();
+        registry.register(
+            "authz_decisions",
+            "Access-policy decisions (allow, deny, unauthenticated) by route",
+            authz_decisions.clone(),
+        );
+        let connections_revoked = Family::<RevokedLabels, Counter>::default();
+        registry.register(
+            "connections_revoked",
+            "Long-lived connections closed because their route's policy no longer admits them",
+            connections_revoked.clone(),
+        );
         let build_info = Family::<Vec<(String, String)>, Gauge>::default();
         build_info
             .get_or_create(&vec![
@@ -168,6 +225,8 @@ impl Metrics {
             generation_connections,
             reload_success,
             reload_success_timestamp,
+            authz_decisions,
+            connections_revoked,
         }
     }
 

@@ -33,6 +33,11 @@ struct Served {
 
 impl Served {
     fn start(extra_yaml: &str, args: &[&str], stderr: Stdio) -> Self {
+        Self::start_route(extra_yaml, "", args, stderr)
+    }
+
+    /// As `start`, with `route_keys` (`, key: value` pairs) added to the route.
+    fn start_route(extra_yaml: &str, route_keys: &str, args: &[&str], stderr: Stdio) -> Self {
         let upstream_port = free_port();
         let (main, admin) = (free_port(), free_port());
         let upstream = Killed(
@@ -47,7 +52,7 @@ impl Served {
         std::fs::write(
             &cfg,
             format!(
-                "insecure_server: true\naddress: 127.0.0.1:{main}\nadmin_address: 127.0.0.1:{admin}\nmetrics_address: \"\"\nhttp_redirect_address: \"\"\n{extra_yaml}routes:\n - {{from: https://a.test, to: http://127.0.0.1:{upstream_port}}}\n"
+                "insecure_server: true\naddress: 127.0.0.1:{main}\nadmin_address: 127.0.0.1:{admin}\nmetrics_address: \"\"\nhttp_redirect_address: \"\"\n{extra_yaml}routes:\n - {{from: https://a.test, to: http://127.0.0.1:{upstream_port}{route_keys}}}\n"
             ),
         )
         .unwrap();
@@ -105,6 +110,18 @@ routes:
     std::fs::write(&good, "routes:\n - {from: https://a.test, to: http://127.0.0.1:1}\n").unwrap();
     let out = Command::new(BIN).args(["check", "--config"]).arg(&good).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
+    // With an identity provider, a route without a policy is worth a warning (not an error).
+    std::fs::write(
+        &good,
+        "idp_provider_url: https://idp.example.com\nidp_client_id: portcullis\nroutes:\n - {from: https://a.test, to: http://127.0.0.1:1}\n - {from: https://b.test, to: http://127.0.0.1:1, allow_public_unauthenticated_access: true}\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&good).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("warning: route \"a.test\" is public"), "{stdout}");
+    assert!(!stdout.contains("\"b.test\""), "public on purpose: {stdout}");
     let out = Command::new(BIN).arg("version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("portcullis "));
 }
@@ -145,6 +162,55 @@ fn sigterm_fails_readiness_finishes_in_flight_requests_and_exits_0() {
     assert!(
         logs.contains("\"status\":200") && logs.contains("\"target\":\"access\""),
         "one access log line per request:\n{logs}"
+    );
+}
+
+#[test]
+fn access_log_lines_say_what_the_policy_decided() {
+    let mut served = Served::start_route(
+        "",
+        ", policy: [{allow: {or: [{http_method: GET}]}}, {deny: {or: [{http_path: /secret}]}}]",
+        &["--log-format", "json"],
+        Stdio::piped(),
+    );
+    let main = served.main;
+    assert!(http_get(main, "/").unwrap().starts_with("HTTP/1.1 200"));
+    let post = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", main)).unwrap();
+        s.write_all(b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    assert!(post.starts_with("HTTP/1.1 401"), "{post}");
+    assert!(http_get(main, "/secret").unwrap().starts_with("HTTP/1.1 401"));
+    assert!(Command::new("kill").args(["-TERM", &served.proxy.0.id().to_string()]).status().unwrap().success());
+    served.proxy.0.wait().unwrap();
+    let logs: Vec<serde_json::Value> = BufReader::new(served.proxy.0.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .filter(|v: &serde_json::Value| v["target"] == "access")
+        .collect();
+    let decided: Vec<(String, String, i64)> = logs
+        .iter()
+        .map(|v| {
+            (
+                v["path"].as_str().unwrap().to_owned(),
+                v["authz"].as_str().unwrap().to_owned(),
+                v["authz_rule"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            ("/".to_owned(), "allow".to_owned(), 0),
+            ("/".to_owned(), "unauthenticated".to_owned(), -1),
+            ("/secret".to_owned(), "unauthenticated".to_owned(), 1)
+        ],
+        "{logs:?}"
     );
 }
 

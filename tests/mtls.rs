@@ -103,3 +103,79 @@ async fn http3_verifies_client_certificates_like_tcp() {
     };
     assert!(refused.is_err(), "no client certificate, no QUIC connection: {refused:?}");
 }
+
+/// `client_certificate` and `invalid_client_certificate` read the verified certificate.
+#[tokio::test]
+async fn client_certificate_policies_read_the_verified_certificate() {
+    let pki = Pki::new();
+    pki.leaf("server", &["a.test", "fp.test", "san.test", "valid.test"]);
+    pki.ca_file();
+    let (alice_chain, alice_key) = pki.client("alice");
+    let fingerprint: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, alice_chain[0].as_ref())
+        .as_ref()
+        .iter()
+        .fold(String::new(), |mut s, b| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+            s
+        });
+    let up = upstream("u").await;
+    let r = start_in(
+        pki.dir.path(),
+        &format!(
+            "certificates: [{{cert_file: server.pem, key_file: server-key.pem}}]
+downstream_mtls: {{ca_file: ca.pem, enforcement: policy}}
+routes:
+ - from: https://san.test
+   to: http://{up}
+   policy: {{allow: {{or: [{{client_certificate: {{san_dns: {{is: alice}}}}}}]}}}}
+ - from: https://fp.test
+   to: http://{up}
+   policy: {{allow: {{or: [{{client_certificate: {{fingerprint: \"{fingerprint}\"}}}}]}}}}
+ - from: https://valid.test
+   to: http://{up}
+   policy:
+     - allow: {{or: [{{accept: true}}]}}
+     - deny: {{or: [{{invalid_client_certificate: true}}]}}
+"
+        ),
+    )
+    .await;
+    let status = |cfg: rustls::ClientConfig, host: &'static str| {
+        let main = r.main;
+        async move {
+            let tls = tls_connect(main, host, cfg).await.unwrap();
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+            tokio::spawn(conn);
+            text(send.send_request(get(host, "/")).await.unwrap()).await.0
+        }
+    };
+    let bob = {
+        let mut store = rustls::RootCertStore::empty();
+        store.add(pki.ca_der.clone()).unwrap();
+        let (chain, key) = pki.client("bob");
+        let mut c =
+            rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        c
+    };
+    let none = || client_config(std::slice::from_ref(&pki.ca_der), &[b"http/1.1"]);
+    // alice's SAN and fingerprint match; bob's certificate is an identity the policy refuses
+    // (403); no certificate is no identity (401).
+    assert_eq!(status(with_cert(&pki), "san.test").await, 200);
+    assert_eq!(status(bob.clone(), "san.test").await, 403);
+    assert_eq!(status(none(), "san.test").await, 401);
+    // with_cert makes a new "alice" certificate each time: a fingerprint names one of them.
+    let (chain, key) = (alice_chain, alice_key);
+    let mut store = rustls::RootCertStore::empty();
+    store.add(pki.ca_der.clone()).unwrap();
+    let mut exact =
+        rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
+    exact.alpn_protocols = vec![b"http/1.1".to_vec()];
+    assert_eq!(status(exact, "fp.test").await, 200);
+    assert_eq!(status(with_cert(&pki), "fp.test").await, 403, "another certificate of the same name");
+    // invalid_client_certificate: a client without one is denied, with one admitted.
+    assert_eq!(status(bob, "valid.test").await, 200);
+    assert_eq!(status(none(), "valid.test").await, 401);
+}

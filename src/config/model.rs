@@ -337,3 +337,25 @@ pub struct Route {
     /// policy, the route is public (as before policies existed).
     pub policy: Option<std::sync::Arc<crate::policy::Policy>>,
 }
+
+impl Config {
+    /// What is valid but probably not meant: a route anyone may use although an identity
+    /// provider is configured (a forgotten policy). `check` prints these and `serve` logs
+    /// them; a route says it is public on purpose with `allow_public_unauthenticated_access`.
+    pub fn warnings(&self) -> Vec<String> {
+        if self.settings.identity_provider.is_none() {
+            return Vec::new();
+        }
+        self.routes
+            .iter()
+            .filter(|r| r.policy.is_none())
+            .map(|r| {
+                format!(
+                    "route {:?} is public: it has no policy although idp_provider_url is set \
+                     (give it a policy, or allow_public_unauthenticated_access: true if it is meant to be public)",
+                    r.name
+                )
+            })
+            .collect()
+    }
+}

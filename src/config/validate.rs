@@ -23,9 +23,8 @@ use super::input::{
     UNKNOWN_KEYS,
 };
 use super::model::{
-    Certificate, ClientCert, CodecType, DownstreamMtls, DrainScope, HealthCheck, HealthCheckKind, HostMatch, IdentityProvider,
-    LbPolicy,
-    MtlsEnforcement, PathMatch, Route, Settings, Upstream, UpstreamScheme, UpstreamTls,
+    Certificate, ClientCert, CodecType, DownstreamMtls, DrainScope, HealthCheck, HealthCheckKind, HostMatch,
+    IdentityProvider, LbPolicy, MtlsEnforcement, PathMatch, Route, Settings, Upstream, UpstreamScheme, UpstreamTls,
 };
 use crate::pki::{build_certificate, parse_certs, parse_crls, parse_private_key};
 
@@ -234,7 +233,7 @@ pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
 
 /// An identity provider's URL: absolute `https://`, or `http://` to a loopback address only
 /// (keys fetched in clear text from anywhere else could be replaced on the way).
-fn provider_url(v: &str) -> Result<http::Uri, String> {
+pub fn provider_url(v: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = v.parse().map_err(|_| format!("{v:?} is not a URL"))?;
     let host = uri.host().unwrap_or_default();
     match uri.scheme_str() {

@@ -13,7 +13,9 @@ use rustls_pki_types::CertificateDer;
 
 use super::body::now_ms;
 use super::drain::ConnHandle;
+use super::idp::TokenCache;
 use crate::config::Timeouts;
+use crate::policy::eval::CertFacts;
 
 /// PRODUCT.md: per-connection buffer limit.
 pub const CONNECTION_BUFFER: usize = 32 * 1024;
@@ -52,13 +54,15 @@ impl ListenerKind {
 
 /// The client certificate chain the TLS handshake verified against the downstream mTLS CA,
 /// leaf first. Shared, not copied, by every request of the connection.
+/// What a `client_certificate` policy reads of it (fingerprint, SPKI hash, SANs) is worked
+/// out once, at the handshake.
 #[derive(Clone, Debug)]
-pub struct ClientChain(Arc<[CertificateDer<'static>]>);
+pub struct ClientChain(Arc<[CertificateDer<'static>]>, Arc<CertFacts>);
 
 impl ClientChain {
     /// The chain a handshake reported, or `None` when the client presented none.
     pub fn from_handshake(certs: Option<&[CertificateDer<'static>]>) -> Option<Self> {
-        certs.filter(|c| !c.is_empty()).map(|c| Self(c.iter().cloned().collect()))
+        certs.filter(|c| !c.is_empty()).map(|c| Self(c.iter().cloned().collect(), Arc::new(cert_facts(&c[0]))))
     }
 
     /// The client's own certificate.
@@ -70,6 +74,39 @@ impl ClientChain {
     pub fn certificates(&self) -> &[CertificateDer<'static>] {
         &self.0
     }
+
+    /// The leaf's facts for a policy.
+    pub fn facts(&self) -> &Arc<CertFacts> {
+        &self.1
+    }
+}
+
+/// A certificate as Pomerium's `client_certificate` criterion reads it: `fingerprint` is the
+/// hex SHA-256 of the DER, `spki_hash` the base64 SHA-256 of its SubjectPublicKeyInfo, and
+/// the DNS, email and URI subject alternative names. A leaf that does not parse (rustls
+/// verified its signature chain, not every extension) has its fingerprint only.
+pub fn cert_facts(leaf: &CertificateDer<'_>) -> CertFacts {
+    use base64::Engine as _;
+    use std::fmt::Write as _;
+    use x509_parser::extensions::GeneralName;
+    let sha = |b: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
+    let mut facts = CertFacts::default();
+    for byte in sha(leaf.as_ref()).as_ref() {
+        let _ = write!(facts.fingerprint, "{byte:02x}");
+    }
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else { return facts };
+    facts.spki_hash = base64::engine::general_purpose::STANDARD.encode(sha(cert.public_key().raw));
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(n) => facts.san_dns.push((*n).to_owned()),
+                GeneralName::RFC822Name(n) => facts.san_email.push((*n).to_owned()),
+                GeneralName::URI(n) => facts.san_uri.push((*n).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    facts
 }
 
 /// What the handshake negotiated as the application protocol.
@@ -138,6 +175,9 @@ pub struct Conn {
     /// `Alt-Svc` for every response on this TCP connection while `quic-ingress` listens
     /// (`codec_type: http3`): how browsers find HTTP/3.
     pub alt_svc: Option<http::HeaderValue>,
+    /// The last bearer token its requests proved, so that the next one with it is not
+    /// verified again.
+    pub tokens: TokenCache,
 }
 
 impl Conn {
@@ -159,6 +199,7 @@ impl Conn {
             registration: Arc::new(registration),
             https_port,
             alt_svc,
+            tokens: TokenCache::default(),
         }
     }
 
@@ -279,5 +320,36 @@ impl Drop for RequestGuard {
         if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle_since.store(now_ms(), Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    #[test]
+    fn certificate_facts_are_pomeriums() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["alice.internal".to_owned()]).unwrap();
+        p.subject_alt_names.push(rcgen::SanType::Rfc822Name("alice@example.com".try_into().unwrap()));
+        p.subject_alt_names.push(rcgen::SanType::URI("spiffe://example.com/alice".try_into().unwrap()));
+        let cert = p.self_signed(&key).unwrap();
+        let facts = cert_facts(cert.der());
+        let sha = |b: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref().to_vec();
+        let hex: String = sha(cert.der()).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(facts.fingerprint, hex);
+        assert_eq!(facts.fingerprint.len(), 64);
+        // SPKI: the DER of the public key info, which rcgen hands out as the key's own.
+        let spki =
+            base64::engine::general_purpose::STANDARD.encode(sha(&rcgen::PublicKeyData::subject_public_key_info(&key)));
+        assert_eq!(facts.spki_hash, spki);
+        assert_eq!(facts.san_dns, ["alice.internal"]);
+        assert_eq!(facts.san_email, ["alice@example.com"]);
+        assert_eq!(facts.san_uri, ["spiffe://example.com/alice"]);
+        // Not a certificate: a fingerprint, nothing else, and no panic.
+        let junk = cert_facts(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]));
+        assert_eq!(junk.fingerprint.len(), 64);
+        assert!(junk.spki_hash.is_empty() && junk.san_dns.is_empty());
     }
 }

@@ -2,13 +2,16 @@
 //! an `ArcSwap` (the request path loads them and takes no lock), refetched when a token names
 //! a key id the cache lacks (at most once per [`REFETCH_INTERVAL`]: a stream of tokens with
 //! made-up key ids must not turn into a stream of fetches), and kept when a fetch fails: the
-//! provider being down must not sign everyone out.
+//! provider being down must not sign everyone out. Where the keys are is configured
+//! (`jwks_url`) or found by OpenID Connect discovery (the `jwks_uri` of
+//! `<idp_provider_url>/.well-known/openid-configuration`, whose `issuer` must be the
+//! configured one).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -28,9 +31,24 @@ pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
 type JwksClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
+/// Where a provider's keys are.
+#[derive(Clone, Debug)]
+pub enum KeysAt {
+    /// A JWKS URL (`jwks_url`).
+    Url(http::Uri),
+    /// The `jwks_uri` of the issuer's discovery document.
+    Discovery {
+        /// `idp_provider_url`.
+        issuer: String,
+    },
+}
+
 /// One provider's keys.
 pub struct Jwks {
-    url: http::Uri,
+    at: KeysAt,
+    /// The `jwks_uri` discovery found (forgotten when fetching from it fails, so that a
+    /// provider that moves its keys is followed).
+    discovered: ArcSwapOption<http::Uri>,
     client: JwksClient,
     keys: ArcSwap<JwkSet>,
     /// When the last fetch began (ms, see [`now_ms`]); 0 = never.
@@ -45,7 +63,7 @@ impl Jwks {
     /// Keys of the JWKS at `url`, none until the first fetch. `tls` verifies the provider
     /// (the system roots, or a configured CA); `refetch_interval` is [`REFETCH_INTERVAL`]
     /// but in tests.
-    pub fn new(url: http::Uri, tls: rustls::ClientConfig, refetch_interval: Duration) -> Arc<Self> {
+    pub fn new(at: KeysAt, tls: rustls::ClientConfig, refetch_interval: Duration) -> Arc<Self> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -54,7 +72,8 @@ impl Jwks {
             .build();
         let client = Client::builder(TokioExecutor::new()).build(https);
         Arc::new(Self {
-            url,
+            at,
+            discovered: ArcSwapOption::empty(),
             client,
             keys: ArcSwap::from_pointee(JwkSet { keys: Vec::new() }),
             last_fetch: AtomicU64::new(0),
@@ -80,24 +99,74 @@ impl Jwks {
     }
 
     async fn get(&self) -> Result<JwkSet, String> {
-        let req = http::Request::get(self.url.clone())
+        let url = match &self.at {
+            KeysAt::Url(url) => url.clone(),
+            KeysAt::Discovery { issuer } => {
+                if let Some(url) = self.discovered.load_full() {
+                    (*url).clone()
+                } else {
+                    let url = self.discover(issuer).await?;
+                    self.discovered.store(Some(Arc::new(url.clone())));
+                    url
+                }
+            }
+        };
+        let got = self.get_json(&url).await.and_then(|body| {
+            let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("{url}: not a JWKS: {e}"))?;
+            if set.keys.is_empty() {
+                return Err(format!("{url}: the JWKS has no keys"));
+            }
+            Ok(set)
+        });
+        if got.is_err() {
+            self.discovered.store(None);
+        }
+        got
+    }
+
+    /// The `jwks_uri` of `issuer`'s discovery document.
+    async fn discover(&self, issuer: &str) -> Result<http::Uri, String> {
+        #[derive(serde::Deserialize)]
+        struct Discovery {
+            issuer: String,
+            jwks_uri: String,
+        }
+        let url: http::Uri = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'))
+            .parse()
+            .map_err(|_| format!("{issuer:?} gives no discovery URL"))?;
+        let body = self.get_json(&url).await?;
+        let doc: Discovery =
+            serde_json::from_slice(&body).map_err(|e| format!("{url}: not an OpenID discovery document: {e}"))?;
+        // OpenID Connect Discovery 1.0, section 4.3: the issuer must be the one asked for
+        // (a trailing slash aside), or another provider's keys could be taken for its own.
+        if doc.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
+            return Err(format!("{url}: names issuer {:?}, not {issuer:?}", doc.issuer));
+        }
+        crate::config::validate::provider_url(&doc.jwks_uri).map_err(|e| format!("{url}: jwks_uri {e}"))
+    }
+
+    async fn get_json(&self, url: &http::Uri) -> Result<Bytes, String> {
+        let req = http::Request::get(url.clone())
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
-        let resp = self.client.request(req).await.map_err(|e| super::error::chain(&e))?;
+        let resp = self.client.request(req).await.map_err(|e| format!("{url}: {}", super::error::chain(&e)))?;
         if !resp.status().is_success() {
-            return Err(format!("answered {}", resp.status()));
+            return Err(format!("{url}: answered {}", resp.status()));
         }
-        let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
+        Ok(Limited::new(resp.into_body(), MAX_JWKS_BYTES)
             .collect()
             .await
-            .map_err(|e| format!("reading the JWKS: {e}"))?
-            .to_bytes();
-        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))?;
-        if set.keys.is_empty() {
-            return Err("the JWKS has no keys".to_owned());
+            .map_err(|e| format!("{url}: reading the body: {e}"))?
+            .to_bytes())
+    }
+
+    /// What the log names the keys by.
+    fn source(&self) -> String {
+        match &self.at {
+            KeysAt::Url(url) => url.to_string(),
+            KeysAt::Discovery { issuer } => format!("discovery of {issuer}"),
         }
-        Ok(set)
     }
 
     /// The keys after a token named a key id they lack: refetched first, unless a fetch
@@ -106,10 +175,12 @@ impl Jwks {
         let last = self.last_fetch.load(Ordering::Acquire);
         let interval = u64::try_from(self.refetch_interval.as_millis()).unwrap_or(u64::MAX);
         if last != 0 && now_ms().saturating_sub(last) < interval {
+            // A fetch may be under way (the first, at start): its keys, once it is done.
+            drop(self.fetching.lock().await);
             return self.current();
         }
         if let Err(e) = self.fetch().await {
-            tracing::warn!(url = %self.url, error = %e, "refetching the JWKS for an unknown key id failed; the keys in force stay");
+            tracing::warn!(keys = %self.source(), error = %e, "refetching the JWKS for an unknown key id failed; the keys in force stay");
         }
         self.current()
     }
@@ -118,9 +189,9 @@ impl Jwks {
     pub async fn run(self: Arc<Self>, every: Duration, stop: CancellationToken) {
         loop {
             match self.fetch().await {
-                Ok(n) => tracing::debug!(url = %self.url, keys = n, "JWKS fetched"),
+                Ok(n) => tracing::debug!(keys = %self.source(), count = n, "JWKS fetched"),
                 Err(e) => {
-                    tracing::warn!(url = %self.url, error = %e, "fetching the JWKS failed; the keys in force stay");
+                    tracing::warn!(keys = %self.source(), error = %e, "fetching the JWKS failed; the keys in force stay");
                 }
             }
             tokio::select! {
@@ -199,7 +270,7 @@ mod tests {
     #[tokio::test]
     async fn fetch_rotate_rate_limit_and_keep_the_last_good_keys() {
         let s = server(&jwks(&["k1"])).await;
-        let j = Jwks::new(s.url.clone(), tls(), Duration::from_secs(1));
+        let j = Jwks::new(KeysAt::Url(s.url.clone()), tls(), Duration::from_secs(1));
         assert!(j.current().keys.is_empty());
         assert_eq!(j.fetch().await, Ok(1));
         assert_eq!(kids(&j.current()), ["k1"]);

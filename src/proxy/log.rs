@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::body::{self, OnFinish};
 use super::conn::{RequestGuard, PREMATURE_RESET_LIFETIME};
 use super::error::Fault;
+use super::http::authz::Verdict;
 use super::snapshot::{label_key, CompiledRoute, Snapshot};
 use crate::metrics::{DurationLabels, Metrics, RequestLabels};
 
@@ -40,8 +41,43 @@ pub(crate) struct RequestLog {
     pub fault: Option<&'static str>,
     pub guard: Option<RequestGuard>,
     pub in_flight: Option<InFlight>,
+    /// What the route's policy decided (none: the route has no policy).
+    pub authz: Option<Verdict>,
+    /// The form of the proxy's own answer when access is refused.
+    pub page: PageFormat,
     /// Logged and counted already (or handed on: a tunnel logs its own record).
     pub done: bool,
+}
+
+/// The form of a refused request's page: what its `Accept` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageFormat {
+    /// Plain text (curl, scripts).
+    Text,
+    /// A short HTML page (browsers).
+    Html,
+    /// `application/json` (API clients).
+    Json,
+}
+
+impl PageFormat {
+    /// JSON when `Accept` names `application/json` before (or without) `text/html`; HTML when
+    /// it names `text/html`; text otherwise.
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        let accept = headers.get_all(http::header::ACCEPT).iter().filter_map(|v| v.to_str().ok());
+        for value in accept {
+            for item in value.split(',') {
+                let media = item.split(';').next().unwrap_or("").trim();
+                if media.eq_ignore_ascii_case("application/json") {
+                    return Self::Json;
+                }
+                if media.eq_ignore_ascii_case("text/html") {
+                    return Self::Html;
+                }
+            }
+        }
+        Self::Text
+    }
 }
 
 /// The status logged and counted for a request the client cancelled before its response
@@ -192,6 +228,8 @@ impl RequestLog {
             bytes_sent = bytes,
             fault = self.fault.unwrap_or("-"),
             error = error.unwrap_or("-"),
+            authz = self.authz.map_or("-", |v| v.decision.as_str()),
+            authz_rule = self.authz.and_then(|v| v.rule).map_or(-1, |r| i64::try_from(r).unwrap_or(i64::MAX)),
         );
     }
 }
@@ -281,6 +319,8 @@ impl RequestLog {
             fault: None,
             guard: self.guard.take(),
             in_flight: self.in_flight.take(),
+            authz: self.authz,
+            page: self.page,
             done: false,
         })
     }

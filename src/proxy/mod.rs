@@ -6,7 +6,8 @@
 //! answers failures with one [`error`] type. [`state`] is the running [`Proxy`] that
 //! reloads swap snapshots and listener [`generation`]s in, [`drain`] retires old
 //! generations, [`health`] checks upstreams, [`body`] and [`stall`] enforce the timeouts
-//! while bytes flow, and [`headers`] holds the header rules every path applies.
+//! while bytes flow, and [`headers`] holds the header rules every path applies. [`idp`] and
+//! [`jwks`] are the identity provider a bearer token is verified against.
 //!
 //! The request path takes no lock: it loads the current [`Snapshot`] from an `ArcSwap`.
 
@@ -19,6 +20,7 @@ pub mod generation;
 pub mod headers;
 pub mod health;
 pub mod http;
+pub mod idp;
 pub mod jwks;
 pub mod log;
 pub mod snapshot;

@@ -10,10 +10,43 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
+use super::idp::Idp;
 use super::table::RouteTable;
 use super::upstream::{Balancer, ClientCache};
 use crate::config::{Route, Settings, Upstream};
-use crate::metrics::SeriesCache;
+use crate::metrics::{AuthzDecision, AuthzLabels, Metrics, SeriesCache};
+use crate::policy::Policy;
+
+/// What outlives one snapshot's copy of a route: the hooks its long-lived connections
+/// (tunnels) watch. One per route name, carried into every snapshot that still has a route
+/// of that name.
+#[derive(Clone)]
+pub struct RouteLife {
+    /// Cancelled when the route is deleted: its tunnels end.
+    pub closed: CancellationToken,
+    /// The route's policy, sent anew when a reload changes it: its tunnels are authorized
+    /// again, and those it no longer admits end.
+    pub policy: Arc<tokio::sync::watch::Sender<Option<Arc<Policy>>>>,
+}
+
+impl Default for RouteLife {
+    fn default() -> Self {
+        Self { closed: CancellationToken::new(), policy: Arc::new(tokio::sync::watch::Sender::new(None)) }
+    }
+}
+
+impl RouteLife {
+    /// Puts `policy` in force for the route's tunnels; they hear of it only if it differs.
+    pub fn set_policy(&self, policy: Option<&Arc<Policy>>) {
+        self.policy.send_if_modified(|current| {
+            if current.as_deref() == policy.map(|p| &**p) {
+                return false;
+            }
+            *current = policy.cloned();
+            true
+        });
+    }
+}
 
 /// A route ready to serve: the domain route plus its effective timeouts and balancer.
 pub struct CompiledRoute {
@@ -26,9 +59,8 @@ pub struct CompiledRoute {
     pub stream_idle: Option<Duration>,
     /// Upstream selection.
     pub balancer: Balancer,
-    /// Cancelled when the route is deleted: its long-lived connections (tunnels) end. The
-    /// same token is carried into every snapshot that still has a route of this name.
-    pub closed: CancellationToken,
+    /// The hooks of its long-lived connections: deletion and policy changes.
+    pub life: RouteLife,
     /// Its per-request metric series, looked up once.
     pub(crate) series: RouteSeries,
 }
@@ -43,6 +75,8 @@ pub(crate) struct RouteSeries {
     pub duration: SeriesCache<(usize, usize, usize, usize), Histogram>,
     /// `portcullis_upstream_requests_total` of each target (by index), by outcome.
     pub upstream: Box<[SeriesCache<(usize, usize), Counter>]>,
+    /// `portcullis_authz_decisions_total` by [`AuthzDecision`] (as an index).
+    pub authz: [std::sync::OnceLock<Counter>; 3],
 }
 
 impl RouteSeries {
@@ -52,7 +86,22 @@ impl RouteSeries {
             requests: SeriesCache::default(),
             duration: SeriesCache::default(),
             upstream: (0..targets).map(|_| SeriesCache::default()).collect(),
+            authz: Default::default(),
         }
+    }
+}
+
+impl CompiledRoute {
+    /// Counts one access-policy decision on this route.
+    pub(crate) fn count_decision(&self, metrics: &Metrics, decision: AuthzDecision) {
+        self.series.authz[decision as usize]
+            .get_or_init(|| {
+                metrics
+                    .authz_decisions
+                    .get_or_create(&AuthzLabels { route: self.route.name.clone(), decision: decision.as_str() })
+                    .clone()
+            })
+            .inc();
     }
 }
 
@@ -69,7 +118,7 @@ impl CompiledRoute {
         settings: &Settings,
         clients: &ClientCache,
         health: impl Fn(&Upstream) -> Arc<AtomicBool>,
-        closed: CancellationToken,
+        life: RouteLife,
     ) -> Self {
         // Pomerium: a WebSocket route gets no upstream timeout and no stream idle timeout
         // unless the route sets them; a route can disable the idle timeout but not raise it
@@ -87,7 +136,7 @@ impl CompiledRoute {
         };
         let balancer = Balancer::new(&route.to, &route.tls, route.load_balancing_policy, clients, health);
         let series = RouteSeries::new(balancer.targets().len());
-        Self { route, upstream_timeout, stream_idle, balancer, closed, series }
+        Self { route, upstream_timeout, stream_idle, balancer, life, series }
     }
 }
 
@@ -101,4 +150,7 @@ pub struct Snapshot {
     pub routes: RouteTable<CompiledRoute>,
     /// When it was applied.
     pub applied_at: SystemTime,
+    /// The identity provider bearer tokens are verified against, when one is configured
+    /// (the same one, keys and all, across reloads that keep its settings).
+    pub idp: Option<Arc<Idp>>,
 }

@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::drain::{Affected, Drains};
 use super::generation::{self, cert_ids, ListenerGeneration, ListenerSettings};
 use super::health;
-use super::snapshot::{CompiledRoute, Snapshot};
+use super::idp::Idp;
+use super::snapshot::{CompiledRoute, RouteLife, Snapshot};
 use super::table::RouteTable;
 use super::upstream::ClientCache;
 use crate::config::{Certificate, CodecType, Config, DrainScope, HostMatch, Settings};
@@ -88,7 +89,8 @@ impl Proxy {
         let health = health::Registry::default();
         let generation = generation::build(1, &config.settings, &effective_certs(&config.settings, &default_cert))?;
         let lifetimes = RouteLifetimes::default();
-        let first = Arc::new(build_snapshot(config, 1, &clients, &health, &lifetimes));
+        let idp = config.settings.identity_provider.clone().map(Idp::start);
+        let first = Arc::new(build_snapshot(config, 1, &clients, &health, &lifetimes, idp));
         lifetimes.retain(&first);
         health.restart(&first, &metrics.upstream_healthy);
         let snapshot = ArcSwap::new(first);
@@ -146,7 +148,12 @@ impl Proxy {
             }
         }
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
-        let snap = Arc::new(build_snapshot(config, version, &self.clients, &self.health, &self.lifetimes));
+        // The same provider settings keep the running provider (and its keys).
+        let idp = match (&old.idp, &config.settings.identity_provider) {
+            (Some(running), Some(wanted)) if running.config == *wanted => Some(running.clone()),
+            (_, wanted) => wanted.clone().map(Idp::start),
+        };
+        let snap = Arc::new(build_snapshot(config, version, &self.clients, &self.health, &self.lifetimes, idp));
         self.snapshot.store(snap.clone());
         self.lifetimes.retain(&snap);
         self.health.restart(&snap, &self.metrics.upstream_healthy);
@@ -263,14 +270,18 @@ fn build_snapshot(
     clients: &ClientCache,
     health: &health::Registry,
     lifetimes: &RouteLifetimes,
+    idp: Option<Arc<Idp>>,
 ) -> Snapshot {
     let Config { settings, routes } = config;
     let compiled = routes
         .into_iter()
         .map(|r| {
-            let closed = lifetimes.token(&r.name);
+            let life = lifetimes.life(&r.name);
+            // Tunnels of the route hear of a changed policy now, before the snapshot is
+            // swapped in: the policy they are checked against is the one sent.
+            life.set_policy(r.policy.as_ref());
             let name = r.name.clone();
-            CompiledRoute::new(r, &settings, clients, |u| health.flag(&name, &u.authority), closed)
+            CompiledRoute::new(r, &settings, clients, |u| health.flag(&name, &u.authority), life)
         })
         .collect();
     Snapshot {
@@ -278,17 +289,18 @@ fn build_snapshot(
         routes: RouteTable::new(compiled, |r: &CompiledRoute| (&r.route.host, &r.route.path)),
         settings,
         applied_at: SystemTime::now(),
+        idp,
     }
 }
 
-/// One cancellation token per route name, alive while some snapshot has a route of that name:
-/// the hook that ends long-lived connections of a deleted route (and, once policies exist,
-/// of a route whose policy stops admitting them).
+/// One [`RouteLife`] per route name, alive while some snapshot has a route of this name: the
+/// hooks that end long-lived connections of a deleted route, and re-check them when its
+/// policy changes.
 #[derive(Default)]
-struct RouteLifetimes(Mutex<HashMap<String, CancellationToken>>);
+struct RouteLifetimes(Mutex<HashMap<String, RouteLife>>);
 
 impl RouteLifetimes {
-    fn token(&self, name: &str) -> CancellationToken {
+    fn life(&self, name: &str) -> RouteLife {
         let mut map = crate::sync::lock(&self.0);
         map.entry(name.to_owned()).or_default().clone()
     }
@@ -298,11 +310,11 @@ impl RouteLifetimes {
         let names: std::collections::HashSet<&str> =
             snap.routes.routes().iter().map(|r| r.route.name.as_str()).collect();
         let mut map = crate::sync::lock(&self.0);
-        map.retain(|name, token| {
+        map.retain(|name, life| {
             let keep = names.contains(name.as_str());
             if !keep {
                 tracing::info!(route = %name, "route deleted: closing its long-lived connections");
-                token.cancel();
+                life.closed.cancel();
             }
             keep
         });

@@ -28,6 +28,7 @@ use super::error::{Error, Kind, Result};
 use super::headers::{
     connection_has_upgrade, forwarding_headers, rewrite_path, set_response_headers, strip_hop_by_hop, upstream_uri,
 };
+use super::http::authz::{Admission, Revoked};
 use super::log::RequestLog;
 use super::snapshot::CompiledRoute;
 use super::upstream::Target;
@@ -59,6 +60,7 @@ pub(crate) async fn websocket<B>(
     mut req: Request<B>,
     host: &str,
     log: &mut RequestLog,
+    admission: Admission,
 ) -> Result<Response<ProxyBody>> {
     let h2 = req.version() == Version::HTTP_2;
     let downstream_upgrade = hyper::upgrade::on(&mut req);
@@ -130,8 +132,9 @@ pub(crate) async fn websocket<B>(
     let limits = Limits {
         idle: route.stream_idle,
         registration: conn.registration.clone(),
-        route_closed: route.closed.clone(),
+        route_closed: route.life.closed.clone(),
         route_name: route.route.name.clone(),
+        admission,
     };
     tokio::spawn(async move {
         match tokio::join!(downstream_upgrade, upstream_upgrade) {
@@ -152,6 +155,8 @@ struct Limits {
     registration: Arc<ConnHandle>,
     route_closed: CancellationToken,
     route_name: String,
+    /// What it was authorized with: it ends when its route's policy stops admitting it.
+    admission: Admission,
 }
 
 /// Why a tunnel ended before both sides closed it (the access log's error).
@@ -164,6 +169,8 @@ enum Closed {
     DrainTimeout,
     /// Its route was deleted.
     RouteDeleted,
+    /// Its route's policy no longer admits it.
+    Revoked(Revoked),
 }
 
 impl Closed {
@@ -173,13 +180,19 @@ impl Closed {
             Closed::Idle => "tunnel closed: stream idle timeout".to_owned(),
             Closed::DrainTimeout => "tunnel closed: drain_timeout of its listener generation ended".to_owned(),
             Closed::RouteDeleted => "tunnel closed: its route was deleted".to_owned(),
+            Closed::Revoked(Revoked::PolicyChanged) => {
+                "tunnel closed: its route's policy changed and no longer admits it".to_owned()
+            }
+            Closed::Revoked(Revoked::TokenExpired) => {
+                "tunnel closed: the token it was admitted with expired".to_owned()
+            }
         }
     }
 }
 
 /// Copies bytes both ways between the client's side and the upstream's until both close or a
 /// limit ends the tunnel, then writes the request's log record (bytes sent to the client).
-async fn splice<D, U>(down: D, up: U, limits: Limits, mut record: Box<RequestLog>)
+async fn splice<D, U>(down: D, up: U, mut limits: Limits, mut record: Box<RequestLog>)
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -203,6 +216,10 @@ where
         () = limits.route_closed.cancelled() => {
             tracing::info!(route = %limits.route_name, "closing a tunnel: its route was deleted");
             (0, Some(Closed::RouteDeleted))
+        }
+        why = limits.admission.revoked() => {
+            limits.admission.record(&record.metrics, why, "tunnel");
+            (0, Some(Closed::Revoked(why)))
         }
     };
     state.request_done.store(true, Ordering::Relaxed);

@@ -368,7 +368,7 @@ fn client_tls(tls: &UpstreamTls) -> ClientConfig {
 /// The system's trust store (webpki's roots when it has none), read once per process: every
 /// upstream client needs a TLS config, and reading and parsing /etc/ssl/certs per client cost
 /// ~8 ms and ~300 KiB each, which made a 1,000-Service cluster take seconds to load.
-fn system_roots() -> Arc<rustls::RootCertStore> {
+pub(crate) fn system_roots() -> Arc<rustls::RootCertStore> {
     static ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
     ROOTS
         .get_or_init(|| {

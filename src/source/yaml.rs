@@ -693,6 +693,46 @@ routes:
     }
 
     #[test]
+    fn identity_provider_settings() {
+        let c = parse(
+            "idp_provider_url: https://idp.example.com/\nidp_client_id: app\njwt_audiences: [api, app]\nroutes: []",
+        )
+        .unwrap();
+        let idp = c.settings.identity_provider.unwrap();
+        assert_eq!(idp.issuer, "https://idp.example.com/");
+        assert_eq!(idp.audiences, ["app", "api"], "client id first, no duplicates");
+        assert_eq!(idp.leeway, Duration::from_secs(30));
+        assert!(idp.jwks_url.is_none(), "discovery");
+        let c = parse("idp_provider_url: http://127.0.0.1:5556\njwks_url: http://[::1]:5556/keys\njwt_audiences: api\njwt_leeway: 0s\nroutes: []").unwrap();
+        let idp = c.settings.identity_provider.unwrap();
+        assert_eq!((idp.client_id, idp.leeway), (None, Duration::ZERO));
+        assert_eq!(idp.jwks_url.unwrap().to_string(), "http://[::1]:5556/keys");
+        assert!(parse("routes: []").unwrap().settings.identity_provider.is_none());
+        let errs = |yaml: &str| parse(yaml).unwrap_err().0.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            errs("jwks_url: https://idp.example.com/keys\nidp_client_id: app\nroutes: []"),
+            [
+                "idp_client_id: needs idp_provider_url: the issuer whose tokens are accepted",
+                "jwks_url: needs idp_provider_url: the issuer whose tokens are accepted"
+            ]
+        );
+        assert_eq!(
+            errs("idp_provider_url: http://idp.example.com\nroutes: []"),
+            [
+                r#"idp_provider_url: "http://idp.example.com": use https:// (plain http:// only to a loopback address)"#,
+                "idp_client_id: is required with idp_provider_url (or set jwt_audiences): a token is accepted only when its aud names this client"
+            ]
+        );
+        assert_eq!(
+            errs("idp_provider_url: idp.example.com\nidp_client_id: a\njwt_audiences: ['']\nroutes: []"),
+            [
+                r#"idp_provider_url: "idp.example.com" is not an absolute https:// URL"#,
+                "jwt_audiences[0]: must not be empty"
+            ]
+        );
+    }
+
+    #[test]
     fn defaults_follow_pomerium() {
         let c = parse("routes: []").unwrap();
         let s = &c.settings;

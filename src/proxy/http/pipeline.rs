@@ -16,7 +16,7 @@ use crate::proxy::body::{self, now_ms, ProxyBody, StreamState};
 use crate::proxy::conn::Conn;
 use crate::proxy::error::{Error, Kind, Result};
 use crate::proxy::headers::{is_other_upgrade, strip_underscore_lookalikes};
-use crate::proxy::log::{request_id, RequestLog};
+use crate::proxy::log::{request_id, PageFormat, RequestLog};
 use crate::proxy::snapshot::Snapshot;
 use crate::proxy::state::Proxy;
 use crate::proxy::tunnel;
@@ -52,6 +52,8 @@ where
         fault: None,
         guard: Some(guard),
         in_flight: None,
+        authz: None,
+        page: PageFormat::Text,
         done: false,
     });
     // The stream state and idle timeout of a relayed response, handed back beside it rather
@@ -81,13 +83,22 @@ where
         return Ok(answer);
     }
     let found = route::find(snap, host, req.uri().path());
-    let identity = authn::authenticate(conn);
+    let websocket = tunnel::is_websocket(&req);
+    // The token is verified only when something will read it: the route's policy, or a
+    // policy a later reload gives a tunnel's route.
+    let wanted = websocket || found.is_some_and(|i| snap.routes.routes()[i].route.policy.is_some());
+    let identity = authn::authenticate(conn, snap, &req, wanted).await;
     authz::authorize(snap, conn, &identity)?;
     let route_idx = found.ok_or_else(|| Error::new(Kind::NoRoute))?;
     let route = &snap.routes.routes()[route_idx];
     log.route = Some(route_idx);
     if let Some(policy) = &route.route.policy {
-        authz::route_policy(policy, conn, &identity, &req)?;
+        let (verdict, result) = authz::route_policy(policy, snap, route, conn, &identity, &req, &log.metrics);
+        log.authz = Some(verdict);
+        if result.is_err() {
+            log.page = PageFormat::of(req.headers());
+        }
+        result?;
     }
     if underscored {
         strip_underscore_lookalikes(req.headers_mut(), &route.route);
@@ -95,12 +106,13 @@ where
     let target_idx = pick::pick(snap, route_idx, log)?;
 
     // Upgrades leave the pipeline here, into the tunnel.
-    if tunnel::is_websocket(&req) {
+    if websocket {
         if !route.route.allow_websockets {
             return Err(Error::new(Kind::UpgradeNotAllowed));
         }
         let target = &route.balancer.targets()[target_idx];
-        return tunnel::websocket(conn, route, target, req, host, log).await;
+        let admission = authz::Admission::new(snap, route_idx, conn, &identity, &req);
+        return tunnel::websocket(conn, route, target, req, host, log, admission).await;
     }
     // No tunnel of any other kind (yet): a CONNECT is never relayed as a request, and a
     // WebSocket route takes no other upgrade. (Elsewhere an `Upgrade` is only an offer, which
@@ -112,8 +124,10 @@ where
         return Err(Error::new(Kind::UpgradeNotAllowed));
     }
 
+    // A streaming response on a route with a policy ends when the policy stops admitting it.
+    let admission = route.route.policy.is_some().then(|| authz::Admission::new(snap, route_idx, conn, &identity, &req));
     let (upstream_req, state) = send::prepare(conn, route, target_idx, req, host, &log.request_id)?;
     let resp = send::send(conn, route, target_idx, upstream_req, &state, &log.metrics, log.started).await?;
     *stream = Some((route.stream_idle, state));
-    Ok(response::relayed(route, resp))
+    Ok(response::relayed(route, resp, admission, &log.metrics))
 }
