@@ -46,7 +46,8 @@ const BEARER_HOST: &str = "bearer.bench";
 /// The scenario's figures: the three endpoints' runs, in the order of the module docs.
 pub struct PolicyCost {
     pub result: ScenarioResult,
-    /// The endpoints' names, in the order of `result.targets`.
+    /// The endpoints' names (`route`, or `route+token` when the token is sent), in the order
+    /// of `result.targets`.
     pub labels: Vec<&'static str>,
     /// Bytes of the token (the `Authorization` value without `Bearer `).
     pub token_bytes: usize,
@@ -115,7 +116,7 @@ pub fn run(
     let endpoints = vec![
         endpoint("open", OPEN_HOST, false),
         endpoint("open+token", OPEN_HOST, true),
-        endpoint("bearer", BEARER_HOST, true),
+        endpoint("bearer+token", BEARER_HOST, true),
     ];
     let labels = endpoints.iter().map(|e| e.label).collect();
     let scenario = super::Scenario {

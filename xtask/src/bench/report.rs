@@ -518,7 +518,7 @@ fn policy_section(md: &mut String, p: &PolicyCost) {
     let _ = writeln!(md, "\n## Access policy (`policy`)\n");
     let _ = writeln!(
         md,
-        "{} ({}, as `h1`). One Portcullis process, two routes to the same upstream: `open` has no policy; `bearer` has `allow: {{and: [{{authenticated_user: true}}]}}` with the identity provider served by the bench on loopback (RS256, 2048-bit key, a {}-byte token). Checked before the load: `bearer` answers 200 with the token and 401 (`WWW-Authenticate: Bearer`) without one and with a forged one; every response of every run was a 2xx. With keep-alive, the token is verified once per connection and the policy decided on every request. The JWKS server answered {} request(s) during the runs.\n",
+        "{} ({}, as `h1`). One Portcullis process, two routes to the same upstream: `open` has no policy; `bearer` has `allow: {{and: [{{authenticated_user: true}}]}}` with the identity provider served by the bench on loopback (RS256, 2048-bit key, a {}-byte token). Checked before the load: `bearer` answers 200 with the token and 401 (`WWW-Authenticate: Bearer`) without one and with a forged one; every response of every run was a 2xx. With keep-alive, the token is verified once per connection and the policy decided on every request. The JWKS server answered {} request(s) during the runs (it is fetched at start-up and every 5 minutes).\n",
         r.title,
         r.tool.name(),
         p.token_bytes,
