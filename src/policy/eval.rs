@@ -385,4 +385,76 @@ mod tests {
         );
         assert!(!two(true, true, Operator::Nor) && two(true, false, Operator::Nor) && two(false, false, Operator::Nor));
     }
+
+    /// The reference model the exhaustive test checks `decide` against, written from the
+    /// definitions rather than from `eval`: an operator over truth values, by its name.
+    fn model_operator(op: &str, values: &[bool]) -> bool {
+        match op {
+            "and" => values.iter().all(|v| *v),
+            "or" => values.iter().any(|v| *v),
+            "not" => values.iter().all(|v| !v),
+            "nor" => values.iter().any(|v| !v),
+            other => unreachable!("{other}"),
+        }
+    }
+
+    /// A property test without a property-testing crate: the space is small enough to walk
+    /// whole. For every truth assignment of 1 to 4 criteria (`accept`/`reject`) and every
+    /// policy of 1 to 3 rules, each `allow` or `deny` with any operator over those criteria,
+    /// the policy is written as YAML and parsed (so the operator names are checked too, not
+    /// only the evaluator), and `decide` must give the model's answer: the first matching
+    /// deny if any (deny wins wherever it stands), else the first matching allow, else no
+    /// match. Then every rule with two operators must match when either does (OR-ed).
+    #[test]
+    fn decide_matches_its_definition_exhaustively() {
+        use std::fmt::Write as _;
+        const OPS: [&str; 4] = ["and", "or", "not", "nor"];
+        const ACTIONS: [&str; 2] = ["allow", "deny"];
+        let f = facts(None);
+        let mut checked = 0u32;
+        for n in 1..=4u32 {
+            for bits in 0..(1u32 << n) {
+                let values: Vec<bool> = (0..n).map(|i| bits & (1 << i) != 0).collect();
+                let criteria = values
+                    .iter()
+                    .map(|v| if *v { "{accept: true}" } else { "{reject: true}" })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                for rules in 1..=3u32 {
+                    // Each rule is one of 8 (action, operator) pairs: walk all 8^rules lists.
+                    for code in 0..8u32.pow(rules) {
+                        let picks: Vec<(&str, &str)> = (0..rules)
+                            .map(|r| {
+                                let k = (code / 8u32.pow(r)) % 8;
+                                (ACTIONS[(k / 4) as usize], OPS[(k % 4) as usize])
+                            })
+                            .collect();
+                        let mut yaml = String::new();
+                        for (action, op) in &picks {
+                            let _ = writeln!(yaml, "- {action}: {{{op}: [{criteria}]}}");
+                        }
+                        let matching = |want: &str| {
+                            picks.iter().position(|(action, op)| *action == want && model_operator(op, &values))
+                        };
+                        let expected = match (matching("deny"), matching("allow")) {
+                            (Some(rule), _) => Decision::Deny { rule },
+                            (None, Some(rule)) => Decision::Allow { rule },
+                            (None, None) => Decision::NoMatch,
+                        };
+                        assert_eq!(policy(&yaml).decide(&f), expected, "{values:?}\n{yaml}");
+                        checked += 1;
+                    }
+                }
+                for (i, a) in OPS.iter().enumerate() {
+                    for b in &OPS[i + 1..] {
+                        let p = policy(&format!("allow: {{{a}: [{criteria}], {b}: [{criteria}]}}"));
+                        let either = model_operator(a, &values) || model_operator(b, &values);
+                        assert_eq!(p.decide(&f) != Decision::NoMatch, either, "{a} or {b} over {values:?}");
+                    }
+                }
+            }
+        }
+        // 30 assignments times 8 + 64 + 512 policies each.
+        assert_eq!(checked, 30 * (8 + 64 + 512));
+    }
 }

@@ -24,10 +24,17 @@ pub fn step(name: &str, argv: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (the builds [`step`] starts
+/// honour it, so the binaries are there and not in the workspace's `target/`; a relative one
+/// is relative to the workspace root, where they run), else the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), |dir| root().join(dir))
+}
+
 /// Builds the portcullis binary in release mode and returns its path.
 pub fn release_binary() -> anyhow::Result<PathBuf> {
     step("build portcullis (release)", &["cargo", "build", "--release", "--package", "portcullis"])?;
-    Ok(root().join("target/release/portcullis"))
+    Ok(target_dir().join("release/portcullis"))
 }
 
 /// Runs `go` with the installed toolchain and with its build and module caches in a scratch

@@ -10,6 +10,7 @@
 
 mod loadgen;
 mod peers;
+mod policy;
 mod procs;
 mod report;
 
@@ -40,7 +41,7 @@ const USAGE: &str = "usage: cargo xtask bench [options]   (cargo xtask bench con
   --path PATH          request path on the demo upstream (default /status/200)
   --upstream-scheme S  how the proxies reach the upstream: http (HTTP/1.1, default) or h2c
   --only NAME[,NAME]   run only these scenarios (h1, h2-tls, tls-handshake, stream-1mib,
-                       websocket, idle-h1, idle-tls, h3, h2-oha, routes-10k)
+                       websocket, idle-h1, idle-tls, h3, h2-oha, policy, routes-10k)
   --out DIR            where latest.md, latest.json and latest.png go (default bench/results)";
 
 /// The Debian packages the harness drives, and the binary each puts on `PATH`.
@@ -65,8 +66,27 @@ const STREAM_CONNECTIONS: u32 = 8;
 const STREAM_BYTES: u64 = 1 << 20;
 
 /// Scenario names, in the order they run.
-const SCENARIOS: &[&str] =
-    &["h1", "h2-tls", "tls-handshake", "stream-1mib", "websocket", "idle-h1", "idle-tls", "h3", "h2-oha", "routes-10k"];
+const SCENARIOS: &[&str] = &[
+    "h1",
+    "h2-tls",
+    "tls-handshake",
+    "stream-1mib",
+    "websocket",
+    "idle-h1",
+    "idle-tls",
+    "h3",
+    "h2-oha",
+    "policy",
+    "routes-10k",
+];
+
+/// The scenarios that run against the peers (and need nginx, HAProxy and the shared
+/// upstream started); `policy` and `routes-10k` start their own processes.
+const PEER_SCENARIOS: &[&str] =
+    &["h1", "h2-tls", "tls-handshake", "stream-1mib", "websocket", "idle-h1", "idle-tls", "h3", "h2-oha"];
+
+/// The scenarios whose load generator is `portcullis-loadgen` (built only when one runs).
+const LOADGEN_SCENARIOS: &[&str] = &["tls-handshake", "websocket", "idle-h1", "idle-tls"];
 
 /// Command-line options.
 #[derive(Debug, Clone)]
@@ -222,9 +242,14 @@ impl Unit {
 #[derive(Clone, Debug)]
 struct Endpoint {
     target: Target,
+    /// The name in progress lines and errors: the target's, or which route of one target
+    /// (`policy` runs several endpoints of one Portcullis process).
+    label: &'static str,
     addr: SocketAddr,
     tls: bool,
     path: String,
+    /// Extra request headers (`Name: value`), sent by wrk (`-H`).
+    headers: Vec<String>,
     /// The proxy (the root of its process tree), or the upstream for `Direct`.
     pid: u32,
     /// Portcullis's metrics listener, to cross-check the tool's request count.
@@ -283,18 +308,28 @@ pub struct ScenarioResult {
 /// Entry point of `cargo xtask bench`.
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let Some(opts) = Options::parse(args)? else { return Ok(()) };
+    let peers_wanted = PEER_SCENARIOS.iter().any(|s| opts.wants(s));
+    // Only what the chosen scenarios use is installed and built: `--only policy` needs
+    // neither nginx nor HAProxy, nor the load generator, nor matplotlib.
     procs::ensure_tools(TOOLS)?;
-    procs::ensure_tools(peers::PEER_TOOLS)?;
+    if peers_wanted {
+        procs::ensure_tools(peers::PEER_TOOLS)?;
+    }
+    if opts.wants("policy") {
+        procs::ensure_tools(policy::TOOLS)?;
+    }
     let oha = if opts.wants("h3") || opts.wants("h2-oha") { Some(loadgen::install_oha()?) } else { None };
     // Taken before the build, which would otherwise dominate it.
     let load_before = procs::load_average();
     let binary = util::release_binary()?;
-    util::step(
-        "build the load generator (release)",
-        &["cargo", "build", "--release", "--package", "portcullis-loadgen"],
-    )?;
-    let loadgen_bin = util::root().join("target/release/portcullis-loadgen");
-    let python = report::install_matplotlib()?;
+    let loadgen_bin = util::target_dir().join("release/portcullis-loadgen");
+    if LOADGEN_SCENARIOS.iter().any(|s| opts.wants(s)) {
+        util::step(
+            "build the load generator (release)",
+            &["cargo", "build", "--release", "--package", "portcullis-loadgen"],
+        )?;
+    }
+    let python = if peers_wanted { Some(report::install_matplotlib()?) } else { None };
     let machine = report::Machine::describe();
     let (busy, top) = procs::foreign_cpu_now(Duration::from_secs(1));
     if busy > NOISY_FOREIGN_CPU {
@@ -305,12 +340,69 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         );
     }
 
-    // Declared before `services` so that it is dropped after them: the children's logs
-    // live in it.
+    // Declared before the services of each part so that it is dropped after them: the
+    // children's logs live in it.
     let tmp = TempDir::new()?;
-    let mut services = Services::default();
     let pinning = Pinning::detect();
     eprintln!("\n==> bench: {}", pinning.describe());
+    let (results, mut processes) = if peers_wanted {
+        peer_scenarios(&opts, &binary, &loadgen_bin, oha, pinning, &tmp)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let policy = if opts.wants("policy") {
+        let (cost, procs) = policy::run(&opts, &binary, pinning, &tmp)?;
+        processes.extend(procs);
+        Some(cost)
+    } else {
+        None
+    };
+    let routes = if opts.wants("routes-10k") { Some(routes_scale(&binary, pinning, &tmp, opts.runs)?) } else { None };
+
+    let report = report::Report {
+        load_text: load_text(&opts),
+        runs: opts.runs,
+        warmup: opts.warmup,
+        duration: opts.duration,
+        idle: opts.idle,
+        machine,
+        pinning,
+        processes,
+        load_before,
+        load_after: procs::load_average(),
+        results,
+        policy,
+        routes,
+    };
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    let (md_path, json_path, png_path) =
+        (opts.out.join("latest.md"), opts.out.join("latest.json"), opts.out.join("latest.png"));
+    let json = serde_json::to_string_pretty(&report.json())?;
+    std::fs::write(&json_path, json + "\n").with_context(|| format!("writing {}", json_path.display()))?;
+    // The chart draws the peer comparison; without it there is nothing to draw.
+    if let Some(python) = &python {
+        report::chart(python, &json_path, &png_path)?;
+    }
+    let markdown = report.markdown();
+    std::fs::write(&md_path, &markdown).with_context(|| format!("writing {}", md_path.display()))?;
+    println!("\n{markdown}");
+    let png = if python.is_some() { format!(" and {}", png_path.display()) } else { String::new() };
+    eprintln!("bench: wrote {}, {}{png}", md_path.display(), json_path.display());
+    Ok(())
+}
+
+/// The scenarios against the peers: the demo upstream, Portcullis (plain, TLS and, for the
+/// oha scenarios, HTTP/3), nginx and HAProxy started, every wanted scenario run against
+/// them, and the processes described (allowed CPUs, threads) for the report.
+fn peer_scenarios(
+    opts: &Options,
+    binary: &std::path::Path,
+    loadgen_bin: &std::path::Path,
+    oha: Option<PathBuf>,
+    pinning: Pinning,
+    tmp: &TempDir,
+) -> anyhow::Result<(Vec<ScenarioResult>, Vec<Value>)> {
+    let mut services = Services::default();
     let cert = peers::certificate(&tmp.0)?;
 
     let ports = procs::distinct_ports(17)?;
@@ -322,7 +414,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let quic = ProxyPorts::from_slice(&ports[9..13]);
     let (nginx_plain, nginx_tls, haproxy_plain, haproxy_tls) = (ports[13], ports[14], ports[15], ports[16]);
 
-    let mut upstream_cmd = Pinning::command(pinning.rest, &binary);
+    let mut upstream_cmd = Pinning::command(pinning.rest, binary);
     upstream_cmd.args(["--log-level", "warn", "demo-upstream", "--listen", &upstream.to_string(), "--name", "bench"]);
     let upstream_pid = services.spawn("upstream", upstream_cmd, tmp.path("upstream.log"))?;
     procs::wait_for_200(&mut services, upstream, &opts.path, "the demo upstream")?;
@@ -340,7 +432,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             yaml.push_str("codec_type: http3\n");
         }
         std::fs::write(&config, yaml).context("writing the Portcullis config")?;
-        let mut cmd = Pinning::command(pinning.proxy, &binary);
+        let mut cmd = Pinning::command(pinning.proxy, binary);
         // A long watch interval: the config never changes, and polling it would only add noise.
         cmd.args(["--log-level", "warn", "serve", "--watch-interval", "1h", "--config"]).arg(&config);
         let pid =
@@ -366,23 +458,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let haproxy_pid = services.spawn("haproxy", cmd, tmp.path("haproxy.log"))?;
     procs::wait_for_200(&mut services, loopback(haproxy_plain), &opts.path, "a request through HAProxy")?;
 
-    let processes: Vec<Value> = services
-        .0
-        .iter()
-        .flat_map(|s| {
-            procs::process_tree(s.child.id()).into_iter().map(|pid| {
-                let (allowed, threads) = procs::affinity_and_threads(pid);
-                let name = if pid == s.child.id() { s.name.clone() } else { format!("{} (child {pid})", s.name) };
-                json!({ "name": name, "pid": pid, "cpus_allowed": allowed, "threads": threads })
-            })
-        })
-        .collect();
+    let processes = describe_processes(&services);
 
-    let ep = |target, addr, tls, path: &str, pid, metrics| Endpoint {
+    let ep = |target: Target, addr, tls, path: &str, pid, metrics| Endpoint {
         target,
+        label: target.label(),
         addr,
         tls,
         path: path.to_owned(),
+        headers: Vec::new(),
         pid,
         metrics,
     };
@@ -475,41 +559,30 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
 
     let bench =
-        Bench { opts: &opts, pinning, tmp: &tmp, upstream_pid, ours: services.pids(), oha, loadgen: loadgen_bin };
+        Bench { opts, pinning, tmp, upstream_pid, ours: services.pids(), oha, loadgen: loadgen_bin.to_path_buf() };
     let mut results = Vec::new();
     for s in scenarios.iter().filter(|s| opts.wants(s.name)) {
         services.check_alive()?;
         results.push(if s.tool == Tool::Hold { bench.idle(s)? } else { bench.scenario(s)? });
     }
     services.check_alive()?;
-    drop(services);
-    let routes = if opts.wants("routes-10k") { Some(routes_scale(&binary, pinning, &tmp, opts.runs)?) } else { None };
+    Ok((results, processes))
+}
 
-    let report = report::Report {
-        load_text: load_text(&opts),
-        runs: opts.runs,
-        warmup: opts.warmup,
-        duration: opts.duration,
-        idle: opts.idle,
-        machine,
-        pinning,
-        processes,
-        load_before,
-        load_after: procs::load_average(),
-        results,
-        routes,
-    };
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
-    let (md_path, json_path, png_path) =
-        (opts.out.join("latest.md"), opts.out.join("latest.json"), opts.out.join("latest.png"));
-    let json = serde_json::to_string_pretty(&report.json())?;
-    std::fs::write(&json_path, json + "\n").with_context(|| format!("writing {}", json_path.display()))?;
-    report::chart(&python, &json_path, &png_path)?;
-    let markdown = report.markdown();
-    std::fs::write(&md_path, &markdown).with_context(|| format!("writing {}", md_path.display()))?;
-    println!("\n{markdown}");
-    eprintln!("bench: wrote {}, {} and {}", md_path.display(), json_path.display(), png_path.display());
-    Ok(())
+/// Each process of `services` (and its children) with the CPUs it may run on and its thread
+/// count as `/proc` reads them: the evidence in the report that the pinning took.
+fn describe_processes(services: &Services) -> Vec<Value> {
+    services
+        .0
+        .iter()
+        .flat_map(|s| {
+            procs::process_tree(s.child.id()).into_iter().map(|pid| {
+                let (allowed, threads) = procs::affinity_and_threads(pid);
+                let name = if pid == s.child.id() { s.name.clone() } else { format!("{} (child {pid})", s.name) };
+                json!({ "name": name, "pid": pid, "cpus_allowed": allowed, "threads": threads })
+            })
+        })
+        .collect()
 }
 
 fn load_text(o: &Options) -> String {
@@ -551,11 +624,11 @@ impl Bench<'_> {
             for e in &s.endpoints {
                 let w = self
                     .measure(s, e, self.opts.warmup)
-                    .with_context(|| format!("warm-up against {} ({})", e.target.label(), e.url()))?;
+                    .with_context(|| format!("warm-up against {} ({})", e.label, e.url()))?;
                 if w.load.errors > 0 || w.load.requests == 0 {
                     bail!(
                         "warm-up against {} ({}): {} requests, {} errors; is the route right?",
-                        e.target.label(),
+                        e.label,
                         e.url(),
                         w.load.requests,
                         w.load.errors
@@ -569,10 +642,10 @@ impl Bench<'_> {
             for (e, runs) in s.endpoints.iter().zip(&mut targets) {
                 let sample = self
                     .measure(s, e, self.opts.duration)
-                    .with_context(|| format!("{} run {i} against {} ({})", s.name, e.target.label(), e.url()))?;
+                    .with_context(|| format!("{} run {i} against {} ({})", s.name, e.label, e.url()))?;
                 eprintln!(
                     "    run {i} {:10}: {:>10.1} {}  p50 {:>8}  p99 {:>8}  errors {}{}",
-                    e.target.label(),
+                    e.label,
                     sample.figure,
                     s.unit.label(),
                     report::fmt_latency(sample.load.p50_us),
@@ -605,6 +678,9 @@ impl Bench<'_> {
             }
             Tool::Wrk => {
                 let c = if s.unit == Unit::MiB { STREAM_CONNECTIONS } else { self.opts.connections };
+                for h in &e.headers {
+                    cmd.args(["-H", h]);
+                }
                 cmd.args(["-t1", &format!("-c{c}"), &format!("-d{secs}s"), "--timeout", "5s", "--latency", &url]);
             }
             Tool::H2load => {

@@ -186,9 +186,21 @@ pub fn distinct_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 /// One HTTP/1.1 GET with `Connection: close` over a plain socket; returns the status code
 /// and the whole response (head and body) as text.
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    http_request(addr, path, &[&format!("Host: {addr}")])
+}
+
+/// One `GET path` over a new connection with these header lines (`Name: value`, `Host`
+/// among them); the status and the whole response as text.
+pub fn http_request(addr: SocketAddr, path: &str, headers: &[&str]) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut head = format!("GET {path} HTTP/1.1\r\n");
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    s.write_all(head.as_bytes())?;
     let mut raw = Vec::new();
     s.take(16 << 20).read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();

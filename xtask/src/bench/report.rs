@@ -9,6 +9,7 @@ use anyhow::{ensure, Context as _};
 use serde_json::{json, Value};
 
 use super::loadgen::OHA_VERSION;
+use super::policy::PolicyCost;
 use super::procs::{command_output, Pinning};
 use super::{RoutesScale, Sample, ScenarioResult, Target, Unit, NOISY_FOREIGN_CPU};
 use crate::util;
@@ -144,6 +145,7 @@ pub struct Report {
     pub load_before: f64,
     pub load_after: f64,
     pub results: Vec<ScenarioResult>,
+    pub policy: Option<PolicyCost>,
     pub routes: Option<RoutesScale>,
 }
 
@@ -254,6 +256,7 @@ impl Report {
     fn noisy(&self) -> bool {
         self.results
             .iter()
+            .chain(self.policy.as_ref().map(|p| &p.result))
             .flat_map(|r| r.targets.iter().flat_map(|t| &t.samples))
             .any(|s| s.foreign_util > NOISY_FOREIGN_CPU)
     }
@@ -299,6 +302,19 @@ impl Report {
             "- load average (1 min): {:.2} before the build, {:.2} at the end\n",
             self.load_before, self.load_after
         );
+        if !self.results.is_empty() {
+            self.peer_tables(&mut md);
+        }
+        if let Some(p) = &self.policy {
+            policy_section(&mut md, p);
+        }
+        self.scale_section(&mut md);
+        md
+    }
+
+    /// The peer comparison: the results table, errors, where Portcullis is behind, and
+    /// where the CPU time goes.
+    fn peer_tables(&self, md: &mut String) {
         let _ = writeln!(md, "![Portcullis against nginx, HAProxy and the direct path](latest.png)\n");
 
         let _ = writeln!(
@@ -383,7 +399,10 @@ impl Report {
                 NOISY_FOREIGN_CPU * 100.0
             );
         }
+    }
 
+    /// Start-up with many routes, and pointers to the other scale benchmarks and findings.
+    fn scale_section(&self, md: &mut String) {
         let _ = writeln!(md, "\n## Scale\n");
         if let Some(rs) = &self.routes {
             let per_route = (rs.rss_kib.1 - rs.rss_kib.0) / (rs.routes - 1) as f64 * 1024.0;
@@ -406,7 +425,6 @@ impl Report {
         if let Ok(findings) = std::fs::read_to_string(util::root().join("bench/findings.md")) {
             let _ = writeln!(md, "\n{}", findings.trim_end());
         }
-        md
     }
 
     pub fn json(&self) -> Value {
@@ -480,6 +498,7 @@ impl Report {
             },
             "processes": self.processes,
             "scenarios": scenarios,
+            "policy": self.policy.as_ref().map(policy_json),
             "routes_scale": self.routes.as_ref().map(|r| json!({
                 "routes": r.routes, "starts": r.runs,
                 "ready_ms": { "one_route": r.ready_ms.0, "many_routes": r.ready_ms.1 },
@@ -487,6 +506,78 @@ impl Report {
             })),
         })
     }
+}
+
+/// Issue 15's target for the policy scenario: a route whose policy checks a bearer token
+/// keeps at least this share of the req/s of the same route without a policy.
+const POLICY_TARGET: f64 = 0.90;
+
+/// The `policy` scenario's table: each endpoint's medians and its req/s ÷ the baseline's.
+fn policy_section(md: &mut String, p: &PolicyCost) {
+    let r = &p.result;
+    let _ = writeln!(md, "\n## Access policy (`policy`)\n");
+    let _ = writeln!(
+        md,
+        "{} ({}, as `h1`). One Portcullis process, two routes to the same upstream: `open` has no policy; `bearer` has `allow: {{and: [{{authenticated_user: true}}]}}` with the identity provider served by the bench on loopback (RS256, 2048-bit key, a {}-byte token). Checked before the load: `bearer` answers 200 with the token and 401 (`WWW-Authenticate: Bearer`) without one and with a forged one; every response of every run was a 2xx. With keep-alive, the token is verified once per connection and the policy decided on every request. The JWKS server answered {} request(s) during the runs (it is fetched at start-up and every 5 minutes).\n",
+        r.title,
+        r.tool.name(),
+        p.token_bytes,
+        p.jwks_fetches
+    );
+    let _ = writeln!(
+        md,
+        "| route | token sent | req/s | p50 | p99 | proxy CPU per response | req/s ÷ `open` without a token |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|");
+    for (i, (t, label)) in r.targets.iter().zip(&p.labels).enumerate() {
+        let s = Summary::of(&t.samples);
+        let (route, token) = label.split_once('+').map_or((*label, "no"), |(route, _)| (route, "yes"));
+        let _ = writeln!(
+            md,
+            "| `{route}` | {token} | {} | {} | {} | {} | {} |",
+            fmt_num(s.figure),
+            fmt_latency(s.p50_us),
+            fmt_latency(s.p99_us),
+            s.proxy_cpu_us.map_or_else(|| "–".to_owned(), |v| format!("{v:.1} µs")),
+            fmt_ratio(p.ratio(i))
+        );
+    }
+    let last = r.targets.len() - 1;
+    let headline = p.ratio(last);
+    let _ = writeln!(
+        md,
+        "\n**Policy cost:** `bearer` ÷ `open` = {} ({}; the issue's target: at least {POLICY_TARGET:.2}, within 10 %); ÷ `open` with the same token = {}.",
+        fmt_ratio(headline),
+        if headline >= POLICY_TARGET { "met" } else { "**missed**" },
+        fmt_ratio(p.rps(last) / p.rps(1))
+    );
+}
+
+fn policy_json(p: &PolicyCost) -> Value {
+    let endpoints: Vec<Value> = p
+        .result
+        .targets
+        .iter()
+        .zip(&p.labels)
+        .enumerate()
+        .map(|(i, (t, label))| {
+            let s = Summary::of(&t.samples);
+            json!({
+                "endpoint": label, "url": t.url,
+                "median": { "rps": s.figure, "p50_us": s.p50_us, "p99_us": s.p99_us, "errors": s.errors,
+                    "proxy_cpu_us": s.proxy_cpu_us, "proxy_cpu_busy": s.proxy_util },
+                "runs": t.samples.iter().map(|s| s.figure).collect::<Vec<_>>(),
+                "rps_over_open": p.ratio(i),
+            })
+        })
+        .collect();
+    let last = p.result.targets.len() - 1;
+    json!({
+        "title": p.result.title, "tool": p.result.tool.name(), "token_bytes": p.token_bytes,
+        "jwks_fetches": p.jwks_fetches, "endpoints": endpoints,
+        "bearer_over_open": p.ratio(last), "bearer_over_open_with_token": p.rps(last) / p.rps(1),
+        "target": POLICY_TARGET, "met": p.ratio(last) >= POLICY_TARGET,
+    })
 }
 
 /// A venv with matplotlib at `target/tools/bench-venv/` unless one with the pinned version is
