@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::uri::PathAndQuery;
 use http::{header, Method, Request};
-use tokio::sync::watch;
 
 use super::authn::Identity;
 use crate::config::MtlsEnforcement;
@@ -108,7 +108,8 @@ fn cors_preflight<B>(req: &Request<B>) -> bool {
 /// What a tunnel or a streaming response was admitted with, to authorize it again while it
 /// lives.
 pub(crate) struct Admission {
-    /// The snapshot that routed it and the route's index there (its name, for the log).
+    /// The snapshot that routed it and the route's index there: its name, the policy it
+    /// was admitted under, and the route's policy watch.
     snap: Arc<Snapshot>,
     route: usize,
     token: Option<Arc<Admitted>>,
@@ -116,10 +117,9 @@ pub(crate) struct Admission {
     invalid_cert: bool,
     source_ip: IpAddr,
     method: Method,
-    path: String,
+    /// Shares the request's buffer: no copy.
+    path: Option<PathAndQuery>,
     cors_preflight: bool,
-    /// The route's policy as reloads change it.
-    policy: watch::Receiver<Option<Arc<Policy>>>,
 }
 
 /// Why a tunnel's admission was withdrawn (the `reason` label).
@@ -151,12 +151,8 @@ impl Admission {
         who: &Identity<'_>,
         req: &Request<B>,
     ) -> Self {
-        let route = &snap.routes.routes()[route_idx];
-        let mut policy = route.life.policy.subscribe();
-        // A reload between routing and now: check against what is in force.
-        if policy.borrow().as_deref() != route.route.policy.as_deref() {
-            policy.mark_changed();
-        }
+        // Cheap on purpose (reference counts, no copy): every request of a route with a
+        // policy makes one, in case its response streams.
         Self {
             snap: snap.clone(),
             route: route_idx,
@@ -165,9 +161,8 @@ impl Admission {
             invalid_cert: invalid_client_cert(snap, conn, who),
             source_ip: conn.peer().ip(),
             method: req.method().clone(),
-            path: req.uri().path().to_owned(),
+            path: req.uri().path_and_query().cloned(),
             cors_preflight: cors_preflight(req),
-            policy,
         }
     }
 
@@ -191,7 +186,7 @@ impl Admission {
         let facts = Facts {
             identity: self.token.as_deref().map(|t| &t.identity),
             method: self.method.as_str(),
-            path: &self.path,
+            path: self.path.as_ref().map_or("/", PathAndQuery::path),
             source_ip: self.source_ip,
             client_cert: self.cert.as_deref(),
             invalid_client_cert: self.invalid_cert,
@@ -204,6 +199,12 @@ impl Admission {
     /// Resolves when the tunnel is no longer admitted; never while it is. A tunnel still
     /// admitted after a change is not touched.
     pub(crate) async fn revoked(&mut self) -> Revoked {
+        let route = &self.snap.routes.routes()[self.route];
+        let mut policy = route.life.policy.subscribe();
+        // A reload since the request was routed: check against what is in force now.
+        if policy.borrow().as_deref() != route.route.policy.as_deref() {
+            policy.mark_changed();
+        }
         loop {
             let expiry = self.token.as_ref().map(|t| Duration::from_secs(t.valid_until.saturating_sub(unix_now())));
             let expired = async {
@@ -213,20 +214,20 @@ impl Admission {
                 }
             };
             tokio::select! {
-                changed = self.policy.changed() => {
+                changed = policy.changed() => {
                     if changed.is_err() {
                         // The route is gone: its deletion ends the tunnel.
                         std::future::pending::<()>().await;
                     }
-                    let policy = self.policy.borrow_and_update().clone();
-                    if !self.admits(policy.as_deref()) {
+                    let current = policy.borrow_and_update().clone();
+                    if !self.admits(current.as_deref()) {
                         return Revoked::PolicyChanged;
                     }
                 }
                 () = expired => {
                     self.token = None;
-                    let policy = self.policy.borrow().clone();
-                    if !self.admits(policy.as_deref()) {
+                    let current = policy.borrow().clone();
+                    if !self.admits(current.as_deref()) {
                         return Revoked::TokenExpired;
                     }
                 }
