@@ -66,6 +66,12 @@ fn rule(at: &str, v: &Value, out: &mut Vec<Rule>, errs: &mut Errors) {
                 errs.push(&at, format!("expected a list of criteria, found {}", kind(criteria)));
                 continue;
             };
+            if items.is_empty() {
+                // Under Pomerium's meanings `and: []` and `not: []` match every request: as
+                // likely a mistake as an intent, and in an allow rule it opens the route.
+                errs.push(&at, "is empty: give at least one criterion (use accept: true to match every request)");
+                continue;
+            }
             let list =
                 items.iter().enumerate().filter_map(|(i, c)| criterion(&format!("{at}[{i}]"), c, errs)).collect();
             operators.push(make(list));
@@ -571,6 +577,17 @@ mod tests {
             r#"routes[2].policy[2].deny.xor: unknown operator "xor": use and, or, not or nor"#,
         ];
         assert_eq!(errs, expected);
+    }
+
+    #[test]
+    fn an_empty_operator_is_an_error_not_a_match_all() {
+        assert_eq!(
+            parse("- allow: {not: []}\n- deny: {and: [{reject: true}], or: []}").unwrap_err(),
+            [
+                "routes[2].policy[0].allow.not: is empty: give at least one criterion (use accept: true to match every request)",
+                "routes[2].policy[1].deny.or: is empty: give at least one criterion (use accept: true to match every request)",
+            ]
+        );
     }
 
     #[test]

@@ -102,7 +102,9 @@ impl Idp {
         }
         let (keys, verified) = match jwt::verify(token, &keys, &self.expect) {
             Verified::UnknownKey => {
-                let keys = self.jwks.after_unknown_key().await;
+                // Boxed: the fetch's future is large, and it would otherwise be part of every
+                // request's pipeline future (which is moved into its box on every request).
+                let keys = Box::pin(self.jwks.after_unknown_key()).await;
                 let again = jwt::verify(token, &keys, &self.expect);
                 (keys, again)
             }
