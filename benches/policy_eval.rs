@@ -10,20 +10,14 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use portcullis::policy::eval::{Facts, Identity};
+use portcullis::policy::eval::Facts;
+
+#[path = "support/policy_fixture.rs"]
+mod policy_fixture;
 
 fn bench(c: &mut Criterion) {
-    let tree: serde_json::Value = serde_yaml_ng::from_str(include_str!("policy_20.yaml")).expect("YAML");
-    let mut errs = portcullis::config::errors::Errors::default();
-    let policy = portcullis::policy::parse::policy("policy", &tree, &mut errs).expect("a valid policy");
-    let claims = serde_json::json!({"sub": "u-1", "email": "dev@example.com", "groups": ["engineering"],
-        "department": "platform", "role": "member"});
-    let identity = Identity {
-        subject: Some("u-1".into()),
-        email: Some("dev@example.com".into()),
-        groups: vec!["engineering".into()],
-        claims: claims.as_object().expect("an object").clone(),
-    };
+    let policy = policy_fixture::policy();
+    let identity = policy_fixture::identity();
     let facts = |method, path| Facts {
         identity: Some(&identity),
         method,

@@ -9,6 +9,9 @@ use std::fmt::Write as _;
 use portcullis::proxy::table::RouteTable;
 use portcullis::source::yaml::{parse_config, NoMaterial};
 
+#[path = "../benches/support/policy_fixture.rs"]
+mod policy_fixture;
+
 #[test]
 fn route_lookup_does_not_allocate() {
     let mut yaml = String::from("routes:\n");
@@ -46,18 +49,9 @@ fn route_lookup_does_not_allocate() {
 
 #[test]
 fn policy_decision_does_not_allocate() {
-    use portcullis::policy::eval::{Decision, Facts, Identity};
-    let tree: serde_json::Value = serde_yaml_ng::from_str(include_str!("../benches/policy_20.yaml")).unwrap();
-    let mut errs = portcullis::config::errors::Errors::default();
-    let policy = portcullis::policy::parse::policy("policy", &tree, &mut errs).expect("a valid policy");
-    let claims = serde_json::json!({"sub": "u-1", "email": "dev@example.com", "groups": ["engineering"],
-        "department": "platform", "role": "member"});
-    let identity = Identity {
-        subject: Some("u-1".into()),
-        email: Some("dev@example.com".into()),
-        groups: vec!["engineering".into()],
-        claims: claims.as_object().unwrap().clone(),
-    };
+    use portcullis::policy::eval::{Decision, Facts};
+    let policy = policy_fixture::policy();
+    let identity = policy_fixture::identity();
     let facts = |method, path| Facts {
         identity: Some(&identity),
         method,

@@ -64,3 +64,16 @@ impl Errors {
         self.0
     }
 }
+
+/// What kind of value a config tree holds, for "expected X, found Y".
+pub fn value_kind(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}

@@ -476,16 +476,7 @@ fn object<'v>(at: &str, v: &'v Value, errs: &mut Errors) -> Option<&'v Map<Strin
     }
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
-    }
-}
+use crate::config::errors::value_kind as kind;
 
 #[cfg(test)]
 mod tests {

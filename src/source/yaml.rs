@@ -207,17 +207,7 @@ fn string_map(v: &Value, at: &str, errs: &mut Errors) -> Option<Vec<(String, Str
     Some(out)
 }
 
-/// What kind of YAML value `v` is, for "expected X, found Y".
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
-    }
-}
+use crate::config::errors::value_kind as kind_of;
 
 /// A scalar as written (strings quoted), anything else by its kind.
 fn describe(v: &Value) -> String {
