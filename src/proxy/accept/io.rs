@@ -63,6 +63,7 @@ impl<T: AsyncWrite> Metered<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite> AsyncRead for Metered<T> {
+    #[inline]
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if self.state.abort.load(Ordering::Relaxed) {
             return self.poll_abort(cx).map(Err);
@@ -78,6 +79,7 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for Metered<T> {
 }
 
 impl<T: AsyncWrite> AsyncWrite for Metered<T> {
+    #[inline]
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if self.state.abort.load(Ordering::Relaxed) {
             return self.poll_abort(cx).map(Err);
@@ -87,6 +89,7 @@ impl<T: AsyncWrite> AsyncWrite for Metered<T> {
         wrote(&r, this.at_frame_start, this.state);
         r
     }
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         let r = this.inner.poll_flush(cx);
@@ -98,6 +101,7 @@ impl<T: AsyncWrite> AsyncWrite for Metered<T> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
     }
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
