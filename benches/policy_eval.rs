@@ -10,24 +10,13 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use portcullis::policy::eval::Facts;
-
 #[path = "support/policy_fixture.rs"]
 mod policy_fixture;
 
 fn bench(c: &mut Criterion) {
     let policy = policy_fixture::policy();
     let identity = policy_fixture::identity();
-    let facts = |method, path| Facts {
-        identity: Some(&identity),
-        method,
-        path,
-        source_ip: "10.1.2.3".parse().expect("an IP"),
-        client_cert: None,
-        invalid_client_cert: false,
-        cors_preflight: false,
-        now: jiff::Timestamp::now(),
-    };
+    let facts = |method, path| policy_fixture::facts(&identity, method, path, jiff::Timestamp::now());
     let allowed = facts("GET", "/api/items");
     let denied = facts("DELETE", "/api/items");
     let unmatched = facts("GET", "/other");

@@ -49,19 +49,11 @@ fn route_lookup_does_not_allocate() {
 
 #[test]
 fn policy_decision_does_not_allocate() {
-    use portcullis::policy::eval::{Decision, Facts};
+    use portcullis::policy::eval::Decision;
     let policy = policy_fixture::policy();
     let identity = policy_fixture::identity();
-    let facts = |method, path| Facts {
-        identity: Some(&identity),
-        method,
-        path,
-        source_ip: "10.1.2.3".parse().unwrap(),
-        client_cert: None,
-        invalid_client_cert: false,
-        cors_preflight: false,
-        now: "2026-12-01T12:30:00Z".parse().unwrap(),
-    };
+    let now = "2026-12-01T12:30:00Z".parse().unwrap();
+    let facts = |method, path| policy_fixture::facts(&identity, method, path, now);
     let cases = [
         (facts("GET", "/api/items"), Decision::Allow { rule: 0 }),
         (facts("DELETE", "/api/items"), Decision::Deny { rule: 1 }),

@@ -31,9 +31,18 @@ routes:
 }
 
 fn with_cert(pki: &Pki) -> rustls::ClientConfig {
+    let (chain, key) = pki.client("alice");
+    presenting(pki, chain, key)
+}
+
+/// HTTP/1.1 over TLS trusting `pki`'s CA, presenting `chain`.
+fn presenting(
+    pki: &Pki,
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> rustls::ClientConfig {
     let mut store = rustls::RootCertStore::empty();
     store.add(pki.ca_der.clone()).unwrap();
-    let (chain, key) = pki.client("alice");
     let mut c =
         rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -152,13 +161,8 @@ routes:
         }
     };
     let bob = {
-        let mut store = rustls::RootCertStore::empty();
-        store.add(pki.ca_der.clone()).unwrap();
         let (chain, key) = pki.client("bob");
-        let mut c =
-            rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
-        c.alpn_protocols = vec![b"http/1.1".to_vec()];
-        c
+        presenting(&pki, chain, key)
     };
     let none = || client_config(std::slice::from_ref(&pki.ca_der), &[b"http/1.1"]);
     // alice's SAN and fingerprint match; bob's certificate is an identity the policy refuses
@@ -167,12 +171,7 @@ routes:
     assert_eq!(status(bob.clone(), "san.test").await, 403);
     assert_eq!(status(none(), "san.test").await, 401);
     // with_cert makes a new "alice" certificate each time: a fingerprint names one of them.
-    let (chain, key) = (alice_chain, alice_key);
-    let mut store = rustls::RootCertStore::empty();
-    store.add(pki.ca_der.clone()).unwrap();
-    let mut exact =
-        rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
-    exact.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let exact = presenting(&pki, alice_chain, alice_key);
     assert_eq!(status(exact, "fp.test").await, 200);
     assert_eq!(status(with_cert(&pki), "fp.test").await, 403, "another certificate of the same name");
     // invalid_client_certificate: a client without one is denied, with one admitted.

@@ -1,7 +1,7 @@
 //! The 20-criterion policy of `policy_20.yaml` and an identity it reads, shared by the
 //! benchmark (`benches/policy_eval.rs`) and the allocation test (`tests/alloc.rs`).
 
-use portcullis::policy::eval::Identity;
+use portcullis::policy::eval::{Facts, Identity};
 use portcullis::policy::Policy;
 
 /// The parsed policy.
@@ -20,5 +20,19 @@ pub fn identity() -> Identity {
         email: Some("dev@example.com".into()),
         groups: vec!["engineering".into()],
         claims: claims.as_object().expect("an object").clone(),
+    }
+}
+
+/// A request from `identity` at `now`, from 10.1.2.3, with no client certificate.
+pub fn facts<'a>(identity: &'a Identity, method: &'a str, path: &'a str, now: jiff::Timestamp) -> Facts<'a> {
+    Facts {
+        identity: Some(identity),
+        method,
+        path,
+        source_ip: "10.1.2.3".parse().expect("an IP"),
+        client_cert: None,
+        invalid_client_cert: false,
+        cors_preflight: false,
+        now,
     }
 }
