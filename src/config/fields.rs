@@ -54,6 +54,8 @@ pub enum RouteField<'a> {
     HealthCheck(usize, HealthCheckField),
     /// `policy` (a policy's own errors are reported below it: `policy[0].allow.and[1]...`).
     Policy,
+    /// One `jwt_claims_headers` entry, by header name.
+    JwtClaimsHeader(&'a str),
 }
 
 /// A field of one health check.
@@ -80,6 +82,7 @@ impl RouteField<'_> {
             Self::ToEntry(i) => format!("to[{i}]"),
             Self::SetRequestHeader(h) => format!("set_request_headers.{h}"),
             Self::SetResponseHeader(h) => format!("set_response_headers.{h}"),
+            Self::JwtClaimsHeader(h) => format!("jwt_claims_headers.{h}"),
             Self::RemoveRequestHeader(i) => format!("remove_request_headers[{i}]"),
             Self::HealthCheck(i, f) => match f {
                 HealthCheckField::Check => format!("health_checks[{i}]"),
@@ -118,6 +121,7 @@ impl RouteField<'_> {
             Self::LoadBalancingPolicy => "load_balancing_policy",
             Self::HealthCheck(..) => "health_checks",
             Self::Policy => "policy",
+            Self::JwtClaimsHeader(_) => "jwt_claims_headers",
         }
     }
 }
@@ -171,6 +175,22 @@ pub enum SettingsField {
     JwtLeeway,
     /// `idp_ca`.
     IdpCa,
+    /// `idp_client_secret`.
+    IdpClientSecret,
+    /// `idp_scopes`.
+    IdpScopes,
+    /// `authenticate_service_url`.
+    AuthenticateServiceUrl,
+    /// `cookie_name`.
+    CookieName,
+    /// `cookie_secret`.
+    CookieSecret,
+    /// `cookie_expire`.
+    CookieExpire,
+    /// `signing_key`.
+    SigningKey,
+    /// `jwt_claims_headers`.
+    JwtClaimsHeaders,
 }
 
 impl SettingsField {
@@ -201,6 +221,14 @@ impl SettingsField {
             Self::JwtAudiences => "jwt_audiences".into(),
             Self::JwtLeeway => "jwt_leeway".into(),
             Self::IdpCa => "idp_ca".into(),
+            Self::IdpClientSecret => "idp_client_secret".into(),
+            Self::IdpScopes => "idp_scopes".into(),
+            Self::AuthenticateServiceUrl => "authenticate_service_url".into(),
+            Self::CookieName => "cookie_name".into(),
+            Self::CookieSecret => "cookie_secret".into(),
+            Self::CookieExpire => "cookie_expire".into(),
+            Self::SigningKey => "signing_key".into(),
+            Self::JwtClaimsHeaders => "jwt_claims_headers".into(),
         }
     }
 }
@@ -269,4 +297,6 @@ pub const ROUTE_OPTION_KEYS: &[&str] = &[
     "allowed_users",
     "allowed_domains",
     "allowed_idp_claims",
+    "pass_identity_headers",
+    "jwt_claims_headers",
 ];

@@ -197,6 +197,10 @@ pub struct RouteInput {
     pub policy: Option<serde_json::Value>,
     /// Pomerium's shorthand policy keys.
     pub shorthand: crate::policy::shorthand::Shorthand,
+    /// `pass_identity_headers`.
+    pub pass_identity_headers: Option<bool>,
+    /// `jwt_claims_headers`: (header, claim) in source order.
+    pub jwt_claims_headers: Option<Vec<(String, String)>>,
     /// What the source could not read.
     pub problems: Problems,
 }
@@ -272,6 +276,24 @@ pub struct SettingsInput {
     pub jwt_leeway: Option<Given<Duration>>,
     /// `idp_ca` (or `idp_ca_file`): trust anchors for the provider's TLS.
     pub idp_ca: Option<Pem>,
+    /// `idp_client_secret` (or `idp_client_secret_file`): turns browser sign-in on.
+    pub idp_client_secret: Option<Pem>,
+    /// `idp_scopes`.
+    pub idp_scopes: Option<Vec<String>>,
+    /// `authenticate_service_url`.
+    pub authenticate_service_url: Option<String>,
+    /// `cookie_name`.
+    pub cookie_name: Option<String>,
+    /// `cookie_secret` (or `cookie_secret_file`): base64 of 32 random bytes.
+    pub cookie_secret: Option<Pem>,
+    /// `cookie_expire`.
+    pub cookie_expire: Option<Given<Duration>>,
+    /// `signing_key` (or `signing_key_file`): a P-256 private key, PEM or base64 of PEM.
+    pub signing_key: Option<Pem>,
+    /// `pass_identity_headers`.
+    pub pass_identity_headers: Option<bool>,
+    /// `jwt_claims_headers`: (header, claim) in source order.
+    pub jwt_claims_headers: Option<Vec<(String, String)>>,
     /// What the source could not read.
     pub problems: Problems,
 }
@@ -305,7 +327,14 @@ impl SettingsInput {
             idp_provider_url,
             idp_client_id,
             jwks_url,
-            jwt_leeway
+            jwt_leeway,
+            idp_client_secret,
+            authenticate_service_url,
+            cookie_name,
+            cookie_secret,
+            cookie_expire,
+            signing_key,
+            pass_identity_headers
         );
     }
 }

@@ -130,6 +130,8 @@ pub struct Settings {
     /// The OpenID provider whose bearer tokens identify requests; `None`: no identity but
     /// client certificates (a policy that asks for a user never matches).
     pub identity_provider: Option<IdentityProvider>,
+    /// What upstreams learn of the identity.
+    pub identity_headers: IdentityHeaders,
 }
 
 /// The OpenID provider bearer tokens are verified against (`idp_provider_url` and friends).
@@ -150,6 +152,75 @@ pub struct IdentityProvider {
     pub leeway: Duration,
     /// `idp_ca`: trust anchors for the provider's TLS; empty: the system's roots.
     pub ca: Vec<CertificateDer<'static>>,
+    /// Browser sign-in with this provider; `None` (no `idp_client_secret`): bearer tokens
+    /// only, and a browser without one gets the 401 page.
+    pub sign_in: Option<SignIn>,
+}
+
+/// The authorization-code flow and its session cookie.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignIn {
+    /// `idp_client_secret`.
+    pub client_secret: Secret<String>,
+    /// `idp_scopes` (default `openid profile email offline_access`); always has `openid`.
+    pub scopes: Vec<String>,
+    /// `authenticate_service_url`; `None`: derived from the first route
+    /// ([`Config::authenticate_url`]).
+    pub authenticate_url: Option<ServiceUrl>,
+    /// `cookie_name` (default `_portcullis`).
+    pub cookie_name: String,
+    /// `cookie_secret`: the AEAD key of sessions.
+    pub cookie_secret: Secret<[u8; 32]>,
+    /// `cookie_expire` (default 14 h): a session's lifetime from sign-in.
+    pub cookie_expire: Duration,
+}
+
+/// The sign-in host: always `https://`, no path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceUrl {
+    /// Lower-cased host name.
+    pub host: String,
+    /// The port, when it is not 443.
+    pub port: Option<u16>,
+}
+
+impl ServiceUrl {
+    /// `host[:port]`, as a `Host` header names it.
+    pub fn authority(&self) -> String {
+        match self.port {
+            Some(p) => format!("{}:{p}", self.host),
+            None => self.host.clone(),
+        }
+    }
+
+    /// `https://host[:port]`.
+    pub fn origin(&self) -> String {
+        format!("https://{}", self.authority())
+    }
+}
+
+/// Identity handed to upstreams (`signing_key`, `pass_identity_headers`,
+/// `jwt_claims_headers`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    /// `signing_key`: a P-256 key as PKCS#8 DER. `None`: one is made at start (a warning:
+    /// replicas and restarts do not share it).
+    pub signing_key: Option<Secret<Vec<u8>>>,
+    /// `pass_identity_headers` globally; `None`: on for routes with a policy.
+    pub pass: Option<bool>,
+    /// `jwt_claims_headers`: header names and the claim each carries.
+    pub claims_headers: Vec<(HeaderName, String)>,
+}
+
+/// A secret value: never printed (`Debug` says `<redacted>`), so it cannot reach a log or
+/// `/config_dump` by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(pub T);
+
+impl<T> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl Default for Settings {
@@ -173,6 +244,7 @@ impl Default for Settings {
             metrics_address: Some(SocketAddr::from(([0, 0, 0, 0], 9902))),
             admin_address: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
             identity_provider: None,
+            identity_headers: IdentityHeaders::default(),
         }
     }
 }
@@ -336,6 +408,10 @@ pub struct Route {
     /// Who may use the route: its `policy` and shorthand keys as one policy. `None`: no
     /// policy, the route is public (as before policies existed).
     pub policy: Option<std::sync::Arc<crate::policy::Policy>>,
+    /// `pass_identity_headers` on the route; `None`: the global setting.
+    pub pass_identity_headers: Option<bool>,
+    /// `jwt_claims_headers` on the route; `None`: the global ones.
+    pub jwt_claims_headers: Option<Vec<(HeaderName, String)>>,
 }
 
 impl Config {
@@ -346,6 +422,45 @@ impl Config {
         if self.settings.identity_provider.is_none() {
             return Vec::new();
         }
+        let mut out = Vec::new();
+        if self.settings.identity_headers.signing_key.is_none() && self.routes.iter().any(|r| self.passes_identity(r)) {
+            out.push(
+                "signing_key is not set: a key made at start signs X-Portcullis-Jwt-Assertion, so other replicas and \
+                 the next start sign with another (make one with `openssl ecparam -genkey -name prime256v1 -noout | base64 -w0`)"
+                    .to_owned(),
+            );
+        }
+        out.extend(self.route_warnings());
+        out
+    }
+
+    /// Whether `route` hands the identity to its upstream (`pass_identity_headers`: the
+    /// route's, else the global one, else on for a route with a policy).
+    pub fn passes_identity(&self, route: &Route) -> bool {
+        route.pass_identity_headers.or(self.settings.identity_headers.pass).unwrap_or(route.policy.is_some())
+    }
+
+    /// The sign-in host: `authenticate_service_url`, else Pomerium's default,
+    /// `authenticate.<domain of the first route with a host>` on the listener's port (`None`
+    /// without sign-in, or when no route names a host).
+    pub fn authenticate_url(&self) -> Option<ServiceUrl> {
+        let sign_in = self.settings.identity_provider.as_ref()?.sign_in.as_ref()?;
+        if let Some(url) = &sign_in.authenticate_url {
+            return Some(url.clone());
+        }
+        let host = self.routes.iter().find_map(|r| match &r.host {
+            HostMatch::Exact(h) | HostMatch::Wildcard(h) => Some(h.as_str()),
+            HostMatch::Any => None,
+        })?;
+        let domain = match &self.routes.iter().find(|r| r.host != HostMatch::Any)?.host {
+            HostMatch::Wildcard(suffix) => suffix.as_str(),
+            _ => host.split_once('.').map_or(host, |(_, rest)| rest),
+        };
+        let port = self.settings.address.port();
+        Some(ServiceUrl { host: format!("authenticate.{domain}"), port: (port != 443).then_some(port) })
+    }
+
+    fn route_warnings(&self) -> Vec<String> {
         self.routes
             .iter()
             .filter(|r| r.policy.is_none())

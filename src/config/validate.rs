@@ -24,7 +24,8 @@ use super::input::{
 };
 use super::model::{
     Certificate, ClientCert, CodecType, DownstreamMtls, DrainScope, HealthCheck, HealthCheckKind, HostMatch,
-    IdentityProvider, LbPolicy, MtlsEnforcement, PathMatch, Route, Settings, Upstream, UpstreamScheme, UpstreamTls,
+    IdentityHeaders, IdentityProvider, LbPolicy, MtlsEnforcement, PathMatch, Route, Secret, ServiceUrl, Settings,
+    SignIn, Upstream, UpstreamScheme, UpstreamTls,
 };
 use crate::pki::{build_certificate, parse_certs, parse_crls, parse_private_key};
 
@@ -160,13 +161,202 @@ pub fn settings(input: &SettingsInput, names: &dyn SettingsNames, errs: &mut Err
         s.downstream_mtls = mtls(m, names, errs);
     }
     s.identity_provider = identity_provider(input, names, errs);
+    s.identity_headers = identity_headers(input, names, errs);
     s
+}
+
+/// `signing_key`, `pass_identity_headers` and `jwt_claims_headers`.
+fn identity_headers(input: &SettingsInput, names: &dyn SettingsNames, errs: &mut Errors) -> IdentityHeaders {
+    for key in ["signing_key", "pass_identity_headers", "jwt_claims_headers"] {
+        errs.extend(input.problems.about(key, None));
+    }
+    let signing_key = input.signing_key.as_ref().and_then(|pem| match signing_key(&pem.bytes) {
+        Ok(der) => Some(Secret(der)),
+        Err(e) => {
+            errs.push(names.name(SettingsField::SigningKey), e);
+            None
+        }
+    });
+    let mut claims_headers = Vec::new();
+    for (header, claim) in input.jwt_claims_headers.iter().flatten() {
+        let at = || format!("{}.{header}", names.name(SettingsField::JwtClaimsHeaders));
+        if let Some(h) = claims_header(header, claim, at, errs) {
+            claims_headers.push(h);
+        }
+    }
+    IdentityHeaders { signing_key, pass: input.pass_identity_headers, claims_headers }
+}
+
+/// A P-256 private key (SEC1 `EC PRIVATE KEY` or PKCS#8), PEM or base64 of PEM as
+/// Pomerium's `signing_key`, as PKCS#8 DER. The message never quotes the key.
+pub fn signing_key(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    use rustls_pki_types::pem::PemObject as _;
+    let pem = decode_secret_text(bytes);
+    let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|_| "is not a PEM private key (nor base64 of one)".to_owned())?;
+    let pair = EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, der.secret_der())
+        .map_err(|_| "is not a P-256 (prime256v1) ECDSA key: make one with `openssl ecparam -genkey -name prime256v1 -noout | base64 -w0`".to_owned())?;
+    let pkcs8 = pair.to_pkcs8v1().map_err(|_| "cannot be encoded as PKCS#8".to_owned())?;
+    Ok(pkcs8.as_ref().to_vec())
+}
+
+/// PEM text as given, or decoded from base64 when it is not PEM yet.
+fn decode_secret_text(bytes: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let trimmed = bytes.trim_ascii();
+    if trimmed.starts_with(b"-----") {
+        return trimmed.to_vec();
+    }
+    let compact: Vec<u8> = trimmed.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(&compact).unwrap_or_else(|_| trimmed.to_vec())
+}
+
+/// `cookie_secret`: base64 (standard or URL-safe, padded or not) of exactly 32 bytes.
+pub fn cookie_secret(bytes: &[u8]) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let text: Vec<u8> = bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    let engines = [
+        &base64::engine::general_purpose::STANDARD,
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        &base64::engine::general_purpose::URL_SAFE,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    let decoded = engines.iter().find_map(|e| e.decode(&text).ok());
+    match decoded {
+        Some(key) if key.len() == 32 => Ok(key.try_into().expect("checked length")),
+        Some(key) => Err(format!(
+            "must be 32 random bytes in base64, not {} bytes: make one with `head -c32 /dev/urandom | base64`",
+            key.len()
+        )),
+        None => Err("is not base64: make one with `head -c32 /dev/urandom | base64`".to_owned()),
+    }
+}
+
+/// The default `idp_scopes`: refresh tokens (`offline_access`) let a session outlive its ID
+/// token without sending the user to the provider again.
+pub const DEFAULT_SCOPES: &[&str] = &["openid", "profile", "email", "offline_access"];
+/// The default `cookie_expire`, as Pomerium's.
+pub const DEFAULT_COOKIE_EXPIRE: Duration = Duration::from_secs(14 * 3600);
+/// The default `cookie_name`.
+pub const DEFAULT_COOKIE_NAME: &str = "_portcullis";
+
+/// Browser sign-in: on with `idp_client_secret`, which needs `idp_client_id` and a
+/// `cookie_secret`; the cookie and sign-in keys alone are mistakes.
+fn sign_in(input: &SettingsInput, names: &dyn SettingsNames, has_client_id: bool, errs: &mut Errors) -> Option<SignIn> {
+    let name = |f| names.name(f);
+    let Some(secret) = &input.idp_client_secret else {
+        for (set, field) in [
+            (input.idp_scopes.is_some(), SettingsField::IdpScopes),
+            (input.authenticate_service_url.is_some(), SettingsField::AuthenticateServiceUrl),
+            (input.cookie_secret.is_some(), SettingsField::CookieSecret),
+        ] {
+            if set {
+                errs.push(
+                    name(field),
+                    format!("needs {}: browser sign-in is off without it", name(SettingsField::IdpClientSecret)),
+                );
+            }
+        }
+        return None;
+    };
+    let before = errs.len();
+    let client_secret = String::from_utf8_lossy(secret.bytes.trim_ascii()).into_owned();
+    if client_secret.is_empty() {
+        errs.push(name(SettingsField::IdpClientSecret), "is empty");
+    }
+    if !has_client_id {
+        errs.push(name(SettingsField::IdpClientId), "is required for sign-in: it names this client to the provider");
+    }
+    let mut scopes: Vec<String> = Vec::new();
+    for (i, sc) in input.idp_scopes.iter().flatten().enumerate() {
+        let sc = sc.trim();
+        if sc.is_empty() || sc.contains(char::is_whitespace) {
+            errs.push(format!("{}[{i}]", name(SettingsField::IdpScopes)), format!("{sc:?} is not a scope"));
+        } else if !scopes.iter().any(|s| s == sc) {
+            scopes.push(sc.to_owned());
+        }
+    }
+    if input.idp_scopes.is_none() {
+        scopes = DEFAULT_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    } else if !scopes.iter().any(|s| s == "openid") {
+        scopes.insert(0, "openid".to_owned());
+    }
+    let authenticate_url = input
+        .authenticate_service_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .and_then(|v| service_url(v).map_err(|e| errs.push(name(SettingsField::AuthenticateServiceUrl), e)).ok());
+    let cookie_name = match input.cookie_name.as_deref().map(str::trim) {
+        None | Some("") => DEFAULT_COOKIE_NAME.to_owned(),
+        Some(n) if n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) => n.to_owned(),
+        Some(n) => {
+            errs.push(name(SettingsField::CookieName), format!("{n:?}: use letters, digits, '_', '-' and '.' only"));
+            String::new()
+        }
+    };
+    let cookie_secret = if let Some(pem) = &input.cookie_secret {
+        cookie_secret(&pem.bytes).map_err(|e| errs.push(name(SettingsField::CookieSecret), e)).ok()
+    } else {
+        errs.push(
+            name(SettingsField::CookieSecret),
+            "is required for sign-in: sessions are encrypted with it (make one with `head -c32 /dev/urandom | base64`)",
+        );
+        None
+    };
+    let cookie_expire = match duration_of(input.cookie_expire.as_ref(), || name(SettingsField::CookieExpire), errs) {
+        None => DEFAULT_COOKIE_EXPIRE,
+        Some(Some(d)) => d,
+        Some(None) => {
+            errs.push(name(SettingsField::CookieExpire), "must be more than 0");
+            DEFAULT_COOKIE_EXPIRE
+        }
+    };
+    (errs.len() == before).then(|| SignIn {
+        client_secret: Secret(client_secret),
+        scopes,
+        authenticate_url,
+        cookie_name,
+        cookie_secret: Secret(cookie_secret.expect("no error, so set")),
+        cookie_expire,
+    })
+}
+
+/// `authenticate_service_url`: `https://host[:port]`, nothing after the authority.
+fn service_url(v: &str) -> Result<ServiceUrl, String> {
+    let uri: http::Uri = v.parse().map_err(|_| format!("{v:?} is not a URL"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!("{v:?}: must be https:// (the session cookie is Secure)"));
+    }
+    if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
+        return Err(format!("{v:?}: give the origin only, without a path"));
+    }
+    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+    if host.is_empty() || host.starts_with('*') {
+        return Err(format!("{v:?} names no host"));
+    }
+    let port = uri.port_u16().filter(|p| *p != 443);
+    Ok(ServiceUrl { host, port })
 }
 
 /// The identity provider keys: `idp_provider_url` is the issuer and the root of discovery;
 /// `jwks_url` skips discovery; `idp_client_id` and `jwt_audiences` are what `aud` may say.
 fn identity_provider(input: &SettingsInput, names: &dyn SettingsNames, errs: &mut Errors) -> Option<IdentityProvider> {
-    for key in ["idp_provider_url", "idp_client_id", "jwks_url", "jwt_audiences", "jwt_leeway", "idp_ca"] {
+    for key in [
+        "idp_provider_url",
+        "idp_client_id",
+        "jwks_url",
+        "jwt_audiences",
+        "jwt_leeway",
+        "idp_ca",
+        "idp_client_secret",
+        "idp_scopes",
+        "authenticate_service_url",
+        "cookie_name",
+        "cookie_secret",
+        "cookie_expire",
+    ] {
         errs.extend(input.problems.about(key, None));
     }
     let name = |f| names.name(f);
@@ -182,6 +372,9 @@ fn identity_provider(input: &SettingsInput, names: &dyn SettingsNames, errs: &mu
             (jwks.is_some(), SettingsField::JwksUrl),
             (input.jwt_audiences.as_ref().is_some_and(|a| !a.is_empty()), SettingsField::JwtAudiences),
             (input.idp_ca.is_some(), SettingsField::IdpCa),
+            (input.idp_client_secret.is_some(), SettingsField::IdpClientSecret),
+            (input.cookie_secret.is_some(), SettingsField::CookieSecret),
+            (input.authenticate_service_url.is_some(), SettingsField::AuthenticateServiceUrl),
         ] {
             if set {
                 errs.push(
@@ -221,6 +414,7 @@ fn identity_provider(input: &SettingsInput, names: &dyn SettingsNames, errs: &mu
         Some(pem) => parse_certs(&pem.bytes).map_err(|e| errs.push(name(SettingsField::IdpCa), e)).unwrap_or_default(),
         None => Vec::new(),
     };
+    let sign_in = sign_in(input, names, client_id.is_some(), errs);
     (errs.len() == before).then(|| IdentityProvider {
         issuer,
         jwks_url,
@@ -228,6 +422,7 @@ fn identity_provider(input: &SettingsInput, names: &dyn SettingsNames, errs: &mu
         audiences,
         leeway: leeway.map_or(DEFAULT_JWT_LEEWAY, |d| d.unwrap_or(Duration::ZERO)),
         ca,
+        sign_in,
     })
 }
 
@@ -485,6 +680,17 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
         found(key, errs);
     }
     let policy = route_policy(input, names, errs);
+    found("pass_identity_headers", errs);
+    found("jwt_claims_headers", errs);
+    let jwt_claims_headers = input.jwt_claims_headers.as_ref().map(|pairs| {
+        let mut out = Vec::with_capacity(pairs.len());
+        for (header, claim) in pairs {
+            if let Some(h) = claims_header(header, claim, || names.name(RouteField::JwtClaimsHeader(header)), errs) {
+                out.push(h);
+            }
+        }
+        out
+    });
     if errs.len() > before {
         return None;
     }
@@ -510,7 +716,34 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
         load_balancing_policy,
         health_checks,
         policy,
+        pass_identity_headers: input.pass_identity_headers,
+        jwt_claims_headers,
     })
+}
+
+/// One `jwt_claims_headers` entry: a header name the proxy may set (not one of its own or a
+/// hop-by-hop one) and a claim name.
+fn claims_header(
+    header: &str,
+    claim: &str,
+    at: impl Fn() -> String,
+    errs: &mut Errors,
+) -> Option<(HeaderName, String)> {
+    let Ok(name) = HeaderName::try_from(header) else {
+        errs.push(at(), format!("{header:?} is not a valid header name"));
+        return None;
+    };
+    if matches!(name.as_str(), "host" | "connection" | "content-length" | "transfer-encoding" | "te" | "upgrade")
+        || name.as_str() == "x-portcullis-jwt-assertion"
+    {
+        errs.push(at(), format!("{header:?} cannot carry a claim"));
+        return None;
+    }
+    if claim.trim().is_empty() {
+        errs.push(at(), "names no claim");
+        return None;
+    }
+    Some((name, claim.trim().to_owned()))
 }
 
 /// The route's policy: its `policy` rules, then the rules of its shorthand keys. `None` when

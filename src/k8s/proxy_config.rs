@@ -107,7 +107,8 @@ fn settings_input(spec: &crate::k8s::crd::ProxyConfigSpec) -> SettingsInput {
         idp_ca: None,
         certificates: Vec::new(),
         downstream_mtls: None,
-        problems: Problems::default(),
+        // Sign-in arrives with the ProxyConfig's Secret references (next).
+        ..SettingsInput::default()
     }
 }
 

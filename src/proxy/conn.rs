@@ -178,6 +178,10 @@ pub struct Conn {
     /// The last bearer token its requests proved, so that the next one with it is not
     /// verified again.
     pub tokens: TokenCache,
+    /// The last session cookie it opened.
+    pub sessions: crate::proxy::signin::SessionCache,
+    /// The last identity assertion it signed.
+    pub assertions: crate::proxy::assertion::AssertionCache,
 }
 
 impl Conn {
@@ -200,6 +204,8 @@ impl Conn {
             https_port,
             alt_svc,
             tokens: TokenCache::default(),
+            sessions: crate::proxy::signin::SessionCache::default(),
+            assertions: crate::proxy::assertion::AssertionCache::default(),
         }
     }
 

@@ -70,6 +70,11 @@ pub enum Kind {
     Unauthenticated,
     /// The route's policy refused the request's identity.
     Forbidden,
+    /// A sign-in step was invalid: an expired or forged state, another browser's sign-in,
+    /// the provider refusing.
+    SignInFailed,
+    /// The identity provider could not be reached, or answered with nonsense.
+    IdpUnavailable,
     /// The route has no upstream right now (its Service has no ready endpoints).
     NoEndpoints,
     /// Connecting to the upstream failed.
@@ -94,14 +99,14 @@ impl Kind {
         match self {
             Kind::NoRoute => StatusCode::NOT_FOUND,
             Kind::UpgradeNotAllowed | Kind::Forbidden => StatusCode::FORBIDDEN,
-            Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::BadRequest | Kind::SignInFailed => StatusCode::BAD_REQUEST,
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Kind::ReadTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::ClientCertRequired => StatusCode::from_u16(495).expect("495 is a valid code"),
             Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
             Kind::UpstreamUnreachable | Kind::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
-            Kind::UpstreamReset | Kind::UpgradeFailed => StatusCode::BAD_GATEWAY,
+            Kind::UpstreamReset | Kind::UpgradeFailed | Kind::IdpUnavailable => StatusCode::BAD_GATEWAY,
             Kind::UpstreamTimeout | Kind::WriteTimeout | Kind::StreamIdle => StatusCode::GATEWAY_TIMEOUT,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -117,6 +122,7 @@ impl Kind {
             | Kind::ReadTimeout
             | Kind::ClientCertRequired
             | Kind::Unauthenticated
+            | Kind::SignInFailed
             | Kind::Forbidden => Fault::Downstream,
             Kind::UpstreamUnreachable
             | Kind::NoEndpoints
@@ -124,7 +130,8 @@ impl Kind {
             | Kind::UpstreamTimeout
             | Kind::WriteTimeout
             | Kind::StreamIdle
-            | Kind::UpgradeFailed => Fault::Upstream,
+            | Kind::UpgradeFailed
+            | Kind::IdpUnavailable => Fault::Upstream,
             Kind::Internal => Fault::Internal,
         }
     }
@@ -161,6 +168,8 @@ impl Kind {
             Kind::ClientCertRequired => "a valid client certificate is required",
             Kind::Unauthenticated => "sign in to use this route",
             Kind::Forbidden => "the route's policy does not allow this request",
+            Kind::SignInFailed => "sign-in failed",
+            Kind::IdpUnavailable => "sign-in is unavailable",
             Kind::NoEndpoints => "no ready endpoints for this route",
             Kind::UpstreamUnreachable => "upstream unreachable",
             Kind::UpstreamReset => "upstream connection failed",

@@ -32,6 +32,8 @@ pub struct Idp {
     expect: Expect,
     /// Its keys.
     pub jwks: Arc<Jwks>,
+    /// Browser sign-in, when `idp_client_secret` is set.
+    pub sign_in: Option<super::signin::SignIn>,
     stop: CancellationToken,
 }
 
@@ -43,6 +45,9 @@ pub struct Admitted {
     pub identity: Identity,
     /// `exp` plus the leeway: when a tunnel admitted with it is re-checked and closed.
     pub valid_until: u64,
+    /// The sign-in session it came from (a cookie, a programmatic token): signing out
+    /// revokes it.
+    pub session: Option<Box<str>>,
 }
 
 /// The last token a connection verified. A hit needs the same token, the same key set (a
@@ -77,6 +82,7 @@ impl Idp {
             None => KeysAt::Discovery { issuer: config.issuer.clone() },
         };
         let jwks = Jwks::new(at, provider_tls(&config), REFETCH_INTERVAL);
+        let sign_in = super::signin::SignIn::new(&config, provider_tls(&config));
         let stop = CancellationToken::new();
         // Outside a runtime (a unit test's proxy) the keys are fetched on first use.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -84,7 +90,7 @@ impl Idp {
         }
         let expect =
             Expect { issuer: config.issuer.clone(), audiences: config.audiences.clone(), leeway: config.leeway };
-        Arc::new(Self { config, expect, jwks, stop })
+        Arc::new(Self { config, expect, jwks, sign_in, stop })
     }
 
     /// The identity `token` proves, if it is valid; remembered in `cache` (the connection's).
@@ -113,7 +119,7 @@ impl Idp {
         match verified {
             Verified::Identity { identity, expires_at } => {
                 let valid_until = expires_at.saturating_add(self.config.leeway.as_secs());
-                let admitted = Arc::new(Admitted { identity, valid_until });
+                let admitted = Arc::new(Admitted { identity, valid_until, session: None });
                 cache.0.store(Some(Arc::new(Cached {
                     token: token.as_bytes().into(),
                     keys,

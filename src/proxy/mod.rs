@@ -7,11 +7,14 @@
 //! reloads swap snapshots and listener [`generation`]s in, [`drain`] retires old
 //! generations, [`health`] checks upstreams, [`body`] and [`stall`] enforce the timeouts
 //! while bytes flow, and [`headers`] holds the header rules every path applies. [`idp`] and
-//! [`jwks`] are the identity provider a bearer token is verified against.
+//! [`jwks`] are the identity provider a bearer token is verified against; [`signin`] is the
+//! browser's sign-in with it, [`session`] the sealed cookie it leaves, [`revocations`] the
+//! signed-out sessions, and [`assertion`] the identity handed to upstreams.
 //!
 //! The request path takes no lock: it loads the current [`Snapshot`] from an `ArcSwap`.
 
 pub mod accept;
+pub mod assertion;
 pub mod body;
 pub mod conn;
 pub mod drain;
@@ -23,6 +26,9 @@ pub mod http;
 pub mod idp;
 pub mod jwks;
 pub mod log;
+pub mod revocations;
+pub mod session;
+pub mod signin;
 pub mod snapshot;
 pub mod stall;
 pub mod state;

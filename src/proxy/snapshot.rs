@@ -63,6 +63,10 @@ pub struct CompiledRoute {
     pub life: RouteLife,
     /// Its per-request metric series, looked up once.
     pub(crate) series: RouteSeries,
+    /// Whether its upstreams get `X-Portcullis-Jwt-Assertion` (`pass_identity_headers`).
+    pub pass_identity: bool,
+    /// Its `jwt_claims_headers` (the route's, else the global ones).
+    pub claims_headers: Vec<(http::HeaderName, String)>,
 }
 
 /// The series a route's requests update, keyed by the addresses of the `&'static str`
@@ -136,7 +140,11 @@ impl CompiledRoute {
         };
         let balancer = Balancer::new(&route.to, &route.tls, route.load_balancing_policy, clients, health);
         let series = RouteSeries::new(balancer.targets().len());
-        Self { route, upstream_timeout, stream_idle, balancer, life, series }
+        let pass_identity =
+            route.pass_identity_headers.or(settings.identity_headers.pass).unwrap_or(route.policy.is_some());
+        let claims_headers =
+            route.jwt_claims_headers.clone().unwrap_or_else(|| settings.identity_headers.claims_headers.clone());
+        Self { route, upstream_timeout, stream_idle, balancer, life, series, pass_identity, claims_headers }
     }
 }
 
@@ -153,4 +161,23 @@ pub struct Snapshot {
     /// The identity provider bearer tokens are verified against, when one is configured
     /// (the same one, keys and all, across reloads that keep its settings).
     pub idp: Option<Arc<Idp>>,
+    /// The sign-in host, when sign-in is on.
+    pub authenticate: Option<crate::config::ServiceUrl>,
+    /// The key of identity assertions and programmatic tokens, when a provider is configured
+    /// (kept across reloads that keep `signing_key`).
+    pub signer: Option<Arc<super::assertion::Signer>>,
+    /// The signed-out sessions (the process's, across reloads).
+    pub revocations: Arc<super::revocations::Revocations>,
+}
+
+impl Snapshot {
+    /// Whether `host` (lower case, no port) is named by a route: a redirect may go there.
+    pub fn serves_host(&self, host: &str) -> bool {
+        self.routes.names_host(host)
+    }
+
+    /// The sign-in of the configured provider, when on.
+    pub fn sign_in(&self) -> Option<(&super::signin::SignIn, &crate::config::ServiceUrl)> {
+        Some((self.idp.as_ref()?.sign_in.as_ref()?, self.authenticate.as_ref()?))
+    }
 }

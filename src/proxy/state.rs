@@ -11,10 +11,12 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use super::assertion::Signer;
 use super::drain::{Affected, Drains};
 use super::generation::{self, cert_ids, ListenerGeneration, ListenerSettings};
 use super::health;
 use super::idp::Idp;
+use super::revocations::Revocations;
 use super::snapshot::{CompiledRoute, RouteLife, Snapshot};
 use super::table::RouteTable;
 use super::upstream::ClientCache;
@@ -52,6 +54,8 @@ pub struct Proxy {
     sockets: std::sync::OnceLock<Arc<dyn Sockets>>,
     /// `Alt-Svc` for TCP responses while `quic-ingress` listens.
     alt_svc: arc_swap::ArcSwapOption<http::HeaderValue>,
+    /// Signed-out sessions, kept across reloads.
+    pub revocations: Arc<Revocations>,
 }
 
 /// What [`Proxy::apply`] did.
@@ -90,7 +94,10 @@ impl Proxy {
         let generation = generation::build(1, &config.settings, &effective_certs(&config.settings, &default_cert))?;
         let lifetimes = RouteLifetimes::default();
         let idp = config.settings.identity_provider.clone().map(Idp::start);
-        let first = Arc::new(build_snapshot(config, 1, &clients, &health, &lifetimes, idp));
+        let revocations = Arc::new(Revocations::default());
+        let signer = signer_for(None, &config);
+        let identity = Identity { idp, signer, revocations: revocations.clone() };
+        let first = Arc::new(build_snapshot(config, 1, &clients, &health, &lifetimes, identity));
         lifetimes.retain(&first);
         health.restart(&first, &metrics.upstream_healthy);
         let snapshot = ArcSwap::new(first);
@@ -111,6 +118,7 @@ impl Proxy {
             listeners: Mutex::new(Vec::new()),
             sockets: std::sync::OnceLock::new(),
             alt_svc: arc_swap::ArcSwapOption::empty(),
+            revocations,
         }))
     }
 
@@ -153,7 +161,9 @@ impl Proxy {
             (Some(running), Some(wanted)) if running.config == *wanted => Some(running.clone()),
             (_, wanted) => wanted.clone().map(Idp::start),
         };
-        let snap = Arc::new(build_snapshot(config, version, &self.clients, &self.health, &self.lifetimes, idp));
+        let signer = signer_for(old.signer.as_ref(), &config);
+        let identity = Identity { idp, signer, revocations: self.revocations.clone() };
+        let snap = Arc::new(build_snapshot(config, version, &self.clients, &self.health, &self.lifetimes, identity));
         self.snapshot.store(snap.clone());
         self.lifetimes.retain(&snap);
         self.health.restart(&snap, &self.metrics.upstream_healthy);
@@ -264,14 +274,34 @@ fn effective_certs(settings: &Settings, default_cert: &Certificate) -> Vec<Certi
     }
 }
 
+/// What a snapshot knows of identity: the provider, the assertion key, the sign-outs.
+struct Identity {
+    idp: Option<Arc<Idp>>,
+    signer: Option<Arc<Signer>>,
+    revocations: Arc<Revocations>,
+}
+
+/// The assertion key for `config`: none without a provider; the running one when
+/// `signing_key` did not change (a key made at start is kept until one is configured).
+fn signer_for(old: Option<&Arc<Signer>>, config: &Config) -> Option<Arc<Signer>> {
+    config.settings.identity_provider.as_ref()?;
+    let wanted = config.settings.identity_headers.signing_key.as_ref().map(|k| k.0.as_slice());
+    match old {
+        Some(s) if s.configured.as_deref() == wanted => Some(s.clone()),
+        _ => Some(Signer::new(wanted)),
+    }
+}
+
 fn build_snapshot(
     config: Config,
     version: u64,
     clients: &ClientCache,
     health: &health::Registry,
     lifetimes: &RouteLifetimes,
-    idp: Option<Arc<Idp>>,
+    identity: Identity,
 ) -> Snapshot {
+    let authenticate = config.authenticate_url();
+    let Identity { idp, signer, revocations } = identity;
     let Config { settings, routes } = config;
     let compiled = routes
         .into_iter()
@@ -290,6 +320,9 @@ fn build_snapshot(
         settings,
         applied_at: SystemTime::now(),
         idp,
+        authenticate,
+        signer,
+        revocations,
     }
 }
 

@@ -87,6 +87,13 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 impl<T> RouteTable<T> {
+    /// Whether a route names `host` (lower case, no port), exactly or by a `*.` wildcard; a
+    /// route for any host names none.
+    pub fn names_host(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.exact.contains_key(&host) || host.split_once('.').is_some_and(|(_, rest)| self.wildcard.contains_key(rest))
+    }
+
     /// Builds the table; `key` gives each route's host and path matcher.
     pub fn new(routes: Vec<T>, key: impl Fn(&T) -> (&HostMatch, &PathMatch)) -> Self {
         let mut exact: HashMap<String, PathTable> = HashMap::new();

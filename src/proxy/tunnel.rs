@@ -186,6 +186,9 @@ impl Closed {
             Closed::Revoked(Revoked::TokenExpired) => {
                 "tunnel closed: the token it was admitted with expired".to_owned()
             }
+            Closed::Revoked(Revoked::SignedOut) => {
+                "tunnel closed: the session it was admitted with was signed out".to_owned()
+            }
         }
     }
 }

@@ -259,6 +259,13 @@ pub const GLOBAL_SCALAR_KEYS: &[&str] = &[
     "idp_client_id",
     "jwks_url",
     "jwt_leeway",
+    "idp_client_secret",
+    "authenticate_service_url",
+    "cookie_name",
+    "cookie_secret",
+    "cookie_expire",
+    "signing_key",
+    "pass_identity_headers",
 ];
 
 /// Parses a whole standalone-style document (global settings plus `routes`) into a config,
@@ -326,8 +333,21 @@ pub fn read_settings(m: &mut MappingReader<'_>, material: &dyn Material) -> Sett
         idp_client_id: m.string("idp_client_id", &mut p),
         jwks_url: m.string("jwks_url", &mut p),
         jwt_leeway: m.duration("jwt_leeway", &mut p),
+        authenticate_service_url: m.string("authenticate_service_url", &mut p),
+        cookie_name: m.string("cookie_name", &mut p),
+        cookie_expire: m.duration("cookie_expire", &mut p),
+        pass_identity_headers: m.boolean("pass_identity_headers", &mut p),
         ..SettingsInput::default()
     };
+    s.idp_scopes = m.strings("idp_scopes", &mut p);
+    s.idp_client_secret = read_secret_field(m, "idp_client_secret", "idp_client_secret_file", material, &mut p);
+    s.cookie_secret = read_secret_field(m, "cookie_secret", "cookie_secret_file", material, &mut p);
+    s.signing_key = read_secret_field(m, "signing_key", "signing_key_file", material, &mut p);
+    if let Some(v) = m.get("jwt_claims_headers") {
+        let mut found = Errors::default();
+        s.jwt_claims_headers = string_map(v, &m.at("jwt_claims_headers"), &mut found);
+        p.add("jwt_claims_headers", None, found);
+    }
     s.jwt_audiences = m.strings("jwt_audiences", &mut p);
     s.idp_ca = read_pem_field(m, "idp_ca", "idp_ca_file", material, &mut p);
     if let Some(items) = m.list("certificates", &mut p) {
@@ -373,6 +393,41 @@ fn read_mtls(path: &str, v: &Value, material: &dyn Material, errs: &mut Errors) 
 
 /// Reads `inline_key` (PEM, or base64 of PEM) or `file_key` (a reference for [`Material`]).
 /// Problems with either are recorded under `inline_key`.
+/// A secret given inline (`key`) or in a file (`key_file`), as its text: never decoded,
+/// never quoted in an error.
+fn read_secret_field(
+    m: &mut MappingReader<'_>,
+    inline_key: &'static str,
+    file_key: &'static str,
+    material: &dyn Material,
+    problems: &mut Problems,
+) -> Option<Pem> {
+    let mut found = Problems::default();
+    let inline = m.string(inline_key, &mut found);
+    let file = m.string(file_key, &mut found);
+    let mut errs = Errors::default();
+    let secret = match (inline, file) {
+        (Some(_), Some(_)) => {
+            errs.push(m.at(file_key), format!("set either {inline_key} or {file_key}, not both"));
+            None
+        }
+        (Some(text), None) => Some(Pem { source: format!("inline {inline_key}"), bytes: text.into_bytes() }),
+        (None, Some(file)) => match material.read(&file) {
+            Ok(bytes) => Some(Pem { source: file, bytes }),
+            Err(e) => {
+                errs.push(m.at(file_key), e);
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let mut all = Errors::default();
+    all.extend(found.about(inline_key, None).chain(found.about(file_key, None)));
+    all.extend(errs.into_vec().iter());
+    problems.add(inline_key, None, all);
+    secret
+}
+
 fn read_pem_field(
     m: &mut MappingReader<'_>,
     inline_key: &'static str,
@@ -518,6 +573,8 @@ pub fn read_route_value(key: &str, v: &Value, at: &str, input: &mut RouteInput) 
         "allow_any_authenticated_user" => {
             input.shorthand.any_authenticated_user = boolean(v, at, errs).unwrap_or(false);
         }
+        "pass_identity_headers" => input.pass_identity_headers = boolean(v, at, errs),
+        "jwt_claims_headers" => input.jwt_claims_headers = string_map(v, at, errs),
         "allowed_users" => input.shorthand.users = strings(v, at, errs),
         "allowed_domains" => input.shorthand.domains = strings(v, at, errs),
         "allowed_idp_claims" => {

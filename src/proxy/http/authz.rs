@@ -129,6 +129,9 @@ pub(crate) enum Revoked {
     PolicyChanged,
     /// The token it was admitted with expired, and the policy does not admit it without.
     TokenExpired,
+    /// The session it was admitted with was signed out, and the policy does not admit it
+    /// without.
+    SignedOut,
 }
 
 impl Revoked {
@@ -137,6 +140,7 @@ impl Revoked {
         match self {
             Self::PolicyChanged => "policy_changed",
             Self::TokenExpired => "token_expired",
+            Self::SignedOut => "signed_out",
         }
     }
 }
@@ -205,6 +209,14 @@ impl Admission {
         if policy.borrow().as_deref() != route.route.policy.as_deref() {
             policy.mark_changed();
         }
+        let mut sign_outs = self.snap.revocations.changed();
+        let revocations = self.snap.revocations.clone();
+        let signed_out = |token: &Option<Arc<Admitted>>| {
+            token.as_ref().and_then(|t| t.session.as_deref()).is_some_and(|sid| revocations.is_revoked(sid))
+        };
+        if signed_out(&self.token) {
+            sign_outs.mark_changed();
+        }
         loop {
             let expiry = self.token.as_ref().map(|t| Duration::from_secs(t.valid_until.saturating_sub(unix_now())));
             let expired = async {
@@ -231,6 +243,15 @@ impl Admission {
                         return Revoked::TokenExpired;
                     }
                 }
+                Ok(()) = sign_outs.changed(), if self.token.as_ref().is_some_and(|t| t.session.is_some()) => {
+                    if signed_out(&self.token) {
+                        self.token = None;
+                        let current = policy.borrow().clone();
+                        if !self.admits(current.as_deref()) {
+                            return Revoked::SignedOut;
+                        }
+                    }
+                }
             }
         }
     }
@@ -245,6 +266,7 @@ impl std::fmt::Display for StreamRevoked {
         match self.0 {
             Revoked::PolicyChanged => f.write_str("stream closed: its route's policy changed and no longer admits it"),
             Revoked::TokenExpired => f.write_str("stream closed: the token it was admitted with expired"),
+            Revoked::SignedOut => f.write_str("stream closed: the session it was admitted with was signed out"),
         }
     }
 }

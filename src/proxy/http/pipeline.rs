@@ -17,9 +17,10 @@ use crate::proxy::conn::Conn;
 use crate::proxy::error::{Error, Kind, Result};
 use crate::proxy::headers::{is_other_upgrade, strip_underscore_lookalikes};
 use crate::proxy::log::{request_id, PageFormat, RequestLog};
+use crate::proxy::signin::bare_host;
 use crate::proxy::snapshot::Snapshot;
 use crate::proxy::state::Proxy;
-use crate::proxy::tunnel;
+use crate::proxy::{assertion, tunnel};
 
 /// Handles one downstream request and never fails: every error becomes a response. The
 /// body type is hyper's for HTTP/1.1 and HTTP/2 and the HTTP/3 stream's for HTTP/3.
@@ -79,15 +80,21 @@ where
     B::Error: Into<body::BoxError>,
 {
     let underscored = early::check(&req, host)?;
-    if let Some(answer) = builtin::answer(conn, &req, host) {
-        return Ok(answer);
+    if builtin::wanted(conn, snap, &req, host) {
+        log.page = PageFormat::of(req.headers());
+        // Boxed: sign-in's futures are large, and rare.
+        return Box::pin(builtin::answer(conn, snap, &req, host)).await;
     }
     let found = route::find(snap, host, req.uri().path());
     let websocket = tunnel::is_websocket(&req);
-    // The token is verified only when something will read it: the route's policy, or a
-    // policy a later reload gives a tunnel's route.
-    let wanted = websocket || found.is_some_and(|i| snap.routes.routes()[i].route.policy.is_some());
-    let identity = authn::authenticate(conn, snap, &req, wanted).await;
+    // The identity is verified only when something will read it: the route's policy, its
+    // identity headers, or a policy a later reload gives a tunnel's route.
+    let wanted = websocket
+        || found.is_some_and(|i| {
+            let r = &snap.routes.routes()[i];
+            r.route.policy.is_some() || r.pass_identity || !r.claims_headers.is_empty()
+        });
+    let identity = authn::authenticate(conn, snap, &req, host, wanted).await;
     authz::authorize(snap, conn, &identity)?;
     let route_idx = found.ok_or_else(|| Error::new(Kind::NoRoute))?;
     let route = &snap.routes.routes()[route_idx];
@@ -95,14 +102,31 @@ where
     if let Some(policy) = &route.route.policy {
         let (verdict, result) = authz::route_policy(policy, snap, route, conn, &identity, &req, &log.metrics);
         log.authz = Some(verdict);
-        if result.is_err() {
+        if let Err(e) = result {
+            // A browser without a session is sent to sign in; anything else gets the 401.
+            if e.kind() == Kind::Unauthenticated && is_navigation(&req) {
+                if let Some((sign_in, auth)) = snap.sign_in() {
+                    let pq = req.uri().path_and_query().map_or("/", http::uri::PathAndQuery::as_str);
+                    return Ok(sign_in.to_sign_in(auth, host, pq));
+                }
+            }
             log.page = PageFormat::of(req.headers());
+            return Err(e);
         }
-        result?;
     }
     if underscored {
         strip_underscore_lookalikes(req.headers_mut(), &route.route);
     }
+    // Never a client's own identity headers; the proxy's when the route passes them.
+    assertion::set_headers(
+        req.headers_mut(),
+        snap.signer.as_ref(),
+        identity.token.as_ref(),
+        bare_host(host),
+        route.pass_identity,
+        &route.claims_headers,
+        &conn.assertions,
+    );
     let target_idx = pick::pick(snap, route_idx, log)?;
 
     // Upgrades leave the pipeline here, into the tunnel.
@@ -129,5 +153,21 @@ where
     let (upstream_req, state) = send::prepare(conn, route, target_idx, req, host, &log.request_id)?;
     let resp = send::send(conn, route, target_idx, upstream_req, &state, &log.metrics, log.started).await?;
     *stream = Some((route.stream_idle, state));
-    Ok(response::relayed(route, resp, admission, &log.metrics))
+    let mut resp = response::relayed(route, resp, admission, &log.metrics);
+    if let Some(cookie) = identity.set_cookie {
+        resp.headers_mut().append(http::header::SET_COOKIE, cookie);
+    }
+    Ok(resp)
+}
+
+/// A browser opening a page: GET or HEAD that accepts HTML (an API client, a fetch, a
+/// form post keep the 401: a redirect to a sign-in page would only confuse them).
+fn is_navigation<B>(req: &Request<B>) -> bool {
+    (req.method() == Method::GET || req.method() == Method::HEAD)
+        && req
+            .headers()
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|m| m.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("text/html")))
 }
