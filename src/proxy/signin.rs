@@ -56,7 +56,7 @@ const FLOW_TTL: u64 = 600;
 /// How long a hand-off to a route host is good for.
 const HANDOFF_TTL: u64 = 60;
 /// An ID token is renewed this long before it expires.
-const RENEW_BEFORE: u64 = 30;
+const RENEW_BEFORE: u64 = 10;
 /// How long a provider request may take.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest provider response read (discovery, tokens).
