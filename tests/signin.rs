@@ -436,3 +436,80 @@ async fn provider_down_is_a_clear_502_and_nothing_breaks() {
     assert_eq!(agent.get(&env.url("open.test", "/")).await.status, 200);
     assert_eq!(agent.follow(&env.url("app.test", "/"), 10).await.last().unwrap().status, 502);
 }
+
+#[tokio::test]
+async fn signing_out_closes_the_websockets_of_the_session_within_two_seconds() {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message;
+    let env = setup(|_| {}).await;
+    let mut agent = Agent::new();
+    let hops = sign_in(&mut agent, &env, &env.url("ws.test", "/"), alice()).await;
+    assert_eq!(hops.last().unwrap().status, 200, "{}", describe(&hops));
+    let cookie = format!("_portcullis={}", agent.cookie("_portcullis", "ws.test").unwrap());
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = h1_tls(env.r.main, "ws.test", &[default_cert(&env.r)]).await;
+        let mut req = ws_upgrade(&format!("ws.test:{}", env.port));
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
+        let resp = c.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        let upgraded = hyper::upgrade::on(resp).await.unwrap();
+        open.push(
+            tokio_tungstenite::WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(upgraded),
+                Role::Client,
+                None,
+            )
+            .await,
+        );
+    }
+    let out = agent.get(&env.url("ws.test", "/.portcullis/sign_out")).await;
+    assert_eq!(out.status, 302);
+    let started = std::time::Instant::now();
+    for ws in &mut open {
+        let closed = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_) | Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the session's WebSocket closed within 2 s of its sign-out");
+    }
+    println!("closed {:?} after the sign-out", started.elapsed());
+    let m = metrics(&env.r).await;
+    assert!(m.contains(r#"portcullis_connections_revoked_total{route="ws.test",reason="signed_out"} 2"#), "{m}");
+}
+
+#[tokio::test]
+async fn a_real_browser_signs_in_sees_its_identity_reach_the_app_and_signs_out() {
+    let env = setup(|_| {}).await;
+    let b = signin_support::Browser::start("signin-a_real_browser_signs_in").await;
+    b.goto(&env.url("app.test", "/page?from=browser")).await;
+    b.screenshot("sent-to-provider").await;
+    b.sign_in_at_provider(env.provider.issuer(), ALICE.login, ALICE.password).await;
+    let landed = b.wait_url_contains("app.test", Duration::from_secs(15)).await;
+    assert_eq!(landed, env.url("app.test", "/page?from=browser"), "back where it started");
+    b.screenshot("on-the-app").await;
+    // Chromium shows the upstream's JSON: the identity reached it.
+    b.wait_source_contains("x-portcullis-jwt-assertion", Duration::from_secs(10)).await;
+    let source = b.source().await;
+    assert!(source.contains("alice@example.com"), "{source}");
+    // The session cookie is HttpOnly: no script on the page can read it.
+    let seen_by_script = b.execute("return document.cookie", vec![]).await;
+    assert!(!seen_by_script.as_str().unwrap_or_default().contains("_portcullis"), "{seen_by_script}");
+    // Sign out: the provider asks, the browser says yes, and ends on the signed-out page.
+    b.goto(&env.url("app.test", "/.portcullis/sign_out")).await;
+    b.confirm_provider_logout(env.provider.issuer()).await;
+    b.wait_source_contains("You are signed out", Duration::from_secs(10)).await;
+    b.screenshot("signed-out").await;
+    // The app again: sent to sign in, and the provider asks for a password again.
+    b.goto(&env.url("app.test", "/page")).await;
+    b.wait_url_contains(&format!("{}/interaction/", env.provider.issuer()), Duration::from_secs(15)).await;
+    b.find("form#login").await;
+    b.screenshot("sign-in-again").await;
+    b.close().await;
+}
