@@ -107,6 +107,12 @@ fn upstream_headers(hop: &Hop) -> serde_json::Map<String, serde_json::Value> {
     doc["headers"].as_object().unwrap().clone()
 }
 
+/// A plain-HTTP GET to the admin listener.
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut c = h1_plain(addr).await;
+    text(c.send_request(get("localhost", path)).await.unwrap()).await.1
+}
+
 fn alice() -> (&'static str, &'static str) {
     (ALICE.login, ALICE.password)
 }
@@ -172,6 +178,12 @@ async fn a_browser_signs_in_reaches_the_app_with_its_identity_and_signs_out_ever
     let api = agent.request("GET", &env.url("api.test", "/"), &[("x-portcullis-jwt-assertion", "forged")], None).await;
     let api_seen = upstream_headers(&api);
     assert!(!api_seen.contains_key("x-portcullis-jwt-assertion") && !api_seen.contains_key("x-email"), "{api_seen:?}");
+
+    // The admin's config dump names the sign-in settings and no secret.
+    let dump = admin_get(env.r.admin.unwrap(), "/config_dump").await;
+    assert!(dump.contains(&format!("authenticate.test:{}", env.port)), "{dump}");
+    let secret = base64::engine::general_purpose::STANDARD.encode(SECRET);
+    assert!(!dump.contains("portcullis-secret") && !dump.contains(&secret), "{dump}");
 
     // Single sign-on: another route host signs in through the sign-in host's session,
     // without the provider.
