@@ -244,6 +244,17 @@ async fn tampered_expired_foreign_and_signed_out_cookies_are_no_session() {
     // A session sealed with the proxy's secret works (what the sign-in would have set).
     agent.set_cookie("_portcullis", "app.test", &ours.seal(Purpose::Session, &good));
     assert_eq!(agent.get(&env.url("app.test", "/")).await.status, 200);
+    // The same over HTTP/2: one pipeline for every version.
+    let mut h2 = h2_tls(env.r.main, "app.test", &[default_cert(&env.r)]).await;
+    for _ in 0..2 {
+        let mut req = get2(&format!("app.test:{}", env.port), "/");
+        req.headers_mut()
+            .insert("cookie", format!("_portcullis={}", ours.seal(Purpose::Session, &good)).parse().unwrap());
+        let (status, body) = json(h2.send_request(req).await.unwrap()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["headers"]["x-email"], "alice@example.com");
+        assert!(body["headers"]["x-portcullis-jwt-assertion"].is_string());
+    }
     // Tampered: one character changed anywhere.
     let sealed = ours.seal(Purpose::Session, &good);
     for i in [3, sealed.len() / 2, sealed.len() - 2] {
