@@ -117,16 +117,20 @@ where
     if underscored {
         strip_underscore_lookalikes(req.headers_mut(), &route.route);
     }
-    // Never a client's own identity headers; the proxy's when the route passes them.
-    assertion::set_headers(
-        req.headers_mut(),
-        snap.signer.as_ref(),
-        identity.token.as_ref(),
-        bare_host(host),
-        route.pass_identity,
-        &route.claims_headers,
-        &conn.assertions,
-    );
+    // Never a client's own identity headers; the proxy's when the route passes them. (Only
+    // where the proxy issues identity at all, a provider being configured: elsewhere no
+    // upstream can expect these headers from it.)
+    if snap.signer.is_some() {
+        assertion::set_headers(
+            req.headers_mut(),
+            snap.signer.as_ref(),
+            identity.token.as_ref(),
+            bare_host(host),
+            route.pass_identity,
+            &route.claims_headers,
+            &conn.assertions,
+        );
+    }
     let target_idx = pick::pick(snap, route_idx, log)?;
 
     // Upgrades leave the pipeline here, into the tunnel.
