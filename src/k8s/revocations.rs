@@ -250,14 +250,16 @@ async fn watch_loop(t: Target, revocations: Arc<Revocations>) {
     }
 }
 
-/// On the leader: removes expired entries every [`PRUNE_EVERY`].
+/// On the leader: removes expired entries when it becomes the leader and every
+/// [`PRUNE_EVERY`].
 async fn prune_loop(t: Target, mut leader: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // A new leader prunes at once, then every PRUNE_EVERY.
         tokio::select! {
             _ = tick.tick() => {}
-            r = leader.changed() => if r.is_err() { return } else { continue },
+            r = leader.changed() => if r.is_err() { return },
         }
         if !*leader.borrow() {
             continue;
