@@ -140,6 +140,9 @@ pub fn config_dump(proxy: &Proxy) -> serde_json::Value {
                 "tls_client_cert": r.tls.client_cert.is_some(),
                 "load_balancing_policy": r.load_balancing_policy,
                 "health_checks": r.health_checks.len(),
+                "policy": r.policy.is_some(),
+                "pass_identity_headers": cr.pass_identity,
+                "jwt_claims_headers": cr.claims_headers.iter().map(|(h, c)| json!({"header": h.as_str(), "claim": c})).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -164,6 +167,19 @@ pub fn config_dump(proxy: &Proxy) -> serde_json::Value {
                 "max_verify_depth": m.max_verify_depth,
                 "ca_certificates": m.ca.len(),
                 "crls": m.crls.len(),
+            })),
+            // Names and switches only: never a secret.
+            "identity_provider": s.identity_provider.as_ref().map(|p| json!({
+                "idp_provider_url": p.issuer,
+                "idp_client_id": p.client_id,
+                "jwt_audiences": p.audiences,
+                "sign_in": p.sign_in.as_ref().map(|si| json!({
+                    "authenticate_service_url": snap.authenticate.as_ref().map(crate::config::ServiceUrl::origin),
+                    "idp_scopes": si.scopes,
+                    "cookie_name": si.cookie_name,
+                    "cookie_expire": fmt_duration(si.cookie_expire),
+                })),
+                "signing_key": if s.identity_headers.signing_key.is_some() { "configured" } else { "made at start" },
             })),
         },
         "routes": routes,

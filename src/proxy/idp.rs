@@ -32,8 +32,6 @@ pub struct Idp {
     expect: Expect,
     /// Its keys.
     pub jwks: Arc<Jwks>,
-    /// Browser sign-in, when `idp_client_secret` is set.
-    pub sign_in: Option<super::signin::SignIn>,
     stop: CancellationToken,
 }
 
@@ -82,7 +80,6 @@ impl Idp {
             None => KeysAt::Discovery { issuer: config.issuer.clone() },
         };
         let jwks = Jwks::new(at, provider_tls(&config), REFETCH_INTERVAL);
-        let sign_in = super::signin::SignIn::new(&config, provider_tls(&config));
         let stop = CancellationToken::new();
         // Outside a runtime (a unit test's proxy) the keys are fetched on first use.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -90,7 +87,7 @@ impl Idp {
         }
         let expect =
             Expect { issuer: config.issuer.clone(), audiences: config.audiences.clone(), leeway: config.leeway };
-        Arc::new(Self { config, expect, jwks, sign_in, stop })
+        Arc::new(Self { config, expect, jwks, stop })
     }
 
     /// The identity `token` proves, if it is valid; remembered in `cache` (the connection's).
@@ -147,7 +144,7 @@ impl Drop for Idp {
 }
 
 /// Trust anchors for the provider: `idp_ca`, else the system's.
-fn provider_tls(config: &IdentityProvider) -> rustls::ClientConfig {
+pub(crate) fn provider_tls(config: &IdentityProvider) -> rustls::ClientConfig {
     let roots = if config.ca.is_empty() {
         super::upstream::system_roots()
     } else {

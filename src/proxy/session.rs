@@ -112,11 +112,23 @@ pub struct Session {
 const PROTOCOL_CLAIMS: &[&str] =
     &["iss", "aud", "azp", "exp", "iat", "nbf", "nonce", "at_hash", "c_hash", "sid", "jti"];
 
+/// What [`Session::essential`] keeps.
+const ESSENTIAL_CLAIMS: &[&str] = &["sub", "email", "email_verified", "groups", "name", "preferred_username"];
+
 impl Session {
     /// A session for the user `claims` (an ID token's) describe.
     pub fn new(mut claims: Map<String, Value>, id_exp: u64, refresh: Option<String>, exp: u64) -> Self {
         claims.retain(|k, _| !PROTOCOL_CLAIMS.contains(&k.as_str()));
         Self { sid: random_id(), claims, id_exp, refresh, exp }
+    }
+
+    /// The same session with only the claims policies and upstreams most need: for a
+    /// provider whose claims do not fit in a cookie.
+    #[must_use]
+    pub fn essential(&self) -> Self {
+        let mut s = self.clone();
+        s.claims.retain(|k, _| ESSENTIAL_CLAIMS.contains(&k.as_str()));
+        s
     }
 
     /// The identity a policy reads.
@@ -166,6 +178,16 @@ mod tests {
         assert_eq!(back.identity().groups, ["x"]);
         assert!(!back.claims.contains_key("nonce") && !back.claims.contains_key("aud"));
         assert_ne!(sealed, s.seal(Purpose::Session, &back), "a fresh nonce every time");
+    }
+
+    #[test]
+    fn an_essential_session_keeps_who_it_is() {
+        let mut s = session();
+        s.claims.insert("huge".into(), Value::String("x".repeat(5000)));
+        let e = s.essential();
+        assert_eq!(e.identity().email, s.identity().email);
+        assert_eq!((e.sid.as_str(), e.exp), (s.sid.as_str(), s.exp));
+        assert!(!e.claims.contains_key("huge"));
     }
 
     #[test]

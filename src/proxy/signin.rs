@@ -56,11 +56,13 @@ const FLOW_TTL: u64 = 600;
 /// How long a hand-off to a route host is good for.
 const HANDOFF_TTL: u64 = 60;
 /// An ID token is renewed this long before it expires.
-const RENEW_BEFORE: u64 = 30;
+const RENEW_BEFORE: u64 = 10;
 /// How long a provider request may take.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest provider response read (discovery, tokens).
 const MAX_PROVIDER_BODY: usize = 1024 * 1024;
+/// The largest `Set-Cookie` value made: browsers keep 4096 bytes per cookie.
+const MAX_COOKIE: usize = 4000;
 /// How long discovery (and the keys it carries) is kept before it is fetched again.
 const DISCOVERY_TTL_MS: u64 = 300_000;
 
@@ -400,10 +402,11 @@ impl SignIn {
         }
         // Only a path on this host: the hand-off names its own host anyway.
         let to = url_path_and_query(&handoff.to).unwrap_or("/");
+        let cookie = self.session_cookie(&handoff.session).ok_or_else(|| {
+            Error::with(Kind::SignInFailed, "the identity provider's answer is too large for a session cookie")
+        })?;
         let mut resp = redirect(to);
-        if let Some(c) = self.session_cookie(&handoff.session) {
-            resp.headers_mut().append(header::SET_COOKIE, c);
-        }
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
         resp.headers_mut().append(header::SET_COOKIE, Self::clear_cookie(&self.csrf_cookie, "/.portcullis/"));
         Ok(resp)
     }
@@ -569,15 +572,27 @@ impl SignIn {
 
     // ---- cookies ----
 
+    /// The `Set-Cookie` of `session`. A session whose claims make it larger than a browser
+    /// keeps (4 KiB) is cut to the claims policies and upstreams most need.
     fn session_cookie(&self, session: &Session) -> Option<HeaderValue> {
-        let sealed = self.sealer.seal(Purpose::Session, session);
         let max_age = session.exp.saturating_sub(unix_now());
-        let value = format!("{}={sealed}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Lax", self.cookie_name);
-        if value.len() > 4000 {
+        let make = |s: &Session| {
+            format!(
+                "{}={}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Lax",
+                self.cookie_name,
+                self.sealer.seal(Purpose::Session, s)
+            )
+        };
+        let mut value = make(session);
+        if value.len() > MAX_COOKIE {
+            value = make(&session.essential());
             tracing::warn!(
                 bytes = value.len(),
-                "the session is too large for a cookie (too many claims): sign-in fails"
+                "the provider's claims do not fit in a cookie: the session keeps sub, email, groups and name only"
             );
+        }
+        if value.len() > MAX_COOKIE {
+            tracing::warn!(bytes = value.len(), "the session is too large for a cookie: sign-in fails");
             return None;
         }
         HeaderValue::from_str(&value).ok()

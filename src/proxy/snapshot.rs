@@ -161,6 +161,9 @@ pub struct Snapshot {
     /// The identity provider bearer tokens are verified against, when one is configured
     /// (the same one, keys and all, across reloads that keep its settings).
     pub idp: Option<Arc<Idp>>,
+    /// Browser sign-in, when `idp_client_secret` is set (the same one across reloads that
+    /// keep the provider's settings).
+    pub signin: Option<Arc<super::signin::SignIn>>,
     /// The sign-in host, when sign-in is on.
     pub authenticate: Option<crate::config::ServiceUrl>,
     /// The key of identity assertions and programmatic tokens, when a provider is configured
@@ -178,6 +181,6 @@ impl Snapshot {
 
     /// The sign-in of the configured provider, when on.
     pub fn sign_in(&self) -> Option<(&super::signin::SignIn, &crate::config::ServiceUrl)> {
-        Some((self.idp.as_ref()?.sign_in.as_ref()?, self.authenticate.as_ref()?))
+        Some((self.signin.as_deref()?, self.authenticate.as_ref()?))
     }
 }

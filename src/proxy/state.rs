@@ -15,8 +15,9 @@ use super::assertion::Signer;
 use super::drain::{Affected, Drains};
 use super::generation::{self, cert_ids, ListenerGeneration, ListenerSettings};
 use super::health;
-use super::idp::Idp;
+use super::idp::{provider_tls, Idp};
 use super::revocations::Revocations;
+use super::signin::SignIn;
 use super::snapshot::{CompiledRoute, RouteLife, Snapshot};
 use super::table::RouteTable;
 use super::upstream::ClientCache;
@@ -94,9 +95,10 @@ impl Proxy {
         let generation = generation::build(1, &config.settings, &effective_certs(&config.settings, &default_cert))?;
         let lifetimes = RouteLifetimes::default();
         let idp = config.settings.identity_provider.clone().map(Idp::start);
+        let signin = idp.as_ref().and_then(|i| SignIn::new(&i.config, provider_tls(&i.config)).map(Arc::new));
         let revocations = Arc::new(Revocations::default());
         let signer = signer_for(None, &config);
-        let identity = Identity { idp, signer, revocations: revocations.clone() };
+        let identity = Identity { idp, signin, signer, revocations: revocations.clone() };
         let first = Arc::new(build_snapshot(config, 1, &clients, &health, &lifetimes, identity));
         lifetimes.retain(&first);
         health.restart(&first, &metrics.upstream_healthy);
@@ -161,8 +163,13 @@ impl Proxy {
             (Some(running), Some(wanted)) if running.config == *wanted => Some(running.clone()),
             (_, wanted) => wanted.clone().map(Idp::start),
         };
+        let signin = match (&old.signin, &idp) {
+            (Some(running), Some(i)) if old.idp.as_ref().is_some_and(|o| Arc::ptr_eq(o, i)) => Some(running.clone()),
+            (_, Some(i)) => SignIn::new(&i.config, provider_tls(&i.config)).map(Arc::new),
+            (_, None) => None,
+        };
         let signer = signer_for(old.signer.as_ref(), &config);
-        let identity = Identity { idp, signer, revocations: self.revocations.clone() };
+        let identity = Identity { idp, signin, signer, revocations: self.revocations.clone() };
         let snap = Arc::new(build_snapshot(config, version, &self.clients, &self.health, &self.lifetimes, identity));
         self.snapshot.store(snap.clone());
         self.lifetimes.retain(&snap);
@@ -277,6 +284,7 @@ fn effective_certs(settings: &Settings, default_cert: &Certificate) -> Vec<Certi
 /// What a snapshot knows of identity: the provider, the assertion key, the sign-outs.
 struct Identity {
     idp: Option<Arc<Idp>>,
+    signin: Option<Arc<SignIn>>,
     signer: Option<Arc<Signer>>,
     revocations: Arc<Revocations>,
 }
@@ -301,7 +309,7 @@ fn build_snapshot(
     identity: Identity,
 ) -> Snapshot {
     let authenticate = config.authenticate_url();
-    let Identity { idp, signer, revocations } = identity;
+    let Identity { idp, signin, signer, revocations } = identity;
     let Config { settings, routes } = config;
     let compiled = routes
         .into_iter()
@@ -320,6 +328,7 @@ fn build_snapshot(
         settings,
         applied_at: SystemTime::now(),
         idp,
+        signin,
         authenticate,
         signer,
         revocations,

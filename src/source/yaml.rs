@@ -740,6 +740,56 @@ routes:
     }
 
     #[test]
+    fn sign_in_settings_and_their_errors() {
+        let base = "idp_provider_url: https://idp.example.com\nidp_client_id: app\nidp_client_secret: s3cret\n";
+        let key = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+        let c = parse(&format!(
+            "{base}cookie_secret: {key}\nroutes:\n - from: https://wiki.example.com\n   to: http://127.0.0.1:1\n"
+        ))
+        .unwrap();
+        let sign_in = c.settings.identity_provider.as_ref().unwrap().sign_in.clone().unwrap();
+        assert_eq!(sign_in.scopes, ["openid", "profile", "email", "offline_access"]);
+        assert_eq!(
+            (sign_in.cookie_name.as_str(), sign_in.cookie_expire),
+            ("_portcullis", Duration::from_secs(14 * 3600))
+        );
+        assert_eq!(sign_in.cookie_secret.0, [42; 32]);
+        assert_eq!(format!("{:?}", sign_in.client_secret), "<redacted>", "a secret never prints");
+        assert!(!format!("{c:?}").contains("s3cret"), "nor does the whole config");
+        let auth = c.authenticate_url().unwrap();
+        assert_eq!(
+            auth.origin(),
+            "https://authenticate.example.com:8443",
+            "Pomerium's default, on the listener's port"
+        );
+        let errs = |yaml: &str| parse(yaml).unwrap_err().0.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            errs(&format!("{base}routes: []")),
+            ["cookie_secret: is required for sign-in: sessions are encrypted with it (make one with `head -c32 /dev/urandom | base64`)"]
+        );
+        assert_eq!(
+            errs(&format!("{base}cookie_secret: c2hvcnQ=\nauthenticate_service_url: http://auth.example.com\ncookie_expire: 0\nroutes: []")),
+            [
+                "authenticate_service_url: \"http://auth.example.com\": must be https:// (the session cookie is Secure)",
+                "cookie_secret: must be 32 random bytes in base64, not 5 bytes: make one with `head -c32 /dev/urandom | base64`",
+                "cookie_expire: must be more than 0",
+            ]
+        );
+        assert_eq!(
+            errs("cookie_secret: x\nroutes: []"),
+            ["cookie_secret: needs idp_provider_url: the issuer whose tokens are accepted"]
+        );
+        // The signing key: PEM or base64 of PEM, P-256 only; the message never quotes it.
+        let errs_key = errs(&format!("{base}cookie_secret: {key}\nsigning_key: bm90IGEga2V5\nroutes: []"));
+        assert_eq!(errs_key, ["signing_key: is not a PEM private key (nor base64 of one)"]);
+        let c = parse(&format!("{base}cookie_secret: {key}\njwt_claims_headers: {{X-Email: email}}\npass_identity_headers: false\nroutes:\n - from: https://a.example.com\n   to: http://127.0.0.1:1\n   jwt_claims_headers: {{X-Groups: groups, Host: sub}}\n")).unwrap_err();
+        assert_eq!(
+            c.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["routes[0].jwt_claims_headers.Host: \"Host\" cannot carry a claim"]
+        );
+    }
+
+    #[test]
     fn identity_provider_settings() {
         let c = parse(
             "idp_provider_url: https://idp.example.com/\nidp_client_id: app\njwt_audiences: [api, app]\nroutes: []",

@@ -52,7 +52,7 @@ pub(crate) async fn authenticate<'c, B>(
                     .map(Arc::new),
                 _ => idp.admit(token, &conn.tokens).await,
             },
-            None => match &idp.sign_in {
+            None => match &snap.signin {
                 Some(sign_in) => sign_in.session(req.headers(), &conn.sessions, &snap.revocations).await.map(|found| {
                     set_cookie = found.set_cookie;
                     found.admitted
