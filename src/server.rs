@@ -261,6 +261,10 @@ impl crate::k8s::Sink for Proxy {
     fn route_count(&self) -> usize {
         self.snapshot().routes.routes().len()
     }
+
+    fn revocations(&self) -> Option<Arc<crate::proxy::revocations::Revocations>> {
+        Some(self.revocations.clone())
+    }
 }
 
 impl Running {

@@ -66,6 +66,7 @@ async fn ingress_and_route_lifecycle_against_a_real_api_server() {
     // Boxed: with its WebSockets and load generators this step is a large future.
     let tls = Box::pin(step("TLS from Secrets and rotation", tls_secrets(&k, &h2))).await;
     step("ProxyConfig status", proxy_config_status(&k, &h2)).await;
+    step("sign-outs reach every replica through the ConfigMap", shared_sign_outs(&k, &sa)).await;
 
     step("a bad edit stores the last good version", store_last_good(&k)).await;
     // A controller restart resyncs from the API and serves the same config, including the
@@ -1266,6 +1267,58 @@ async fn after_controller_restart(c: &HttpClient, tls: &ServedCert) {
 }
 
 /// The stored last good versions, as the leader keeps them in its ConfigMap.
+/// Sign-outs shared between replicas (`k8s::revocations`), with the chart's RBAC: three
+/// in-process data planes' lists stand for three replicas, beside the running controller
+/// (which watches the same ConfigMap). A sign-out on one is refused by another within 2 s
+/// (the ConfigMap is created by the first one); a replica that starts later lists it too; the
+/// leader prunes an expired entry when it takes the lead.
+async fn shared_sign_outs(k: &Kube, sa: &std::path::Path) {
+    use portcullis::k8s::revocations::{share, DEFAULT_CONFIGMAP};
+    use portcullis::proxy::revocations::Revocations;
+    let client = client_from(sa).await;
+    let (lead, leader) = tokio::sync::watch::channel(false);
+    let follower = || tokio::sync::watch::channel(false).1;
+    let replica_a = Arc::new(Revocations::default());
+    let replica_b = Arc::new(Revocations::default());
+    let _shared_a = share(client.clone(), "portcullis", DEFAULT_CONFIGMAP, replica_a.clone(), leader);
+    let _shared_b = share(client.clone(), "portcullis", DEFAULT_CONFIGMAP, replica_b.clone(), follower());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // Let both watches start before the sign-out (a controller's replicas run long before).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    replica_a.revoke("e2e-session-1", now + 600);
+    assert!(replica_a.is_revoked("e2e-session-1"), "at once where it happened");
+    eventually("the sign-out on replica a refused by replica b", Duration::from_secs(2), || async {
+        replica_b.is_revoked("e2e-session-1").then_some(())
+    })
+    .await;
+    eprintln!("  a sign-out reached the other replica in {:.0?}", t.elapsed());
+    let configmaps = Api::<ConfigMap>::namespaced(k.client.clone(), "portcullis");
+    let cm = configmaps.get(DEFAULT_CONFIGMAP).await.expect("the ConfigMap the first sign-out created");
+    let until = (now + 600).to_string();
+    assert_eq!(cm.data.unwrap_or_default().get("e2e-session-1"), Some(&until), "sid -> until");
+    replica_b.revoke("e2e-session-2", now + 600);
+    let late = Arc::new(Revocations::default());
+    let _shared_late = share(client.clone(), "portcullis", DEFAULT_CONFIGMAP, late.clone(), follower());
+    eventually("a replica started later lists both sign-outs", SOON, || async {
+        (late.is_revoked("e2e-session-1") && late.is_revoked("e2e-session-2")).then_some(())
+    })
+    .await;
+    // An entry whose time has passed: removed by the leader, once it leads.
+    configmaps
+        .patch(DEFAULT_CONFIGMAP, &PatchParams::default(), &Patch::Merge(json!({"data": {"e2e-ended": "1"}})))
+        .await
+        .expect("adding an expired entry");
+    assert!(!late.is_revoked("e2e-ended"), "an ended session needs no listing");
+    lead.send_replace(true);
+    eventually("the leader prunes the expired entry", SOON, || async {
+        let cm = configmaps.get(DEFAULT_CONFIGMAP).await.ok()?;
+        let data = cm.data.unwrap_or_default();
+        (!data.contains_key("e2e-ended") && data.contains_key("e2e-session-1")).then_some(())
+    })
+    .await;
+}
+
 async fn stored_last_good(k: &Kube) -> std::collections::BTreeMap<String, String> {
     Api::<ConfigMap>::namespaced(k.client.clone(), "portcullis")
         .get_opt("portcullis-last-good")

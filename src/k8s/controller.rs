@@ -53,6 +53,10 @@ pub struct Options {
     /// object that is invalid now, so that a restarted replica serves it too.
     #[arg(long, default_value = "portcullis-last-good")]
     pub last_good_configmap: String,
+    /// ConfigMap (in `--namespace`) through which replicas share sign-outs: signed-out
+    /// session ids and the time until which each is revoked.
+    #[arg(long, default_value = super::revocations::DEFAULT_CONFIGMAP)]
+    pub signed_out_configmap: String,
     /// `namespace/name` of the proxy's Service; its addresses go into Ingress status.
     #[arg(long, value_parser = parse_ns_name)]
     pub publish_service: Option<(String, String)>,
@@ -168,6 +172,10 @@ where
     let mut assembler = Assembler::with_overrides(overrides);
     let (config, outcome) = assemble(&mut assembler, &stores, &opts);
     let sink = start(config).await?;
+    // Sign-outs on any replica reach this one's data plane, and this one's reach the others.
+    let _shared = sink.revocations().map(|r| {
+        super::revocations::share(client.clone(), &opts.namespace, &opts.signed_out_configmap, r, leader.clone())
+    });
     record_rejections(&*sink, &outcome, false);
     tracing::info!(elapsed = ?t.elapsed(), routes = sink.route_count(), "serving the cluster config");
     let (outcomes, latest) = tokio::sync::watch::channel(Arc::new(outcome));

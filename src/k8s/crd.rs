@@ -151,6 +151,15 @@ pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxProperties" = 32), inner(length(max = 64)))]
     pub allowed_idp_claims: Option<BTreeMap<String, Vec<String>>>,
+    /// Send the signed-in identity upstream (`X-Portcullis-Jwt-Assertion`); default: the
+    /// ProxyConfig's `passIdentityHeaders`, else on for a route with a policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_identity_headers: Option<bool>,
+    /// Headers set upstream from the identity's claims (header name: claim name); replaces
+    /// the ProxyConfig's `jwtClaimsHeaders` for this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 32), inner(length(min = 1, max = 256)))]
+    pub jwt_claims_headers: Option<BTreeMap<String, String>>,
 }
 
 /// Most rules in a policy, and most criteria under one operator: far beyond any hand-written
@@ -382,6 +391,47 @@ pub struct ProxyConfigSpec {
     /// Secret whose `ca.crt` is trusted for the provider's TLS (discovery and keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idp_ca_secret: Option<SecretRef>,
+    /// Secret holding this client's secret at the provider (key `client-secret` unless
+    /// `key` says otherwise): turns browser sign-in on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp_client_secret_ref: Option<SecretKeyRef>,
+    /// Scopes asked of the provider (default `openid profile email offline_access`;
+    /// `openid` is always asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    pub idp_scopes: Option<Vec<String>>,
+    /// The sign-in host, `https://host[:port]` (default `authenticate.<domain of the first
+    /// route>` on the listener's port). Register `<this>/.portcullis/callback` as the
+    /// redirect URI and `<this>/.portcullis/signed_out` as the post-logout redirect URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 300), regex(pattern = r"^https://[^/?#@]+/?$"))]
+    pub authenticate_service_url: Option<String>,
+    /// The session cookie's name (default `_portcullis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_.-]+$"))]
+    pub cookie_name: Option<String>,
+    /// Secret holding the key sessions are sealed with, base64 of 32 random bytes (key
+    /// `cookie-secret` unless `key` says otherwise); required for sign-in, and the same for
+    /// every replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_secret_ref: Option<SecretKeyRef>,
+    /// A session's lifetime from sign-in (Go duration; default `14h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub cookie_expire: Option<String>,
+    /// Secret holding the P-256 key that signs `X-Portcullis-Jwt-Assertion`, PEM or base64
+    /// of PEM (key `signing-key` unless `key` says otherwise). Without it each replica makes
+    /// its own at start, and upstreams see keys change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_secret_ref: Option<SecretKeyRef>,
+    /// Send the identity upstream on every route that does not say (default: on for routes
+    /// with a policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_identity_headers: Option<bool>,
+    /// Headers set upstream from the identity's claims (header name: claim name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 32), inner(length(min = 1, max = 256)))]
+    pub jwt_claims_headers: Option<BTreeMap<String, String>>,
 }
 
 /// Downstream HTTP versions.
@@ -418,6 +468,22 @@ pub struct SecretRef {
     /// Name.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+}
+
+/// One key of a Secret, by namespace, name and key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SecretKeyRef {
+    /// Namespace (the controller's own when empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub namespace: Option<String>,
+    /// Name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key in the Secret's data (each field names its default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: Option<String>,
 }
 
 /// Downstream mTLS settings.
@@ -541,6 +607,18 @@ mod tests {
         let pc = &pc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
         assert_eq!(pc["idpCaSecret"]["properties"]["name"]["type"], "string");
         assert_eq!(pc["jwtAudiences"]["items"]["type"], "string");
+        for reference in ["idpClientSecretRef", "cookieSecretRef", "signingKeySecretRef"] {
+            let props = &pc[reference]["properties"];
+            assert_eq!(
+                (props["name"]["type"].as_str(), props["key"]["type"].as_str()),
+                (Some("string"), Some("string"))
+            );
+            assert_eq!(pc[reference]["required"], serde_json::json!(["name"]), "{reference}");
+        }
+        assert_eq!(pc["jwtClaimsHeaders"]["additionalProperties"]["type"], "string");
+        assert!(pc["cookieExpire"]["pattern"].is_string() && pc["authenticateServiceUrl"]["pattern"].is_string());
+        assert_eq!(spec["jwtClaimsHeaders"]["additionalProperties"]["type"], "string");
+        assert_eq!(spec["passIdentityHeaders"]["type"], "boolean");
     }
 
     #[test]

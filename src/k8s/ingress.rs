@@ -533,6 +533,36 @@ mod tests {
         );
     }
 
+    /// The identity annotations are route keys like any other; a map is YAML/JSON text.
+    #[test]
+    fn identity_header_annotations_are_route_keys() {
+        let rule = [("a.test", "/", "Prefix", backend("app", num(80)))];
+        let ing = ingress(
+            &[
+                ("portcullis.io/pass_identity_headers", "true"),
+                ("portcullis.io/jwt_claims_headers", "{X-Email: email, \"X-Groups\": groups}"),
+            ],
+            &rule,
+        );
+        let r = &translate_ingress(&ing, &objects()).unwrap().routes[0];
+        assert_eq!(r.pass_identity_headers, Some(true));
+        let headers: Vec<(&str, &str)> =
+            r.jwt_claims_headers.iter().flatten().map(|(h, c)| (h.as_str(), c.as_str())).collect();
+        assert_eq!(headers, [("x-email", "email"), ("x-groups", "groups")]);
+        let bad = [("portcullis.io/pass_identity_headers", "yes"), ("portcullis.io/jwt_claims_headers", "{Host: sub}")];
+        let errs: Vec<String> =
+            translate_ingress(&ingress(&bad, &rule), &objects()).unwrap_err().iter().map(ToString::to_string).collect();
+        for want in [
+            "metadata.annotations[\"portcullis.io/pass_identity_headers\"]: ",
+            "metadata.annotations[\"portcullis.io/jwt_claims_headers\"]: ",
+        ] {
+            assert!(errs.iter().any(|e| e.starts_with(want)), "{want}: {errs:?}");
+        }
+        let list = [("portcullis.io/jwt_claims_headers", "[email]")];
+        let errs = translate_ingress(&ingress(&list, &rule), &objects()).unwrap_err();
+        assert_eq!(errs[0].path, "metadata.annotations[\"portcullis.io/jwt_claims_headers\"]", "{errs:?}");
+    }
+
     #[test]
     fn a_bad_regex_path_names_the_ingress_path_field() {
         let ing = ingress(

@@ -2,7 +2,8 @@
 //! resources; [`ingress`], [`route`] and [`proxy_config`] translate one object each into the
 //! validator's typed inputs (sharing [`translate`] and the watched [`objects`]), and
 //! [`assemble`] combines them into one config (all pure, unit-tested); [`controller`] runs the watches and hands each config to a [`sink::Sink`]
-//! (the data plane, wired in `server.rs`), and [`status`] writes back (leader only).
+//! (the data plane, wired in `server.rs`), [`revocations`] shares sign-outs between replicas,
+//! and [`status`] writes back (leader only).
 //! The domain model (`crate::config`) stays free of Kubernetes types, and nothing here
 //! knows the data plane.
 
@@ -12,6 +13,7 @@ pub mod crd;
 pub mod ingress;
 pub mod objects;
 pub mod proxy_config;
+pub mod revocations;
 pub mod route;
 pub mod sink;
 pub mod status;

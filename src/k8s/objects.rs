@@ -123,6 +123,19 @@ fn secret_text(ns: &str, name: &str, key: &str, objects: &Objects) -> Result<Str
     String::from_utf8(bytes.0.clone()).map_err(|_| format!("Secret {ns}/{name} key {key:?} is not PEM text"))
 }
 
+/// One key of a Secret as it is, for a secret setting (a client secret, a key). The errors
+/// name the Secret and the key, never the value.
+pub(crate) fn secret_value(ns: &str, name: &str, key: &str, objects: &Objects) -> Result<Pem, String> {
+    let secret =
+        objects.secret(&(ns.to_owned(), name.to_owned())).ok_or_else(|| format!("Secret {ns}/{name} not found"))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| format!("Secret {ns}/{name} has no {key:?} key"))?;
+    Ok(Pem { source: format!("secret {ns}/{name} {key}"), bytes: bytes.0.clone() })
+}
+
 /// One key of a Secret as PEM for the validator.
 pub(crate) fn secret_pem(ns: &str, name: &str, key: &str, objects: &Objects) -> Result<Pem, String> {
     let text = secret_text(ns, name, key, objects)?;

@@ -1,12 +1,19 @@
 //! The `ProxyConfig` custom resource as global settings, with the environment's overrides
 //! laid over it; certificate and CA Secrets are resolved here (the validator sees PEM).
 
-use super::objects::{secret_pem, tls_certificate, Objects};
+use super::objects::{secret_pem, secret_value, tls_certificate, Objects};
 use super::translate::SpecNames;
 use crate::config::input::{Given, MtlsInput, Problems, SettingsInput};
 use crate::config::validate::{self, Errors};
 use crate::config::FieldError;
 use crate::source::env::EnvOverrides;
+
+/// The key of `spec.idpClientSecretRef` when it names none.
+pub const DEFAULT_CLIENT_SECRET_KEY: &str = "client-secret";
+/// The key of `spec.cookieSecretRef` when it names none.
+pub const DEFAULT_COOKIE_SECRET_KEY: &str = "cookie-secret";
+/// The key of `spec.signingKeySecretRef` when it names none.
+pub const DEFAULT_SIGNING_KEY_KEY: &str = "signing-key";
 
 /// Translates the `ProxyConfig` into global settings; certificate and CA Secrets default to
 /// the controller's namespace. `overrides` (from the environment) replace the spec's values.
@@ -18,6 +25,26 @@ pub fn translate_proxy_config(
 ) -> Result<crate::config::Settings, Vec<FieldError>> {
     let mut errs = Errors::default();
     let mut input = settings_input(&pc.spec);
+    // The sign-in Secrets, before the environment's overrides (which win over them too).
+    // Their values are never quoted: an error names the reference, the Secret and the key.
+    let refs = [
+        (
+            &pc.spec.idp_client_secret_ref,
+            "spec.idpClientSecretRef",
+            DEFAULT_CLIENT_SECRET_KEY,
+            &mut input.idp_client_secret,
+        ),
+        (&pc.spec.cookie_secret_ref, "spec.cookieSecretRef", DEFAULT_COOKIE_SECRET_KEY, &mut input.cookie_secret),
+        (&pc.spec.signing_key_secret_ref, "spec.signingKeySecretRef", DEFAULT_SIGNING_KEY_KEY, &mut input.signing_key),
+    ];
+    for (reference, field, default_key, slot) in refs {
+        let Some(r) = reference else { continue };
+        let ns = r.namespace.as_deref().unwrap_or(default_ns);
+        match secret_value(ns, &r.name, r.key.as_deref().unwrap_or(default_key), objects) {
+            Ok(value) => *slot = Some(value),
+            Err(e) => errs.push(field, e),
+        }
+    }
     // The environment's settings win (see `source::env`); they were validated at start, so
     // they cannot be the cause of an error reported on the ProxyConfig.
     input.overlay(overrides.settings());
@@ -103,12 +130,23 @@ fn settings_input(spec: &crate::k8s::crd::ProxyConfigSpec) -> SettingsInput {
         jwks_url: spec.jwks_url.clone(),
         jwt_audiences: spec.jwt_audiences.clone(),
         jwt_leeway: text(&spec.jwt_leeway),
+        idp_scopes: spec.idp_scopes.clone(),
+        authenticate_service_url: spec.authenticate_service_url.clone(),
+        cookie_name: spec.cookie_name.clone(),
+        cookie_expire: text(&spec.cookie_expire),
+        pass_identity_headers: spec.pass_identity_headers,
+        jwt_claims_headers: spec
+            .jwt_claims_headers
+            .as_ref()
+            .map(|m| m.iter().map(|(h, c)| (h.clone(), c.clone())).collect()),
         // Secret references are resolved by the caller.
         idp_ca: None,
         certificates: Vec::new(),
         downstream_mtls: None,
-        // Sign-in arrives with the ProxyConfig's Secret references (next).
-        ..SettingsInput::default()
+        idp_client_secret: None,
+        cookie_secret: None,
+        signing_key: None,
+        problems: Problems::default(),
     }
 }
 
@@ -202,6 +240,148 @@ mod tests {
         let pc = crate::k8s::crd::ProxyConfig::new("global", spec);
         let errs = translate_proxy_config(&pc, &o, "portcullis", &EnvOverrides::default()).unwrap_err();
         assert_eq!(errs[0].path, "spec.jwksUrl", "needs idpProviderUrl: {errs:?}");
+    }
+
+    /// The sign-in Secrets of the chart (`cookie-secret`, `signing-key`) and the provider's
+    /// client secret under its own key, in another namespace.
+    fn sign_in_objects() -> (Objects, String, String) {
+        use base64::Engine as _;
+        let cookie = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem();
+        let mut o = objects();
+        let ours = secret(
+            "portcullis",
+            "portcullis-sign-in",
+            &[("cookie-secret", cookie.as_bytes()), ("signing-key", key.as_bytes())],
+        );
+        o.secrets.insert(("portcullis".into(), "portcullis-sign-in".into()), ours.into());
+        let idp = secret("idp", "oidc-client", &[("secret", b"portcullis-secret\n")]);
+        o.secrets.insert(("idp".into(), "oidc-client".into()), idp.into());
+        (o, cookie, key)
+    }
+
+    fn sign_in_spec(extra: &serde_json::Value) -> crate::k8s::crd::ProxyConfig {
+        let mut spec = serde_json::json!({
+            "idpProviderUrl": "https://idp.test",
+            "idpClientId": "portcullis",
+            "idpClientSecretRef": {"name": "oidc-client", "namespace": "idp", "key": "secret"},
+            "cookieSecretRef": {"name": "portcullis-sign-in"},
+            "signingKeySecretRef": {"name": "portcullis-sign-in"},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                spec.as_object_mut().unwrap().remove(k);
+            } else {
+                spec[k] = v.clone();
+            }
+        }
+        crate::k8s::crd::ProxyConfig::new("global", serde_json::from_value(spec).unwrap())
+    }
+
+    fn error_texts(pc: &crate::k8s::crd::ProxyConfig, o: &Objects) -> Vec<String> {
+        translate_proxy_config(pc, o, "portcullis", &EnvOverrides::default())
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn sign_in_fields_and_secrets_become_the_sign_in_settings() {
+        let (o, _, _) = sign_in_objects();
+        let pc = sign_in_spec(&serde_json::json!({
+            "idpScopes": ["openid", "email", "groups"],
+            "authenticateServiceUrl": "https://auth.example.com:8443",
+            "cookieName": "_pc",
+            "cookieExpire": "8h",
+            "passIdentityHeaders": false,
+            "jwtClaimsHeaders": {"X-Email": "email", "X-Groups": "groups"},
+        }));
+        let s = translate_proxy_config(&pc, &o, "portcullis", &EnvOverrides::default()).unwrap();
+        let sign_in = s.identity_provider.unwrap().sign_in.expect("sign-in is on with a client secret");
+        assert_eq!(sign_in.client_secret.0, "portcullis-secret", "trimmed");
+        assert_eq!(sign_in.scopes, ["openid", "email", "groups"]);
+        assert_eq!(sign_in.authenticate_url.map(|u| u.origin()).as_deref(), Some("https://auth.example.com:8443"));
+        assert_eq!(sign_in.cookie_name, "_pc");
+        assert_eq!(sign_in.cookie_secret.0, [7u8; 32]);
+        assert_eq!(sign_in.cookie_expire, std::time::Duration::from_secs(8 * 3600));
+        let ids = s.identity_headers;
+        assert!(ids.signing_key.is_some(), "the PEM became PKCS#8");
+        assert_eq!(ids.pass, Some(false));
+        let headers: Vec<(&str, &str)> = ids.claims_headers.iter().map(|(h, c)| (h.as_str(), c.as_str())).collect();
+        assert_eq!(headers, [("x-email", "email"), ("x-groups", "groups")]);
+        // Defaults: the design's scopes, cookie and lifetime.
+        let s =
+            translate_proxy_config(&sign_in_spec(&serde_json::json!({})), &o, "portcullis", &EnvOverrides::default())
+                .unwrap();
+        let sign_in = s.identity_provider.unwrap().sign_in.unwrap();
+        assert_eq!(sign_in.scopes, ["openid", "profile", "email", "offline_access"]);
+        assert_eq!(sign_in.cookie_name, "_portcullis");
+        assert_eq!(sign_in.cookie_expire, std::time::Duration::from_secs(14 * 3600));
+        assert!(sign_in.authenticate_url.is_none());
+    }
+
+    #[test]
+    fn missing_sign_in_secrets_name_the_reference() {
+        let (o, _, _) = sign_in_objects();
+        let pc = sign_in_spec(&serde_json::json!({
+            "idpClientSecretRef": {"name": "oidc-client", "namespace": "idp"},
+            "cookieSecretRef": {"name": "nope"},
+            "signingKeySecretRef": {"name": "portcullis-sign-in", "key": "other"},
+        }));
+        let errs = error_texts(&pc, &o);
+        for want in [
+            "spec.idpClientSecretRef: Secret idp/oidc-client has no \"client-secret\" key",
+            "spec.cookieSecretRef: Secret portcullis/nope not found",
+            "spec.signingKeySecretRef: Secret portcullis/portcullis-sign-in has no \"other\" key",
+        ] {
+            assert!(errs.iter().any(|e| e == want), "{want}: {errs:?}");
+        }
+        // Sign-in needs a cookie secret; the cookie keys alone need the client secret.
+        let errs = error_texts(&sign_in_spec(&serde_json::json!({"cookieSecretRef": null})), &o);
+        assert!(errs.iter().any(|e| e.starts_with("spec.cookieSecretRef: is required for sign-in")), "{errs:?}");
+        let errs = error_texts(&sign_in_spec(&serde_json::json!({"idpClientSecretRef": null})), &o);
+        assert!(errs.iter().any(|e| e.starts_with("spec.cookieSecretRef: needs spec.idpClientSecretRef")), "{errs:?}");
+        let errs = error_texts(&sign_in_spec(&serde_json::json!({"idpClientId": null, "cookieExpire": "soon"})), &o);
+        assert!(errs.iter().any(|e| e.starts_with("spec.idpClientId: is required for sign-in")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("spec.cookieExpire: ")), "{errs:?}");
+        let errs = error_texts(
+            &sign_in_spec(
+                &serde_json::json!({"authenticateServiceUrl": "http://auth.test", "jwtClaimsHeaders": {"Host": "email"}}),
+            ),
+            &o,
+        );
+        assert!(errs.iter().any(|e| e.starts_with("spec.authenticateServiceUrl: ")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("spec.jwtClaimsHeaders.Host: ")), "{errs:?}");
+    }
+
+    /// A wrong secret is reported by the reference it came from, and its value appears in no
+    /// error (errors reach the ProxyConfig's status, Events and the log).
+    #[test]
+    fn bad_secret_values_are_never_quoted() {
+        let (mut o, cookie, key) = sign_in_objects();
+        let short = "c2hvcnQtYnV0LXNlY3JldC12YWx1ZQ==";
+        let not_key = "-----BEGIN PRIVATE KEY-----\nbm90LWEta2V5LWF0LWFsbC1zZWNyZXQ=\n-----END PRIVATE KEY-----\n";
+        let bad = secret(
+            "portcullis",
+            "bad",
+            &[("cookie-secret", short.as_bytes()), ("signing-key", not_key.as_bytes()), ("client-secret", b"  ")],
+        );
+        o.secrets.insert(("portcullis".into(), "bad".into()), bad.into());
+        let pc = sign_in_spec(&serde_json::json!({
+            "idpClientSecretRef": {"name": "bad"},
+            "cookieSecretRef": {"name": "bad"},
+            "signingKeySecretRef": {"name": "bad"},
+        }));
+        let errs = error_texts(&pc, &o);
+        for field in ["spec.idpClientSecretRef: ", "spec.cookieSecretRef: ", "spec.signingKeySecretRef: "] {
+            assert!(errs.iter().any(|e| e.starts_with(field)), "{field}: {errs:?}");
+        }
+        for e in &errs {
+            for value in [short, "c2hvcnQ", "bm90LWEta2V5", &cookie, &key] {
+                assert!(!e.contains(value), "{e} quotes a secret");
+            }
+        }
     }
 
     #[test]

@@ -131,6 +131,11 @@ fn route_input(spec: &crate::k8s::crd::RouteSpec) -> RouteInput {
             domains: spec.allowed_domains.clone().unwrap_or_default(),
             idp_claims: spec.allowed_idp_claims.clone().unwrap_or_default(),
         },
+        pass_identity_headers: spec.pass_identity_headers,
+        jwt_claims_headers: spec
+            .jwt_claims_headers
+            .as_ref()
+            .map(|m| m.iter().map(|(h, c)| (h.clone(), c.clone())).collect()),
         ..RouteInput::default()
     }
 }
@@ -257,6 +262,35 @@ mod tests {
         );
         let route = &translate_route(&r, &objects()).unwrap().routes[0];
         assert!(!admits(route, &anonymous("GET")), "allowedUsers alone needs an identity");
+    }
+
+    #[test]
+    fn identity_headers_of_a_route() {
+        let r = route_cr(serde_json::json!({
+            "from": "https://a.test",
+            "to": ["http://app:80"],
+            "passIdentityHeaders": false,
+            "jwtClaimsHeaders": {"X-Email": "email", "X-User": "sub"},
+        }));
+        let route = &translate_route(&r, &objects()).unwrap().routes[0];
+        assert_eq!(route.pass_identity_headers, Some(false));
+        let headers: Vec<(&str, &str)> =
+            route.jwt_claims_headers.iter().flatten().map(|(h, c)| (h.as_str(), c.as_str())).collect();
+        assert_eq!(headers, [("x-email", "email"), ("x-user", "sub")]);
+        let r = route_cr(serde_json::json!({"from": "https://a.test", "to": ["http://app:80"]}));
+        let route = &translate_route(&r, &objects()).unwrap().routes[0];
+        assert_eq!((route.pass_identity_headers, route.jwt_claims_headers.as_ref()), (None, None), "the global ones");
+        let r = route_cr(serde_json::json!({
+            "from": "https://a.test",
+            "to": ["http://app:80"],
+            "jwtClaimsHeaders": {"X-Portcullis-Jwt-Assertion": "sub", "X-Empty": " "},
+        }));
+        let errs: Vec<String> = translate_route(&r, &objects()).unwrap_err().iter().map(ToString::to_string).collect();
+        assert!(
+            errs.contains(&"spec.jwtClaimsHeaders.X-Portcullis-Jwt-Assertion: \"X-Portcullis-Jwt-Assertion\" cannot carry a claim".to_owned()),
+            "{errs:?}"
+        );
+        assert!(errs.contains(&"spec.jwtClaimsHeaders.X-Empty: names no claim".to_owned()), "{errs:?}");
     }
 
     #[test]

@@ -25,4 +25,10 @@ pub trait Sink: Send + Sync {
 
     /// How many routes are being served, for the start-up log line.
     fn route_count(&self) -> usize;
+
+    /// The data plane's signed-out sessions, which the controller shares with the other
+    /// replicas ([`super::revocations`]); `None`: nothing to share.
+    fn revocations(&self) -> Option<std::sync::Arc<crate::proxy::revocations::Revocations>> {
+        None
+    }
 }

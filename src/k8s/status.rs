@@ -181,7 +181,7 @@ impl StatusWriter {
             let ev = Event {
                 type_: EventType::Warning,
                 reason: reason.into(),
-                note: Some(truncate(&note, 1000)),
+                note: Some(truncate(&note, NOTE_MAX)),
                 action: "Reconcile".into(),
                 secondary: None,
             };
@@ -192,6 +192,9 @@ impl StatusWriter {
         Ok(())
     }
 }
+
+/// The longest Event note the API server takes is 1 kB.
+const NOTE_MAX: usize = 1000;
 
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
@@ -221,7 +224,10 @@ fn events(report: &Report) -> Vec<(&'static str, String)> {
                 " Nothing is served for this object."
             };
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            out.push(("InvalidConfig", format!("{}.{tail}", list.join("; "))));
+            // Long errors (the unknown-annotation one lists every annotation) are cut, never
+            // what happens next.
+            let room = NOTE_MAX - tail.len() - ".".len() - "…".len();
+            out.push(("InvalidConfig", format!("{}.{tail}", truncate(&list.join("; "), room))));
         }
         Verdict::Accepted { warnings, conflicts } => {
             if !warnings.is_empty() {
@@ -313,5 +319,17 @@ mod tests {
         assert!(c.iter().all(|c| c.observed_generation == Some(3)));
         assert_eq!(events(&report)[0].0, "InvalidConfig");
         assert!(events(&report)[0].1.ends_with("The last good version keeps serving."));
+        let long = Report {
+            verdict: Verdict::Rejected {
+                errors: vec![FieldError {
+                    path: "metadata.annotations[\"portcullis.io/bogus\"]".into(),
+                    message: "x".repeat(2000),
+                }],
+                serving_last_good: true,
+            },
+            ..report
+        };
+        let note = &events(&long)[0].1;
+        assert!(note.len() <= NOTE_MAX && note.ends_with("…. The last good version keeps serving."), "{note}");
     }
 }

@@ -12,6 +12,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use super::objects::Objects;
 use crate::config::Route;
 
+/// An Opaque Secret with these keys.
+pub fn secret(ns: &str, name: &str, data: &[(&str, &[u8])]) -> k8s_openapi::api::core::v1::Secret {
+    k8s_openapi::api::core::v1::Secret {
+        metadata: meta(ns, name),
+        data: Some(data.iter().map(|(k, v)| ((*k).to_owned(), k8s_openapi::ByteString(v.to_vec()))).collect()),
+        ..Default::default()
+    }
+}
+
 pub fn meta(ns: &str, name: &str) -> ObjectMeta {
     ObjectMeta { namespace: Some(ns.into()), name: Some(name.into()), ..Default::default() }
 }

@@ -101,6 +101,12 @@ impl SettingsNames for SpecNames {
         match field {
             // The PEM the validator checks came from this Secret reference.
             SettingsField::IdpCa => "spec.idpCaSecret".to_owned(),
+            // The secret values came from these Secret references.
+            SettingsField::IdpClientSecret => "spec.idpClientSecretRef".to_owned(),
+            SettingsField::CookieSecret => "spec.cookieSecretRef".to_owned(),
+            SettingsField::SigningKey => "spec.signingKeySecretRef".to_owned(),
+            // Spelt as their keys: spec.idpScopes, spec.authenticateServiceUrl,
+            // spec.cookieName, spec.cookieExpire, spec.jwtClaimsHeaders.
             other => format!("spec.{}", camel(&other.key_path())),
         }
     }
@@ -151,6 +157,31 @@ mod tests {
             serde_json::json!({"from": "https://a.test", "to": ["http://app:80"], "preserveHostHeader": false}),
         );
         assert!(!translate_route(&r, &objects()).unwrap().routes[0].preserve_host_header);
+    }
+
+    /// Every global key a ProxyConfig sets is named by its CRD field; the secret ones by the
+    /// Secret reference they came from.
+    #[test]
+    fn settings_fields_have_crd_names() {
+        use crate::config::fields::SettingsField as F;
+        for (field, name) in [
+            (F::IdpCa, "spec.idpCaSecret"),
+            (F::IdpClientSecret, "spec.idpClientSecretRef"),
+            (F::IdpScopes, "spec.idpScopes"),
+            (F::AuthenticateServiceUrl, "spec.authenticateServiceUrl"),
+            (F::CookieName, "spec.cookieName"),
+            (F::CookieSecret, "spec.cookieSecretRef"),
+            (F::CookieExpire, "spec.cookieExpire"),
+            (F::SigningKey, "spec.signingKeySecretRef"),
+            (F::JwtClaimsHeaders, "spec.jwtClaimsHeaders"),
+            (F::JwtLeeway, "spec.jwtLeeway"),
+        ] {
+            assert_eq!(SettingsNames::name(&SpecNames, field), name);
+        }
+        assert_eq!(
+            RouteNames::name(&SpecNames, RouteField::JwtClaimsHeader("X-Email")),
+            "spec.jwtClaimsHeaders.X-Email"
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `helm template` of each, parsed and asserted on (the restricted Pod Security settings, the
 //! ports the Service maps, UDP 443 only with HTTP/3, the RBAC rules against docs/rbac.md, the
 //! ServiceMonitor selecting the metrics Service, the alerts and the dashboard naming metrics
-//! the binary really exports, the Deployment's flags and environment accepted by the binary);
+//! the binary really exports, the Deployment's flags and environment accepted by the binary,
+//! the sign-in Secret the chart makes and the ProxyConfig's references to it);
 //! `values.schema.json` refusing typos; the chart's CRDs identical to `crds/`; and
 //! `deploy/portcullis.yaml` identical to the chart rendered with defaults
 //! (`cargo xtask chart --write` regenerates it). `helm install` into a real API server is the
@@ -87,6 +88,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     });
     checks.check("monitoring: nothing rendered without the monitoring.coreos.com API", || no_monitoring_api(h));
     checks.check("hardened: HPA, NetworkPolicy, hard anti-affinity, digest, pull secrets, extras", || hardened(h));
+    checks.check("signin: the ProxyConfig references the made Secret, whose keys pass `portcullis check`", || {
+        sign_in(h, &portcullis)
+    });
     checks.check("values.schema.json refuses typos and bad values", || schema_refuses(h));
     checks.check("deploy/portcullis.yaml is the chart rendered with defaults", || deploy_fresh(h));
     checks.finish()
@@ -390,15 +394,6 @@ fn proxy_config_valid(helm: &Path, portcullis: &Path) -> anyhow::Result<()> {
     let docs = render(helm, None, &[])?;
     let spec = one(&docs, "ProxyConfig", "global")?["spec"].as_object().context("spec")?;
     ensure!(spec["drainTimeout"] == "10m" && spec["timeoutIdle"] == "5m", "spec follows values.yaml: {spec:?}");
-    let snake = |k: &str| {
-        k.chars().fold(String::new(), |mut s, c| {
-            if c.is_ascii_uppercase() {
-                s.push('_');
-            }
-            s.push(c.to_ascii_lowercase());
-            s
-        })
-    };
     let file: serde_json::Map<String, Value> = spec.iter().map(|(k, v)| (snake(k), v.clone())).collect();
     let path = std::env::temp_dir().join(format!("portcullis-chart-proxyconfig-{}.yaml", std::process::id()));
     std::fs::write(&path, serde_json::to_string(&file)?)?;
@@ -406,6 +401,69 @@ fn proxy_config_valid(helm: &Path, portcullis: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&path);
     ensure!(out.status.success(), "portcullis check: {}", String::from_utf8_lossy(&out.stderr));
     Ok(())
+}
+
+/// `ci/signin-values.yaml`: the chart makes `<release>-sign-in` with a `cookie-secret` and a
+/// `signing-key` that the validator takes (the spec, with the Secrets' values inline, passes
+/// `portcullis check`), and the ProxyConfig references it and the client's Secret; with
+/// `signIn.existingSecret` nothing is made and the references name that Secret.
+fn sign_in(helm: &Path, portcullis: &Path) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let docs = render(helm, Some("signin"), &[])?;
+    let secret = one(&docs, "Secret", "-sign-in")?;
+    let name = secret["metadata"]["name"].as_str().context("name")?;
+    let decode = |key: &str| -> anyhow::Result<String> {
+        let data = secret["data"][key].as_str().with_context(|| format!("the Secret has no {key}"))?;
+        Ok(String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data)?)?)
+    };
+    let cookie = decode("cookie-secret")?;
+    let key = decode("signing-key")?;
+    ensure!(base64::engine::general_purpose::STANDARD.decode(cookie.trim())?.len() == 32, "32 random bytes");
+    ensure!(key.contains("-----BEGIN EC PRIVATE KEY-----"), "a PEM EC key");
+    let pc = one(&docs, "ProxyConfig", "global")?;
+    let spec = pc["spec"].as_object().context("spec")?;
+    let keys = |k: &str| serde_json::json!({"name": name, "namespace": RELEASE, "key": k});
+    ensure!(spec["cookieSecretRef"] == keys("cookie-secret"), "cookieSecretRef: {}", spec["cookieSecretRef"]);
+    ensure!(spec["signingKeySecretRef"] == keys("signing-key"), "signingKeySecretRef: {}", spec["signingKeySecretRef"]);
+    ensure!(
+        spec["idpClientSecretRef"]
+            == serde_json::json!({"name": "oidc-client", "namespace": RELEASE, "key": "client-secret"}),
+        "idpClientSecretRef: {}",
+        spec["idpClientSecretRef"]
+    );
+    ensure!(spec["idpClientId"] == "portcullis" && spec["cookieExpire"] == "8h", "{spec:?}");
+    // The spec as a standalone file, the Secrets' values inline.
+    let mut file: serde_json::Map<String, Value> =
+        spec.iter().filter(|(k, _)| !k.ends_with("Ref")).map(|(k, v)| (snake(k), v.clone())).collect();
+    file.insert("idp_client_secret".into(), "client-secret-from-the-cluster".into());
+    file.insert("cookie_secret".into(), cookie.into());
+    file.insert("signing_key".into(), key.into());
+    let path = std::env::temp_dir().join(format!("portcullis-chart-signin-{}.yaml", std::process::id()));
+    std::fs::write(&path, serde_json::to_string(&file)?)?;
+    let out = Command::new(portcullis).args(["check", "--config"]).arg(&path).output()?;
+    let _ = std::fs::remove_file(&path);
+    ensure!(out.status.success(), "portcullis check: {}", String::from_utf8_lossy(&out.stderr));
+    // The user's own Secret: nothing made, the references name it.
+    let docs = render(helm, Some("signin"), &["--set", "signIn.existingSecret=mine"])?;
+    ensure!(!docs.iter().any(|d| d["kind"] == "Secret"), "no Secret is made with existingSecret");
+    let spec = &one(&docs, "ProxyConfig", "global")?["spec"];
+    ensure!(spec["cookieSecretRef"]["name"] == "mine" && spec["signingKeySecretRef"]["name"] == "mine", "{spec}");
+    // Off by default.
+    let docs = render(helm, None, &[])?;
+    ensure!(!docs.iter().any(|d| d["kind"] == "Secret"), "no Secret by default");
+    ensure!(one(&docs, "ProxyConfig", "global")?["spec"]["idpClientSecretRef"].is_null(), "no sign-in by default");
+    Ok(())
+}
+
+/// camelCase to snake_case (a CRD field to its standalone key).
+fn snake(k: &str) -> String {
+    k.chars().fold(String::new(), |mut s, c| {
+        if c.is_ascii_uppercase() {
+            s.push('_');
+        }
+        s.push(c.to_ascii_lowercase());
+        s
+    })
 }
 
 fn http3(helm: &Path) -> anyhow::Result<()> {
@@ -583,7 +641,10 @@ fn hardened(helm: &Path) -> anyhow::Result<()> {
 }
 
 fn schema_refuses(helm: &Path) -> anyhow::Result<()> {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 8] = [
+        (&["--set", "signIn.enabeld=true"], "enabeld"),
+        (&["--set", "signIn.cookie.expire=a fortnight"], "expire"),
+        (&["--set", "signIn.enabled=true", "--set", "signIn.clientId=x"], "signIn.providerUrl"),
         (&["--set", "replicas=3"], "replicas"),
         (&["--set", "proxyConfig.spec.codecType=http4"], "codecType"),
         (&["--set", "proxyConfig.spec.drainTimeout=10 minutes"], "drainTimeout"),

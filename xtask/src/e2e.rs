@@ -766,7 +766,7 @@ pub fn suite() -> anyhow::Result<()> {
     let cluster = Cluster::start(&bins)?;
     install_chart(&cluster, &helm)?;
     eprintln!("==> cluster ready with the chart installed in {:.1?}", started.elapsed());
-    let bin = util::root().join("target/debug/portcullis");
+    let bin = util::target_dir().join("debug/portcullis");
     let apiserver = cluster.write_apiserver_handle()?;
     let tests_started = Instant::now();
     let status = cluster

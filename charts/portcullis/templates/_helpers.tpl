@@ -55,6 +55,14 @@ app.kubernetes.io/component: controller
 {{- define "portcullis.lastGoodName" -}}
 {{- printf "%s-last-good" (include "portcullis.fullname" .) -}}
 {{- end -}}
+{{/* The ConfigMap through which replicas share sign-outs. */}}
+{{- define "portcullis.signedOutName" -}}
+{{- printf "%s-signed-out" (include "portcullis.fullname" .) -}}
+{{- end -}}
+{{/* The Secret of the session key and the assertion signing key. */}}
+{{- define "portcullis.signInSecretName" -}}
+{{- .Values.signIn.existingSecret | default (printf "%s-sign-in" (include "portcullis.fullname" .)) -}}
+{{- end -}}
 
 {{/* The process's own termination budget: the grace period less the preStop sleep. */}}
 {{- define "portcullis.processGrace" -}}
