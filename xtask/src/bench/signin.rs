@@ -89,6 +89,14 @@ impl SessionCost {
     pub fn ratio(&self, i: usize) -> f64 {
         self.rps(i) / self.rps(0)
     }
+
+    /// The median over the rounds of endpoint `i`'s req/s ÷ the baseline's in the same
+    /// round (seconds apart): less moved by a neighbour's load that comes and goes than the
+    /// ratio of the medians.
+    pub fn round_ratio(&self, i: usize) -> f64 {
+        let (base, this) = (&self.result.targets[0].samples, &self.result.targets[i].samples);
+        super::report::median(base.iter().zip(this).map(|(b, t)| t.figure / b.figure))
+    }
 }
 
 /// Runs the scenario with its own upstream, provider and Portcullis process; returns its
