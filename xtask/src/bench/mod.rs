@@ -13,6 +13,7 @@ mod peers;
 mod policy;
 mod procs;
 mod report;
+mod signin;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -41,7 +42,8 @@ const USAGE: &str = "usage: cargo xtask bench [options]   (cargo xtask bench con
   --path PATH          request path on the demo upstream (default /status/200)
   --upstream-scheme S  how the proxies reach the upstream: http (HTTP/1.1, default) or h2c
   --only NAME[,NAME]   run only these scenarios (h1, h2-tls, tls-handshake, stream-1mib,
-                       websocket, idle-h1, idle-tls, h3, h2-oha, policy, routes-10k)
+                       websocket, idle-h1, idle-tls, h3, h2-oha, policy, signin,
+                       routes-10k)
   --out DIR            where latest.md, latest.json and latest.png go (default bench/results)";
 
 /// The Debian packages the harness drives, and the binary each puts on `PATH`.
@@ -77,11 +79,12 @@ const SCENARIOS: &[&str] = &[
     "h3",
     "h2-oha",
     "policy",
+    "signin",
     "routes-10k",
 ];
 
 /// The scenarios that run against the peers (and need nginx, HAProxy and the shared
-/// upstream started); `policy` and `routes-10k` start their own processes.
+/// upstream started); `policy`, `signin` and `routes-10k` start their own processes.
 const PEER_SCENARIOS: &[&str] =
     &["h1", "h2-tls", "tls-handshake", "stream-1mib", "websocket", "idle-h1", "idle-tls", "h3", "h2-oha"];
 
@@ -357,6 +360,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     } else {
         None
     };
+    let signin = if opts.wants("signin") {
+        let (cost, procs) = signin::run(&opts, &binary, pinning, &tmp)?;
+        processes.extend(procs);
+        Some(cost)
+    } else {
+        None
+    };
     let routes = if opts.wants("routes-10k") { Some(routes_scale(&binary, pinning, &tmp, opts.runs)?) } else { None };
 
     let report = report::Report {
@@ -372,6 +382,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         load_after: procs::load_average(),
         results,
         policy,
+        signin,
         routes,
     };
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::loadgen::OHA_VERSION;
 use super::policy::PolicyCost;
 use super::procs::{command_output, Pinning};
+use super::signin::SessionCost;
 use super::{RoutesScale, Sample, ScenarioResult, Target, Unit, NOISY_FOREIGN_CPU};
 use crate::util;
 
@@ -146,6 +147,7 @@ pub struct Report {
     pub load_after: f64,
     pub results: Vec<ScenarioResult>,
     pub policy: Option<PolicyCost>,
+    pub signin: Option<SessionCost>,
     pub routes: Option<RoutesScale>,
 }
 
@@ -257,6 +259,7 @@ impl Report {
         self.results
             .iter()
             .chain(self.policy.as_ref().map(|p| &p.result))
+            .chain(self.signin.as_ref().map(|p| &p.result))
             .flat_map(|r| r.targets.iter().flat_map(|t| &t.samples))
             .any(|s| s.foreign_util > NOISY_FOREIGN_CPU)
     }
@@ -307,6 +310,9 @@ impl Report {
         }
         if let Some(p) = &self.policy {
             policy_section(&mut md, p);
+        }
+        if let Some(s) = &self.signin {
+            signin_section(&mut md, s);
         }
         self.scale_section(&mut md);
         md
@@ -499,6 +505,7 @@ impl Report {
             "processes": self.processes,
             "scenarios": scenarios,
             "policy": self.policy.as_ref().map(policy_json),
+            "signin": self.signin.as_ref().map(signin_json),
             "routes_scale": self.routes.as_ref().map(|r| json!({
                 "routes": r.routes, "starts": r.runs,
                 "ready_ms": { "one_route": r.ready_ms.0, "many_routes": r.ready_ms.1 },
@@ -577,6 +584,86 @@ fn policy_json(p: &PolicyCost) -> Value {
         "jwks_fetches": p.jwks_fetches, "endpoints": endpoints,
         "bearer_over_open": p.ratio(last), "bearer_over_open_with_token": p.rps(last) / p.rps(1),
         "target": POLICY_TARGET, "met": p.ratio(last) >= POLICY_TARGET,
+    })
+}
+
+/// Issue 16's target for the signin scenario: a route that checks a session cookie and
+/// sets the identity assertion keeps at least this share of the req/s of the same route
+/// without a policy.
+const SIGNIN_TARGET: f64 = 0.85;
+
+/// The `signin` scenario's table: each endpoint's medians and its req/s ÷ the baseline's.
+fn signin_section(md: &mut String, p: &SessionCost) {
+    let r = &p.result;
+    let _ = writeln!(md, "\n## Browser sessions (`signin`)\n");
+    let _ = writeln!(
+        md,
+        "{} ({}, as `h1`). One Portcullis process, two routes to the same upstream: `open` has no policy; `session` has `allow_any_authenticated_user: true`, so it admits a signed-in session cookie and sends the upstream an `X-Portcullis-Jwt-Assertion` (ES256). The identity provider is node's `oidc-provider` on loopback (node {}); the harness signed alice in through the sign-in host, the provider's login and consent forms and the hand-off ({} provider requests), and wrk sends the `_portcullis` cookie it got ({} bytes; the upstream received a {}-byte assertion). Checked before the load: `session` answers 200 with the cookie and the upstream got an assertion naming alice for the route's host; 401 without a cookie (a 302 to the sign-in host for a browser) and with a tampered one; every response of every run was a 2xx. With keep-alive the cookie is opened once per connection and the assertion signed once a minute per connection. The provider answered {} request(s) during the runs.\n",
+        r.title,
+        r.tool.name(),
+        p.node,
+        p.provider_requests_sign_in,
+        p.cookie_bytes,
+        p.assertion_bytes,
+        p.provider_requests_runs
+    );
+    let _ = writeln!(
+        md,
+        "| route | cookie sent | req/s | p50 | p99 | proxy CPU per response | req/s ÷ `open` without a cookie |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|");
+    for (i, (t, label)) in r.targets.iter().zip(&p.labels).enumerate() {
+        let s = Summary::of(&t.samples);
+        let (route, cookie) = label.split_once('+').map_or((*label, "no"), |(route, _)| (route, "yes"));
+        let _ = writeln!(
+            md,
+            "| `{route}` | {cookie} | {} | {} | {} | {} | {} |",
+            fmt_num(s.figure),
+            fmt_latency(s.p50_us),
+            fmt_latency(s.p99_us),
+            s.proxy_cpu_us.map_or_else(|| "–".to_owned(), |v| format!("{v:.1} µs")),
+            fmt_ratio(p.ratio(i))
+        );
+    }
+    let last = r.targets.len() - 1;
+    let headline = p.ratio(last);
+    let _ = writeln!(
+        md,
+        "\n**Session cost:** `session` ÷ `open` = {} ({}; the issue's target: at least {SIGNIN_TARGET:.2}); ÷ `open` with the same cookie = {}. Median of the per-round ratios (each round's `session` ÷ that round's `open`, seconds apart): {}.",
+        fmt_ratio(headline),
+        if headline >= SIGNIN_TARGET { "met" } else { "**missed**" },
+        fmt_ratio(p.rps(last) / p.rps(1)),
+        fmt_ratio(p.round_ratio(last))
+    );
+}
+
+fn signin_json(p: &SessionCost) -> Value {
+    let endpoints: Vec<Value> = p
+        .result
+        .targets
+        .iter()
+        .zip(&p.labels)
+        .enumerate()
+        .map(|(i, (t, label))| {
+            let s = Summary::of(&t.samples);
+            json!({
+                "endpoint": label, "url": t.url,
+                "median": { "rps": s.figure, "p50_us": s.p50_us, "p99_us": s.p99_us, "errors": s.errors,
+                    "proxy_cpu_us": s.proxy_cpu_us, "proxy_cpu_busy": s.proxy_util },
+                "runs": t.samples.iter().map(|s| s.figure).collect::<Vec<_>>(),
+                "rps_over_open": p.ratio(i),
+            })
+        })
+        .collect();
+    let last = p.result.targets.len() - 1;
+    json!({
+        "title": p.result.title, "tool": p.result.tool.name(), "node": p.node,
+        "cookie_bytes": p.cookie_bytes, "assertion_bytes": p.assertion_bytes,
+        "provider_requests": { "sign_in": p.provider_requests_sign_in, "runs": p.provider_requests_runs },
+        "endpoints": endpoints,
+        "session_over_open": p.ratio(last), "session_over_open_with_cookie": p.rps(last) / p.rps(1),
+        "session_over_open_per_round_median": p.round_ratio(last),
+        "target": SIGNIN_TARGET, "met": p.ratio(last) >= SIGNIN_TARGET,
     })
 }
 
