@@ -328,12 +328,8 @@ impl SettingsInput {
             idp_client_id,
             jwks_url,
             jwt_leeway,
-            idp_client_secret,
-            authenticate_service_url,
             cookie_name,
-            cookie_secret,
             cookie_expire,
-            signing_key,
             pass_identity_headers
         );
     }

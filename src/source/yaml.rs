@@ -259,12 +259,8 @@ pub const GLOBAL_SCALAR_KEYS: &[&str] = &[
     "idp_client_id",
     "jwks_url",
     "jwt_leeway",
-    "idp_client_secret",
-    "authenticate_service_url",
     "cookie_name",
-    "cookie_secret",
     "cookie_expire",
-    "signing_key",
     "pass_identity_headers",
 ];
 
