@@ -26,6 +26,13 @@ use portcullis_e2e::{
 use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};
 
+// The sign-in tests' harness (tests/signin_support): node's oidc-provider and a scripted user
+// agent. It is written for the portcullis crate's lints, which do not ask for
+// `Duration::from_mins`.
+#[path = "../../tests/signin_support/mod.rs"]
+#[allow(clippy::duration_suboptimal_units)]
+mod signin_support;
+
 const NS: &str = "e2e-shop";
 const SOON: Duration = Duration::from_secs(15);
 /// The ProxyConfig's `drainTimeout` (set in e2e/chart-values.yaml): short, so that the
@@ -67,6 +74,8 @@ async fn ingress_and_route_lifecycle_against_a_real_api_server() {
     let tls = Box::pin(step("TLS from Secrets and rotation", tls_secrets(&k, &h2))).await;
     step("ProxyConfig status", proxy_config_status(&k, &h2)).await;
     step("sign-outs reach every replica through the ConfigMap", shared_sign_outs(&k, &sa)).await;
+    // After the step above, which sees the sign-out ConfigMap created by its first sign-out.
+    Box::pin(step("browser sign-in with settings from ProxyConfig and Secrets", browser_sign_in(&k))).await;
 
     step("a bad edit stores the last good version", store_last_good(&k)).await;
     // A controller restart resyncs from the API and serves the same config, including the
@@ -1317,6 +1326,160 @@ async fn shared_sign_outs(k: &Kube, sa: &std::path::Path) {
         (!data.contains_key("e2e-ended") && data.contains_key("e2e-session-1")).then_some(())
     })
     .await;
+}
+
+/// Browser sign-in configured the Kubernetes way: node's `oidc-provider` on loopback inside the
+/// namespace (the proxy takes `http://` issuers on loopback only), the ProxyConfig's
+/// `idpProviderUrl`, `idpClientId` and `authenticateServiceUrl`, and the client secret, cookie
+/// secret and signing key from Secrets in the controller's namespace (default keys). A Route
+/// allowing only alice: the scripted user agent is sent through the sign-in host to the
+/// provider, signs in and lands on the route with 200 from `pod-two`, which received an
+/// `X-Portcullis-Jwt-Assertion` signed with the Secret's key and naming alice. Signing out goes
+/// through the provider's logout and back to the sign-in host; the old cookie replayed is sent
+/// to sign in again, and the sign-out is listed in the shared ConfigMap. The ProxyConfig, the
+/// Route and the Secrets are removed again, and the ProxyConfig is `Accepted` afterwards.
+async fn browser_sign_in(k: &Kube) {
+    use base64::Engine as _;
+    use portcullis::k8s::revocations::DEFAULT_CONFIGMAP;
+    use signin_support::{describe, Agent, OidcProvider, ProviderOptions, ALICE, CLIENT_ID, CLIENT_SECRET};
+    let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let auth = "https://authenticate.signin.test:8443";
+    let app = "https://app.signin.test:8443";
+    let provider = tokio::time::timeout(SOON * 3, OidcProvider::start(ProviderOptions::for_auth(auth)))
+        .await
+        .expect("the OpenID Provider starts within 45 s");
+
+    let pp = PostParams::default();
+    let secrets = Api::<Secret>::namespaced(k.client.clone(), "portcullis");
+    let mut cookie_secret = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut cookie_secret).expect("random bytes");
+    let signing_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("a P-256 key");
+    let secret = |name: &str, data: Value| -> Secret { obj(json!({"metadata": {"name": name}, "stringData": data})) };
+    secrets
+        .create(&pp, &secret("e2e-oidc-client", json!({"client-secret": CLIENT_SECRET})))
+        .await
+        .expect("the client secret's Secret");
+    secrets
+        .create(
+            &pp,
+            &secret(
+                "e2e-sign-in-keys",
+                json!({
+                    "cookie-secret": base64::engine::general_purpose::STANDARD.encode(cookie_secret),
+                    "signing-key": signing_key.serialize_pem(),
+                }),
+            ),
+        )
+        .await
+        .expect("the cookie secret's and signing key's Secret");
+    let sign_in_fields = |on: bool| {
+        let v = |x: Value| if on { x } else { Value::Null };
+        json!({"spec": {
+            "idpProviderUrl": v(json!(provider.issuer())),
+            "idpClientId": v(json!(CLIENT_ID)),
+            "idpClientSecretRef": v(json!({"name": "e2e-oidc-client"})),
+            "cookieSecretRef": v(json!({"name": "e2e-sign-in-keys"})),
+            "signingKeySecretRef": v(json!({"name": "e2e-sign-in-keys"})),
+            "authenticateServiceUrl": v(json!(auth)),
+        }})
+    };
+    k.configs
+        .patch("global", &PatchParams::default(), &Patch::Merge(sign_in_fields(true)))
+        .await
+        .expect("the sign-in fields on ProxyConfig global");
+    let route: Route = obj(json!({
+        "apiVersion": "portcullis.io/v1alpha1", "kind": "Route", "metadata": {"name": "signin"},
+        "spec": {"from": "https://app.signin.test", "to": ["http://two:80"], "allowedUsers": [ALICE.email]},
+    }));
+    k.routes.create(&pp, &route).await.expect("the signed-in Route");
+    let accepted = || async {
+        let s = k.configs.get("global").await.ok()?.status?;
+        let is = |t: &str, v: &str| s.conditions.iter().any(|c| c.type_ == t && c.status == v);
+        (is("Accepted", "True") && is("Programmed", "True") && s.errors.is_empty()).then_some(())
+    };
+    eventually("ProxyConfig global with sign-in Accepted and Programmed", SOON, accepted).await;
+    // Programmed: a browser without a session is sent to the sign-in host.
+    let sign_in_at = format!("{auth}/.portcullis/sign_in");
+    eventually("the Route sends a browser to the sign-in host", SOON, || async {
+        let mut fresh = Agent::new();
+        fresh.timeout = Duration::from_secs(5);
+        let hop = fresh.try_request("GET", &format!("{app}/"), &[], None).await.ok()?;
+        (hop.status == 302 && hop.location()?.starts_with(&sign_in_at)).then_some(())
+    })
+    .await;
+
+    // Signing in: the sign-in host, the provider's login and consent forms, the callback and
+    // the hand-off back to the route host.
+    let mut agent = Agent::new();
+    agent.timeout = Duration::from_secs(10);
+    let wanted = format!("{app}/hello?x=1");
+    let mut hops = agent.follow(&wanted, 10).await;
+    let login = hops.last().expect("a hop").clone();
+    assert!(login.url.starts_with(provider.issuer()), "sent to the provider:\n{}", describe(&hops));
+    hops.extend(agent.sign_in_at_provider(&login, ALICE.login, ALICE.password).await);
+    let last = hops.last().expect("a hop").clone();
+    assert_eq!((last.status, last.url.as_str()), (200, wanted.as_str()), "back where it started:\n{}", describe(&hops));
+    for way in [
+        format!("{sign_in_at}?state="),
+        format!("{auth}/.portcullis/callback?"),
+        format!("{app}/.portcullis/callback?handoff="),
+    ] {
+        assert!(hops.iter().any(|h| h.url.starts_with(&way)), "through {way}:\n{}", describe(&hops));
+    }
+    assert_eq!(upstream_of(&last.body), "pod-two", "{}", last.body);
+    let seen: Value = serde_json::from_str(&last.body).expect("the demo's JSON");
+    let jwt = seen["headers"]["x-portcullis-jwt-assertion"].as_str().unwrap_or_else(|| panic!("no assertion: {seen}"));
+    // Signed (ES256) with the key from the Secret, for alice.
+    let (signed, signature) = jwt.rsplit_once('.').expect("a JWT");
+    let signature = b64url.decode(signature).expect("base64url signature");
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        signing_key.public_key_raw(),
+    )
+    .verify(signed.as_bytes(), &signature)
+    .expect("the assertion is signed with the Secret's signing key");
+    let claims: Value =
+        serde_json::from_slice(&b64url.decode(signed.split('.').nth(1).expect("claims")).expect("base64url"))
+            .expect("JSON claims");
+    assert_eq!((claims["email"].as_str(), claims["sub"].as_str()), (Some(ALICE.email), Some(ALICE.sub)), "{claims}");
+
+    // Signing out: the provider's logout, then back to the sign-in host's signed-out page.
+    let configmaps = Api::<ConfigMap>::namespaced(k.client.clone(), "portcullis");
+    let listed = || async {
+        configmaps.get_opt(DEFAULT_CONFIGMAP).await.ok().flatten().and_then(|cm| cm.data).unwrap_or_default().len()
+    };
+    let before = listed().await;
+    let cookie = agent.cookie("_portcullis", "app.signin.test").expect("a session cookie").to_owned();
+    let out = agent.get(&format!("{app}/.portcullis/sign_out")).await;
+    assert_eq!(out.status, 302, "{out}: {}", out.body);
+    assert!(out.location().is_some_and(|l| l.starts_with(&provider.end_session_endpoint())), "{out}");
+    let back = agent.confirm_provider_logout(&out).await;
+    let landed = back.last().expect("a hop");
+    assert_eq!(landed.status, 200, "{}", describe(&back));
+    assert!(landed.url.starts_with(&format!("{auth}/.portcullis/signed_out")), "{}", describe(&back));
+    assert!(agent.cookie("_portcullis", "app.signin.test").is_none(), "the cookie is cleared");
+    agent.set_cookie("_portcullis", "app.signin.test", &cookie);
+    let replay = agent.get(&format!("{app}/")).await;
+    assert_eq!(replay.status, 302, "a signed-out session is no session: {replay}: {}", replay.body);
+    assert!(replay.location().is_some_and(|l| l.starts_with(&sign_in_at)), "{replay}");
+    eventually("the sign-out is listed in the shared ConfigMap", SOON, || async {
+        (listed().await > before).then_some(())
+    })
+    .await;
+
+    // Removed again: later steps run without a provider.
+    k.routes.delete("signin", &DeleteParams::default()).await.expect("deleting Route signin");
+    k.configs
+        .patch("global", &PatchParams::default(), &Patch::Merge(sign_in_fields(false)))
+        .await
+        .expect("removing the sign-in fields");
+    for name in ["e2e-oidc-client", "e2e-sign-in-keys"] {
+        secrets.delete(name, &DeleteParams::default()).await.unwrap_or_else(|e| panic!("deleting Secret {name}: {e}"));
+    }
+    eventually("ProxyConfig global without sign-in Accepted and Programmed", SOON, accepted).await;
+    serves(&https(), "app.signin.test", "/", 404, "").await;
+    let global = k.configs.get("global").await.expect("ProxyConfig global");
+    assert!(global.spec.idp_provider_url.is_none() && global.spec.cookie_secret_ref.is_none(), "restored");
 }
 
 async fn stored_last_good(k: &Kube) -> std::collections::BTreeMap<String, String> {

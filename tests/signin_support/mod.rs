@@ -27,9 +27,15 @@ pub use oidc::{OidcProvider, ProviderOptions, User, ALICE, BOB, CLIENT_ID, CLIEN
 use std::path::PathBuf;
 
 /// The repository's root (where `target/tools` and `target/test-artifacts` live, whatever
-/// `CARGO_TARGET_DIR` says, like the xtask tools).
+/// `CARGO_TARGET_DIR` says, like the xtask tools). The end-to-end crate (`e2e/`) includes
+/// this module too: its manifest directory is one level down.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if dir.join("tests/signin_support").is_dir() {
+        dir
+    } else {
+        dir.parent().map_or_else(|| dir.clone(), std::path::Path::to_path_buf)
+    }
 }
 
 /// Runs `cmd` to completion within `limit`, killing it past that; its exit status.

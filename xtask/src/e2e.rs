@@ -761,6 +761,9 @@ pub fn suite() -> anyhow::Result<()> {
     util::step("build portcullis", &["cargo", "build", "--package", "portcullis"])?;
     util::step("build the end-to-end tests", &["cargo", "test", "--package", "portcullis-e2e", "--no-run"])?;
     let helm = crate::chart::helm()?;
+    // The sign-in step runs node's oidc-provider inside the namespace, which has no network:
+    // its modules are installed here, where the tests' harness finds them.
+    crate::bench::install_provider()?;
     let bins = build()?;
     let started = Instant::now();
     let cluster = Cluster::start(&bins)?;

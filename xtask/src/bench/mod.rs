@@ -15,6 +15,9 @@ mod procs;
 mod report;
 mod signin;
 
+/// The OpenID Provider's node modules, installed when missing (also for `cargo xtask e2e`).
+pub(crate) use signin::install_provider;
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Write as _};

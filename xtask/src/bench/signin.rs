@@ -331,7 +331,7 @@ fn provider_requests(log: &Path) -> usize {
 /// `target/tools/oidc-provider/<16 hex of the hash of package.json, NUL, package-lock.json>/`
 /// with `node_modules` installed by `npm ci` (into a scratch directory renamed into place
 /// when complete, so an interrupted install is never taken for done).
-fn install_provider() -> anyhow::Result<PathBuf> {
+pub(crate) fn install_provider() -> anyhow::Result<PathBuf> {
     let src = util::root().join("tests/oidc");
     let package = std::fs::read(src.join("package.json")).context("reading tests/oidc/package.json")?;
     let lock = std::fs::read(src.join("package-lock.json")).context("reading tests/oidc/package-lock.json")?;
