@@ -160,6 +160,11 @@ async fn a_browser_signs_in_reaches_the_app_with_its_identity_and_signs_out_ever
     assert_eq!(claims["groups"], serde_json::json!(["admins", "staff"]));
     assert_eq!(claims["name"], "Alice Example");
     assert_eq!(headers["x-email"], "alice@example.com");
+    // The proxy's own cookies stay with the proxy: an upstream that saw them could replay them.
+    assert!(headers.get("cookie").is_none_or(|c| !c.as_str().unwrap().contains("_portcullis")), "{headers:?}");
+    agent.set_cookie("theme", "app.test", "dark");
+    let mixed = upstream_headers(&agent.get(&env.url("app.test", "/")).await);
+    assert_eq!(mixed["cookie"], "theme=dark", "the app's own cookies pass");
 
     // A client's own identity headers never reach the upstream.
     let forged = agent
@@ -173,6 +178,17 @@ async fn a_browser_signs_in_reaches_the_app_with_its_identity_and_signs_out_ever
     let seen = upstream_headers(&forged);
     assert_ne!(seen["x-portcullis-jwt-assertion"], "forged");
     assert_eq!(seen["x-email"], "alice@example.com");
+    // ...nor their `_` spellings, which some frameworks read as the same header.
+    let underscored = agent
+        .request(
+            "GET",
+            &env.url("app.test", "/"),
+            &[("x_email", "mallory@example.com"), ("x_portcullis_jwt_assertion", "forged")],
+            None,
+        )
+        .await;
+    let seen = upstream_headers(&underscored);
+    assert!(!seen.contains_key("x_email") && !seen.contains_key("x_portcullis_jwt_assertion"), "{seen:?}");
     // A route that passes no identity gets none, forged or not.
     assert_eq!(agent.follow(&env.url("api.test", "/"), 10).await.last().unwrap().status, 200);
     let api = agent.request("GET", &env.url("api.test", "/"), &[("x-portcullis-jwt-assertion", "forged")], None).await;
@@ -400,6 +416,7 @@ async fn the_programmatic_login_hands_a_token_to_a_loopback_port() {
         .await;
     assert_eq!(hop.status, 200, "{}", hop.body);
     assert_eq!(upstream_headers(&hop)["x-email"], "alice@example.com");
+    assert!(!upstream_headers(&hop).contains_key("authorization"), "the proxy's token stays with the proxy");
     // ...and on no other host.
     let hop = cli
         .request("GET", &env.url("other.test", "/"), &[("authorization", &auth), ("accept", "application/json")], None)

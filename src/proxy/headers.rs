@@ -24,17 +24,29 @@ pub(crate) const FRAMING: [&str; 4] = ["content-length", "transfer-encoding", "k
 /// CGI-style upstream (PHP, WSGI, Rack) reads `X_Forwarded_For` and `X-Forwarded-For` as the
 /// same `HTTP_X_FORWARDED_FOR` and a client could spoof its address (nginx drops every `_`
 /// header by default, `underscores_in_headers off`).
-const SET_BY_PROXY: [&str; 6] =
-    ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "forwarded", "x-real-ip"];
+const SET_BY_PROXY: [&str; 7] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+    "forwarded",
+    "x-real-ip",
+    "x-portcullis-jwt-assertion",
+];
 
 /// Whether `name` (lower case) is `dashed` once its `_` are read as `-`.
 pub(crate) fn dashed_equal(dashed: &str, name: &str) -> bool {
     dashed.len() == name.len() && dashed.bytes().zip(name.bytes()).all(|(a, b)| a == b || (a == b'-' && b == b'_'))
 }
 
-/// Removes the `_` spellings of the headers the proxy sets ([`SET_BY_PROXY`]) and of those the
-/// route sets or removes. Only called for a request with a `_` in some header name.
-pub(crate) fn strip_underscore_lookalikes(headers: &mut HeaderMap, route: &Route) {
+/// Removes the `_` spellings of the headers the proxy sets ([`SET_BY_PROXY`], the identity
+/// assertion included) and of those the route sets or removes (`claims_headers`: its
+/// `jwt_claims_headers`). Only called for a request with a `_` in some header name.
+pub(crate) fn strip_underscore_lookalikes(
+    headers: &mut HeaderMap,
+    route: &Route,
+    claims_headers: &[(HeaderName, String)],
+) {
     let spoofed: Vec<HeaderName> = headers
         .keys()
         .filter(|n| n.as_str().contains('_'))
@@ -43,6 +55,7 @@ pub(crate) fn strip_underscore_lookalikes(headers: &mut HeaderMap, route: &Route
             SET_BY_PROXY.iter().any(|d| dashed_equal(d, n))
                 || route.set_request_headers.iter().any(|(d, _)| dashed_equal(d.as_str(), n))
                 || route.remove_request_headers.iter().any(|d| dashed_equal(d.as_str(), n))
+                || claims_headers.iter().any(|(d, _)| dashed_equal(d.as_str(), n))
         })
         .cloned()
         .collect();
@@ -365,7 +378,7 @@ mod tests {
         {
             h.insert(HeaderName::try_from(name).unwrap(), HeaderValue::from_static("spoofed"));
         }
-        strip_underscore_lookalikes(&mut h, &r);
+        strip_underscore_lookalikes(&mut h, &r, &[]);
         let mut left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["content-type", "x_kept_header"]);

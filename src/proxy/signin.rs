@@ -61,6 +61,9 @@ const RENEW_BEFORE: u64 = 10;
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest provider response read (discovery, tokens).
 const MAX_PROVIDER_BODY: usize = 1024 * 1024;
+/// After a failed discovery, how long requests use what is known (or fail at once) instead
+/// of trying again.
+const FAILURE_BACKOFF_MS: u64 = 5_000;
 /// The largest `Set-Cookie` value made: browsers keep 4096 bytes per cookie.
 const MAX_COOKIE: usize = 4000;
 /// How long discovery (and the keys it carries) is kept before it is fetched again.
@@ -102,6 +105,12 @@ pub struct SignIn {
     http: ProviderHttp,
     discovered: ArcSwapOption<Discovered>,
     discovering: tokio::sync::Mutex<()>,
+    /// When discovery last failed (ms, [`super::body::now_ms`]; 0: never): requests in the
+    /// next seconds do not try again one after another.
+    failed_at_ms: std::sync::atomic::AtomicU64,
+    /// Tells this sign-in's cached sessions from another's (a reload with a new
+    /// `cookie_secret` must not keep accepting what the old one opened).
+    instance: u64,
 }
 
 struct Discovered {
@@ -171,6 +180,7 @@ impl std::fmt::Debug for SessionCache {
 }
 
 struct CachedSession {
+    instance: u64,
     cookie: Box<[u8]>,
     found: FromCookie,
     /// When the ID token needs renewing (seconds since the epoch).
@@ -187,13 +197,17 @@ impl SignIn {
             client_secret: s.client_secret.0.clone(),
             scopes: s.scopes.clone(),
             cookie_name: s.cookie_name.clone(),
-            csrf_cookie: format!("{}_csrf", s.cookie_name),
+            // `__Host-`: the browser keeps it only if set by this very host, Secure, for `/`,
+            // so a sibling subdomain cannot plant a known CSRF value.
+            csrf_cookie: format!("__Host-{}_csrf", s.cookie_name),
             cookie_expire: s.cookie_expire.as_secs(),
             leeway: idp.leeway.as_secs(),
             sealer: Sealer::new(&s.cookie_secret.0),
             http: ProviderHttp::new(tls),
             discovered: ArcSwapOption::empty(),
             discovering: tokio::sync::Mutex::new(()),
+            failed_at_ms: std::sync::atomic::AtomicU64::new(0),
+            instance: rand::random(),
         })
     }
 
@@ -202,6 +216,8 @@ impl SignIn {
     /// The answer to a browser without a session on `host` (a route host) asking for
     /// `path_and_query`: to the sign-in host, with a CSRF cookie.
     pub fn to_sign_in(&self, auth: &ServiceUrl, host: &str, path_and_query: &str) -> Response<ProxyBody> {
+        let host = host.to_ascii_lowercase();
+        let host = host.as_str();
         let csrf = random_id();
         let start = Start {
             csrf: Some(csrf.clone()),
@@ -227,7 +243,7 @@ impl SignIn {
         if !is_loopback_url(&to) {
             return Err(Error::with(Kind::BadRequest, "redirect_uri must be http:// to a loopback address"));
         }
-        let start = Start { csrf: None, to, host: bare_host(host).to_owned(), exp: unix_now() + FLOW_TTL };
+        let start = Start { csrf: None, to, host: bare_host(host).to_ascii_lowercase(), exp: unix_now() + FLOW_TTL };
         let location = format!(
             "{}{}?state={}",
             auth.origin(),
@@ -306,6 +322,7 @@ impl SignIn {
         query: Option<&str>,
         routes: &(dyn Fn(&str) -> bool + Sync),
         signer: &Signer,
+        revocations: &Revocations,
     ) -> Result<Response<ProxyBody>> {
         let state = query_param(query, "state")
             .and_then(|s| self.sealer.open::<(String, State)>(Purpose::State, &s))
@@ -343,7 +360,14 @@ impl SignIn {
         let id_exp = u64::try_from(verified.expiration().timestamp()).unwrap_or(0);
         let claims = payload_claims(&id_token.to_string()).unwrap_or_default();
         let refresh = tokens.refresh_token().map(|r| r.secret().clone());
-        let session = Session::new(claims, id_exp, refresh, unix_now() + self.cookie_expire);
+        let mut session = Session::new(claims, id_exp, refresh, unix_now() + self.cookie_expire);
+        // The same user signing in again at the sign-in host keeps the session id that its
+        // route hosts already hold: one sign-out then ends them all.
+        if let Some(old) = self.open_session(headers, revocations) {
+            if old.claims.get("sub").is_some() && old.claims.get("sub") == session.claims.get("sub") {
+                session.sid = old.sid;
+            }
+        }
         tracing::info!(sub = session.claims.get("sub").and_then(serde_json::Value::as_str).unwrap_or(""), "signed in");
         let cookie = self.session_cookie(&session);
         Ok(self.handoff(session, state.start, signer, cookie))
@@ -384,7 +408,7 @@ impl SignIn {
         if let Some(c) = auth_cookie {
             headers.append(header::SET_COOKIE, c);
         }
-        headers.append(header::SET_COOKIE, Self::clear_cookie(&self.csrf_cookie, "/.portcullis/"));
+        headers.append(header::SET_COOKIE, Self::clear_cookie(&self.csrf_cookie, "/"));
         resp
     }
 
@@ -407,7 +431,7 @@ impl SignIn {
         })?;
         let mut resp = redirect(to);
         resp.headers_mut().append(header::SET_COOKIE, cookie);
-        resp.headers_mut().append(header::SET_COOKIE, Self::clear_cookie(&self.csrf_cookie, "/.portcullis/"));
+        resp.headers_mut().append(header::SET_COOKIE, Self::clear_cookie(&self.csrf_cookie, "/"));
         Ok(resp)
     }
 
@@ -490,7 +514,8 @@ impl SignIn {
         let value = cookie(headers, &self.cookie_name)?;
         let now = unix_now();
         if let Some(hit) = cache.0.load().as_ref() {
-            if same_secret_bytes(&hit.cookie, value.as_bytes())
+            if hit.instance == self.instance
+                && same_secret_bytes(&hit.cookie, value.as_bytes())
                 && hit.renew_at > now
                 && hit.found.admitted.valid_until > now
                 && !hit.found.admitted.session.as_deref().is_some_and(|sid| revocations.is_revoked(sid))
@@ -503,16 +528,24 @@ impl SignIn {
             return None;
         }
         let mut set_cookie = None;
-        if session.id_exp <= now + RENEW_BEFORE {
+        if session.id_exp <= now + RENEW_BEFORE && session.refresh.is_some() {
             session = Box::pin(self.refresh(session)).await?;
             set_cookie = Some(self.session_cookie(&session)?);
+        } else if session.id_exp <= now {
+            // No refresh token: the session lasts as long as its ID token.
+            return None;
         }
         let admitted = Arc::new(self.admitted(&session));
         let found = FromCookie { admitted, set_cookie };
         cache.0.store(Some(Arc::new(CachedSession {
+            instance: self.instance,
             cookie: value.as_bytes().into(),
             found: found.clone(),
-            renew_at: session.id_exp.saturating_sub(RENEW_BEFORE),
+            renew_at: if session.refresh.is_some() {
+                session.id_exp.saturating_sub(RENEW_BEFORE)
+            } else {
+                session.id_exp
+            },
         })));
         Some(found)
     }
@@ -572,6 +605,43 @@ impl SignIn {
 
     // ---- cookies ----
 
+    /// Removes the proxy's own credentials from a request going upstream: its session and
+    /// CSRF cookies, and an `Authorization` holding one of its programmatic tokens.
+    pub fn strip_credentials(&self, headers: &mut HeaderMap, signer: Option<&Signer>) {
+        let ours_token = signer.is_some_and(|s| {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(super::http::jwt::bearer)
+                .is_some_and(|t| s.is_ours(t))
+        });
+        if ours_token {
+            headers.remove(header::AUTHORIZATION);
+        }
+        let ours = |pair: &[u8]| {
+            let pair = pair.trim_ascii_start();
+            [self.cookie_name.as_bytes(), self.csrf_cookie.as_bytes()]
+                .iter()
+                .any(|name| pair.strip_prefix(*name).is_some_and(|rest| rest.starts_with(b"=")))
+        };
+        let cookies = headers.get_all(header::COOKIE);
+        if !cookies.iter().any(|v| v.as_bytes().split(|b| *b == b';').any(ours)) {
+            return;
+        }
+        let kept: Vec<Vec<u8>> = cookies
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+            .filter(|pair| !ours(pair) && !pair.trim_ascii().is_empty())
+            .map(|pair| pair.trim_ascii().to_vec())
+            .collect();
+        headers.remove(header::COOKIE);
+        if !kept.is_empty() {
+            if let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..])) {
+                headers.insert(header::COOKIE, v);
+            }
+        }
+    }
+
     /// The `Set-Cookie` of `session`. A session whose claims make it larger than a browser
     /// keeps (4 KiB) is cut to the claims policies and upstreams most need.
     fn session_cookie(&self, session: &Session) -> Option<HeaderValue> {
@@ -600,7 +670,7 @@ impl SignIn {
 
     fn csrf_cookie_value(&self, csrf: &str) -> HeaderValue {
         HeaderValue::from_str(&format!(
-            "{}={csrf}; Path=/.portcullis/; Max-Age={FLOW_TTL}; Secure; HttpOnly; SameSite=Lax",
+            "{}={csrf}; Path=/; Max-Age={FLOW_TTL}; Secure; HttpOnly; SameSite=Lax",
             self.csrf_cookie
         ))
         .expect("a cookie name and a base64url value")
@@ -620,9 +690,21 @@ impl SignIn {
         if let Some(d) = self.discovered.load_full().filter(|d| fresh(d)) {
             return Ok(d);
         }
+        let unavailable =
+            || Error::with(Kind::IdpUnavailable, "the identity provider cannot be reached; try again later");
+        let recently_failed = || {
+            let at = self.failed_at_ms.load(std::sync::atomic::Ordering::Relaxed);
+            at != 0 && super::body::now_ms().saturating_sub(at) < FAILURE_BACKOFF_MS
+        };
+        if recently_failed() {
+            return self.discovered.load_full().ok_or_else(unavailable);
+        }
         let _one = self.discovering.lock().await;
         if let Some(d) = self.discovered.load_full().filter(|d| fresh(d)) {
             return Ok(d);
+        }
+        if recently_failed() {
+            return self.discovered.load_full().ok_or_else(unavailable);
         }
         match Box::pin(self.discover()).await {
             Ok(d) => {
@@ -632,9 +714,8 @@ impl SignIn {
             }
             Err(e) => {
                 tracing::warn!(issuer = %self.issuer, error = %e, "identity provider discovery failed");
-                self.discovered.load_full().ok_or_else(|| {
-                    Error::with(Kind::IdpUnavailable, "the identity provider cannot be reached; try again later")
-                })
+                self.failed_at_ms.store(super::body::now_ms().max(1), std::sync::atomic::Ordering::Relaxed);
+                self.discovered.load_full().ok_or_else(unavailable)
             }
         }
     }
@@ -805,7 +886,7 @@ fn is_route_url(url: &str, routes: &(dyn Fn(&str) -> bool + Sync)) -> bool {
 
 /// `http://` to a loopback address (`127.0.0.1`, `[::1]`, `localhost`) with a port.
 fn is_loopback_url(url: &str) -> bool {
-    if !url.starts_with("http://") || url.contains(['\\', '\r', '\n']) {
+    if !url.starts_with("http://") || url.contains(['\\', '\r', '\n', '#']) {
         return false;
     }
     let Some(authority) = url_authority(url) else { return false };
@@ -900,6 +981,49 @@ mod tests {
         }
         assert_eq!(url_path_and_query("https://app.test//evil.test/x"), None);
         assert_eq!(url_path_and_query("https://app.test/a?b"), Some("/a?b"));
+    }
+
+    #[test]
+    fn the_proxys_credentials_never_go_upstream() {
+        let idp = crate::config::IdentityProvider {
+            issuer: "https://idp.test".into(),
+            jwks_url: None,
+            client_id: Some("c".into()),
+            audiences: vec!["c".into()],
+            leeway: Duration::ZERO,
+            ca: Vec::new(),
+            sign_in: Some(crate::config::SignIn {
+                client_secret: crate::config::Secret("s".into()),
+                scopes: vec!["openid".into()],
+                authenticate_url: None,
+                cookie_name: "_portcullis".into(),
+                cookie_secret: crate::config::Secret([1; 32]),
+                cookie_expire: Duration::from_secs(60),
+            }),
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(crate::pki::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let s = SignIn::new(&idp, tls).unwrap();
+        let signer = Signer::new(None);
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; _portcullis=secret; __Host-_portcullis_csrf=x"));
+        h.append(header::COOKIE, HeaderValue::from_static("_portcullis_other=keep"));
+        s.strip_credentials(&mut h, Some(&signer));
+        assert_eq!(h.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["a=1; _portcullis_other=keep"]);
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("_portcullis=secret"));
+        let claims = serde_json::json!({"sub": "x"}).as_object().unwrap().clone();
+        let token = signer.programmatic_token(&Session::new(claims, 1, None, unix_now() + 60), "app.test");
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+        s.strip_credentials(&mut h, Some(&signer));
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer someone.elses.token"));
+        s.strip_credentials(&mut h, Some(&signer));
+        assert!(h.contains_key(header::AUTHORIZATION), "another issuer's token is the upstream's business");
     }
 
     #[test]

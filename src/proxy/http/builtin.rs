@@ -70,7 +70,7 @@ pub(crate) async fn answer<B>(
             sign_in.sign_in(auth, headers, query, &routes, signer, revocations).await
         }
         paths::CALLBACK if on_auth_host && read => {
-            sign_in.provider_callback(auth, headers, query, &routes, signer).await
+            sign_in.provider_callback(auth, headers, query, &routes, signer, revocations).await
         }
         paths::SIGNED_OUT if on_auth_host && read => Ok(sign_in.signed_out(query, &routes)),
         paths::CALLBACK if read => sign_in.route_callback(host, headers, query),

@@ -115,12 +115,12 @@ where
         }
     }
     if underscored {
-        strip_underscore_lookalikes(req.headers_mut(), &route.route);
+        strip_underscore_lookalikes(req.headers_mut(), &route.route, &route.claims_headers);
     }
-    // Never a client's own identity headers; the proxy's when the route passes them. (Only
-    // where the proxy issues identity at all, a provider being configured: elsewhere no
-    // upstream can expect these headers from it.)
-    if snap.signer.is_some() {
+    // Never a client's own identity headers; the proxy's when the route passes them. (The
+    // assertion only where the proxy issues identity at all, a provider being configured:
+    // elsewhere no upstream can expect it from the proxy.)
+    if snap.signer.is_some() || !route.claims_headers.is_empty() {
         assertion::set_headers(
             req.headers_mut(),
             snap.signer.as_ref(),
@@ -130,6 +130,12 @@ where
             &route.claims_headers,
             &conn.assertions,
         );
+        // The proxy's own credentials stay with the proxy: its session cookies, and a
+        // programmatic-login token, are no upstream's business (an upstream that saw them
+        // could replay them).
+        if let Some(sign_in) = &snap.signin {
+            sign_in.strip_credentials(req.headers_mut(), snap.signer.as_deref());
+        }
     }
     let target_idx = pick::pick(snap, route_idx, log)?;
 
