@@ -3,7 +3,7 @@
 //! Layout (see README.md): [`config`] is the domain model and its validation, knowing
 //! nothing of Kubernetes or serving; [`proxy`] is the data plane, one module per stage;
 //! [`tls`], [`metrics`] and [`admin`] serve it; [`pki`] holds the certificate material both
-//! the validator and `tls` need; [`server`] starts it; [`demo`] is the built-in upstream of
+//! the validator and `tls` need; [`masque`] is the wire format of UDP tunnels, shared with the `tunnel` client; [`server`] starts it; [`demo`] is the built-in upstream of
 //! the quickstart and the tests. All wiring lives in `main.rs`.
 
 pub mod admin;
@@ -12,6 +12,7 @@ pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod k8s;
+pub mod masque;
 pub mod metrics;
 pub mod pki;
 pub mod policy;
