@@ -1,10 +1,10 @@
 //! The one host-and-path conflict check: two routes with the same host and path matcher
-//! cannot both be reached. The file rejects the second; the cluster assembler lets the older
+//! (or two tunnel routes with the same host, protocol and port) cannot both be reached. The file rejects the second; the cluster assembler lets the older
 //! object keep it. A hash map keyed by host and path, so a check of n routes costs O(n).
 
 use std::collections::HashMap;
 
-use super::model::{HostMatch, PathMatch, Route};
+use super::model::{HostMatch, PathMatch, Route, Tunnel};
 
 /// What makes two path matchers the same for routing. Regexes compare by their source text.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -29,7 +29,7 @@ impl From<&PathMatch> for PathKey {
 /// Who holds each host and path so far.
 #[derive(Debug)]
 pub struct Claims<O> {
-    owners: HashMap<(HostMatch, PathKey), O>,
+    owners: HashMap<(HostMatch, PathKey, Option<Tunnel>), O>,
 }
 
 impl<O> Default for Claims<O> {
@@ -43,7 +43,7 @@ impl<O> Claims<O> {
     /// changes and the holder is returned.
     pub fn claim(&mut self, route: &Route, owner: O) -> Result<(), &O> {
         use std::collections::hash_map::Entry;
-        match self.owners.entry((route.host.clone(), PathKey::from(&route.path))) {
+        match self.owners.entry((route.host.clone(), PathKey::from(&route.path), route.tunnel)) {
             Entry::Occupied(held) => Err(held.into_mut()),
             Entry::Vacant(free) => {
                 free.insert(owner);

@@ -56,6 +56,9 @@ pub enum RouteField<'a> {
     Policy,
     /// One `jwt_claims_headers` entry, by header name.
     JwtClaimsHeader(&'a str),
+    /// A key named as a whole, by its snake_case file key (`allow_websockets` on a tunnel
+    /// route, where it has no meaning).
+    Key(&'static str),
 }
 
 /// A field of one health check.
@@ -122,6 +125,7 @@ impl RouteField<'_> {
             Self::HealthCheck(..) => "health_checks",
             Self::Policy => "policy",
             Self::JwtClaimsHeader(_) => "jwt_claims_headers",
+            Self::Key(k) => k,
         }
     }
 }

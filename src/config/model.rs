@@ -284,6 +284,10 @@ pub enum UpstreamScheme {
     Https,
     /// HTTP/2 with prior knowledge over plain TCP (gRPC backends).
     H2c,
+    /// Bytes over TCP: the destination of a `tcp+` tunnel route.
+    Tcp,
+    /// Datagrams over UDP: the destination of a `udp+` tunnel route.
+    Udp,
 }
 
 /// One destination of a route.
@@ -412,6 +416,40 @@ pub struct Route {
     pub pass_identity_headers: Option<bool>,
     /// `jwt_claims_headers` on the route; `None`: the global ones.
     pub jwt_claims_headers: Option<Vec<(HeaderName, String)>>,
+    /// `Some` for a `tcp+https://` or `udp+https://` route: CONNECT (or CONNECT-UDP) to its
+    /// host and this port becomes a tunnel to `to`. Its path is `Any` and its HTTP-only
+    /// settings are at their defaults (the validator refuses them).
+    pub tunnel: Option<Tunnel>,
+}
+
+/// What a tunnel route carries and which port of its host a client asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tunnel {
+    /// TCP bytes or UDP datagrams.
+    pub protocol: TunnelProtocol,
+    /// The port in the client's CONNECT authority (or CONNECT-UDP path): a name, not a
+    /// listener; every tunnel arrives on `address`.
+    pub port: u16,
+}
+
+/// The transport a tunnel route carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelProtocol {
+    /// CONNECT: a byte stream.
+    Tcp,
+    /// CONNECT-UDP (RFC 9298): datagrams.
+    Udp,
+}
+
+impl TunnelProtocol {
+    /// The metrics' `protocol` label and the scheme prefix of `from`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
 }
 
 impl Config {

@@ -25,7 +25,7 @@ use super::input::{
 use super::model::{
     Certificate, ClientCert, CodecType, DownstreamMtls, DrainScope, HealthCheck, HealthCheckKind, HostMatch,
     IdentityHeaders, IdentityProvider, LbPolicy, MtlsEnforcement, PathMatch, Route, Secret, ServiceUrl, Settings,
-    SignIn, Upstream, UpstreamScheme, UpstreamTls,
+    SignIn, Tunnel, TunnelProtocol, Upstream, UpstreamScheme, UpstreamTls,
 };
 use crate::pki::{build_certificate, parse_certs, parse_crls, parse_private_key};
 
@@ -550,12 +550,21 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
     let found = |key, errs: &mut Errors| errs.extend(input.problems.about(key, None));
     found("name", errs);
     found("from", errs);
-    let host = if let Some(f) = input.from.as_deref() {
-        parse_from(f).map_err(|e| errs.push(names.name(RouteField::From), e)).ok()
+    let (host, tunnel) = if let Some(f) = input.from.as_deref() {
+        match parse_route_from(f) {
+            Ok((h, t)) => (Some(h), t),
+            Err(e) => {
+                errs.push(names.name(RouteField::From), e);
+                (None, None)
+            }
+        }
     } else {
         errs.push(names.name(RouteField::From), "is required (for example https://app.example.com)");
-        None
+        (None, None)
     };
+    if let Some(t) = tunnel {
+        http_only_keys(input, t, names, errs);
+    }
     for key in ["prefix", "path", "regex"] {
         found(key, errs);
     }
@@ -696,12 +705,32 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
     }
     let host = host?;
     let path_match = path_match?;
-    let name = input.name.clone().unwrap_or_else(|| default_route_name(&host, &path_match));
+    let to = to?;
+    for (i, u) in to.iter().enumerate() {
+        let wanted = match tunnel.map(|t| t.protocol) {
+            None if matches!(u.scheme, UpstreamScheme::Tcp | UpstreamScheme::Udp) => {
+                Some("http://, https:// or h2c:// (tcp:// and udp:// are for tcp+ and udp+ routes)")
+            }
+            Some(TunnelProtocol::Tcp) if u.scheme != UpstreamScheme::Tcp => Some("tcp:// on a tcp+ route"),
+            Some(TunnelProtocol::Udp) if u.scheme != UpstreamScheme::Udp => Some("udp:// on a udp+ route"),
+            _ => None,
+        };
+        if let Some(wanted) = wanted {
+            errs.push(names.name(RouteField::ToEntry(i)), format!("{:?} must be {wanted}", u.authority));
+        }
+    }
+    if errs.len() > before {
+        return None;
+    }
+    let name = input.name.clone().unwrap_or_else(|| match tunnel {
+        Some(t) => format!("{}+{}:{}", t.protocol.name(), default_route_name(&host, &path_match), t.port),
+        None => default_route_name(&host, &path_match),
+    });
     Some(Route {
         name,
         host,
         path: path_match,
-        to: to?,
+        to,
         timeout,
         idle_timeout,
         allow_websockets: input.allow_websockets.unwrap_or(false),
@@ -718,7 +747,49 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
         policy,
         pass_identity_headers: input.pass_identity_headers,
         jwt_claims_headers,
+        tunnel,
     })
+}
+
+/// The keys that mean something only to HTTP requests, each an error on a tunnel route
+/// (all named at once): a tunnel has no path, headers or upstream TLS.
+fn http_only_keys(input: &RouteInput, tunnel: Tunnel, names: &dyn RouteNames, errs: &mut Errors) {
+    let set: [(RouteField<'_>, bool); 17] = [
+        (RouteField::Prefix, input.prefix.is_some()),
+        (RouteField::Path, input.path.is_some()),
+        (RouteField::Regex, input.regex.is_some()),
+        (RouteField::Key("allow_websockets"), input.allow_websockets.is_some()),
+        (RouteField::Key("preserve_host_header"), input.preserve_host_header.is_some()),
+        (RouteField::HostRewrite, input.host_rewrite.is_some()),
+        (RouteField::PrefixRewrite, input.prefix_rewrite.is_some()),
+        (RouteField::RegexRewritePattern, input.regex_rewrite_pattern.is_some()),
+        (RouteField::RegexRewriteSubstitution, input.regex_rewrite_substitution.is_some()),
+        (RouteField::Key("set_request_headers"), !input.set_request_headers.is_empty()),
+        (RouteField::Key("remove_request_headers"), !input.remove_request_headers.is_empty()),
+        (RouteField::Key("set_response_headers"), !input.set_response_headers.is_empty()),
+        (RouteField::Key("tls_skip_verify"), input.tls_skip_verify.is_some()),
+        (RouteField::TlsServerName, input.tls_server_name.is_some()),
+        (RouteField::TlsCustomCa, input.tls_custom_ca.is_some()),
+        (RouteField::TlsClientCert, input.tls_client_cert.is_some() || input.tls_client_key.is_some()),
+        (RouteField::Key("pass_identity_headers"), input.pass_identity_headers.is_some()),
+    ];
+    let proto = tunnel.protocol.name();
+    for (field, present) in set {
+        if present {
+            errs.push(names.name(field), format!("has no meaning on a {proto}+ tunnel route"));
+        }
+    }
+    if input.jwt_claims_headers.is_some() {
+        errs.push(names.name(RouteField::Key("jwt_claims_headers")), format!("has no meaning on a {proto}+ tunnel route"));
+    }
+    for (i, h) in input.health_checks.iter().enumerate() {
+        if let Some(HealthCheckInput { http: Some(_), .. }) = h {
+            errs.push(
+                names.name(RouteField::HealthCheck(i, HealthCheckField::Check)),
+                "an HTTP check cannot probe a tunnel's upstream; use tcp_health_check",
+            );
+        }
+    }
 }
 
 /// One `jwt_claims_headers` entry: a header name the proxy may set (not one of its own or a
@@ -920,14 +991,47 @@ fn default_route_name(host: &HostMatch, path: &PathMatch) -> String {
     }
 }
 
+/// Parses `from` of a route that may be a tunnel: `tcp+https://host:port` and
+/// `udp+https://host:port` name one host and the port a client asks for; anything else is
+/// an HTTP route's `from` ([`parse_from`]).
+pub fn parse_route_from(from: &str) -> Result<(HostMatch, Option<Tunnel>), String> {
+    let (protocol, rest) = if let Some(r) = from.strip_prefix("tcp+") {
+        (TunnelProtocol::Tcp, r)
+    } else if let Some(r) = from.strip_prefix("udp+") {
+        (TunnelProtocol::Udp, r)
+    } else {
+        return parse_from(from).map(|h| (h, None));
+    };
+    let proto = protocol.name();
+    let example = format!("{proto}+https://db.example.com:5432");
+    let Some(rest) = rest.strip_prefix("https://").or_else(|| rest.strip_prefix("http://")) else {
+        return Err(format!("{from:?} must start with {proto}+https:// (for example {example})"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err(format!("{from:?}: a tunnel route's from is a host and port only"));
+    }
+    let Some((host, port)) = rest.rsplit_once(':').filter(|(h, _)| !h.ends_with(']') || h.starts_with('[')) else {
+        return Err(format!("{from:?} needs the port clients ask for (for example {example})"));
+    };
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{from:?}: {port:?} is not a port (1 to 65535)"))?;
+    let host = match parse_host(host).map_err(|e| format!("{from:?}: {e}"))? {
+        h @ HostMatch::Exact(_) => h,
+        _ => return Err(format!("{from:?}: a tunnel route names one host, not a wildcard")),
+    };
+    Ok((host, Some(Tunnel { protocol, port })))
+}
+
 /// Parses `from`: `https://host`, `https://*.example.com`, `https://*`.
 pub fn parse_from(from: &str) -> Result<HostMatch, String> {
     let rest = if let Some(r) = from.strip_prefix("https://") {
         r
     } else if let Some(r) = from.strip_prefix("http://") {
         r
-    } else if from.starts_with("tcp+") || from.starts_with("udp+") {
-        return Err(format!("{from:?}: TCP and UDP tunnel routes are not supported by this version"));
     } else {
         return Err(format!("{from:?} must start with https:// (for example https://app.example.com)"));
     };
@@ -1002,8 +1106,12 @@ pub fn upstream(input: &UpstreamInput) -> Result<Upstream, String> {
         (UpstreamScheme::Https, r, 443)
     } else if let Some(r) = url.strip_prefix("h2c://") {
         (UpstreamScheme::H2c, r, 80)
+    } else if let Some(r) = url.strip_prefix("tcp://") {
+        (UpstreamScheme::Tcp, r, 0)
+    } else if let Some(r) = url.strip_prefix("udp://") {
+        (UpstreamScheme::Udp, r, 0)
     } else {
-        return Err(format!("{url:?} must start with http://, https:// or h2c://"));
+        return Err(format!("{url:?} must start with http://, https://, h2c://, tcp:// or udp://"));
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains(['/', '?', '#', '@']) {
@@ -1025,6 +1133,9 @@ pub fn upstream(input: &UpstreamInput) -> Result<Upstream, String> {
     };
     if host.is_empty() {
         return Err(format!("{url:?}: missing host"));
+    }
+    if port == 0 {
+        return Err(format!("{url:?}: a tcp:// or udp:// upstream needs its port (for example tcp://10.0.0.5:5432)"));
     }
     if !host.starts_with('[') && host.parse::<IpAddr>().is_err() {
         check_dns_name(&host.to_ascii_lowercase()).map_err(|e| format!("{url:?}: {e}"))?;

@@ -166,6 +166,8 @@ fn resolve_to(ns: &str, entry: &str, objects: &Objects) -> Result<Vec<UpstreamIn
         crate::config::UpstreamScheme::Http => "http",
         crate::config::UpstreamScheme::Https => "https",
         crate::config::UpstreamScheme::H2c => "h2c",
+        crate::config::UpstreamScheme::Tcp => "tcp",
+        crate::config::UpstreamScheme::Udp => "udp",
     };
     if spec.type_.as_deref() == Some("ExternalName") {
         let ext = spec.external_name.unwrap_or_default();
