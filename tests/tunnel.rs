@@ -170,7 +170,7 @@ async fn refusals_come_before_any_byte() {
     // A UDP route is no TCP route.
     assert_eq!(h1_connect(&r, "dns.tunnel.test:53").await.status(), 404);
     // The policy refuses: before the upstream is tried, naming the route; 401 for a client
-    // without identity, as for HTTP (the 403 of a client with an identity: tests/tunnel_client.rs).
+    // without identity, as for HTTP (a client with an identity gets 403: below).
     let resp = h1_connect(&r, "private.tunnel.test:22").await;
     assert_eq!(resp.status(), 401);
     let (_, text) = common::text(resp).await;
@@ -407,4 +407,53 @@ async fn h3_connect_datagrams(addr: SocketAddr, roots: &[rustls_pki_types::Certi
         .unwrap();
     let closed = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
     H3::from_parts(conn, send, closed, endpoint)
+}
+
+/// A CONNECT over TLS presenting `cert` (a client certificate chain and key, or none).
+async fn connect_as(
+    main: SocketAddr,
+    pki: &Pki,
+    cert: Option<(Vec<rustls_pki_types::CertificateDer<'static>>, rustls_pki_types::PrivateKeyDer<'static>)>,
+    authority: &str,
+) -> (u16, String) {
+    let mut store = rustls::RootCertStore::empty();
+    store.add(pki.ca_der.clone()).unwrap();
+    let builder = rustls::ClientConfig::builder().with_root_certificates(store);
+    let mut cfg = match cert {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = tls_connect(main, "localhost", cfg).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let resp = send.send_request(Request::connect(authority).body(empty()).unwrap()).await.unwrap();
+    if resp.status() == 200 {
+        let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+        return (200, String::from_utf8(round_trip(&mut io, b"hello").await).unwrap());
+    }
+    common::text(resp).await
+}
+
+#[tokio::test]
+async fn a_client_certificate_the_policy_refuses_is_403_and_one_it_admits_tunnels() {
+    let (tcp, udp) = (tcp_echo().await, udp_echo().await);
+    let pki = Pki::new();
+    pki.leaf("server", &["localhost"]);
+    pki.ca_file();
+    let r = start_in(
+        pki.dir.path(),
+        &format!(
+            "certificates: [{{cert_file: server.pem, key_file: server-key.pem}}]
+downstream_mtls: {{ca_file: ca.pem, enforcement: policy}}
+{}",
+            config(tcp, udp, "    policy: {allow: {or: [{client_certificate: {san_dns: {is: alice}}}]}}")
+        ),
+    )
+    .await;
+    assert_eq!(connect_as(r.main, &pki, Some(pki.client("alice")), "db.tunnel.test:5432").await, (200, "hello".into()));
+    let (status, page) = connect_as(r.main, &pki, Some(pki.client("bob")), "db.tunnel.test:5432").await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("tcp+db.tunnel.test:5432"), "the page names the route: {page}");
+    assert_eq!(connect_as(r.main, &pki, None, "db.tunnel.test:5432").await.0, 401);
 }

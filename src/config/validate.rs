@@ -700,7 +700,8 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
         }
         out
     });
-    for (i, u) in to.iter().flatten().enumerate() {
+    // Only when `from` was read: a bad `from` is the error, not its upstreams' schemes.
+    for (i, u) in to.iter().flatten().enumerate().filter(|_| host.is_some()) {
         let wanted = match tunnel.map(|t| t.protocol) {
             None if matches!(u.scheme, UpstreamScheme::Tcp | UpstreamScheme::Udp) => {
                 Some("http://, https:// or h2c:// (tcp:// and udp:// are for tcp+ and udp+ routes)")
@@ -710,7 +711,7 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
             _ => None,
         };
         if let Some(wanted) = wanted {
-            errs.push(names.name(RouteField::ToEntry(i)), format!("{:?} must be {wanted}", u.authority));
+            errs.push(names.name(RouteField::ToEntry(i)), format!("must be {wanted}"));
         }
     }
     if errs.len() > before {
@@ -1003,7 +1004,10 @@ pub fn parse_route_from(from: &str) -> Result<(HostMatch, Option<Tunnel>), Strin
         return parse_from(from).map(|h| (h, None));
     };
     let proto = protocol.name();
-    let example = format!("{proto}+https://db.example.com:5432");
+    let example = match protocol {
+        TunnelProtocol::Tcp => "tcp+https://db.example.com:5432",
+        TunnelProtocol::Udp => "udp+https://dns.example.com:53",
+    };
     let Some(rest) = rest.strip_prefix("https://").or_else(|| rest.strip_prefix("http://")) else {
         return Err(format!("{from:?} must start with {proto}+https:// (for example {example})"));
     };
@@ -1209,7 +1213,7 @@ mod tests {
             "routes[0].prefix: has no meaning on a tcp+ tunnel route",
             "routes[0].allow_websockets: has no meaning",
             "routes[0].set_request_headers: has no meaning",
-            "routes[0].to[0]: \"10.0.0.5:5432\" must be tcp:// on a tcp+ route",
+            "routes[0].to[0]: must be tcp:// on a tcp+ route",
         ] {
             assert!(paths.iter().any(|p| p.starts_with(expected)), "{expected} in {paths:#?}");
         }
