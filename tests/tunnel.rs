@@ -354,11 +354,13 @@ async fn connect_udp_over_http3_datagrams() {
 }
 
 #[tokio::test]
-async fn connect_udp_over_http1_capsules() {
+async fn connect_udp_over_http1_and_http2_capsules() {
     let (tcp, udp) = (tcp_echo().await, udp_echo().await);
     let (r, _d) = start(&config(tcp, udp, "")).await;
+    let path = portcullis::masque::udp_path("dns.tunnel.test", 53);
+    // HTTP/1.1: Upgrade: connect-udp, answered with 101.
     let mut c = h1_tls(r.main, "localhost", &[default_cert(&r)]).await;
-    let req = Request::get(portcullis::masque::udp_path("dns.tunnel.test", 53))
+    let req = Request::get(&path)
         .header("host", "localhost")
         .header("connection", "upgrade")
         .header("upgrade", "connect-udp")
@@ -369,6 +371,28 @@ async fn connect_udp_over_http1_capsules() {
     assert_eq!(resp.status(), 101);
     assert_eq!(resp.headers()["upgrade"], "connect-udp");
     let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    capsules_echo(&mut io).await;
+    // A capsule longer than any datagram breaks the framing: the tunnel ends.
+    let mut bad = BytesMut::new();
+    portcullis::masque::put_varint(&mut bad, 0);
+    portcullis::masque::put_varint(&mut bad, 1 << 20);
+    io.write_all(&bad).await.unwrap();
+    assert!(closed_within(&mut io, Duration::from_secs(5)).await);
+
+    // HTTP/2: extended CONNECT with :protocol connect-udp, answered with 200.
+    let mut c = h2_tls(r.main, "localhost", &[default_cert(&r)]).await;
+    let mut req =
+        Request::connect(format!("https://localhost{path}")).header("capsule-protocol", "?1").body(empty()).unwrap();
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("connect-udp"));
+    let resp = c.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["capsule-protocol"], "?1");
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    capsules_echo(&mut io).await;
+}
+
+/// Sends 20 datagrams in DATAGRAM capsules and checks each echo.
+async fn capsules_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(io: &mut S) {
     let mut inbound = BytesMut::new();
     for i in 0..20 {
         let d = datagram(i);
@@ -386,12 +410,6 @@ async fn connect_udp_over_http1_capsules() {
         assert_eq!(capsule.kind, portcullis::masque::DATAGRAM_CAPSULE);
         assert_eq!(portcullis::masque::udp_payload(capsule.value).unwrap(), d, "datagram {i}");
     }
-    // A capsule longer than any datagram breaks the framing: the tunnel ends.
-    let mut bad = BytesMut::new();
-    portcullis::masque::put_varint(&mut bad, 0);
-    portcullis::masque::put_varint(&mut bad, 1 << 20);
-    io.write_all(&bad).await.unwrap();
-    assert!(closed_within(&mut io, Duration::from_secs(5)).await);
 }
 
 /// An HTTP/3 connection whose client takes datagrams (SETTINGS_H3_DATAGRAM, QUIC datagram
