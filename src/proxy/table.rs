@@ -264,4 +264,27 @@ mod tests {
         assert_eq!(hit(&t, "h", "/abcd/x"), Some("h/abcd"), "longer prefix beats shorter regex");
         assert_eq!(hit(&t, "h", "/zzz"), Some("h~/.*"));
     }
+
+    #[test]
+    fn tunnel_routes_are_found_by_host_protocol_and_port_and_never_by_http() {
+        use crate::config::validate::parse_route_from;
+        let froms = ["https://db.test", "tcp+https://db.test:5432", "udp+https://db.test:53", "tcp+https://db.test:22"];
+        let routes: Vec<_> = froms.iter().map(|f| (parse_route_from(f).unwrap(), (*f).to_owned())).collect();
+        let t =
+            RouteTable::with_tunnels(routes, |r| (&r.0 .0, &PathMatch::Any), |r| r.0 .1.map(|t| (t.protocol, t.port)));
+        assert_eq!(t.lookup_tunnel("DB.test.", TunnelProtocol::Tcp, 5432), Some(1));
+        assert_eq!(t.lookup_tunnel("db.test", TunnelProtocol::Udp, 53), Some(2));
+        assert_eq!(t.lookup_tunnel("db.test", TunnelProtocol::Tcp, 22), Some(3));
+        assert_eq!(t.lookup_tunnel("db.test", TunnelProtocol::Udp, 5432), None);
+        assert_eq!(t.lookup_tunnel("other.test", TunnelProtocol::Tcp, 5432), None);
+        // HTTP finds the web route only.
+        assert_eq!(t.lookup_index("db.test", "/"), Some(0));
+        // A host with only tunnel routes is a route host (a sign-in may return there), but
+        // no HTTP request reaches it.
+        let only: Vec<_> = ["tcp+https://ssh.test:22"].iter().map(|f| (parse_route_from(f).unwrap(), ())).collect();
+        let t =
+            RouteTable::with_tunnels(only, |r| (&r.0 .0, &PathMatch::Any), |r| r.0 .1.map(|t| (t.protocol, t.port)));
+        assert!(t.names_host("ssh.test"));
+        assert_eq!(t.lookup_index("ssh.test", "/"), None);
+    }
 }
