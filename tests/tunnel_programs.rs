@@ -166,6 +166,26 @@ async fn ssh_runs_a_command_through_a_tcp_tunnel_on_each_transport() {
     assert!(p.tunnel_bytes("tcp+ssh.tunnel.test:22", "to_client").await > 0);
 }
 
+/// The same through the client's local port (`--listen 127.0.0.1:P`), ssh connecting to it.
+#[tokio::test]
+async fn ssh_runs_a_command_through_the_clients_local_port_on_each_transport() {
+    let sshd = Sshd::start().await;
+    let p = Proxy::start(&[("tcp+https://ssh.tunnel.test:22", format!("tcp://{}", sshd.addr))]).await;
+    for transport in ["--http1", "--http2", "--http3"] {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let mut client = p.client("tcp", "ssh.tunnel.test:22", listen, &[transport]);
+        drop(connect_local(&mut client, listen).await);
+        let (status, out, err) = sshd.ssh(None, "127.0.0.1", listen.port(), "echo via-local-port").await.unwrap();
+        assert!(
+            status.success(),
+            "ssh through the client's port ({transport}): {status}\nssh stderr: {err}\nclient:\n{}\nsshd:\n{}",
+            client.log(),
+            sshd.daemon.log()
+        );
+        assert_eq!(out.trim(), "via-local-port", "({transport})");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // dnsmasq and dig
 

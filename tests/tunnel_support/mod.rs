@@ -303,11 +303,13 @@ impl Sshd {
             "IdentitiesOnly=yes",
             "ConnectTimeout=10",
             "ServerAliveInterval=5",
-            "LogLevel=ERROR",
         ] {
             a.push("-o".into());
             a.push(o.into());
         }
+        // `TUNNEL_SSH_DEBUG=1` shows ssh's side of a failure (key exchange, channel).
+        a.push("-o".into());
+        a.push(if std::env::var_os("TUNNEL_SSH_DEBUG").is_some() { "LogLevel=DEBUG1" } else { "LogLevel=ERROR" }.into());
         if let Some(pc) = proxy_command {
             a.push("-o".into());
             a.push(format!("ProxyCommand={pc}"));

@@ -389,8 +389,9 @@ impl TunnelBench {
                     let _ = writeln!(md, "| {label} | {m:.0} | {:.2} | {stalls} |", m / direct);
                 }
                 Err(e) => {
-                    let first = e.lines().next().unwrap_or_default();
-                    let _ = writeln!(md, "| {label} | not measured: {first} | - | - |");
+                    let why: Vec<&str> = e.lines().map(str::trim).filter(|l| !l.is_empty()).take(4).collect();
+                    let why = why.join("; ").replace('|', "/");
+                    let _ = writeln!(md, "| {label} | not measured: {why} | - | - |");
                 }
             }
         }
