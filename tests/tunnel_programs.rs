@@ -341,3 +341,50 @@ async fn bulk_100mib_both_ways_through_a_raw_http1_connect() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     check_bulk(&mut bulk, tls, "raw HTTP/1.1 CONNECT").await;
 }
+
+/// The same copy over a raw HTTP/3 CONNECT (quinn + h3 written here), the connection held
+/// open until the bulk server has seen the end of the client's stream, so the proxy's
+/// HTTP/3 side is checked apart from the client's.
+#[tokio::test]
+async fn bulk_100mib_both_ways_through_a_raw_http3_connect() {
+    use bytes::Buf as _;
+    let _one = BULK.lock().await;
+    let mut bulk = Bulk::start(6, bulk_len()).await;
+    let p = Proxy::start(&[("tcp+https://bulk.tunnel.test:9000", format!("tcp://{}", bulk.addr))]).await;
+    let mut h3 = h3_connect(p.r.quic.unwrap(), "proxy.tunnel.test", &[p._pki.ca_der.clone()]).await.unwrap();
+    let req = http::Request::connect("bulk.tunnel.test:9000").body(()).unwrap();
+    let stream = h3.send.send_request(req).await.unwrap();
+    let (mut send, mut recv) = stream.split();
+    let resp = tokio::time::timeout(Duration::from_secs(10), recv.recv_response()).await.expect("answered").unwrap();
+    assert_eq!(resp.status(), 200);
+    let len = bulk.len;
+    let up = async {
+        let mut n = Noise::new(4321);
+        let mut left = len;
+        while left > 0 {
+            let take = left.min(64 * 1024);
+            let mut buf = vec![0u8; take as usize];
+            n.fill(&mut buf);
+            send.send_data(bytes::Bytes::from(buf)).await.map_err(|e| format!("send_data: {e}"))?;
+            left -= take;
+        }
+        send.finish().await.map_err(|e| format!("finish: {e}"))
+    };
+    let down = async {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut bytes = 0u64;
+        while let Some(mut chunk) = recv.recv_data().await.map_err(|e| format!("recv_data: {e}"))? {
+            let b = chunk.copy_to_bytes(chunk.remaining());
+            ctx.update(&b);
+            bytes += b.len() as u64;
+        }
+        Ok::<_, String>(Received { bytes, sha256: hex(ctx.finish().as_ref()) })
+    };
+    let (sent, got) = tokio::time::timeout(BULK_LIMIT, async { tokio::join!(up, down) }).await.expect("in time");
+    sent.unwrap();
+    assert_eq!(got.unwrap(), Received { bytes: len, sha256: noise_sha256(6, len) }, "the server's stream");
+    // The connection is still open here: whatever the client sent is delivered.
+    let theirs = bulk.next(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(theirs, Received { bytes: len, sha256: noise_sha256(4321, len) }, "the client's stream");
+    drop(h3);
+}
