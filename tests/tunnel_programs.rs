@@ -16,6 +16,7 @@
 mod common;
 mod tunnel_support;
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,7 +47,7 @@ const BULK_LIMIT: Duration = Duration::from_secs(300);
 struct Proxy {
     r: portcullis::server::Running,
     ca: PathBuf,
-    _pki: Pki,
+    pki: Pki,
     _dir: tempfile::TempDir,
 }
 
@@ -61,10 +62,10 @@ impl Proxy {
             key.display()
         );
         for (from, to) in routes {
-            yaml.push_str(&format!("  - from: {from}\n    to: {to}\n"));
+            let _ = writeln!(yaml, "  - from: {from}\n    to: {to}");
         }
         let (r, dir) = start(&yaml).await;
-        Self { r, ca, _pki: pki, _dir: dir }
+        Self { r, ca, pki, _dir: dir }
     }
 
     fn url(&self) -> String {
@@ -115,7 +116,11 @@ async fn connect_local(client: &mut Daemon, addr: SocketAddr) -> TcpStream {
             tokio::time::sleep(ms(100)).await;
             panic!("the tunnel client exited ({status}):\n{}", client.log());
         }
-        assert!(tokio::time::Instant::now() < deadline, "the tunnel client never listened on {addr}:\n{}", client.log());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tunnel client never listened on {addr}:\n{}",
+            client.log()
+        );
         tokio::time::sleep(ms(50)).await;
     }
 }
@@ -153,7 +158,8 @@ async fn ssh_runs_a_command_through_a_tcp_tunnel_on_each_transport() {
     let p = Proxy::start(&[("tcp+https://ssh.tunnel.test:22", format!("tcp://{}", sshd.addr))]).await;
     for transport in ["", "--http1", "--http2", "--http3"] {
         let pc = p.client_line("tcp", "%h:%p", "-", &[transport]);
-        let (status, out, err) = sshd.ssh(Some(&pc), "ssh.tunnel.test", 22, "echo through-the-tunnel; whoami").await.unwrap();
+        let (status, out, err) =
+            sshd.ssh(Some(&pc), "ssh.tunnel.test", 22, "echo through-the-tunnel; whoami").await.unwrap();
         assert!(
             status.success(),
             "ssh through the tunnel ({transport:?}): {status}\nssh stderr: {err}\nsshd:\n{}",
@@ -323,9 +329,10 @@ async fn bulk_100mib_both_ways_through_a_raw_http1_connect() {
     let _one = BULK.lock().await;
     let mut bulk = Bulk::start(5, bulk_len()).await;
     let p = Proxy::start(&[("tcp+https://bulk.tunnel.test:9000", format!("tcp://{}", bulk.addr))]).await;
-    let mut tls = tls_connect(p.r.main, "proxy.tunnel.test", client_config(&[p._pki.ca_der.clone()], &[b"http/1.1"]))
-        .await
-        .unwrap();
+    let mut tls =
+        tls_connect(p.r.main, "proxy.tunnel.test", client_config(std::slice::from_ref(&p.pki.ca_der), &[b"http/1.1"]))
+            .await
+            .unwrap();
     tls.write_all(b"CONNECT bulk.tunnel.test:9000 HTTP/1.1\r\nHost: bulk.tunnel.test:9000\r\n\r\n").await.unwrap();
     // The head, byte by byte: the tunnel's bytes follow it at once.
     let mut head = Vec::new();
@@ -351,7 +358,7 @@ async fn bulk_100mib_both_ways_through_a_raw_http3_connect() {
     let _one = BULK.lock().await;
     let mut bulk = Bulk::start(6, bulk_len()).await;
     let p = Proxy::start(&[("tcp+https://bulk.tunnel.test:9000", format!("tcp://{}", bulk.addr))]).await;
-    let mut h3 = h3_connect(p.r.quic.unwrap(), "proxy.tunnel.test", &[p._pki.ca_der.clone()]).await.unwrap();
+    let mut h3 = h3_connect(p.r.quic.unwrap(), "proxy.tunnel.test", std::slice::from_ref(&p.pki.ca_der)).await.unwrap();
     let req = http::Request::connect("bulk.tunnel.test:9000").body(()).unwrap();
     let stream = h3.send.send_request(req).await.unwrap();
     let (mut send, mut recv) = stream.split();

@@ -272,9 +272,7 @@ impl Sshd {
                 Daemon::spawn("sshd", Command::new(SSHD.0).arg("-D").arg("-e").arg("-f").arg(&cfg)).unwrap();
             // Ready when it greets with its version line.
             let ready = wait_ready(&mut daemon, Duration::from_secs(15), || async move {
-                let Ok(Ok(mut s)) =
-                    tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await
-                else {
+                let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await else {
                     return false;
                 };
                 let mut buf = [0u8; 8];
@@ -309,7 +307,9 @@ impl Sshd {
         }
         // `TUNNEL_SSH_DEBUG=1` shows ssh's side of a failure (key exchange, channel).
         a.push("-o".into());
-        a.push(if std::env::var_os("TUNNEL_SSH_DEBUG").is_some() { "LogLevel=DEBUG1" } else { "LogLevel=ERROR" }.into());
+        a.push(
+            if std::env::var_os("TUNNEL_SSH_DEBUG").is_some() { "LogLevel=DEBUG1" } else { "LogLevel=ERROR" }.into(),
+        );
         if let Some(pc) = proxy_command {
             a.push("-o".into());
             a.push(format!("ProxyCommand={pc}"));
@@ -386,9 +386,16 @@ impl Dnsmasq {
 /// `dig @addr -p port +short name A` (one try, two seconds); the answer lines.
 pub async fn dig(addr: SocketAddr, name: &str) -> Result<String, String> {
     let (status, out, err) = run(
-        Command::new(DIG.0)
-            .arg(format!("@{}", addr.ip()))
-            .args(["-p", &addr.port().to_string(), "+short", "+tries=1", "+time=2", "+notcp", name, "A"]),
+        Command::new(DIG.0).arg(format!("@{}", addr.ip())).args([
+            "-p",
+            &addr.port().to_string(),
+            "+short",
+            "+tries=1",
+            "+time=2",
+            "+notcp",
+            name,
+            "A",
+        ]),
         Duration::from_secs(10),
     )
     .await?;
@@ -437,7 +444,11 @@ pub fn noise_sha256(seed: u64, len: u64) -> String {
 }
 
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    use std::fmt::Write as _;
+    b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
 }
 
 /// What one connection to the [`Bulk`] server received.
