@@ -109,11 +109,14 @@ pub fn config_dump(proxy: &Proxy) -> serde_json::Value {
         .iter()
         .map(|cr| {
             let r = &cr.route;
-            let from = match &r.host {
+            let mut from = match &r.host {
                 HostMatch::Any => "https://*".to_owned(),
                 HostMatch::Exact(h) => format!("https://{h}"),
                 HostMatch::Wildcard(w) => format!("https://*.{w}"),
             };
+            if let Some(t) = r.tunnel {
+                from = format!("{}+{from}:{}", t.protocol.name(), t.port);
+            }
             let (kind, path) = match &r.path {
                 PathMatch::Any => ("prefix", "/".to_owned()),
                 PathMatch::Prefix(p) => ("prefix", p.clone()),

@@ -109,6 +109,33 @@ pub struct RevokedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `portcullis_tunnels_active`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelLabels {
+    /// Route name.
+    pub route: String,
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+}
+
+/// Labels of `portcullis_tunnel_bytes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelBytesLabels {
+    /// Route name.
+    pub route: String,
+    /// `to_upstream` or `to_client`.
+    pub direction: &'static str,
+}
+
+/// Labels of `portcullis_tunnel_datagrams_dropped_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DroppedLabels {
+    /// Route name.
+    pub route: String,
+    /// `too_large` (more than the path carries) or `unknown_context`.
+    pub reason: &'static str,
+}
+
 /// Every metric the process exports.
 pub struct Metrics {
     /// The registry `/metrics` encodes.
@@ -137,6 +164,12 @@ pub struct Metrics {
     pub authz_decisions: Family<AuthzLabels, Counter>,
     /// Long-lived connections closed because their policy stopped admitting them.
     pub connections_revoked: Family<RevokedLabels, Counter>,
+    /// Open tunnels (CONNECT, CONNECT-UDP; WebSockets are requests).
+    pub tunnels_active: Family<TunnelLabels, Gauge>,
+    /// Payload bytes carried by tunnels, by direction.
+    pub tunnel_bytes: Family<TunnelBytesLabels, Counter>,
+    /// UDP datagrams a tunnel could not carry.
+    pub datagrams_dropped: Family<DroppedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -205,6 +238,16 @@ impl Metrics {
             "Long-lived connections closed because their route's policy no longer admits them",
             connections_revoked.clone(),
         );
+        let tunnels_active = Family::<TunnelLabels, Gauge>::default();
+        registry.register("tunnels_active", "Open TCP and UDP tunnels", tunnels_active.clone());
+        let tunnel_bytes = Family::<TunnelBytesLabels, Counter>::default();
+        registry.register("tunnel_bytes", "Bytes carried by TCP and UDP tunnels", tunnel_bytes.clone());
+        let datagrams_dropped = Family::<DroppedLabels, Counter>::default();
+        registry.register(
+            "tunnel_datagrams_dropped",
+            "UDP datagrams a tunnel dropped (larger than the path carries, or of an unknown context)",
+            datagrams_dropped.clone(),
+        );
         let build_info = Family::<Vec<(String, String)>, Gauge>::default();
         build_info
             .get_or_create(&vec![
@@ -227,6 +270,9 @@ impl Metrics {
             reload_success_timestamp,
             authz_decisions,
             connections_revoked,
+            tunnels_active,
+            tunnel_bytes,
+            datagrams_dropped,
         }
     }
 

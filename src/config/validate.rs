@@ -700,13 +700,8 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
         }
         out
     });
-    if errs.len() > before {
-        return None;
-    }
-    let host = host?;
-    let path_match = path_match?;
-    let to = to?;
-    for (i, u) in to.iter().enumerate() {
+    // Only when `from` was read: a bad `from` is the error, not its upstreams' schemes.
+    for (i, u) in to.iter().flatten().enumerate().filter(|_| host.is_some()) {
         let wanted = match tunnel.map(|t| t.protocol) {
             None if matches!(u.scheme, UpstreamScheme::Tcp | UpstreamScheme::Udp) => {
                 Some("http://, https:// or h2c:// (tcp:// and udp:// are for tcp+ and udp+ routes)")
@@ -716,12 +711,15 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
             _ => None,
         };
         if let Some(wanted) = wanted {
-            errs.push(names.name(RouteField::ToEntry(i)), format!("{:?} must be {wanted}", u.authority));
+            errs.push(names.name(RouteField::ToEntry(i)), format!("must be {wanted}"));
         }
     }
     if errs.len() > before {
         return None;
     }
+    let host = host?;
+    let path_match = path_match?;
+    let to = to?;
     let name = input.name.clone().unwrap_or_else(|| match tunnel {
         Some(t) => format!("{}+{}:{}", t.protocol.name(), default_route_name(&host, &path_match), t.port),
         None => default_route_name(&host, &path_match),
@@ -780,7 +778,10 @@ fn http_only_keys(input: &RouteInput, tunnel: Tunnel, names: &dyn RouteNames, er
         }
     }
     if input.jwt_claims_headers.is_some() {
-        errs.push(names.name(RouteField::Key("jwt_claims_headers")), format!("has no meaning on a {proto}+ tunnel route"));
+        errs.push(
+            names.name(RouteField::Key("jwt_claims_headers")),
+            format!("has no meaning on a {proto}+ tunnel route"),
+        );
     }
     for (i, h) in input.health_checks.iter().enumerate() {
         if let Some(HealthCheckInput { http: Some(_), .. }) = h {
@@ -1003,7 +1004,10 @@ pub fn parse_route_from(from: &str) -> Result<(HostMatch, Option<Tunnel>), Strin
         return parse_from(from).map(|h| (h, None));
     };
     let proto = protocol.name();
-    let example = format!("{proto}+https://db.example.com:5432");
+    let example = match protocol {
+        TunnelProtocol::Tcp => "tcp+https://db.example.com:5432",
+        TunnelProtocol::Udp => "udp+https://dns.example.com:53",
+    };
     let Some(rest) = rest.strip_prefix("https://").or_else(|| rest.strip_prefix("http://")) else {
         return Err(format!("{from:?} must start with {proto}+https:// (for example {example})"));
     };
@@ -1019,9 +1023,8 @@ pub fn parse_route_from(from: &str) -> Result<(HostMatch, Option<Tunnel>), Strin
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| format!("{from:?}: {port:?} is not a port (1 to 65535)"))?;
-    let host = match parse_host(host).map_err(|e| format!("{from:?}: {e}"))? {
-        h @ HostMatch::Exact(_) => h,
-        _ => return Err(format!("{from:?}: a tunnel route names one host, not a wildcard")),
+    let host @ HostMatch::Exact(_) = parse_host(host).map_err(|e| format!("{from:?}: {e}"))? else {
+        return Err(format!("{from:?}: a tunnel route names one host, not a wildcard"));
     };
     Ok((host, Some(Tunnel { protocol, port })))
 }
@@ -1168,5 +1171,66 @@ mod tests {
         input.to = Some(Destinations::Listed(Vec::new()));
         assert!(route(&input, &crate::config::fields::KeyPath("r".into()), &mut errs).is_none());
         assert_eq!(errs.into_vec()[0].path, "r.to");
+    }
+
+    #[test]
+    fn tunnel_routes_name_one_host_and_a_port() {
+        let t = |p, port| Some(Tunnel { protocol: p, port });
+        assert_eq!(
+            parse_route_from("tcp+https://DB.example.com:5432").unwrap(),
+            (HostMatch::Exact("db.example.com".into()), t(TunnelProtocol::Tcp, 5432))
+        );
+        assert_eq!(parse_route_from("udp+https://dns.example.com:53/").unwrap().1, t(TunnelProtocol::Udp, 53));
+        assert_eq!(parse_route_from("https://app.example.com").unwrap().1, None);
+        for (bad, says) in [
+            ("tcp+https://db.example.com", "needs the port"),
+            ("tcp+https://db.example.com:0", "is not a port"),
+            ("tcp+https://db.example.com:99999", "is not a port"),
+            ("tcp+https://*.example.com:22", "not a wildcard"),
+            ("tcp+ssh://db.example.com:22", "must start with tcp+https://"),
+            ("udp+https://dns.example.com:53/path", "host and port only"),
+        ] {
+            let e = parse_route_from(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_tunnel_route_refuses_http_keys_and_other_schemes_all_at_once() {
+        let names = crate::config::fields::KeyPath("routes[0]".into());
+        let mut input = RouteInput {
+            from: Some("tcp+https://db.example.com:5432".into()),
+            to: Some(Destinations::Listed(vec![Some(UpstreamInput::parse("http://10.0.0.5:5432").unwrap())])),
+            prefix: Some("/x".into()),
+            allow_websockets: Some(true),
+            set_request_headers: vec![("x-a".into(), "b".into())],
+            ..RouteInput::default()
+        };
+        let mut errs = Errors::default();
+        assert!(route(&input, &names, &mut errs).is_none());
+        let paths: Vec<String> = errs.into_vec().into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
+        for expected in [
+            "routes[0].prefix: has no meaning on a tcp+ tunnel route",
+            "routes[0].allow_websockets: has no meaning",
+            "routes[0].set_request_headers: has no meaning",
+            "routes[0].to[0]: must be tcp:// on a tcp+ route",
+        ] {
+            assert!(paths.iter().any(|p| p.starts_with(expected)), "{expected} in {paths:#?}");
+        }
+        // The same route, right: a TCP upstream, a name of protocol, host and port.
+        input.prefix = None;
+        input.allow_websockets = None;
+        input.set_request_headers.clear();
+        input.to = Some(Destinations::Listed(vec![Some(UpstreamInput::parse("tcp://10.0.0.5:5432").unwrap())]));
+        let mut errs = Errors::default();
+        let r = route(&input, &names, &mut errs).unwrap();
+        assert_eq!(r.name, "tcp+db.example.com:5432");
+        assert_eq!(r.tunnel, Some(Tunnel { protocol: TunnelProtocol::Tcp, port: 5432 }));
+        assert_eq!(r.to[0].scheme, UpstreamScheme::Tcp);
+        // A TCP upstream on an HTTP route, and one without a port, are errors.
+        input.from = Some("https://app.example.com".into());
+        let mut errs = Errors::default();
+        assert!(route(&input, &names, &mut errs).is_none());
+        assert!(parse_upstream("tcp://10.0.0.5").unwrap_err().contains("needs its port"));
     }
 }

@@ -115,7 +115,9 @@ pub fn quic_server_config(tls: rustls::ServerConfig, timeouts: Timeouts) -> Resu
         .stream_receive_window(quinn::VarInt::from_u32(CONNECTION_BUFFER as u32))
         .receive_window(quinn::VarInt::from_u32(4 * CONNECTION_BUFFER as u32))
         .send_window(SEND_WINDOW)
-        .datagram_receive_buffer_size(None)
+        // CONNECT-UDP's datagrams (RFC 9298), with the per-connection buffer limit of streams.
+        .datagram_receive_buffer_size(Some(4 * CONNECTION_BUFFER))
+        .datagram_send_buffer_size(4 * CONNECTION_BUFFER)
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(idle).map_err(|_| format!("timeout_idle {idle:?} is too long for QUIC"))?,
         ))

@@ -47,6 +47,10 @@ pub(crate) struct RequestLog {
     pub page: PageFormat,
     /// Logged and counted already (or handed on: a tunnel logs its own record).
     pub done: bool,
+    /// Bytes a tunnel carried from the client (the access log's `bytes_received`).
+    pub bytes_received: u64,
+    /// Why a tunnel ended (the access log's `close_reason`).
+    pub close_reason: Option<&'static str>,
 }
 
 /// The form of a refused request's page: what its `Accept` asks for.
@@ -226,6 +230,8 @@ impl RequestLog {
             upstream = upstream,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             bytes_sent = bytes,
+            bytes_received = self.bytes_received,
+            close_reason = self.close_reason.unwrap_or("-"),
             fault = self.fault.unwrap_or("-"),
             error = error.unwrap_or("-"),
             authz = self.authz.map_or("-", |v| v.decision.as_str()),
@@ -322,6 +328,8 @@ impl RequestLog {
             authz: self.authz,
             page: self.page,
             done: false,
+            bytes_received: 0,
+            close_reason: None,
         })
     }
 }

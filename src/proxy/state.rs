@@ -324,7 +324,11 @@ fn build_snapshot(
         .collect();
     Snapshot {
         version,
-        routes: RouteTable::new(compiled, |r: &CompiledRoute| (&r.route.host, &r.route.path)),
+        routes: RouteTable::with_tunnels(
+            compiled,
+            |r: &CompiledRoute| (&r.route.host, &r.route.path),
+            |r: &CompiledRoute| r.route.tunnel.map(|t| (t.protocol, t.port)),
+        ),
         settings,
         applied_at: SystemTime::now(),
         idp,

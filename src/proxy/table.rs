@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::{HostMatch, PathMatch};
+use crate::config::{HostMatch, PathMatch, TunnelProtocol};
 
 /// Routes grouped by host; `T` is whatever the data plane stores per route.
 #[derive(Debug)]
@@ -16,6 +16,9 @@ pub struct RouteTable<T> {
     exact: HashMap<String, PathTable>,
     wildcard: HashMap<String, PathTable>,
     any: PathTable,
+    /// Tunnel routes by (host, protocol, port): CONNECT names all three, and no tunnel
+    /// route is ever an HTTP request's.
+    tunnels: HashMap<(String, TunnelProtocol, u16), usize>,
 }
 
 #[derive(Debug, Default)]
@@ -91,16 +94,36 @@ impl<T> RouteTable<T> {
     /// route for any host names none.
     pub fn names_host(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
-        self.exact.contains_key(&host) || host.split_once('.').is_some_and(|(_, rest)| self.wildcard.contains_key(rest))
+        self.exact.contains_key(&host)
+            || host.split_once('.').is_some_and(|(_, rest)| self.wildcard.contains_key(rest))
+            || self.tunnels.keys().any(|(h, _, _)| *h == host)
     }
 
     /// Builds the table; `key` gives each route's host and path matcher.
     pub fn new(routes: Vec<T>, key: impl Fn(&T) -> (&HostMatch, &PathMatch)) -> Self {
+        Self::with_tunnels(routes, key, |_| None)
+    }
+
+    /// Builds the table; `key` gives each route's host and path matcher, and `tunnel` the
+    /// protocol and port of a tunnel route (which only CONNECT finds, by
+    /// [`Self::lookup_tunnel`]; its host must be exact).
+    pub fn with_tunnels(
+        routes: Vec<T>,
+        key: impl Fn(&T) -> (&HostMatch, &PathMatch),
+        tunnel: impl Fn(&T) -> Option<(TunnelProtocol, u16)>,
+    ) -> Self {
         let mut exact: HashMap<String, PathTable> = HashMap::new();
         let mut wildcard: HashMap<String, PathTable> = HashMap::new();
         let mut any = PathTable::default();
+        let mut tunnels = HashMap::new();
         for (i, r) in routes.iter().enumerate() {
             let (host, path) = key(r);
+            if let Some((protocol, port)) = tunnel(r) {
+                if let HostMatch::Exact(h) = host {
+                    tunnels.entry((h.clone(), protocol, port)).or_insert(i);
+                }
+                continue;
+            }
             match host {
                 HostMatch::Exact(h) => exact.entry(h.clone()).or_default().insert(path, i),
                 HostMatch::Wildcard(s) => wildcard.entry(s.clone()).or_default().insert(path, i),
@@ -109,7 +132,17 @@ impl<T> RouteTable<T> {
         }
         exact.values_mut().chain(wildcard.values_mut()).for_each(PathTable::finish);
         any.finish();
-        Self { routes, exact, wildcard, any }
+        Self { routes, exact, wildcard, any, tunnels }
+    }
+
+    /// The tunnel route for `host` (any case, no port, no trailing dot), `protocol` and
+    /// `port`.
+    pub fn lookup_tunnel(&self, host: &str, protocol: TunnelProtocol, port: u16) -> Option<usize> {
+        if self.tunnels.is_empty() {
+            return None;
+        }
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        self.tunnels.get(&(host, protocol, port)).copied()
     }
 
     /// All routes, in declaration order.
@@ -230,5 +263,28 @@ mod tests {
         assert_eq!(hit(&t, "h", "/abcd/12"), Some("h~/abcd/[0-9]+"), "longer regex first");
         assert_eq!(hit(&t, "h", "/abcd/x"), Some("h/abcd"), "longer prefix beats shorter regex");
         assert_eq!(hit(&t, "h", "/zzz"), Some("h~/.*"));
+    }
+
+    #[test]
+    fn tunnel_routes_are_found_by_host_protocol_and_port_and_never_by_http() {
+        use crate::config::validate::parse_route_from;
+        let froms = ["https://db.test", "tcp+https://db.test:5432", "udp+https://db.test:53", "tcp+https://db.test:22"];
+        let routes: Vec<_> = froms.iter().map(|f| (parse_route_from(f).unwrap(), (*f).to_owned())).collect();
+        let t =
+            RouteTable::with_tunnels(routes, |r| (&r.0 .0, &PathMatch::Any), |r| r.0 .1.map(|t| (t.protocol, t.port)));
+        assert_eq!(t.lookup_tunnel("DB.test.", TunnelProtocol::Tcp, 5432), Some(1));
+        assert_eq!(t.lookup_tunnel("db.test", TunnelProtocol::Udp, 53), Some(2));
+        assert_eq!(t.lookup_tunnel("db.test", TunnelProtocol::Tcp, 22), Some(3));
+        assert_eq!(t.lookup_tunnel("db.test", TunnelProtocol::Udp, 5432), None);
+        assert_eq!(t.lookup_tunnel("other.test", TunnelProtocol::Tcp, 5432), None);
+        // HTTP finds the web route only.
+        assert_eq!(t.lookup_index("db.test", "/"), Some(0));
+        // A host with only tunnel routes is a route host (a sign-in may return there), but
+        // no HTTP request reaches it.
+        let only: Vec<_> = ["tcp+https://ssh.test:22"].iter().map(|f| (parse_route_from(f).unwrap(), ())).collect();
+        let t =
+            RouteTable::with_tunnels(only, |r| (&r.0 .0, &PathMatch::Any), |r| r.0 .1.map(|t| (t.protocol, t.port)));
+        assert!(t.names_host("ssh.test"));
+        assert_eq!(t.lookup_index("ssh.test", "/"), None);
     }
 }

@@ -288,6 +288,16 @@ pub async fn h3_connect_with(addr: SocketAddr, sni: &str, tls: rustls::ClientCon
 }
 
 impl H3 {
+    /// An HTTP/3 connection set up by the caller (other client settings).
+    pub fn from_parts(
+        conn: quinn::Connection,
+        send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+        closed: tokio::task::JoinHandle<h3::error::ConnectionError>,
+        endpoint: quinn::Endpoint,
+    ) -> Self {
+        Self { conn, send, closed, _endpoint: endpoint }
+    }
+
     /// The leaf certificate the server presented.
     pub fn peer_cert(&self) -> Option<CertificateDer<'static>> {
         let certs = self.conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;

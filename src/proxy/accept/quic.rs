@@ -31,6 +31,7 @@ use crate::proxy::drain::ConnHandle;
 use crate::proxy::generation::{ListenerGeneration, MAX_CONCURRENT_STREAMS};
 use crate::proxy::stall;
 use crate::proxy::state::Proxy;
+use crate::proxy::tunnel::{Datagrams, H3Stream};
 
 /// Binds the UDP socket of `quic-ingress` and starts a QUIC endpoint on it, accepting with
 /// `config` until [`run`] hands each connection its generation's.
@@ -102,8 +103,13 @@ async fn serve_connection(
     };
     let conn = Arc::new(Conn::new(facts, timeouts, ConnState::new(), registration, local.port(), None));
     drop(generation);
+    // CONNECT-UDP (RFC 9298) is an extended CONNECT whose payloads are HTTP/3 datagrams.
+    let datagrams = Datagrams::new(connection.clone());
+    tokio::spawn(datagrams.clone().run());
     let h3 = h3::server::builder()
         .max_field_section_size(MAX_HEAD_BYTES as u64)
+        .enable_extended_connect(true)
+        .enable_datagram(true)
         .build::<_, Bytes>(h3_quinn::Connection::new(connection.clone()))
         .await;
     let h3 = match h3 {
@@ -113,7 +119,7 @@ async fn serve_connection(
             return;
         }
     };
-    let mut served = H3 { server: h3, conn: conn.clone(), proxy };
+    let mut served = H3 { server: h3, conn: conn.clone(), proxy, datagrams };
     let code = match driver::drive(&mut served, &conn).await {
         // HTTP/3 streams are watched one by one (`serve_request`), never the connection.
         Ended::Done | Ended::Stalled(_) => h3::error::Code::H3_NO_ERROR,
@@ -143,6 +149,7 @@ struct H3 {
     server: H3Connection,
     conn: Arc<Conn>,
     proxy: Arc<Proxy>,
+    datagrams: Arc<Datagrams>,
 }
 
 impl Served for H3 {
@@ -154,7 +161,12 @@ impl Served for H3 {
                     if self.conn.state.abort.load(Ordering::Acquire) {
                         return Ended::Aborted;
                     }
-                    tokio::spawn(stall::scope(serve_request(resolver, self.proxy.clone(), self.conn.clone())));
+                    tokio::spawn(stall::scope(serve_request(
+                        resolver,
+                        self.proxy.clone(),
+                        self.conn.clone(),
+                        self.datagrams.clone(),
+                    )));
                 }
                 Ok(None) => return Ended::Done,
                 Err(e) if e.is_h3_no_error() => return Ended::Done,
@@ -193,14 +205,19 @@ async fn serve_request(
     resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
     proxy: Arc<Proxy>,
     conn: Arc<Conn>,
+    datagrams: Arc<Datagrams>,
 ) {
-    let (req, stream) = match resolver.resolve_request().await {
+    let (mut req, stream) = match resolver.resolve_request().await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(peer = %conn.peer(), error = %e, "bad HTTP/3 request");
             return;
         }
     };
+    if req.method() == http::Method::CONNECT {
+        // A tunnel's datagrams name its stream.
+        req.extensions_mut().insert(H3Stream { id: stream.id().into_inner(), datagrams });
+    }
     let (mut send, recv) = stream.split();
     let hint = content_length(req.headers());
     let mut body = H3RequestBody::new(recv, hint);

@@ -11,6 +11,7 @@ use http::{Method, Request, Response};
 use tokio::time::Instant;
 
 use super::{authn, authz, builtin, early, pick, response, route, send};
+use crate::config::TunnelProtocol;
 use crate::metrics::method_label;
 use crate::proxy::body::{self, now_ms, ProxyBody, StreamState};
 use crate::proxy::conn::Conn;
@@ -56,6 +57,8 @@ where
         authz: None,
         page: PageFormat::Text,
         done: false,
+        bytes_received: 0,
+        close_reason: None,
     });
     // The stream state and idle timeout of a relayed response, handed back beside it rather
     // than in its extensions (which would allocate a map per request).
@@ -80,16 +83,26 @@ where
     B::Error: Into<body::BoxError>,
 {
     let underscored = early::check(&req, host)?;
-    if builtin::wanted(conn, snap, &req, host) {
+    // CONNECT and CONNECT-UDP name the tunnel's host and port (not a path): they find
+    // `tcp+` and `udp+` routes, and only those; no request finds one of those otherwise.
+    let tunnel = tunnel::target(&req).map_err(Error::bad_request)?;
+    if tunnel.is_none() && builtin::wanted(conn, snap, &req, host) {
         log.page = PageFormat::of(req.headers());
         // Boxed: sign-in's futures are large, and rare.
         return Box::pin(builtin::answer(conn, snap, &req, host)).await;
     }
-    let found = route::find(snap, host, req.uri().path());
-    let websocket = tunnel::is_websocket(&req);
+    let found = match &tunnel {
+        Some(t) => route::find_tunnel(snap, t),
+        None => route::find(snap, host, req.uri().path()),
+    };
+    let websocket = tunnel.is_none() && tunnel::is_websocket(&req);
+    // A tunnel's identity is for its target's host (a programmatic token names it; a
+    // CONNECT-UDP's `:authority` is the proxy's).
+    let host = tunnel.as_ref().map_or(host, |t| t.host.as_str());
     // The identity is verified only when something will read it: the route's policy, its
     // identity headers, or a policy a later reload gives a tunnel's route.
     let wanted = websocket
+        || tunnel.is_some()
         || found.is_some_and(|i| {
             let r = &snap.routes.routes()[i];
             r.route.policy.is_some() || r.pass_identity || !r.claims_headers.is_empty()
@@ -139,7 +152,15 @@ where
     }
     let target_idx = pick::pick(snap, route_idx, log)?;
 
-    // Upgrades leave the pipeline here, into the tunnel.
+    // Upgrades and CONNECT leave the pipeline here, into the tunnel.
+    if let Some(t) = &tunnel {
+        let target = &route.balancer.targets()[target_idx];
+        let admission = authz::Admission::new(snap, route_idx, conn, &identity, &req);
+        return match t.protocol {
+            TunnelProtocol::Tcp => tunnel::tcp(conn, route, target, req, host, log, admission).await,
+            TunnelProtocol::Udp => tunnel::udp(conn, route, target, req, host, log, admission).await,
+        };
+    }
     if websocket {
         if !route.route.allow_websockets {
             return Err(Error::new(Kind::UpgradeNotAllowed));
@@ -148,8 +169,8 @@ where
         let admission = authz::Admission::new(snap, route_idx, conn, &identity, &req);
         return tunnel::websocket(conn, route, target, req, host, log, admission).await;
     }
-    // No tunnel of any other kind (yet): a CONNECT is never relayed as a request, and a
-    // WebSocket route takes no other upgrade. (Elsewhere an `Upgrade` is only an offer, which
+    // No tunnel of any other kind: a CONNECT (of another `:protocol`) is never relayed as a
+    // request, and a WebSocket route takes no other upgrade. (Elsewhere an `Upgrade` is only an offer, which
     // the proxy declines by not forwarding it: it is hop-by-hop.)
     if req.method() == Method::CONNECT {
         return Err(Error::with(Kind::MethodNotAllowed, "CONNECT"));

@@ -10,3 +10,9 @@ use crate::proxy::snapshot::Snapshot;
 pub(crate) fn find(snap: &Snapshot, host: &str, path: &str) -> Option<usize> {
     snap.routes.lookup_index(host, path)
 }
+
+/// The tunnel route a CONNECT or CONNECT-UDP asks for: its host, protocol and port.
+#[inline]
+pub(crate) fn find_tunnel(snap: &Snapshot, target: &crate::proxy::tunnel::Target) -> Option<usize> {
+    snap.routes.lookup_tunnel(&target.host, target.protocol, target.port)
+}
