@@ -163,7 +163,8 @@ fn resolve_to(
         (None, s) => !matches!(s, UpstreamScheme::Tcp | UpstreamScheme::Udp),
     };
     if !kind_matches {
-        // The validator names the entry as written (`"dns:53" must be udp:// on a udp+ route`).
+        // Not resolved: the validator refuses the entry (`spec.to[0]: must be udp:// on a udp+
+        // route`), whatever the Service's endpoints are.
         return Ok(vec![written]);
     }
     let host = up.host.to_ascii_lowercase();
@@ -374,9 +375,12 @@ mod tests {
         let e = errs(serde_json::json!({"from": "tcp+https://ssh.example.com:22", "to": ["tcp://ssh:23"]}));
         assert_eq!(e, ["spec.to[0]: Service web/ssh has no port 23"]);
         let e = errs(serde_json::json!({"from": "udp+https://dns.example.com:53", "to": ["tcp://dns:53"]}));
-        assert_eq!(e, ["spec.to[0]: \"dns:53\" must be udp:// on a udp+ route"], "named as written");
+        assert_eq!(e, ["spec.to[0]: must be udp:// on a udp+ route"]);
         let e = errs(serde_json::json!({"from": "https://a.example.com", "to": ["tcp://ssh:22"]}));
-        assert_eq!(e, ["spec.to[0]: \"ssh:22\" must be http://, https:// or h2c:// (tcp:// and udp:// are for tcp+ and udp+ routes)"]);
+        assert_eq!(
+            e,
+            ["spec.to[0]: must be http://, https:// or h2c:// (tcp:// and udp:// are for tcp+ and udp+ routes)"]
+        );
         let e = errs(serde_json::json!({
             "from": "tcp+https://ssh.example.com:22",
             "to": ["tcp://ssh:22"],
