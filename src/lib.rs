@@ -4,9 +4,10 @@
 //! nothing of Kubernetes or serving; [`proxy`] is the data plane, one module per stage;
 //! [`tls`], [`metrics`] and [`admin`] serve it; [`pki`] holds the certificate material both
 //! the validator and `tls` need; [`masque`] is the wire format of UDP tunnels, shared with the `tunnel` client; [`server`] starts it; [`demo`] is the built-in upstream of
-//! the quickstart and the tests. All wiring lives in `main.rs`.
+//! the quickstart and the tests. [`client`] is `portcullis tunnel`. All wiring lives in `main.rs`.
 
 pub mod admin;
+pub mod client;
 pub mod config;
 pub mod demo;
 #[doc(hidden)]

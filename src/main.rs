@@ -74,8 +74,84 @@ enum Command {
     Controller(portcullis::k8s::controller::Options),
     /// Print the CustomResourceDefinitions (Route, ProxyConfig) as YAML.
     Crds,
+    /// Reach a tcp+ or udp+ route through the proxy: a local port, stdin/stdout, or a local
+    /// UDP socket (docs/tunnel-client.md).
+    Tunnel(TunnelArgs),
     /// Print the version.
     Version,
+}
+
+#[derive(clap::Args, Debug)]
+struct TunnelArgs {
+    /// `tcp` (CONNECT) or `udp` (CONNECT-UDP).
+    #[arg(value_parser = ["tcp", "udp"])]
+    protocol: String,
+    /// The route's host and port, as in its `from` (db.example.com:5432).
+    target: String,
+    /// `ADDRESS` to listen on (TCP, or UDP for `udp`), or `-` for stdin/stdout (TCP).
+    #[arg(long, default_value = "-")]
+    listen: portcullis::client::Listen,
+    /// The proxy, when it is not reached at the target's own name: https://host[:port].
+    #[arg(long)]
+    proxy_url: Option<String>,
+    /// A bearer token (else a cached one, else a browser sign-in on 401).
+    #[arg(long, env = "PORTCULLIS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Trust these CA certificates (PEM) instead of the system's.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Accept any certificate of the proxy (testing only).
+    #[arg(long)]
+    insecure: bool,
+    /// A client certificate (PEM) for a proxy that asks for one.
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// Where signed-in tokens are cached (default: ~/.config/portcullis/tokens).
+    #[arg(long)]
+    token_dir: Option<PathBuf>,
+    /// HTTP/1.1 only (UDP: capsules on the stream).
+    #[arg(long, conflicts_with_all = ["http2", "http3"])]
+    http1: bool,
+    /// HTTP/2 only (TCP).
+    #[arg(long, conflicts_with = "http3")]
+    http2: bool,
+    /// HTTP/3 only (UDP: QUIC datagrams).
+    #[arg(long)]
+    http3: bool,
+}
+
+/// `portcullis tunnel`: the typed options, then the client.
+async fn tunnel(args: TunnelArgs) -> anyhow::Result<ExitCode> {
+    use portcullis::client::{self, Transport};
+    let (host, port) = client::parse_target(&args.target).map_err(anyhow::Error::msg)?;
+    let transport = match (args.http1, args.http2, args.http3) {
+        (true, _, _) => Transport::Http1,
+        (_, true, _) => Transport::Http2,
+        (_, _, true) => Transport::Http3,
+        _ => Transport::Auto,
+    };
+    let opts = client::Options {
+        host,
+        port,
+        listen: args.listen,
+        proxy_url: args.proxy_url,
+        transport,
+        token: args.token.filter(|t| !t.is_empty()),
+        ca_file: args.ca_file,
+        insecure: args.insecure,
+        client_cert: args.client_cert,
+        client_key: args.client_key,
+        token_dir: args.token_dir,
+    };
+    if args.protocol == "udp" {
+        client::run_udp(opts).await?;
+    } else {
+        client::run_tcp(opts).await?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -104,6 +180,7 @@ fn main() -> ExitCode {
             runtime().block_on(serve(config, watch_interval, cli.termination_grace_period))
         }
         Command::Demo { upstream } => runtime().block_on(demo(upstream)),
+        Command::Tunnel(args) => runtime().block_on(tunnel(args)),
         Command::DemoUpstream { listen, name } => runtime().block_on(async move {
             let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             tracing::info!(%listen, "demo upstream listening");

@@ -395,7 +395,7 @@ fn unreachable_client_auth() -> ClientConfig {
 
 /// `tls_skip_verify`: accepts any certificate but still checks handshake signatures.
 #[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct NoVerify(pub(crate) Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for NoVerify {
     fn verify_server_cert(

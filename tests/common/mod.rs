@@ -70,6 +70,13 @@ impl Pki {
         (chain, rustls_pki_types::PrivateKeyDer::from_pem_file(k).unwrap())
     }
 
+    /// A client certificate and key as PEM files (`<name>.pem`, `<name>-key.pem`).
+    pub fn leaf_client_files(&self, name: &str) -> (String, String) {
+        let (c, k) =
+            self.leaf_with(name, &[name], |p| p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth]);
+        (c.display().to_string(), k.display().to_string())
+    }
+
     /// The CA certificate as a PEM file named `ca.pem`.
     pub fn ca_file(&self) -> PathBuf {
         let p = self.dir.path().join("ca.pem");
