@@ -1575,9 +1575,9 @@ fn run(argv: &[&str]) {
     assert!(out.status.success(), "{argv:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A TLS Secret and its CA for one tunnel host: tunnels are reached with SNI = their host
-/// (what a client without `--proxy-url` sends) and a verified certificate.
-async fn tunnel_certificate(k: &Kube, name: &str, host: &str) -> CertificateDer<'static> {
+/// A TLS Secret and its CA (DER, and PEM for `portcullis tunnel --ca-file`) for one tunnel
+/// host: tunnels are reached with SNI = their host and a verified certificate.
+async fn tunnel_certificate(k: &Kube, name: &str, host: &str) -> (CertificateDer<'static>, String) {
     let pki = Pki::new();
     let leaf = pki.leaf(host, 1);
     k.secrets
@@ -1587,7 +1587,32 @@ async fn tunnel_certificate(k: &Kube, name: &str, host: &str) -> CertificateDer<
         )
         .await
         .expect("tunnel TLS Secret");
-    pki.root()
+    (pki.root(), pki.ca.pem())
+}
+
+/// Runs `argv` in a mount namespace of its own where `/etc/hosts` is `hosts` (bind-mounted,
+/// private: nothing outside sees it), so that `portcullis tunnel` reaches the proxy at the
+/// tunnel hosts' names (SNI and verification as in production) although the namespace has
+/// no DNS. The process execs through (unshare, sh, then `argv`), so killing it kills `argv`.
+fn with_hosts(hosts: &std::path::Path, argv: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> =
+        ["unshare", "--mount", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\""].map(str::to_owned).to_vec();
+    out.push(hosts.to_string_lossy().into_owned());
+    out.extend(argv.iter().map(|a| (*a).to_owned()));
+    out
+}
+
+/// The `portcullis` binary under test (the controller's).
+fn portcullis_bin() -> String {
+    std::env::var("PORTCULLIS_BIN").expect("PORTCULLIS_BIN is not set: run with `cargo xtask e2e`")
+}
+
+/// An /etc/hosts naming the tunnel hosts 127.0.0.1 (where the proxy listens), in `dir`.
+fn tunnel_hosts(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("hosts");
+    std::fs::write(&path, "127.0.0.1 localhost\n::1 localhost\n127.0.0.1 ssh.tunnel.test dns.tunnel.test\n")
+        .expect("hosts file");
+    path
 }
 
 /// An Ingress with `portcullis.io/tcp_upstream` to a Service whose EndpointSlice points at a
@@ -1635,7 +1660,7 @@ async fn ssh_through_an_ingress_tunnel(k: &Kube) {
         )
         .await
         .expect("sshd EndpointSlice");
-    let root = tunnel_certificate(k, "ssh-tls", "ssh.tunnel.test").await;
+    let (root, ca_pem) = tunnel_certificate(k, "ssh-tls", "ssh.tunnel.test").await;
     let roots = [root];
     let tunnel = |name: &str, path_type: &str| {
         json!({
@@ -1675,6 +1700,59 @@ async fn ssh_through_an_ingress_tunnel(k: &Kube) {
     assert_eq!(status, 404, "the target port is not the tunnel port: {head}");
     let log = sshd.output();
     assert!(log.contains("Connection from 10.244."), "sshd saw the proxy's connection:\n{log}");
+
+    // The real ssh client through `portcullis tunnel` as its ProxyCommand (stdin/stdout),
+    // verifying both the proxy's certificate (--ca-file) and sshd's host key.
+    std::fs::write(d("ca.pem"), &ca_pem).expect("CA file");
+    let host_key = std::fs::read_to_string(d("host_key.pub")).expect("host key");
+    std::fs::write(d("known_hosts"), format!("ssh.tunnel.test {host_key}")).expect("known_hosts");
+    let proxy_command = format!(
+        "{} tunnel tcp %h:%p --listen - --proxy-url https://ssh.tunnel.test:8443 --ca-file {} --token-dir {}",
+        portcullis_bin(),
+        d("ca.pem"),
+        d("tokens")
+    );
+    let hosts = tunnel_hosts(&dir);
+    let argv = with_hosts(
+        &hosts,
+        &[
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            &d("id_ed25519"),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            &format!("UserKnownHostsFile={}", d("known_hosts")),
+            "-o",
+            &format!("ProxyCommand={proxy_command}"),
+            "-l",
+            "root",
+            "ssh.tunnel.test",
+            "echo hello",
+        ],
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(&argv[0]).args(&argv[1..]).kill_on_drop(true).output(),
+    )
+    .await
+    .expect("ssh finished within 30 s")
+    .expect("running ssh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout == "hello\n",
+        "ssh through portcullis tunnel ran the command ({}): stdout {stdout:?}, stderr {}\nsshd:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        sshd.output()
+    );
+    assert!(sshd.output().contains("Accepted publickey for root"), "sshd authenticated the key:\n{}", sshd.output());
 
     // A tunnel Ingress whose path is not ImplementationSpecific is refused, naming the field.
     let mut bad = tunnel("ssh-prefix", "Prefix");
@@ -1790,7 +1868,7 @@ async fn dns_through_a_udp_route(k: &Kube) {
         })))
         .await
         .expect("dnsmasq EndpointSlice");
-    let root = tunnel_certificate(k, "dns-tls", "dns.tunnel.test").await;
+    let (root, ca_pem) = tunnel_certificate(k, "dns-tls", "dns.tunnel.test").await;
     let roots = [root];
     let route: Route = obj(json!({
         "apiVersion": "portcullis.io/v1alpha1", "kind": "Route", "metadata": {"name": "dns"},
@@ -1815,6 +1893,63 @@ async fn dns_through_a_udp_route(k: &Kube) {
     assert_eq!(answers, [std::net::Ipv4Addr::new(10, 9, 8, 7)], "dnsmasq's record through the tunnel");
     let log = dnsmasq.output();
     assert!(log.contains("query[A] tunnel.test from 10.244."), "dnsmasq saw the proxy's query:\n{log}");
+
+    // dig through `portcullis tunnel udp` on a local UDP socket, over HTTP/3 (QUIC
+    // datagrams) and over the HTTP/1.1 fallback (capsules).
+    require_program("/usr/bin/dig");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &ca_pem).expect("CA file");
+    let hosts = tunnel_hosts(&dir);
+    let bin = portcullis_bin();
+    // HTTP/3 needs `quic-ingress`, which `codecType: http3` opens (the chart's is `auto`);
+    // put back afterwards.
+    let codec = k.configs.get("global").await.expect("ProxyConfig global").spec.codec_type;
+    let set_codec = |v: Value| async move {
+        k.configs
+            .patch("global", &PatchParams::default(), &Patch::Merge(json!({"spec": {"codecType": v}})))
+            .await
+            .expect("patching the ProxyConfig's codecType");
+    };
+    set_codec(json!("http3")).await;
+    for (transport, listen) in [("--http3", "127.0.0.1:15353"), ("--http1", "127.0.0.1:15354")] {
+        let argv = with_hosts(
+            &hosts,
+            &[
+                &bin,
+                "tunnel",
+                "udp",
+                "dns.tunnel.test:53",
+                "--listen",
+                listen,
+                transport,
+                "--proxy-url",
+                "https://dns.tunnel.test:8443",
+                "--ca-file",
+                &ca.to_string_lossy(),
+                "--token-dir",
+                &dir.join("tokens").to_string_lossy(),
+            ],
+        );
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let client = portcullis_e2e::Program::start(&argv, &dir.join(format!("tunnel{transport}.log")));
+        let (ip, port) = listen.split_once(':').expect("listen address");
+        let answer = eventually_or(SOON, || async {
+            let out = tokio::process::Command::new("dig")
+                .args([&format!("@{ip}"), "-p", port, "+short", "+tries=1", "+time=2", "name.tunnel.test", "A"])
+                .kill_on_drop(true)
+                .output()
+                .await
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            (out.status.success() && !text.is_empty() && !text.starts_with(';')).then_some(text)
+        })
+        .await
+        .unwrap_or_else(|| panic!("dig through portcullis tunnel {transport} got no answer:\n{}", client.output()));
+        assert_eq!(answer, "10.9.8.7", "dig through portcullis tunnel udp {transport}");
+    }
+    set_codec(serde_json::to_value(codec).expect("codecType")).await;
+    let log = dnsmasq.output();
+    assert!(log.contains("query[A] name.tunnel.test from 10.244."), "dnsmasq saw dig's query:\n{log}");
     let (status, head, _, _) = tunnel_udp("dns.tunnel.test", &roots, "dns.tunnel.test", 54).await.expect("CONNECT-UDP");
     assert_eq!(status, 404, "no tunnel on port 54: {head}");
     let accepted = eventually("Route dns reports Accepted=True", SOON, || async {
