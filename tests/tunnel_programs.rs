@@ -115,7 +115,11 @@ async fn connect_local(client: &mut Daemon, addr: SocketAddr) -> TcpStream {
             tokio::time::sleep(ms(100)).await;
             panic!("the tunnel client exited ({status}):\n{}", client.log());
         }
-        assert!(tokio::time::Instant::now() < deadline, "the tunnel client never listened on {addr}:\n{}", client.log());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tunnel client never listened on {addr}:\n{}",
+            client.log()
+        );
         tokio::time::sleep(ms(50)).await;
     }
 }
@@ -153,7 +157,8 @@ async fn ssh_runs_a_command_through_a_tcp_tunnel_on_each_transport() {
     let p = Proxy::start(&[("tcp+https://ssh.tunnel.test:22", format!("tcp://{}", sshd.addr))]).await;
     for transport in ["", "--http1", "--http2", "--http3"] {
         let pc = p.client_line("tcp", "%h:%p", "-", &[transport]);
-        let (status, out, err) = sshd.ssh(Some(&pc), "ssh.tunnel.test", 22, "echo through-the-tunnel; whoami").await.unwrap();
+        let (status, out, err) =
+            sshd.ssh(Some(&pc), "ssh.tunnel.test", 22, "echo through-the-tunnel; whoami").await.unwrap();
         assert!(
             status.success(),
             "ssh through the tunnel ({transport:?}): {status}\nssh stderr: {err}\nsshd:\n{}",
