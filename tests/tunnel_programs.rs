@@ -14,6 +14,8 @@
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 mod common;
+
+use std::fmt::Write as _;
 mod tunnel_support;
 
 use std::net::SocketAddr;
@@ -46,7 +48,7 @@ const BULK_LIMIT: Duration = Duration::from_secs(300);
 struct Proxy {
     r: portcullis::server::Running,
     ca: PathBuf,
-    _pki: Pki,
+    pki: Pki,
     _dir: tempfile::TempDir,
 }
 
@@ -61,10 +63,10 @@ impl Proxy {
             key.display()
         );
         for (from, to) in routes {
-            yaml.push_str(&format!("  - from: {from}\n    to: {to}\n"));
+            let _ = writeln!(yaml, "  - from: {from}\n    to: {to}");
         }
         let (r, dir) = start(&yaml).await;
-        Self { r, ca, _pki: pki, _dir: dir }
+        Self { r, ca, pki, _dir: dir }
     }
 
     fn url(&self) -> String {
@@ -308,9 +310,10 @@ async fn bulk_100mib_both_ways_through_a_raw_http1_connect() {
     let _one = BULK.lock().await;
     let mut bulk = Bulk::start(5, bulk_len()).await;
     let p = Proxy::start(&[("tcp+https://bulk.tunnel.test:9000", format!("tcp://{}", bulk.addr))]).await;
-    let mut tls = tls_connect(p.r.main, "proxy.tunnel.test", client_config(&[p._pki.ca_der.clone()], &[b"http/1.1"]))
-        .await
-        .unwrap();
+    let mut tls =
+        tls_connect(p.r.main, "proxy.tunnel.test", client_config(std::slice::from_ref(&p.pki.ca_der), &[b"http/1.1"]))
+            .await
+            .unwrap();
     tls.write_all(b"CONNECT bulk.tunnel.test:9000 HTTP/1.1\r\nHost: bulk.tunnel.test:9000\r\n\r\n").await.unwrap();
     // The head, byte by byte: the tunnel's bytes follow it at once.
     let mut head = Vec::new();

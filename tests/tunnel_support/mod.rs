@@ -440,7 +440,11 @@ pub fn noise_sha256(seed: u64, len: u64) -> String {
 }
 
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{x:02x}");
+        s
+    })
 }
 
 /// What one connection to the [`Bulk`] server received.

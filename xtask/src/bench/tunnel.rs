@@ -93,6 +93,9 @@ const UDP_PATHS: [(&str, &str); 3] = [
 ];
 
 /// One TCP transfer's figures.
+/// A UDP path's name and its runs (datagrams/s, echoes), or why it failed.
+type UdpRuns = (&'static str, Result<Vec<(f64, u64)>, String>);
+
 #[derive(Clone, Debug)]
 struct TcpSample {
     mib_per_sec: f64,
@@ -107,7 +110,7 @@ pub struct TunnelBench {
     /// `(path, direction)` -> samples.
     tcp: Vec<(TcpPath, &'static str, Vec<TcpSample>)>,
     /// UDP path key -> (datagrams/s, stalls) per run, or why the path was not measured.
-    udp: Vec<(&'static str, Result<Vec<(f64, u64)>, String>)>,
+    udp: Vec<UdpRuns>,
     haproxy_version: String,
 }
 
@@ -121,7 +124,8 @@ pub fn run(
     let cert = peers::certificate(&tmp.0)?;
     let ports = procs::distinct_ports(10)?;
     let loopback = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-    let (sink, tls_sink, echo, haproxy) = (loopback(ports[0]), loopback(ports[1]), loopback(ports[2]), loopback(ports[3]));
+    let (sink, tls_sink, echo, haproxy) =
+        (loopback(ports[0]), loopback(ports[1]), loopback(ports[2]), loopback(ports[3]));
     let proxy = ProxyPorts::from_slice(&ports[4..8]);
     let (udp_h3, udp_h1) = (loopback(ports[8]), loopback(ports[9]));
     let mut services = Services::default();
@@ -197,10 +201,13 @@ pub fn run(
     };
     let rr = |addr: SocketAddr, secs: u64| -> anyhow::Result<(f64, u64)> {
         let mut cmd = Pinning::command(pinning.rest, loadgen);
-        cmd.args(["udp-rr", "--addr", &addr.to_string(), "--duration", &secs.to_string()])
-            .args(["--window", &UDP_WINDOW.to_string(), "--size", &UDP_SIZE.to_string()]);
-        let (out, _) =
-            run_bounded(cmd, Duration::from_secs(secs + 40), &tmp.path("tunnel-udp-rr.out"))?;
+        cmd.args(["udp-rr", "--addr", &addr.to_string(), "--duration", &secs.to_string()]).args([
+            "--window",
+            &UDP_WINDOW.to_string(),
+            "--size",
+            &UDP_SIZE.to_string(),
+        ]);
+        let (out, _) = run_bounded(cmd, Duration::from_secs(secs + 40), &tmp.path("tunnel-udp-rr.out"))?;
         let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("udp-rr printed {out:?}"))?;
         let dps = v["datagrams_per_sec"].as_f64().context("udp-rr: no datagrams_per_sec")?;
         Ok((dps, v["stalls"].as_u64().unwrap_or(0)))
@@ -221,8 +228,7 @@ pub fn run(
     }
     let mut tcp: Vec<(TcpPath, &'static str, Vec<TcpSample>)> =
         TcpPath::ALL.iter().flat_map(|p| DIRECTIONS.map(|d| (*p, d, Vec::new()))).collect();
-    let mut udp: Vec<(&'static str, Result<Vec<(f64, u64)>, String>)> =
-        UDP_PATHS.iter().map(|(k, _)| (*k, udp_addr(k).map(|_| Vec::new()))).collect();
+    let mut udp: Vec<UdpRuns> = UDP_PATHS.iter().map(|(k, _)| (*k, udp_addr(k).map(|_| Vec::new()))).collect();
     for run in 1..=opts.runs {
         eprintln!("==> bench: tunnel: run {run}/{}", opts.runs);
         for (path, d, samples) in &mut tcp {
@@ -244,9 +250,8 @@ pub fn run(
         }
     }
     let processes = describe_processes(&services);
-    let haproxy_version = procs::command_output("haproxy", &["-v"])
-        .and_then(|v| v.lines().next().map(str::to_owned))
-        .unwrap_or_default();
+    let haproxy_version =
+        procs::command_output("haproxy", &["-v"]).and_then(|v| v.lines().next().map(str::to_owned)).unwrap_or_default();
     drop(services);
     let _ = sink_pid;
     Ok((TunnelBench { runs: opts.runs, duration: opts.duration, tcp, udp, haproxy_version }, processes))
@@ -446,14 +451,23 @@ mod tests {
         assert!(y.contains("  - from: udp+https://echo.bench:7\n    to: udp://127.0.0.1:10\n"), "{y}");
         let _: serde_yaml_ng::Value = serde_yaml_ng::from_str(&y).unwrap();
         let h = haproxy_cfg_text(5, sink, Path::new("/ck.pem"));
-        assert!(h.contains("mode tcp") && h.contains("bind 127.0.0.1:5 ssl crt /ck.pem") && h.contains("server sink 127.0.0.1:9"));
+        assert!(
+            h.contains("mode tcp")
+                && h.contains("bind 127.0.0.1:5 ssl crt /ck.pem")
+                && h.contains("server sink 127.0.0.1:9")
+        );
     }
 
     #[test]
     fn ratios_and_verdicts() {
         let s = |v: f64| TcpSample { mib_per_sec: v, proxy_cpu_s_per_gib: None };
         let mut tcp = Vec::new();
-        for (p, v) in [(TcpPath::Direct, 1000.0), (TcpPath::DirectTls, 600.0), (TcpPath::Haproxy, 500.0), (TcpPath::Portcullis, 650.0)] {
+        for (p, v) in [
+            (TcpPath::Direct, 1000.0),
+            (TcpPath::DirectTls, 600.0),
+            (TcpPath::Haproxy, 500.0),
+            (TcpPath::Portcullis, 650.0),
+        ] {
             for d in DIRECTIONS {
                 tcp.push((p, d, vec![s(v)]));
             }
