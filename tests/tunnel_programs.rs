@@ -14,6 +14,8 @@
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 mod common;
+
+use std::fmt::Write as _;
 mod tunnel_support;
 
 use std::fmt::Write as _;

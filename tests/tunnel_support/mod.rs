@@ -301,15 +301,11 @@ impl Sshd {
             "IdentitiesOnly=yes",
             "ConnectTimeout=10",
             "ServerAliveInterval=5",
+            "LogLevel=ERROR",
         ] {
             a.push("-o".into());
             a.push(o.into());
         }
-        // `TUNNEL_SSH_DEBUG=1` shows ssh's side of a failure (key exchange, channel).
-        a.push("-o".into());
-        a.push(
-            if std::env::var_os("TUNNEL_SSH_DEBUG").is_some() { "LogLevel=DEBUG1" } else { "LogLevel=ERROR" }.into(),
-        );
         if let Some(pc) = proxy_command {
             a.push("-o".into());
             a.push(format!("ProxyCommand={pc}"));
@@ -444,8 +440,8 @@ pub fn noise_sha256(seed: u64, len: u64) -> String {
 }
 
 pub fn hex(b: &[u8]) -> String {
-    use std::fmt::Write as _;
-    b.iter().fold(String::new(), |mut s, x| {
+    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
+        use std::fmt::Write as _;
         let _ = write!(s, "{x:02x}");
         s
     })
