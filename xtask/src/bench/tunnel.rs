@@ -96,9 +96,6 @@ const UDP_PATHS: [(&str, &str); 3] = [
 type UdpRuns = (&'static str, Result<Vec<(f64, u64)>, String>);
 
 /// One TCP transfer's figures.
-/// A UDP path's name and its runs (datagrams/s, echoes), or why it failed.
-type UdpRuns = (&'static str, Result<Vec<(f64, u64)>, String>);
-
 #[derive(Clone, Debug)]
 struct TcpSample {
     mib_per_sec: f64,
