@@ -159,15 +159,19 @@ pub fn run(
     // The UDP tunnel clients; a client that does not start leaves its row unmeasured, with
     // the reason, rather than failing the TCP figures.
     let mut clients = Vec::new();
+    let mut client_logs = Vec::new();
     for (listen, flag) in [(udp_h3, "--http3"), (udp_h1, "--http1")] {
         let mut cmd = Pinning::command(pinning.rest, binary);
         cmd.args(["tunnel", "udp", UDP_TARGET, "--listen", &listen.to_string()])
-            .args(["--proxy-url", &format!("https://127.0.0.1:{}", proxy.address), "--ca-file"])
-            .arg(&cert.cert)
-            .arg(flag);
+            .args(["--proxy-url", &format!("https://127.0.0.1:{}", proxy.address)])
+            // The shared certificate is self-signed by openssl with `CA:TRUE`, which webpki
+            // refuses as a server's own certificate (`--ca-file` would fail the handshake);
+            // the load generator does not check it either.
+            .args(["--insecure", flag]);
         let log = tmp.path(&format!("tunnel-client{flag}.log"));
         let mut one = Services::default();
         one.spawn(&format!("portcullis tunnel udp {flag}"), cmd, log.clone())?;
+        client_logs.push(log);
         std::thread::sleep(Duration::from_millis(300));
         match one.check_alive() {
             Ok(()) => {
@@ -245,7 +249,14 @@ pub fn run(
                     eprintln!("    UDP {key}: {v:.0} datagrams/s ({stalls} stalls)");
                     list.push((v, stalls));
                 }
-                Err(e) => *samples = Err(format!("{e:#}")),
+                Err(e) => {
+                    let log = match *key {
+                        "portcullis_h3" => procs::tail(&client_logs[0], 5),
+                        "portcullis_h1" => procs::tail(&client_logs[1], 5),
+                        _ => String::new(),
+                    };
+                    *samples = Err(format!("{e:#}\nthe tunnel client's log: {log}"));
+                }
             }
         }
     }
@@ -394,7 +405,7 @@ impl TunnelBench {
                     let _ = writeln!(md, "| {label} | {m:.0} | {:.2} | {stalls} |", m / direct);
                 }
                 Err(e) => {
-                    let why: Vec<&str> = e.lines().map(str::trim).filter(|l| !l.is_empty()).take(4).collect();
+                    let why: Vec<&str> = e.lines().map(str::trim).filter(|l| !l.is_empty()).take(8).collect();
                     let why = why.join("; ").replace('|', "/");
                     let _ = writeln!(md, "| {label} | not measured: {why} | - | - |");
                 }
