@@ -96,7 +96,7 @@ struct TunnelArgs {
     proxy_url: Option<String>,
     /// A bearer token (else a cached one, else a browser sign-in on 401).
     #[arg(long, env = "PORTCULLIS_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    token: Option<portcullis::client::Token>,
     /// Trust these CA certificates (PEM) instead of the system's.
     #[arg(long)]
     ca_file: Option<PathBuf>,
@@ -139,7 +139,7 @@ async fn tunnel(args: TunnelArgs) -> anyhow::Result<ExitCode> {
         listen: args.listen,
         proxy_url: args.proxy_url,
         transport,
-        token: args.token.filter(|t| !t.is_empty()),
+        token: args.token.filter(|t| !t.expose().is_empty()),
         ca_file: args.ca_file,
         insecure: args.insecure,
         client_cert: args.client_cert,
