@@ -470,3 +470,35 @@ routes:
     assert!(!err.contains("sign in"), "the cached token was used: {err}");
     drop(r);
 }
+
+#[tokio::test]
+async fn http3_advertised_but_unreachable_falls_back_to_tcp() {
+    // Alt-Svc names a UDP port nothing answers on (UDP blocked on the way, say).
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let s = setup(&format!("http3_advertised_port: {}", dead.local_addr().unwrap().port())).await;
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = client(&s, &["tcp", "db.tunnel.test:5432", "--listen", &addr.to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The first tunnel learns HTTP/3; the second finds no answer there and goes over TCP,
+    // and so does the third, at once.
+    bulk(addr).await;
+    let started = std::time::Instant::now();
+    bulk(addr).await;
+    bulk(addr).await;
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert_eq!(quic_connects(&metrics(&s.r).await), 0.0);
+    child.kill().await.unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+    assert_eq!(err.matches("using TCP").count(), 1, "{err}");
+    assert!(err.contains("no QUIC answer within 3s"), "{err}");
+}
