@@ -539,3 +539,134 @@ impl Drop for RestartedApiServer {
         let _ = self.0.wait();
     }
 }
+
+/// A program a step started (sshd, dnsmasq): killed and reaped when dropped, its stderr in
+/// `log` for the failure message.
+pub struct Program {
+    child: Child,
+    /// Where its stdout and stderr go.
+    pub log: std::path::PathBuf,
+}
+
+impl Program {
+    /// Starts `argv` with its output in `log`; panics naming the program when it cannot start.
+    pub fn start(argv: &[&str], log: &std::path::Path) -> Self {
+        let out = std::fs::File::create(log).expect("program log");
+        let child = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log handle"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {argv:?}: {e}"));
+        Self { child, log: log.to_owned() }
+    }
+
+    /// What it wrote so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends an HTTP/1.1 request `head` (the request line and headers, without the blank line)
+/// on `io` and reads the response head: its status, the head as text, and the bytes that
+/// came after it (the tunnel's first bytes). Bounded: 16 KiB of head, 10 s.
+pub async fn h1_exchange<S>(io: &mut S, head: &str) -> Result<(u16, String, Vec<u8>), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(format!("{head}\r\n\r\n").as_bytes()).await.map_err(|e| format!("writing the request: {e}"))?;
+    io.flush().await.map_err(|e| format!("writing the request: {e}"))?;
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                return Ok(end);
+            }
+            if buf.len() > 16 * 1024 {
+                return Err("a response head over 16 KiB".to_owned());
+            }
+            let mut chunk = [0u8; 4096];
+            match io.read(&mut chunk).await {
+                Ok(0) => return Err(format!("closed before a response: {:?}", String::from_utf8_lossy(&buf))),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("reading the response: {e}")),
+            }
+        }
+    };
+    let end =
+        tokio::time::timeout(Duration::from_secs(10), read).await.map_err(|_| "no response in 10 s".to_owned())??;
+    let text = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("not HTTP: {text:?}"))?;
+    Ok((status, text, buf[end + 4..].to_vec()))
+}
+
+/// An HTTP/1.1 CONNECT to `authority` through the proxy on a TLS connection sending `sni`
+/// (see [`tls_to_proxy`]): the status, the response head, the stream and its first bytes.
+pub async fn tunnel_tcp(
+    sni: &str,
+    roots: &[rustls_pki_types::CertificateDer<'static>],
+    authority: &str,
+) -> Result<(u16, String, tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Vec<u8>), String> {
+    let mut tls = tls_to_proxy(sni, roots, &[b"http/1.1"]).await?;
+    let (status, head, rest) =
+        h1_exchange(&mut tls, &format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}")).await?;
+    Ok((status, head, tls, rest))
+}
+
+/// The HTTP/1.1 form of CONNECT-UDP (RFC 9298 section 3.2: `Upgrade: connect-udp`, DATAGRAM
+/// capsules on the stream) to `host:port` through the proxy, on a TLS connection sending
+/// `sni`: the status and head, and on 101 the stream with its first bytes.
+pub async fn tunnel_udp(
+    sni: &str,
+    roots: &[rustls_pki_types::CertificateDer<'static>],
+    host: &str,
+    port: u16,
+) -> Result<(u16, String, tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Vec<u8>), String> {
+    let mut tls = tls_to_proxy(sni, roots, &[b"http/1.1"]).await?;
+    let path = portcullis::masque::udp_path(host, port);
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: Upgrade\r\nUpgrade: connect-udp\r\nCapsule-Protocol: ?1"
+    );
+    let (status, head, rest) = h1_exchange(&mut tls, &head).await?;
+    Ok((status, head, tls, rest))
+}
+
+/// Sends `payload` as one DATAGRAM capsule on a CONNECT-UDP stream and waits (up to 5 s) for
+/// the first UDP payload that comes back. `pending` holds bytes already read after the
+/// response head.
+pub async fn udp_round_trip<S>(io: &mut S, pending: Vec<u8>, payload: &[u8]) -> Result<Bytes, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(&portcullis::masque::udp_capsule(payload)).await.map_err(|e| format!("writing a capsule: {e}"))?;
+    io.flush().await.map_err(|e| format!("writing a capsule: {e}"))?;
+    let mut buf = bytes::BytesMut::from(&pending[..]);
+    let read = async {
+        loop {
+            while let Some(c) = portcullis::masque::take_capsule(&mut buf).map_err(|e| e.to_string())? {
+                if c.kind == portcullis::masque::DATAGRAM_CAPSULE {
+                    if let Some(p) = portcullis::masque::udp_payload(c.value) {
+                        return Ok(p);
+                    }
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match io.read(&mut chunk).await {
+                Ok(0) => return Err("the tunnel closed before an answer".to_owned()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("reading capsules: {e}")),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await.map_err(|_| "no datagram back in 5 s".to_owned())?
+}

@@ -19,9 +19,9 @@ use kube::{Api, Client, ResourceExt};
 use portcullis::k8s::crd::{ProxyConfig, Route};
 use portcullis::proxy::upstream::HttpClient;
 use portcullis_e2e::{
-    client, client_from, closed_within, echoes, eventually, fetch, get, has_event, https, https_h1, https_sni, metric,
-    pod, send, served_leaf, service_account_kubeconfig, upstream_of, warning_event, websocket, ApiServer, Controller,
-    WebSocket,
+    client, client_from, closed_within, echoes, eventually, eventually_or, fetch, get, has_event, https, https_h1,
+    https_sni, metric, pod, send, served_leaf, service_account_kubeconfig, tunnel_tcp, tunnel_udp, upstream_of,
+    warning_event, websocket, ApiServer, Controller, WebSocket,
 };
 use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};
@@ -70,6 +70,8 @@ async fn ingress_and_route_lifecycle_against_a_real_api_server() {
     step("conflicting routes", conflicts(&k, &h2)).await;
     step("Route resources", route_resources(&k, &h2)).await;
     step("access policy on Routes and Ingresses", access_policy(&k, &h2)).await;
+    step("an Ingress with tcp_upstream reaches sshd on a pod IP", ssh_through_an_ingress_tunnel(&k)).await;
+    step("a UDP Route reaches dnsmasq", dns_through_a_udp_route(&k)).await;
     // Boxed: with its WebSockets and load generators this step is a large future.
     let tls = Box::pin(step("TLS from Secrets and rotation", tls_secrets(&k, &h2))).await;
     step("ProxyConfig status", proxy_config_status(&k, &h2)).await;
@@ -1550,4 +1552,410 @@ async fn apiserver_restart(k: &Kube, c: &HttpClient, tls: &ServedCert) {
     )
     .await;
     drop(restarted);
+}
+
+/// Where a tunnel step keeps its programs' keys, configuration and logs.
+fn tunnel_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("tunnel step dir");
+    dir
+}
+
+/// `cargo xtask e2e` installs the programs the tunnel steps run (the namespace has no network).
+fn require_program(path: &str) {
+    assert!(
+        std::path::Path::new(path).exists(),
+        "{path} is missing: `cargo xtask e2e` installs openssh-server, dnsmasq and bind9-dnsutils before the tests"
+    );
+}
+
+fn run(argv: &[&str]) {
+    let out = std::process::Command::new(argv[0]).args(&argv[1..]).output().expect("running a tool");
+    assert!(out.status.success(), "{argv:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A TLS Secret and its CA (DER, and PEM for `portcullis tunnel --ca-file`) for one tunnel
+/// host: tunnels are reached with SNI = their host and a verified certificate.
+async fn tunnel_certificate(k: &Kube, name: &str, host: &str) -> (CertificateDer<'static>, String) {
+    let pki = Pki::new();
+    let leaf = pki.leaf(host, 1);
+    k.secrets
+        .create(
+            &PostParams::default(),
+            &tls_secret(name, "kubernetes.io/tls", &[("tls.crt", &leaf.cert_pem), ("tls.key", &leaf.key_pem)]),
+        )
+        .await
+        .expect("tunnel TLS Secret");
+    (pki.root(), pki.ca.pem())
+}
+
+/// Runs `argv` in a mount namespace of its own where `/etc/hosts` is `hosts` (bind-mounted,
+/// private: nothing outside sees it), so that `portcullis tunnel` reaches the proxy at the
+/// tunnel hosts' names (SNI and verification as in production) although the namespace has
+/// no DNS. The process execs through (unshare, sh, then `argv`), so killing it kills `argv`.
+fn with_hosts(hosts: &std::path::Path, argv: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> =
+        ["unshare", "--mount", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\""].map(str::to_owned).to_vec();
+    out.push(hosts.to_string_lossy().into_owned());
+    out.extend(argv.iter().map(|a| (*a).to_owned()));
+    out
+}
+
+/// The `portcullis` binary under test (the controller's).
+fn portcullis_bin() -> String {
+    std::env::var("PORTCULLIS_BIN").expect("PORTCULLIS_BIN is not set: run with `cargo xtask e2e`")
+}
+
+/// An /etc/hosts naming the tunnel hosts 127.0.0.1 (where the proxy listens), in `dir`.
+fn tunnel_hosts(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("hosts");
+    std::fs::write(&path, "127.0.0.1 localhost\n::1 localhost\n127.0.0.1 ssh.tunnel.test dns.tunnel.test\n")
+        .expect("hosts file");
+    path
+}
+
+/// An Ingress with `portcullis.io/tcp_upstream` to a Service whose EndpointSlice points at a
+/// real OpenSSH sshd on a pod IP: an HTTP/1.1 CONNECT to `ssh.tunnel.test:22` (the Service
+/// port, not the target port 2222) through the proxy gets 200 and sshd's banner, another
+/// port is 404, and a tunnel Ingress with a `Prefix` path gets a Warning naming the paths.
+async fn ssh_through_an_ingress_tunnel(k: &Kube) {
+    require_program("/usr/sbin/sshd");
+    let dir = tunnel_dir("sshd");
+    let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    run(&["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", &d("host_key")]);
+    run(&["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", &d("id_ed25519")]);
+    std::fs::copy(d("id_ed25519.pub"), d("authorized_keys")).expect("authorized_keys");
+    // sshd's privilege separation directory (the package makes it at boot, not at install).
+    std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+    let config = format!(
+        "ListenAddress 10.244.5.1:2222\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nPermitRootLogin prohibit-password\n\
+         PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel VERBOSE\n",
+        d("host_key"),
+        d("authorized_keys"),
+        d("sshd.pid")
+    );
+    std::fs::write(d("sshd_config"), config).expect("sshd_config");
+    let sshd =
+        portcullis_e2e::Program::start(&["/usr/sbin/sshd", "-D", "-e", "-f", &d("sshd_config")], &dir.join("sshd.log"));
+    eventually_or(SOON, || async { tokio::net::TcpStream::connect("10.244.5.1:2222").await.ok() })
+        .await
+        .unwrap_or_else(|| panic!("sshd did not listen on 10.244.5.1:2222:\n{}", sshd.output()));
+
+    let pp = PostParams::default();
+    k.services
+        .create(&pp, &obj(json!({"metadata": {"name": "sshd"}, "spec": {"ports": [{"name": "ssh", "port": 22, "targetPort": 2222, "protocol": "TCP"}]}})))
+        .await
+        .expect("sshd Service");
+    k.slices
+        .create(
+            &pp,
+            &obj(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "sshd-1", "namespace": NS, "labels": {"kubernetes.io/service-name": "sshd"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "ssh", "port": 2222, "protocol": "TCP"}],
+                "endpoints": [{"addresses": ["10.244.5.1"], "conditions": {"ready": true}}],
+            })),
+        )
+        .await
+        .expect("sshd EndpointSlice");
+    let (root, ca_pem) = tunnel_certificate(k, "ssh-tls", "ssh.tunnel.test").await;
+    let roots = [root];
+    let tunnel = |name: &str, path_type: &str| {
+        json!({
+            "metadata": {"name": name, "annotations": {"portcullis.io/tcp_upstream": "true"}},
+            "spec": {
+                "ingressClassName": "portcullis",
+                "tls": [{"hosts": ["ssh.tunnel.test"], "secretName": "ssh-tls"}],
+                "rules": [{"host": "ssh.tunnel.test", "http": {"paths": [
+                    {"pathType": path_type, "backend": {"service": {"name": "sshd", "port": {"number": 22}}}},
+                ]}}],
+            },
+        })
+    };
+    k.create_ingress(tunnel("ssh", "ImplementationSpecific")).await;
+    let banner = eventually("CONNECT ssh.tunnel.test:22 reaches sshd", SOON, || async {
+        let (status, _, mut tls, mut first) = tunnel_tcp("ssh.tunnel.test", &roots, "ssh.tunnel.test:22").await.ok()?;
+        if status != 200 {
+            return None;
+        }
+        // The server speaks first: its identification line (RFC 4253 section 4.2).
+        let read = async {
+            while !first.contains(&b'\n') && first.len() < 255 {
+                let mut chunk = [0u8; 256];
+                let n = tokio::io::AsyncReadExt::read(&mut tls, &mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                first.extend_from_slice(&chunk[..n]);
+            }
+            Some(String::from_utf8_lossy(&first).into_owned())
+        };
+        tokio::time::timeout(Duration::from_secs(5), read).await.ok().flatten()
+    })
+    .await;
+    assert!(banner.starts_with("SSH-2.0-OpenSSH"), "sshd's banner through the tunnel: {banner:?}");
+    let (status, head, _, _) = tunnel_tcp("ssh.tunnel.test", &roots, "ssh.tunnel.test:2222").await.expect("CONNECT");
+    assert_eq!(status, 404, "the target port is not the tunnel port: {head}");
+    let log = sshd.output();
+    assert!(log.contains("Connection from 10.244."), "sshd saw the proxy's connection:\n{log}");
+
+    // The real ssh client through `portcullis tunnel` as its ProxyCommand (stdin/stdout),
+    // verifying both the proxy's certificate (--ca-file) and sshd's host key.
+    std::fs::write(d("ca.pem"), &ca_pem).expect("CA file");
+    let host_key = std::fs::read_to_string(d("host_key.pub")).expect("host key");
+    std::fs::write(d("known_hosts"), format!("ssh.tunnel.test {host_key}")).expect("known_hosts");
+    let proxy_command = format!(
+        "{} tunnel tcp %h:%p --listen - --proxy-url https://ssh.tunnel.test:8443 --ca-file {} --token-dir {}",
+        portcullis_bin(),
+        d("ca.pem"),
+        d("tokens")
+    );
+    let hosts = tunnel_hosts(&dir);
+    let argv = with_hosts(
+        &hosts,
+        &[
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            &d("id_ed25519"),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            &format!("UserKnownHostsFile={}", d("known_hosts")),
+            "-o",
+            &format!("ProxyCommand={proxy_command}"),
+            "-l",
+            "root",
+            "ssh.tunnel.test",
+            "echo hello",
+        ],
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(&argv[0]).args(&argv[1..]).kill_on_drop(true).output(),
+    )
+    .await
+    .expect("ssh finished within 30 s")
+    .expect("running ssh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout == "hello\n",
+        "ssh through portcullis tunnel ran the command ({}): stdout {stdout:?}, stderr {}\nsshd:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        sshd.output()
+    );
+    assert!(sshd.output().contains("Accepted publickey for root"), "sshd authenticated the key:\n{}", sshd.output());
+
+    // A tunnel Ingress whose path is not ImplementationSpecific is refused, naming the field.
+    let mut bad = tunnel("ssh-prefix", "Prefix");
+    bad["spec"]["rules"][0]["host"] = json!("ssh2.tunnel.test");
+    bad["spec"]["rules"][0]["http"]["paths"][0]["path"] = json!("/");
+    k.create_ingress(bad).await;
+    k.warning("ssh-prefix", "InvalidConfig", &["spec.rules[0].http.paths", "ImplementationSpecific"]).await;
+    k.delete_ingress("ssh-prefix").await;
+}
+
+/// A DNS query for `name` (type A, recursion desired) with id `id`: RFC 1035 section 4.1.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(u8::try_from(label.len()).expect("a short label"));
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// The addresses of the A records in the answer section of a reply to [`dns_query`] with
+/// `id`; `None` when it is not one (another id, an error code, a malformed reply).
+fn dns_answers(reply: &[u8], id: u16) -> Option<Vec<std::net::Ipv4Addr>> {
+    let u16_at = |i: usize| Some(u16::from_be_bytes([*reply.get(i)?, *reply.get(i + 1)?]));
+    if u16_at(0)? != id || reply.get(3)? & 0x0f != 0 || u16_at(4)? != 1 {
+        return None;
+    }
+    let answers = u16_at(6)?;
+    // Skip the question: its name's labels, then type and class.
+    let mut i = 12;
+    while *reply.get(i)? != 0 {
+        i += 1 + usize::from(*reply.get(i)?);
+    }
+    i += 5;
+    let mut out = Vec::new();
+    for _ in 0..answers {
+        // The answer's name: a compression pointer, or labels.
+        if reply.get(i)? & 0xc0 == 0xc0 {
+            i += 2;
+        } else {
+            while *reply.get(i)? != 0 {
+                i += 1 + usize::from(*reply.get(i)?);
+            }
+            i += 1;
+        }
+        let (kind, len) = (u16_at(i)?, usize::from(u16_at(i + 8)?));
+        let data = reply.get(i + 10..i + 10 + len)?;
+        if kind == 1 && len == 4 {
+            out.push(std::net::Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+        }
+        i += 10 + len;
+    }
+    Some(out)
+}
+
+/// A Route `udp+https://dns.tunnel.test:53` to `udp://dnsmasq:53`, a Service with 53/TCP and
+/// 53/UDP (the UDP one is taken) in front of a real dnsmasq on a pod IP: a DNS query through
+/// the HTTP/1.1 CONNECT-UDP fallback (DATAGRAM capsules) gets dnsmasq's A record, and the
+/// Route is `Accepted`.
+async fn dns_through_a_udp_route(k: &Kube) {
+    require_program("/usr/sbin/dnsmasq");
+    let dir = tunnel_dir("dnsmasq");
+    let pid = dir.join("dnsmasq.pid").to_string_lossy().into_owned();
+    let dnsmasq = portcullis_e2e::Program::start(
+        &[
+            "/usr/sbin/dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--port=5353",
+            "--listen-address=10.244.5.2",
+            "--bind-interfaces",
+            "--address=/tunnel.test/10.9.8.7",
+            "--log-queries",
+            "--log-facility=-",
+            &format!("--pid-file={pid}"),
+        ],
+        &dir.join("dnsmasq.log"),
+    );
+    // Answers directly first, so that a failure below is the tunnel's.
+    let direct = eventually_or(SOON, || async {
+        let s = tokio::net::UdpSocket::bind("10.244.5.2:0").await.ok()?;
+        s.send_to(&dns_query(7, "direct.tunnel.test"), "10.244.5.2:5353").await.ok()?;
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_millis(500), s.recv(&mut buf)).await.ok()?.ok()?;
+        dns_answers(&buf[..n], 7)
+    })
+    .await
+    .unwrap_or_else(|| panic!("dnsmasq did not answer on 10.244.5.2:5353:\n{}", dnsmasq.output()));
+    assert_eq!(direct, [std::net::Ipv4Addr::new(10, 9, 8, 7)]);
+
+    let pp = PostParams::default();
+    k.services
+        .create(
+            &pp,
+            &obj(json!({"metadata": {"name": "dnsmasq"}, "spec": {"ports": [
+                {"name": "dns-tcp", "port": 53, "targetPort": 5300, "protocol": "TCP"},
+                {"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"},
+            ]}})),
+        )
+        .await
+        .expect("dnsmasq Service");
+    k.slices
+        .create(&pp, &obj(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "dnsmasq-1", "namespace": NS, "labels": {"kubernetes.io/service-name": "dnsmasq"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "dns-tcp", "port": 5300, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
+            "endpoints": [{"addresses": ["10.244.5.2"], "conditions": {"ready": true}}],
+        })))
+        .await
+        .expect("dnsmasq EndpointSlice");
+    let (root, ca_pem) = tunnel_certificate(k, "dns-tls", "dns.tunnel.test").await;
+    let roots = [root];
+    let route: Route = obj(json!({
+        "apiVersion": "portcullis.io/v1alpha1", "kind": "Route", "metadata": {"name": "dns"},
+        "spec": {"from": "udp+https://dns.tunnel.test:53", "to": ["udp://dnsmasq:53"], "tls": {"secretName": "dns-tls"}},
+    }));
+    k.routes.create(&pp, &route).await.expect("dns Route");
+    let mut id = 100u16;
+    let answers = eventually("a DNS query through CONNECT-UDP (HTTP/1.1 capsules) is answered", SOON, || {
+        id += 1;
+        let id = id;
+        let roots = roots.clone();
+        async move {
+            let (status, _, mut tls, rest) = tunnel_udp("dns.tunnel.test", &roots, "dns.tunnel.test", 53).await.ok()?;
+            if status != 101 {
+                return None;
+            }
+            let reply = portcullis_e2e::udp_round_trip(&mut tls, rest, &dns_query(id, "tunnel.test")).await.ok()?;
+            dns_answers(&reply, id)
+        }
+    })
+    .await;
+    assert_eq!(answers, [std::net::Ipv4Addr::new(10, 9, 8, 7)], "dnsmasq's record through the tunnel");
+    let log = dnsmasq.output();
+    assert!(log.contains("query[A] tunnel.test from 10.244."), "dnsmasq saw the proxy's query:\n{log}");
+
+    // dig through `portcullis tunnel udp` on a local UDP socket, over HTTP/3 (QUIC
+    // datagrams) and over the HTTP/1.1 fallback (capsules).
+    require_program("/usr/bin/dig");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &ca_pem).expect("CA file");
+    let hosts = tunnel_hosts(&dir);
+    let bin = portcullis_bin();
+    // HTTP/3 needs `quic-ingress`, which `codecType: http3` opens (the chart's is `auto`);
+    // put back afterwards.
+    let codec = k.configs.get("global").await.expect("ProxyConfig global").spec.codec_type;
+    let set_codec = |v: Value| async move {
+        k.configs
+            .patch("global", &PatchParams::default(), &Patch::Merge(json!({"spec": {"codecType": v}})))
+            .await
+            .expect("patching the ProxyConfig's codecType");
+    };
+    set_codec(json!("http3")).await;
+    for (transport, listen) in [("--http3", "127.0.0.1:15353"), ("--http1", "127.0.0.1:15354")] {
+        let argv = with_hosts(
+            &hosts,
+            &[
+                &bin,
+                "tunnel",
+                "udp",
+                "dns.tunnel.test:53",
+                "--listen",
+                listen,
+                transport,
+                "--proxy-url",
+                "https://dns.tunnel.test:8443",
+                "--ca-file",
+                &ca.to_string_lossy(),
+                "--token-dir",
+                &dir.join("tokens").to_string_lossy(),
+            ],
+        );
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let client = portcullis_e2e::Program::start(&argv, &dir.join(format!("tunnel{transport}.log")));
+        let (ip, port) = listen.split_once(':').expect("listen address");
+        let answer = eventually_or(SOON, || async {
+            let out = tokio::process::Command::new("dig")
+                .args([&format!("@{ip}"), "-p", port, "+short", "+tries=1", "+time=2", "name.tunnel.test", "A"])
+                .kill_on_drop(true)
+                .output()
+                .await
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            (out.status.success() && !text.is_empty() && !text.starts_with(';')).then_some(text)
+        })
+        .await
+        .unwrap_or_else(|| panic!("dig through portcullis tunnel {transport} got no answer:\n{}", client.output()));
+        assert_eq!(answer, "10.9.8.7", "dig through portcullis tunnel udp {transport}");
+    }
+    set_codec(serde_json::to_value(codec).expect("codecType")).await;
+    let log = dnsmasq.output();
+    assert!(log.contains("query[A] name.tunnel.test from 10.244."), "dnsmasq saw dig's query:\n{log}");
+    let (status, head, _, _) = tunnel_udp("dns.tunnel.test", &roots, "dns.tunnel.test", 54).await.expect("CONNECT-UDP");
+    assert_eq!(status, 404, "no tunnel on port 54: {head}");
+    let accepted = eventually("Route dns reports Accepted=True", SOON, || async {
+        let r = k.routes.get("dns").await.ok()?;
+        r.status?.conditions.into_iter().find(|c| c.type_ == "Accepted" && c.status == "True")
+    })
+    .await;
+    assert_eq!(accepted.status, "True");
 }

@@ -39,8 +39,9 @@ const DURATION_PATTERN: &str = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$"
 #[x_kube(validation = Rule::new("!(has(self.prefixRewrite) && has(self.regexRewritePattern))").message("prefixRewrite cannot be combined with regexRewritePattern"))]
 #[serde(rename_all = "camelCase")]
 pub struct RouteSpec {
-    /// `https://host`, `https://*.example.com` or `https://*`.
-    #[schemars(length(min = 1, max = 300), regex(pattern = r"^https?://[^/?#@]+/?$"))]
+    /// `https://host`, `https://*.example.com` or `https://*`; `tcp+https://host:port` or
+    /// `udp+https://host:port` for a tunnel (the port the client asks for).
+    #[schemars(length(min = 1, max = 300), regex(pattern = r"^((tcp|udp)\+)?https?://[^/?#@]+/?$"))]
     pub from: String,
     /// Whole-path-element prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,9 +55,9 @@ pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub regex: Option<String>,
-    /// Upstreams: `http://`, `https://` or `h2c://` URLs, optionally `,weight`. A host that
-    /// names a Service (`name`, `name.namespace`, `name.namespace.svc[.cluster.local]`) is
-    /// resolved to that Service's ready endpoints.
+    /// Upstreams: `http://`, `https://` or `h2c://` URLs (`tcp://` or `udp://` on a tunnel),
+    /// optionally `,weight`. A host that names a Service (`name`, `name.namespace`,
+    /// `name.namespace.svc[.cluster.local]`) is resolved to that Service's ready endpoints.
     #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 300)))]
     pub to: Vec<String>,
     /// Upstream timeout (Go duration; `0` disables).

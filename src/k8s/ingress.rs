@@ -2,18 +2,23 @@
 //! endpoints of the backend Service, with the `portcullis.io/` annotations as route keys.
 //! Annotation values are strings: parsing them into the typed input happens here, and
 //! errors name the annotation. Certificates come from `spec.tls` Secrets.
+//!
+//! With `portcullis.io/tcp_upstream: "true"` (or `udp_upstream`) every rule is a tunnel
+//! instead, as in Pomerium's controller: `tcp+https://<host>:<Service port>` to the
+//! Service's endpoints as `tcp://` (`udp://`) upstreams, the rule's single path
+//! `ImplementationSpecific` and without a path of its own.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use kube::ResourceExt;
 
-use super::objects::{endpoint_upstreams, secret_pem, tls_certificate, Objects};
+use super::objects::{endpoint_upstreams, secret_pem, service_port, tls_certificate, Objects};
 use super::translate::{cluster_host_default, Translated};
 use crate::config::fields::{RouteField, RouteNames, ROUTE_OPTION_KEYS};
 use crate::config::input::{Destinations, Pem, RouteInput, UpstreamInput};
 use crate::config::validate::{self, Errors};
-use crate::config::FieldError;
+use crate::config::{FieldError, TunnelProtocol};
 use crate::source::yaml::{read_route_value, yaml_to_value};
 
 /// Prefix of the Ingress annotations Portcullis reads.
@@ -22,8 +27,15 @@ pub const ANNOTATION_PREFIX: &str = "portcullis.io/";
 /// the path matchers come from the Ingress spec itself): the route options a file may set.
 pub const ROUTE_ANNOTATIONS: &[&str] = ROUTE_OPTION_KEYS;
 /// Annotations that are not route keys: how to reach the backend and Secret references.
-pub const EXTRA_ANNOTATIONS: &[&str] =
-    &["secure_upstream", "path_regex", "tls_custom_ca_secret", "tls_client_secret", "policy"];
+pub const EXTRA_ANNOTATIONS: &[&str] = &[
+    "secure_upstream",
+    "path_regex",
+    "tls_custom_ca_secret",
+    "tls_client_secret",
+    "policy",
+    "tcp_upstream",
+    "udp_upstream",
+];
 
 /// An Ingress's spelling of route fields, for the route of one path (or the default
 /// backend): the matcher is the path's `path`, `to` its `backend`, `from` the rule's `host`,
@@ -73,22 +85,27 @@ pub fn translate_ingress(ing: &Ingress, objects: &Objects) -> Result<Translated,
                      backend: &IngressBackend,
                      errs: &mut Errors,
                      out: &mut Translated| {
-        let Some(to) = backend_upstreams(
-            &ns,
-            backend,
-            &backend_field(&field),
-            objects,
-            ann.secure_upstream,
-            errs,
-            &mut out.warnings,
-        ) else {
+        let how = match ann.tunnel {
+            Some(protocol) => Backend::Tunnel(protocol),
+            None => Backend::Http { secure: ann.secure_upstream.unwrap_or(false) },
+        };
+        let Some((port, to)) =
+            backend_upstreams(&ns, backend, &backend_field(&field), objects, how, errs, &mut out.warnings)
+        else {
             return;
         };
         let mut input = ann.route_input();
         let shown_host = if host.is_empty() { "*" } else { host };
-        let shown_path = matcher.as_ref().map_or("", |m| m.path());
-        input.name = Some(format!("{ns}/{name}:{shown_host}{shown_path}"));
-        input.from = Some(format!("https://{shown_host}"));
+        if let Some(protocol) = ann.tunnel {
+            let proto = protocol.name();
+            input.name = Some(format!("{ns}/{name}:{proto}+{shown_host}:{port}"));
+            input.from = Some(format!("{proto}+https://{shown_host}:{port}"));
+        } else {
+            let shown_path = matcher.as_ref().map_or("", |m| m.path());
+            input.name = Some(format!("{ns}/{name}:{shown_host}{shown_path}"));
+            input.from = Some(format!("https://{shown_host}"));
+            cluster_host_default(&mut input);
+        }
         match matcher {
             Some(Matcher::Exact(p)) => input.path = Some(p),
             Some(Matcher::Prefix(p)) => input.prefix = Some(p),
@@ -96,35 +113,61 @@ pub fn translate_ingress(ing: &Ingress, objects: &Objects) -> Result<Translated,
             None => {}
         }
         input.to = Some(Destinations::Resolved(to));
-        cluster_host_default(&mut input);
         if let Some(r) = validate::route(&input, &IngressNames::new(field), errs) {
             out.routes.push(r);
         }
     };
 
-    for (i, rule) in spec.rules.iter().flatten().enumerate() {
-        let host = rule.host.clone().unwrap_or_default();
-        for (j, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
-            let field = format!("spec.rules[{i}].http.paths[{j}]");
-            let path = p.path.clone().unwrap_or_else(|| "/".to_owned());
-            let matcher = match p.path_type.as_str() {
-                "Exact" => Matcher::Exact(path),
-                // ImplementationSpecific is a prefix unless `path_regex` makes it a regex.
-                "ImplementationSpecific" if ann.path_regex => Matcher::Regex(path),
-                "Prefix" | "ImplementationSpecific" => Matcher::Prefix(path),
-                other => {
-                    errs.push(
-                        format!("{field}.pathType"),
-                        format!("unknown pathType {other:?}: use Exact, Prefix or ImplementationSpecific"),
-                    );
-                    continue;
-                }
-            };
-            add_route(field, &host, Some(matcher), &p.backend, &mut errs, &mut out);
+    if let Some(protocol) = ann.tunnel {
+        let what = format!("a {ANNOTATION_PREFIX}{}_upstream Ingress", protocol.name());
+        for key in ["secure_upstream", "path_regex"] {
+            if ing.annotations().contains_key(&format!("{ANNOTATION_PREFIX}{key}")) {
+                errs.push(annotation_path(key), format!("has no meaning on {what}"));
+            }
         }
-    }
-    if let Some(backend) = &spec.default_backend {
-        add_route("spec.defaultBackend".to_owned(), "", None, backend, &mut errs, &mut out);
+        for (i, rule) in spec.rules.iter().flatten().enumerate() {
+            let Some(p) = tunnel_path(i, rule, &what, &mut errs) else { continue };
+            let host = rule.host.clone().unwrap_or_default();
+            if host.is_empty() {
+                errs.push(
+                    format!("spec.rules[{i}].host"),
+                    format!("is required on {what}: a tunnel is reached by its one host"),
+                );
+                continue;
+            }
+            add_route(format!("spec.rules[{i}].http.paths[0]"), &host, None, &p.backend, &mut errs, &mut out);
+        }
+        if spec.default_backend.is_some() {
+            errs.push(
+                "spec.defaultBackend",
+                format!("{what} has no default backend: each tunnel is a rule with a host"),
+            );
+        }
+    } else {
+        for (i, rule) in spec.rules.iter().flatten().enumerate() {
+            let host = rule.host.clone().unwrap_or_default();
+            for (j, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
+                let field = format!("spec.rules[{i}].http.paths[{j}]");
+                let path = p.path.clone().unwrap_or_else(|| "/".to_owned());
+                let matcher = match p.path_type.as_str() {
+                    "Exact" => Matcher::Exact(path),
+                    // ImplementationSpecific is a prefix unless `path_regex` makes it a regex.
+                    "ImplementationSpecific" if ann.path_regex == Some(true) => Matcher::Regex(path),
+                    "Prefix" | "ImplementationSpecific" => Matcher::Prefix(path),
+                    other => {
+                        errs.push(
+                            format!("{field}.pathType"),
+                            format!("unknown pathType {other:?}: use Exact, Prefix or ImplementationSpecific"),
+                        );
+                        continue;
+                    }
+                };
+                add_route(field, &host, Some(matcher), &p.backend, &mut errs, &mut out);
+            }
+        }
+        if let Some(backend) = &spec.default_backend {
+            add_route("spec.defaultBackend".to_owned(), "", None, backend, &mut errs, &mut out);
+        }
     }
     for (k, tls) in spec.tls.iter().flatten().enumerate() {
         let field = format!("spec.tls[{k}].secretName");
@@ -167,6 +210,51 @@ impl Matcher {
     }
 }
 
+/// The one path of a tunnel rule, as Pomerium's controller requires it: a single path of
+/// pathType `ImplementationSpecific`, with no path of its own (a tunnel has none; `/` is
+/// accepted as the same thing). `None` when the rule cannot be a tunnel (error recorded).
+fn tunnel_path<'a>(
+    i: usize,
+    rule: &'a k8s_openapi::api::networking::v1::IngressRule,
+    what: &str,
+    errs: &mut Errors,
+) -> Option<&'a k8s_openapi::api::networking::v1::HTTPIngressPath> {
+    let paths = rule.http.as_ref().map_or(&[][..], |h| h.paths.as_slice());
+    let [p] = paths else {
+        errs.push(
+            format!("spec.rules[{i}].http.paths"),
+            format!(
+                "{what} needs exactly one path (pathType ImplementationSpecific, no path) per rule; found {}",
+                paths.len()
+            ),
+        );
+        return None;
+    };
+    if p.path_type != "ImplementationSpecific" {
+        errs.push(
+            format!("spec.rules[{i}].http.paths"),
+            format!("{what} needs its path to be pathType ImplementationSpecific, not {:?}", p.path_type),
+        );
+        return None;
+    }
+    if !matches!(p.path.as_deref(), None | Some("" | "/")) {
+        errs.push(
+            format!("spec.rules[{i}].http.paths[0].path"),
+            format!("a tunnel has no path: leave it out on {what}"),
+        );
+        return None;
+    }
+    Some(p)
+}
+
+/// How a backend's endpoints are reached: HTTP (the scheme from `appProtocol` or
+/// `secure_upstream`), or the bytes or datagrams of a tunnel.
+#[derive(Clone, Copy)]
+enum Backend {
+    Http { secure: bool },
+    Tunnel(TunnelProtocol),
+}
+
 /// Where the backend of a translated route lives: `spec.rules[i].http.paths[j].backend`, or
 /// `spec.defaultBackend` itself (which *is* a backend).
 fn backend_field(route_field: &str) -> String {
@@ -181,8 +269,11 @@ fn backend_field(route_field: &str) -> String {
 /// them, so each route's errors are complete), the extras, and the Secrets' PEM.
 struct Annotations {
     route: Vec<(String, String)>,
-    secure_upstream: bool,
-    path_regex: bool,
+    /// `Some` when the annotation was written (even as `"false"`).
+    secure_upstream: Option<bool>,
+    path_regex: Option<bool>,
+    /// `tcp_upstream` or `udp_upstream`: every rule is a tunnel.
+    tunnel: Option<TunnelProtocol>,
     tls_custom_ca: Option<Pem>,
     tls_client: Option<(Pem, Pem)>,
     /// `portcullis.io/policy`, parsed from YAML (or JSON) but not yet checked: the validator
@@ -222,8 +313,9 @@ impl Annotations {
 fn read_annotations(all: &BTreeMap<String, String>, ns: &str, objects: &Objects, errs: &mut Errors) -> Annotations {
     let mut a = Annotations {
         route: Vec::new(),
-        secure_upstream: false,
-        path_regex: false,
+        secure_upstream: None,
+        path_regex: None,
+        tunnel: None,
         tls_custom_ca: None,
         tls_client: None,
         policy: None,
@@ -232,11 +324,33 @@ fn read_annotations(all: &BTreeMap<String, String>, ns: &str, objects: &Objects,
         let Some(key) = full.strip_prefix(ANNOTATION_PREFIX) else { continue };
         let field = annotation_path(key);
         match key {
-            "secure_upstream" | "path_regex" => match value.trim() {
-                "true" => *(if key == "secure_upstream" { &mut a.secure_upstream } else { &mut a.path_regex }) = true,
-                "false" => {}
-                other => errs.push(field, format!("expected \"true\" or \"false\", found {other:?}")),
-            },
+            "secure_upstream" | "path_regex" | "tcp_upstream" | "udp_upstream" => {
+                let on = match value.trim() {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        errs.push(field, format!("expected \"true\" or \"false\", found {other:?}"));
+                        continue;
+                    }
+                };
+                match key {
+                    "secure_upstream" => a.secure_upstream = Some(on),
+                    "path_regex" => a.path_regex = Some(on),
+                    _ if !on => {}
+                    _ => {
+                        let protocol = if key == "tcp_upstream" { TunnelProtocol::Tcp } else { TunnelProtocol::Udp };
+                        if a.tunnel.is_some_and(|t| t != protocol) {
+                            // The map is sorted: this is udp_upstream, and tcp_upstream was "true".
+                            errs.push(
+                                field,
+                                format!("cannot be combined with {ANNOTATION_PREFIX}tcp_upstream: a tunnel carries TCP or UDP"),
+                            );
+                        } else {
+                            a.tunnel = Some(protocol);
+                        }
+                    }
+                }
+            }
             "tls_custom_ca_secret" => match secret_pem(ns, value, "ca.crt", objects) {
                 Ok(pem) => a.tls_custom_ca = Some(pem),
                 Err(e) => errs.push(field, e),
@@ -289,17 +403,18 @@ fn annotation_value(v: &str) -> serde_json::Value {
     serde_json::Value::String(v.to_owned())
 }
 
-/// Upstreams for a backend: the ready endpoints of its Service (or the ExternalName).
-/// `None` when the backend cannot be used at all (error or warning recorded).
+/// Upstreams for a backend: the ready endpoints of its Service (or the ExternalName), with
+/// the Service port's number (a tunnel's port). `None` when the backend cannot be used at
+/// all (error or warning recorded).
 fn backend_upstreams(
     ns: &str,
     backend: &IngressBackend,
     field: &str,
     objects: &Objects,
-    secure: bool,
+    how: Backend,
     errs: &mut Errors,
     warnings: &mut Vec<FieldError>,
-) -> Option<Vec<UpstreamInput>> {
+) -> Option<(i32, Vec<UpstreamInput>)> {
     if backend.resource.is_some() {
         warnings.push(FieldError {
             path: format!("{field}.resource"),
@@ -318,15 +433,34 @@ fn backend_upstreams(
     };
     let spec = svc.spec.clone().unwrap_or_default();
     let port_ref = svc_ref.port.clone().unwrap_or_default();
-    let svc_port = spec.ports.iter().flatten().find(|p| match (&port_ref.name, port_ref.number) {
+    let protocol = match how {
+        Backend::Tunnel(p) => Some(p),
+        Backend::Http { .. } => None,
+    };
+    let svc_port = service_port(&spec, protocol, |p| match (&port_ref.name, port_ref.number) {
         (Some(n), _) => p.name.as_deref() == Some(n.as_str()),
         (None, Some(num)) => p.port == num,
         (None, None) => false,
     });
-    let scheme = |app_protocol: Option<&str>| match app_protocol {
-        Some("kubernetes.io/h2c") => "h2c",
-        Some("https" | "kubernetes.io/https") => "https",
-        _ if secure => "https",
+    if let (Some(p), Some(want)) = (svc_port, protocol) {
+        let has = p.protocol.as_deref().unwrap_or("TCP");
+        if !has.eq_ignore_ascii_case(want.name()) {
+            warnings.push(FieldError {
+                path: format!("{field}.service.port"),
+                message: format!(
+                    "Service {ns}/{} port {} is {has}; a {} tunnel sends {} to it",
+                    svc_ref.name,
+                    p.port,
+                    want.name(),
+                    if want == TunnelProtocol::Udp { "datagrams" } else { "a byte stream" },
+                ),
+            });
+        }
+    }
+    let scheme = |app_protocol: Option<&str>| match (how, app_protocol) {
+        (Backend::Tunnel(p), _) => p.name(),
+        (_, Some("kubernetes.io/h2c")) => "h2c",
+        (_, Some("https" | "kubernetes.io/https")) | (Backend::Http { secure: true }, _) => "https",
         _ => "http",
     };
     if spec.type_.as_deref() == Some("ExternalName") {
@@ -340,7 +474,7 @@ fn backend_upstreams(
             return None;
         };
         let scheme = scheme(svc_port.and_then(|p| p.app_protocol.as_deref()));
-        return Some(vec![UpstreamInput { url: format!("{scheme}://{host}:{port}"), weight: 1 }]);
+        return Some((port, vec![UpstreamInput { url: format!("{scheme}://{host}:{port}"), weight: 1 }]));
     }
     let Some(svc_port) = svc_port else {
         let wanted = port_ref.name.clone().unwrap_or_else(|| port_ref.number.unwrap_or_default().to_string());
@@ -348,7 +482,7 @@ fn backend_upstreams(
         return None;
     };
     let scheme = scheme(svc_port.app_protocol.as_deref());
-    Some(endpoint_upstreams(&key, svc_port, scheme, objects, 1))
+    Some((svc_port.port, endpoint_upstreams(&key, svc_port, scheme, objects, 1)))
 }
 
 #[cfg(test)]
@@ -668,5 +802,132 @@ mod tests {
             errs[0].to_string().starts_with("spec.tls[0].secretName: Secret web/tls has type \"Opaque\""),
             "{errs:?}"
         );
+    }
+
+    fn texts(errs: &[FieldError]) -> Vec<String> {
+        errs.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn tcp_upstream_rules_become_tunnels_to_the_service_endpoints() {
+        let tcp = [("portcullis.io/tcp_upstream", "true")];
+        let rules = [
+            ("ssh.example.com", "", "ImplementationSpecific", backend("ssh", named("ssh"))),
+            ("ssh2.example.com", "/", "ImplementationSpecific", backend("ssh", num(22))),
+        ];
+        let t = translate_ingress(&ingress(&tcp, &rules), &tunnel_objects()).unwrap();
+        assert_eq!(t.routes.len(), 2);
+        let r = &t.routes[0];
+        assert_eq!(r.tunnel, Some(crate::config::Tunnel { protocol: TunnelProtocol::Tcp, port: 22 }));
+        assert_eq!(r.host, HostMatch::Exact("ssh.example.com".into()));
+        assert_eq!(upstreams(r), vec!["Tcp://10.244.2.5:2222"], "the endpoints' target port, as tcp://");
+        assert_eq!(r.name, "web/shop:tcp+ssh.example.com:22");
+        assert!(!r.preserve_host_header, "no Host default on a tunnel");
+        assert_eq!(t.routes[1].tunnel.map(|t| t.port), Some(22), "a port by number: the same tunnel port");
+        assert_eq!(upstreams(&t.routes[1]), vec!["Tcp://10.244.2.5:2222"]);
+        let off = [("portcullis.io/tcp_upstream", "false")];
+        let t = translate_ingress(&ingress(&off, &rules[1..]), &tunnel_objects()).unwrap();
+        assert_eq!((t.routes[0].tunnel, t.routes[0].to[0].scheme), (None, UpstreamScheme::Http), "\"false\": HTTP");
+    }
+
+    #[test]
+    fn udp_upstream_picks_the_services_udp_port() {
+        let rule = [("dns.example.com", "", "ImplementationSpecific", backend("dns", num(53)))];
+        let udp = [("portcullis.io/udp_upstream", "true")];
+        let t = translate_ingress(&ingress(&udp, &rule), &tunnel_objects()).unwrap();
+        let r = &t.routes[0];
+        assert_eq!(r.tunnel, Some(crate::config::Tunnel { protocol: TunnelProtocol::Udp, port: 53 }));
+        assert_eq!(upstreams(r), vec!["Udp://10.244.3.5:5353"], "port 53/UDP of the two 53s");
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        let tcp = [("portcullis.io/tcp_upstream", "true")];
+        let t = translate_ingress(&ingress(&tcp, &rule), &tunnel_objects()).unwrap();
+        assert_eq!(upstreams(&t.routes[0]), vec!["Tcp://10.244.3.5:5300"], "and 53/TCP for a tcp tunnel");
+        // A UDP tunnel to a TCP-only port still goes there (the endpoints are the same
+        // addresses), but says so.
+        let t = translate_ingress(
+            &ingress(&udp, &[("ssh.example.com", "", "ImplementationSpecific", backend("ssh", num(22)))]),
+            &tunnel_objects(),
+        )
+        .unwrap();
+        assert_eq!(upstreams(&t.routes[0]), vec!["Udp://10.244.2.5:2222"]);
+        assert_eq!(t.warnings[0].path, "spec.rules[0].http.paths[0].backend.service.port");
+        assert!(t.warnings[0].message.contains("port 22 is TCP"), "{:?}", t.warnings);
+    }
+
+    #[test]
+    fn tunnel_ingress_errors_name_the_field() {
+        let tcp = [("portcullis.io/tcp_upstream", "true")];
+        let ssh = || backend("ssh", num(22));
+        let errs = |ann: &[(&str, &str)], rules: &[(&str, &str, &str, IngressBackend)]| {
+            texts(&translate_ingress(&ingress(ann, rules), &tunnel_objects()).unwrap_err())
+        };
+        let both = [("portcullis.io/tcp_upstream", "true"), ("portcullis.io/udp_upstream", "true")];
+        let e = errs(&both, &[("ssh.example.com", "", "ImplementationSpecific", ssh())]);
+        assert_eq!(
+            e,
+            ["metadata.annotations[\"portcullis.io/udp_upstream\"]: cannot be combined with portcullis.io/tcp_upstream: a tunnel carries TCP or UDP"]
+        );
+        let e = errs(&[("portcullis.io/udp_upstream", "yes")], &[("a.test", "/", "Prefix", ssh())]);
+        assert!(e[0].starts_with("metadata.annotations[\"portcullis.io/udp_upstream\"]: expected \"true\""), "{e:?}");
+        let e = errs(&tcp, &[("ssh.example.com", "/", "Prefix", ssh())]);
+        assert_eq!(
+            e,
+            ["spec.rules[0].http.paths: a portcullis.io/tcp_upstream Ingress needs its path to be pathType ImplementationSpecific, not \"Prefix\""]
+        );
+        let e = errs(&tcp, &[("ssh.example.com", "/ssh", "ImplementationSpecific", ssh())]);
+        assert_eq!(
+            e,
+            ["spec.rules[0].http.paths[0].path: a tunnel has no path: leave it out on a portcullis.io/tcp_upstream Ingress"]
+        );
+        let e = errs(&tcp, &[("", "", "ImplementationSpecific", ssh())]);
+        assert_eq!(
+            e,
+            ["spec.rules[0].host: is required on a portcullis.io/tcp_upstream Ingress: a tunnel is reached by its one host"]
+        );
+        let mut two = ingress(&tcp, &[("ssh.example.com", "", "ImplementationSpecific", ssh())]);
+        let paths = &mut two.spec.as_mut().unwrap().rules.as_mut().unwrap()[0].http.as_mut().unwrap().paths;
+        paths.push(paths[0].clone());
+        let e = texts(&translate_ingress(&two, &tunnel_objects()).unwrap_err());
+        assert_eq!(
+            e,
+            ["spec.rules[0].http.paths: a portcullis.io/tcp_upstream Ingress needs exactly one path (pathType ImplementationSpecific, no path) per rule; found 2"]
+        );
+        two.spec.as_mut().unwrap().rules.as_mut().unwrap()[0].http = None;
+        two.spec.as_mut().unwrap().default_backend = Some(ssh());
+        let e = texts(&translate_ingress(&two, &tunnel_objects()).unwrap_err());
+        assert!(e.iter().any(|e| e.ends_with("found 0")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|e| e
+                    .starts_with("spec.defaultBackend: a portcullis.io/tcp_upstream Ingress has no default backend")),
+            "{e:?}"
+        );
+    }
+
+    /// The validator refuses the HTTP-only keys on a tunnel; on an Ingress they are named as
+    /// the annotations that set them.
+    #[test]
+    fn http_only_annotations_on_a_tunnel_name_the_annotation() {
+        let ann = [
+            ("portcullis.io/udp_upstream", "true"),
+            ("portcullis.io/allow_websockets", "true"),
+            ("portcullis.io/set_request_headers", "{X-A: b}"),
+            ("portcullis.io/host_rewrite", "x.internal"),
+            ("portcullis.io/secure_upstream", "false"),
+            ("portcullis.io/path_regex", "true"),
+        ];
+        let rule = [("dns.example.com", "", "ImplementationSpecific", backend("dns", num(53)))];
+        let e = texts(&translate_ingress(&ingress(&ann, &rule), &tunnel_objects()).unwrap_err());
+        for key in ["allow_websockets", "set_request_headers", "host_rewrite"] {
+            let want = format!("metadata.annotations[\"portcullis.io/{key}\"]: has no meaning on a udp+ tunnel route");
+            assert!(e.contains(&want), "{want}: {e:?}");
+        }
+        for key in ["secure_upstream", "path_regex"] {
+            let want = format!(
+                "metadata.annotations[\"portcullis.io/{key}\"]: has no meaning on a portcullis.io/udp_upstream Ingress"
+            );
+            assert!(e.contains(&want), "{want}: {e:?}");
+        }
+        assert_eq!(e.len(), 5, "each once: {e:?}");
     }
 }

@@ -158,6 +158,21 @@ pub fn tls_certificate(ns: &str, name: &str, objects: &Objects) -> Result<Certif
         .map_err(|e| format!("Secret {ns}/{name}: {e}"))
 }
 
+/// The port of a Service that `wanted` picks. A tunnel prefers the port of its own protocol,
+/// since a DNS Service commonly has port 53 twice (TCP and UDP); otherwise the first match
+/// (the caller warns when its protocol differs).
+pub(crate) fn service_port(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    protocol: Option<crate::config::TunnelProtocol>,
+    wanted: impl Fn(&k8s_openapi::api::core::v1::ServicePort) -> bool,
+) -> Option<&k8s_openapi::api::core::v1::ServicePort> {
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    let same_protocol = |p: &k8s_openapi::api::core::v1::ServicePort| {
+        protocol.is_none_or(|t| p.protocol.as_deref().unwrap_or("TCP").eq_ignore_ascii_case(t.name()))
+    };
+    ports.iter().find(|p| wanted(p) && same_protocol(p)).or_else(|| ports.iter().find(|p| wanted(p)))
+}
+
 /// `scheme://ip:port` with `weight` for the endpoints behind one Service port: ready
 /// endpoints, or, when none is ready, those still serving while terminating (as kube-proxy
 /// does).

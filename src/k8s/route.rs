@@ -1,16 +1,18 @@
 //! A `Route` custom resource as a route: its typed spec becomes the route input field by
 //! field, `to` hosts that name Services are resolved to their ready endpoints, Secret
-//! references to PEM, and `tls` to the certificate served for the route's host.
+//! references to PEM, and `tls` to the certificate served for the route's host. A tunnel
+//! Route (`from: tcp+https://host:port`, `to: [tcp://svc:port]`) resolves its Services the
+//! same way, keeping the `tcp://` or `udp://` scheme.
 
 use std::collections::BTreeMap;
 
 use kube::ResourceExt;
 
-use super::objects::{endpoint_upstreams, secret_pem, tls_certificate, Objects};
+use super::objects::{endpoint_upstreams, secret_pem, service_port, tls_certificate, Objects};
 use super::translate::{cluster_host_default, SpecNames, Translated};
 use crate::config::input::{Destinations, Given, HealthCheckInput, HttpProbeInput, RouteInput, UpstreamInput};
 use crate::config::validate::{self, Errors};
-use crate::config::FieldError;
+use crate::config::{FieldError, TunnelProtocol, UpstreamScheme};
 
 /// Translates a `Route` custom resource: its typed spec becomes the route input field by
 /// field, `to` hosts that name Services are resolved to endpoints, and Secrets to PEM.
@@ -21,15 +23,21 @@ pub fn translate_route(route: &crate::k8s::crd::Route, objects: &Objects) -> Res
     let spec = &route.spec;
     let mut input = route_input(spec);
     input.name = Some(format!("{ns}/{}", route.name_any()));
+    // A bad `from` is the validator's to report; here it only decides what kind of route this is.
+    let from = validate::parse_route_from(&spec.from).ok();
+    let tunnel = from.as_ref().and_then(|(_, t)| t.map(|t| t.protocol));
     let mut to = Vec::new();
     for (i, entry) in spec.to.iter().enumerate() {
-        match resolve_to(&ns, entry, objects) {
+        match resolve_to(&ns, entry, tunnel, objects) {
             Ok(urls) => to.extend(urls),
             Err(e) => errs.push(format!("spec.to[{i}]"), e),
         }
     }
     input.to = Some(Destinations::Resolved(to));
-    cluster_host_default(&mut input);
+    // A tunnel has no Host header to keep (and the validator refuses the key on one).
+    if tunnel.is_none() {
+        cluster_host_default(&mut input);
+    }
     if let Some(name) = &spec.tls_custom_ca_secret {
         match secret_pem(&ns, name, "ca.crt", objects) {
             Ok(pem) => input.tls_custom_ca = Some(pem),
@@ -47,10 +55,8 @@ pub fn translate_route(route: &crate::k8s::crd::Route, objects: &Objects) -> Res
     if let Some(tls) = &spec.tls {
         match tls_certificate(&ns, &tls.secret_name, objects) {
             Ok(c) => {
-                if let Ok(crate::config::HostMatch::Exact(h) | crate::config::HostMatch::Wildcard(h)) =
-                    validate::parse_from(&spec.from)
-                {
-                    if !c.names.iter().any(|n| *n == h || n.strip_prefix("*.") == h.split_once('.').map(|x| x.1)) {
+                if let Some((crate::config::HostMatch::Exact(h) | crate::config::HostMatch::Wildcard(h), _)) = &from {
+                    if !c.names.iter().any(|n| n == h || n.strip_prefix("*.") == h.split_once('.').map(|x| x.1)) {
                         out.warnings.push(FieldError {
                             path: "spec.tls.secretName".into(),
                             message: format!("the certificate does not name {h}; clients that verify it will fail"),
@@ -142,9 +148,25 @@ fn route_input(spec: &crate::k8s::crd::RouteSpec) -> RouteInput {
 
 /// Resolves one `to` entry of a Route: a URL whose host names a Service becomes that
 /// Service's ready endpoints (with the entry's weight each); other hosts stay as written.
-fn resolve_to(ns: &str, entry: &str, objects: &Objects) -> Result<Vec<UpstreamInput>, String> {
+/// On a tunnel Route (`tunnel`), the Service port of the tunnel's protocol is preferred.
+fn resolve_to(
+    ns: &str,
+    entry: &str,
+    tunnel: Option<TunnelProtocol>,
+    objects: &Objects,
+) -> Result<Vec<UpstreamInput>, String> {
     let written = UpstreamInput::parse(entry)?;
     let up = validate::upstream(&written)?;
+    let kind_matches = match (tunnel, up.scheme) {
+        (Some(TunnelProtocol::Tcp), s) => s == UpstreamScheme::Tcp,
+        (Some(TunnelProtocol::Udp), s) => s == UpstreamScheme::Udp,
+        (None, s) => !matches!(s, UpstreamScheme::Tcp | UpstreamScheme::Udp),
+    };
+    if !kind_matches {
+        // Not resolved: the validator refuses the entry (`spec.to[0]: must be udp:// on a udp+
+        // route`), whatever the Service's endpoints are.
+        return Ok(vec![written]);
+    }
     let host = up.host.to_ascii_lowercase();
     let labels: Vec<&str> = host.split('.').collect();
     let (svc_ns, name, must_exist) = match labels.as_slice() {
@@ -159,15 +181,15 @@ fn resolve_to(ns: &str, entry: &str, objects: &Objects) -> Result<Vec<UpstreamIn
     };
     let spec = svc.spec.clone().unwrap_or_default();
     let port: i32 = up.authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(80);
-    let Some(svc_port) = spec.ports.iter().flatten().find(|p| p.port == port) else {
+    let Some(svc_port) = service_port(&spec, tunnel, |p| p.port == port) else {
         return Err(format!("Service {svc_ns}/{name} has no port {port}"));
     };
     let scheme = match up.scheme {
-        crate::config::UpstreamScheme::Http => "http",
-        crate::config::UpstreamScheme::Https => "https",
-        crate::config::UpstreamScheme::H2c => "h2c",
-        crate::config::UpstreamScheme::Tcp => "tcp",
-        crate::config::UpstreamScheme::Udp => "udp",
+        UpstreamScheme::Http => "http",
+        UpstreamScheme::Https => "https",
+        UpstreamScheme::H2c => "h2c",
+        UpstreamScheme::Tcp => "tcp",
+        UpstreamScheme::Udp => "udp",
     };
     if spec.type_.as_deref() == Some("ExternalName") {
         let ext = spec.external_name.unwrap_or_default();
@@ -320,5 +342,54 @@ mod tests {
         }));
         let errs = translate_route(&r, &objects()).unwrap_err();
         assert_eq!(errs[0].path, "spec.policy.allow.and[0].no_such_criterion", "{errs:?}");
+    }
+
+    #[test]
+    fn tunnel_routes_resolve_services_keeping_the_scheme() {
+        use crate::config::Tunnel;
+        let r = route_cr(serde_json::json!({
+            "from": "tcp+https://ssh.example.com:2022",
+            "to": ["tcp://ssh:22", "tcp://dns.web.svc:53,2", "tcp://10.0.0.5:22"],
+        }));
+        let t = translate_route(&r, &tunnel_objects()).unwrap();
+        let route = &t.routes[0];
+        assert_eq!(route.tunnel, Some(Tunnel { protocol: TunnelProtocol::Tcp, port: 2022 }));
+        assert_eq!(upstreams(route), vec!["Tcp://10.244.2.5:2222", "Tcp://10.244.3.5:5300", "Tcp://10.0.0.5:22"]);
+        assert_eq!(route.to[1].weight, 2);
+        assert!(!route.preserve_host_header, "no Host default on a tunnel");
+        let r = route_cr(serde_json::json!({
+            "from": "udp+https://dns.example.com:53",
+            "to": ["udp://dns.web.svc.cluster.local:53"],
+        }));
+        let route = &translate_route(&r, &tunnel_objects()).unwrap().routes[0];
+        assert_eq!(route.tunnel.map(|t| t.protocol), Some(TunnelProtocol::Udp));
+        assert_eq!(upstreams(route), vec!["Udp://10.244.3.5:5353"], "the Service's UDP 53");
+        assert_eq!(route.to[0].scheme, UpstreamScheme::Udp);
+    }
+
+    #[test]
+    fn tunnel_route_errors_use_the_crd_spelling() {
+        let errs = |spec: serde_json::Value| -> Vec<String> {
+            translate_route(&route_cr(spec), &tunnel_objects()).unwrap_err().iter().map(ToString::to_string).collect()
+        };
+        let e = errs(serde_json::json!({"from": "tcp+https://ssh.example.com:22", "to": ["tcp://ssh:23"]}));
+        assert_eq!(e, ["spec.to[0]: Service web/ssh has no port 23"]);
+        let e = errs(serde_json::json!({"from": "udp+https://dns.example.com:53", "to": ["tcp://dns:53"]}));
+        assert_eq!(e, ["spec.to[0]: must be udp:// on a udp+ route"]);
+        let e = errs(serde_json::json!({"from": "https://a.example.com", "to": ["tcp://ssh:22"]}));
+        assert_eq!(
+            e,
+            ["spec.to[0]: must be http://, https:// or h2c:// (tcp:// and udp:// are for tcp+ and udp+ routes)"]
+        );
+        let e = errs(serde_json::json!({
+            "from": "tcp+https://ssh.example.com:22",
+            "to": ["tcp://ssh:22"],
+            "preserveHostHeader": true,
+            "prefix": "/x",
+        }));
+        assert!(e.contains(&"spec.preserveHostHeader: has no meaning on a tcp+ tunnel route".to_owned()), "{e:?}");
+        assert!(e.contains(&"spec.prefix: has no meaning on a tcp+ tunnel route".to_owned()), "{e:?}");
+        let e = errs(serde_json::json!({"from": "tcp+https://ssh.example.com", "to": ["tcp://ssh:22"]}));
+        assert!(e[0].starts_with("spec.from: \"tcp+https://ssh.example.com\" needs the port"), "{e:?}");
     }
 }

@@ -144,3 +144,47 @@ pub fn anonymous(method: &str) -> crate::policy::eval::Facts<'_> {
 pub fn admits(route: &Route, facts: &crate::policy::eval::Facts<'_>) -> bool {
     route.policy.as_ref().is_none_or(|p| matches!(p.decide(facts), crate::policy::eval::Decision::Allow { .. }))
 }
+
+/// [`objects`] plus the backends of tunnels: Service `web/ssh` (port `ssh` 22, endpoints on
+/// 2222) and Service `web/dns` with port 53 twice, `dns-tcp` (TCP, endpoints on 5300) and
+/// `dns` (UDP, endpoints on 5353), as DNS Services are written.
+pub fn tunnel_objects() -> Objects {
+    let mut o = objects();
+    let port = |name: &str, port: i32, protocol: &str| ServicePort {
+        name: Some(name.into()),
+        port,
+        protocol: Some(protocol.into()),
+        ..Default::default()
+    };
+    let slice_port = |name: &str, port: i32, protocol: &str| EndpointPort {
+        name: Some(name.into()),
+        port: Some(port),
+        protocol: Some(protocol.into()),
+        ..Default::default()
+    };
+    for (svc, ip, ports, slice_ports) in [
+        ("ssh", "10.244.2.5", vec![port("ssh", 22, "TCP")], vec![slice_port("ssh", 2222, "TCP")]),
+        (
+            "dns",
+            "10.244.3.5",
+            vec![port("dns-tcp", 53, "TCP"), port("dns", 53, "UDP")],
+            vec![slice_port("dns-tcp", 5300, "TCP"), slice_port("dns", 5353, "UDP")],
+        ),
+    ] {
+        let service = Service {
+            metadata: meta("web", svc),
+            spec: Some(ServiceSpec { ports: Some(ports), ..Default::default() }),
+            status: None,
+        };
+        o.services.insert(("web".into(), svc.into()), service.into());
+        let mut m = meta("web", &format!("{svc}-1"));
+        m.labels = Some([("kubernetes.io/service-name".to_owned(), svc.to_owned())].into());
+        o.add_slice(EndpointSlice {
+            metadata: m,
+            address_type: "IPv4".into(),
+            endpoints: Some(vec![Endpoint { addresses: vec![ip.into()], ..Default::default() }]),
+            ports: Some(slice_ports),
+        });
+    }
+    o
+}

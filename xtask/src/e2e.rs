@@ -754,6 +754,32 @@ fn apply_crd_file(cluster: &Cluster, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The real programs the tunnel steps reach through the proxy (OpenSSH's sshd and client,
+/// dnsmasq, dig), installed with apt-get when missing: the tests run inside the namespace,
+/// which has no network. One install at a time across processes (`flock`). The packages'
+/// services are not started (a policy-rc.d refusing them for the install, unless the machine
+/// has one): nothing may listen on the host's 22 and 53 because of a test.
+fn install_tunnel_programs() -> anyhow::Result<()> {
+    let needed = ["/usr/sbin/sshd", "/usr/bin/ssh", "/usr/bin/ssh-keygen", "/usr/sbin/dnsmasq", "/usr/bin/dig"];
+    if needed.iter().all(|p| Path::new(p).exists()) {
+        return Ok(());
+    }
+    eprintln!("==> installing openssh-server, openssh-client, dnsmasq and bind9-dnsutils with apt-get");
+    let script = "set -e; own=; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
+                  chmod 755 /usr/sbin/policy-rc.d; own=1; fi; \
+                  trap 'if [ -n \"$own\" ]; then rm -f /usr/sbin/policy-rc.d; fi' EXIT; \
+                  export DEBIAN_FRONTEND=noninteractive; apt-get update -q; \
+                  apt-get install -y -q --no-install-recommends openssh-server openssh-client dnsmasq bind9-dnsutils";
+    let status = Command::new("flock")
+        .args(["/tmp/portcullis-tunnel-programs.lock", "sh", "-c", script])
+        .status()
+        .context("running apt-get (as root) for the tunnel steps' programs")?;
+    if !status.success() {
+        bail!("installing openssh-server, openssh-client, dnsmasq and bind9-dnsutils failed ({status})");
+    }
+    Ok(())
+}
+
 /// `cargo xtask e2e`: builds the control plane and the tests, starts the cluster, installs the
 /// Helm chart into it (CRDs included) as a user would, and runs the `portcullis-e2e` tests
 /// inside the cluster's network namespace.
@@ -764,6 +790,7 @@ pub fn suite() -> anyhow::Result<()> {
     // The sign-in step runs node's oidc-provider inside the namespace, which has no network:
     // its modules are installed here, where the tests' harness finds them.
     crate::bench::install_provider()?;
+    install_tunnel_programs()?;
     let bins = build()?;
     let started = Instant::now();
     let cluster = Cluster::start(&bins)?;

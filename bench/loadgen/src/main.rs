@@ -19,6 +19,7 @@ mod http;
 mod net;
 mod stats;
 mod tls;
+mod tunnel;
 mod ws_echo;
 
 use std::io::Write;
@@ -43,6 +44,14 @@ enum Mode {
     Hold(hold::Args),
     /// C concurrent loops of: connect, full TLS 1.3 handshake, one request, close.
     Handshake(handshake::Args),
+    /// The tunnel benchmark's TCP server: reads or writes N bytes per request (TLS with --cert)
+    Sink(tunnel::SinkArgs),
+    /// One transfer of N bytes to or from a sink: plain, TLS, or TLS + HTTP/1.1 CONNECT
+    TcpPush(tunnel::PushArgs),
+    /// A UDP echo server
+    UdpEcho(tunnel::UdpEchoArgs),
+    /// A window of UDP datagrams to an echo server, one sent per echo received
+    UdpRr(tunnel::UdpRrArgs),
 }
 
 /// Errors are printed as one line with their causes (not `anyhow`'s `Debug`, which adds a
@@ -52,6 +61,10 @@ fn main() -> std::process::ExitCode {
         Mode::WsEcho(args) => ws_echo::run(&args),
         Mode::Hold(args) => hold::run(&args),
         Mode::Handshake(args) => handshake::run(&args),
+        Mode::Sink(args) => tunnel::sink(&args),
+        Mode::TcpPush(args) => tunnel::push(&args),
+        Mode::UdpEcho(args) => tunnel::udp_echo(&args),
+        Mode::UdpRr(args) => tunnel::udp_rr(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
