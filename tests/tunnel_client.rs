@@ -56,6 +56,7 @@ async fn setup(extra: &str) -> Setup {
     let (tcp, udp) = (tcp_echo().await, udp_echo().await);
     // A port nothing listens on: the upstream of down.tunnel.test refuses.
     let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let banner = banner_echo().await;
     let pki = Pki::new();
     pki.leaf("server", &["localhost"]);
     let ca = pki.ca_file();
@@ -75,6 +76,8 @@ routes:
     policy: {{allow: {{or: [{{client_certificate: {{san_dns: {{is: alice}}}}}}]}}}}
   - from: tcp+https://down.tunnel.test:5432
     to: tcp://{down}
+  - from: tcp+https://banner.tunnel.test:22
+    to: tcp://{banner}
 "
         ),
     )
@@ -191,6 +194,55 @@ async fn stdin_and_stdout_are_one_tunnel() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success());
+}
+
+/// An upstream that speaks first (as sshd does), then echoes.
+async fn banner_echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                // A line, then binary with no newline (an SSH server's version line and its
+                // key exchange, in one segment).
+                let _ = w.write_all(b"SSH-2.0-banner\r\n\x00\x00\x01\x0c\x0b\x14kexinit").await;
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn over_stdin_and_stdout_the_upstream_may_speak_first_on_every_transport() {
+    let s = setup("").await;
+    for version in ["--http1", "--http2", "--http3"] {
+        let mut child = client(&s, &["tcp", "banner.tunnel.test:22", "--listen", "-", version])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut got = vec![0u8; 29];
+        let read = tokio::time::timeout(Duration::from_secs(10), stdout.read_exact(&mut got)).await;
+        if !matches!(read, Ok(Ok(_))) {
+            child.kill().await.unwrap();
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+            panic!("{version}: no banner before the client wrote anything: {read:?}\n{err}");
+        }
+        assert_eq!(&got, b"SSH-2.0-banner\r\n\x00\x00\x01\x0c\x0b\x14kexinit", "{version}");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"then the client\n").await.unwrap();
+        drop(stdin);
+        let mut rest = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stdout.read_to_string(&mut rest)).await.unwrap().unwrap();
+        assert_eq!(rest, "then the client\n", "{version}");
+        assert!(child.wait().await.unwrap().success(), "{version}");
+    }
 }
 
 #[tokio::test]
@@ -495,10 +547,57 @@ async fn http3_advertised_but_unreachable_falls_back_to_tcp() {
     bulk(addr).await;
     bulk(addr).await;
     assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
-    assert_eq!(quic_connects(&metrics(&s.r).await), 0.0);
+    assert!(quic_connects(&metrics(&s.r).await) < 1.0, "no tunnel went over HTTP/3");
     child.kill().await.unwrap();
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
     assert_eq!(err.matches("using TCP").count(), 1, "{err}");
     assert!(err.contains("no QUIC answer within 3s"), "{err}");
+}
+
+fn udp_tunnels_active(m: &str) -> u64 {
+    m.lines()
+        .filter(|l| l.starts_with("portcullis_tunnels_active{") && l.contains(r#"protocol="udp""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// One datagram to the client and its echo back (the client may still be starting).
+async fn echo_once(local: &UdpSocket, msg: &[u8]) -> bool {
+    let mut buf = [0u8; 2048];
+    for _ in 0..20 {
+        let _ = local.send(msg).await;
+        match tokio::time::timeout(Duration::from_millis(500), local.recv(&mut buf)).await {
+            Ok(Ok(n)) => return &buf[..n] == msg,
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => {}
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_silent_udp_peer_is_forgotten_and_its_next_datagram_opens_a_new_tunnel() {
+    for version in ["--http3", "--http1"] {
+        // A proxy of its own: the tunnels of the other transport's client stay open there
+        // until that QUIC connection's idle timeout.
+        let s = setup("").await;
+        let (_child, addr) = listening(&s, &["udp", "dns.tunnel.test:53", version, "--udp-idle-timeout", "1s"]).await;
+        let local = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        local.connect(addr).await.unwrap();
+        assert!(echo_once(&local, b"first").await, "{version}");
+        assert_eq!(udp_tunnels_active(&metrics(&s.r).await), 1, "{version}");
+        // Silent for longer than the idle timeout: the client closes the tunnel.
+        let mut closed = false;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if udp_tunnels_active(&metrics(&s.r).await) == 0 {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "{version}: the silent peer's tunnel is still open");
+        assert!(echo_once(&local, b"second").await, "{version}: a new tunnel for the next datagram");
+        assert_eq!(udp_tunnels_active(&metrics(&s.r).await), 1, "{version}");
+    }
 }

@@ -268,6 +268,9 @@ impl TunnelIo {
                     while let Some(mut chunk) = recv.recv_data().await.map_err(std::io::Error::other)? {
                         let bytes = chunk.copy_to_bytes(chunk.remaining());
                         lw.write_all(&bytes).await?;
+                        // Stdout holds what follows its last newline until a flush, and an
+                        // SSH key exchange (binary, no newline) would wait there forever.
+                        lw.flush().await?;
                     }
                     lw.shutdown().await
                 };
@@ -433,7 +436,8 @@ pub(crate) async fn udp(ctx: &Arc<Ctx>, token: Option<Token>) -> Result<UdpFlow,
 
 impl UdpFlow {
     /// Sends the local peer's datagrams (`rx`) through the tunnel and the answers back to
-    /// `peer` on `socket`, until the peer is silent for `idle` or the tunnel ends.
+    /// `peer` on `socket`, until the peer has sent nothing for `idle` (answers do not keep a
+    /// tunnel whose local peer went away) or the tunnel ends.
     pub(crate) async fn relay(
         self,
         mut rx: mpsc::Receiver<Bytes>,
@@ -441,6 +445,8 @@ impl UdpFlow {
         peer: SocketAddr,
         idle: Duration,
     ) {
+        let silent = tokio::time::sleep(idle);
+        tokio::pin!(silent);
         match self {
             Self::H3 { conn: (conn, _send), mut stream, id } => loop {
                 tokio::select! {
@@ -451,12 +457,14 @@ impl UdpFlow {
                             break;
                         }
                     }
-                    d = tokio::time::timeout(idle, rx.recv()) => match d {
-                        Ok(Some(d)) => {
+                    () = &mut silent => break,
+                    d = rx.recv() => match d {
+                        Some(d) => {
+                            silent.as_mut().reset(tokio::time::Instant::now() + idle);
                             // Too large for the path: dropped, as the network would.
                             let _ = conn.send_datagram(masque::h3_datagram(id, &d));
                         }
-                        _ => break,
+                        None => break,
                     },
                     got = conn.read_datagram() => {
                         let Ok(got) = got else { break };
@@ -474,13 +482,15 @@ impl UdpFlow {
                 let mut inbound = BytesMut::with_capacity(4096);
                 loop {
                     tokio::select! {
-                        d = tokio::time::timeout(idle, rx.recv()) => match d {
-                            Ok(Some(d)) => {
+                        () = &mut silent => break,
+                        d = rx.recv() => match d {
+                            Some(d) => {
+                                silent.as_mut().reset(tokio::time::Instant::now() + idle);
                                 if io.write_all(&masque::udp_capsule(&d)).await.is_err() {
                                     break;
                                 }
                             }
-                            _ => break,
+                            None => break,
                         },
                         n = io.read_buf(&mut inbound) => {
                             if !matches!(n, Ok(n) if n > 0) {
