@@ -112,6 +112,10 @@ struct TunnelArgs {
     /// Where signed-in tokens are cached (default: ~/.config/portcullis/tokens).
     #[arg(long)]
     token_dir: Option<PathBuf>,
+    /// UDP: how long a local peer may send nothing before its tunnel closes (its next
+    /// datagram opens a new one).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    udp_idle_timeout: Duration,
     /// HTTP/1.1 only (UDP: capsules on the stream).
     #[arg(long, conflicts_with_all = ["http2", "http3"])]
     http1: bool,
@@ -145,6 +149,7 @@ async fn tunnel(args: TunnelArgs) -> anyhow::Result<ExitCode> {
         client_cert: args.client_cert,
         client_key: args.client_key,
         token_dir: args.token_dir,
+        udp_idle: args.udp_idle_timeout,
     };
     if args.protocol == "udp" {
         client::run_udp(opts).await?;

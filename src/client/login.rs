@@ -221,6 +221,7 @@ mod tests {
             client_cert: None,
             client_key: None,
             token_dir: Some(dir.join("tokens")),
+            udp_idle: Duration::from_secs(60),
         }
     }
 

@@ -14,7 +14,6 @@ mod options;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU16;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use tokio::io::AsyncWriteExt;
@@ -124,15 +123,15 @@ pub async fn run_tcp(opts: Options) -> anyhow::Result<()> {
     }
 }
 
-/// How long a local UDP peer may be silent before its tunnel closes.
-const UDP_PEER_IDLE: Duration = Duration::from_secs(60);
-
 /// `portcullis tunnel udp`: a local UDP socket; datagrams of each local peer go through a
 /// tunnel of their own, and the answers back to that peer.
 pub async fn run_udp(opts: Options) -> anyhow::Result<()> {
     let Listen::Addr(addr) = opts.listen else { bail!("a UDP tunnel needs --listen ADDRESS (a local UDP socket)") };
     if opts.transport == Transport::Http2 {
         bail!("UDP tunnels go over HTTP/3 (datagrams) or HTTP/1.1 (capsules), not --http2");
+    }
+    if opts.udp_idle.is_zero() {
+        bail!("--udp-idle-timeout must be more than 0s");
     }
     let ctx = new_ctx(opts)?;
     let socket = Arc::new(UdpSocket::bind(addr).await.with_context(|| format!("binding UDP {addr}"))?);
@@ -155,7 +154,7 @@ pub async fn run_udp(opts: Options) -> anyhow::Result<()> {
                 let (ctx, socket, peers) = (ctx.clone(), socket.clone(), peers.clone());
                 tokio::spawn(async move {
                     match open(&ctx, |token| connect::udp(&ctx, token)).await {
-                        Ok(flow) => flow.relay(rx, socket, peer, UDP_PEER_IDLE).await,
+                        Ok(flow) => flow.relay(rx, socket, peer, ctx.opts.udp_idle).await,
                         Err(e) => eprintln!("portcullis tunnel: {peer}: {e}"),
                     }
                     crate::sync::lock(&peers).remove(&peer);

@@ -93,6 +93,8 @@ pub struct Options {
     pub client_key: Option<PathBuf>,
     /// Where tokens are cached; default the user's config directory.
     pub token_dir: Option<PathBuf>,
+    /// How long a local UDP peer may send nothing before its tunnel closes.
+    pub udp_idle: std::time::Duration,
 }
 
 /// `host:port` into its parts (`[v6]:port` too).
