@@ -475,3 +475,33 @@ downstream_mtls: {{ca_file: ca.pem, enforcement: policy}}
     assert!(page.contains("tcp+db.tunnel.test:5432"), "the page names the route: {page}");
     assert_eq!(connect_as(r.main, &pki, None, "db.tunnel.test:5432").await.0, 401);
 }
+
+#[tokio::test]
+async fn an_upstream_that_speaks_first_is_heard_over_http3() {
+    // A banner server (as sshd): it writes before the client does.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let banner = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                s.write_all(b"SSH-2.0-banner\r\n").await.unwrap();
+                let mut buf = [0u8; 64];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let _ = s.write_all(&buf[..n]).await;
+            });
+        }
+    });
+    let udp = udp_echo().await;
+    let (r, _d) = start(&config(banner, udp, "")).await;
+    let mut h3 = h3_connect(r.quic.unwrap(), "localhost", &[default_cert(&r)]).await.unwrap();
+    let stream = h3.send.send_request(Request::connect("db.tunnel.test:5432").body(()).unwrap()).await.unwrap();
+    let (mut send, mut recv) = stream.split();
+    assert_eq!(recv.recv_response().await.unwrap().status(), 200);
+    let first =
+        tokio::time::timeout(Duration::from_secs(5), recv.recv_data()).await.expect("the banner").unwrap().unwrap();
+    assert_eq!(first.chunk(), b"SSH-2.0-banner\r\n");
+    send.send_data(Bytes::from_static(b"hi")).await.unwrap();
+    let back =
+        tokio::time::timeout(Duration::from_secs(5), recv.recv_data()).await.expect("the echo").unwrap().unwrap();
+    assert_eq!(back.chunk(), b"hi");
+}

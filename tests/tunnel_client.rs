@@ -177,7 +177,13 @@ async fn the_client_moves_to_http3_once_the_proxy_advertises_it() {
 #[tokio::test]
 async fn stdin_and_stdout_are_one_tunnel() {
     let s = setup("").await;
-    let mut child = client(&s, &["tcp", "db.tunnel.test:5432", "--listen", "-"])
+    for version in ["--http1", "--http2", "--http3"] {
+        stdio(&s, version).await;
+    }
+}
+
+async fn stdio(s: &Setup, version: &str) {
+    let mut child = client(s, &["tcp", "db.tunnel.test:5432", "--listen", "-", version])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

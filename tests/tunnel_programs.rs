@@ -14,8 +14,11 @@
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 mod common;
+
+use std::fmt::Write as _;
 mod tunnel_support;
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,7 +49,7 @@ const BULK_LIMIT: Duration = Duration::from_secs(300);
 struct Proxy {
     r: portcullis::server::Running,
     ca: PathBuf,
-    _pki: Pki,
+    pki: Pki,
     _dir: tempfile::TempDir,
 }
 
@@ -61,10 +64,10 @@ impl Proxy {
             key.display()
         );
         for (from, to) in routes {
-            yaml.push_str(&format!("  - from: {from}\n    to: {to}\n"));
+            let _ = writeln!(yaml, "  - from: {from}\n    to: {to}");
         }
         let (r, dir) = start(&yaml).await;
-        Self { r, ca, _pki: pki, _dir: dir }
+        Self { r, ca, pki, _dir: dir }
     }
 
     fn url(&self) -> String {
@@ -115,7 +118,11 @@ async fn connect_local(client: &mut Daemon, addr: SocketAddr) -> TcpStream {
             tokio::time::sleep(ms(100)).await;
             panic!("the tunnel client exited ({status}):\n{}", client.log());
         }
-        assert!(tokio::time::Instant::now() < deadline, "the tunnel client never listened on {addr}:\n{}", client.log());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tunnel client never listened on {addr}:\n{}",
+            client.log()
+        );
         tokio::time::sleep(ms(50)).await;
     }
 }
@@ -153,7 +160,8 @@ async fn ssh_runs_a_command_through_a_tcp_tunnel_on_each_transport() {
     let p = Proxy::start(&[("tcp+https://ssh.tunnel.test:22", format!("tcp://{}", sshd.addr))]).await;
     for transport in ["", "--http1", "--http2", "--http3"] {
         let pc = p.client_line("tcp", "%h:%p", "-", &[transport]);
-        let (status, out, err) = sshd.ssh(Some(&pc), "ssh.tunnel.test", 22, "echo through-the-tunnel; whoami").await.unwrap();
+        let (status, out, err) =
+            sshd.ssh(Some(&pc), "ssh.tunnel.test", 22, "echo through-the-tunnel; whoami").await.unwrap();
         assert!(
             status.success(),
             "ssh through the tunnel ({transport:?}): {status}\nssh stderr: {err}\nsshd:\n{}",
@@ -164,6 +172,26 @@ async fn ssh_runs_a_command_through_a_tcp_tunnel_on_each_transport() {
     }
     assert!(p.tunnel_bytes("tcp+ssh.tunnel.test:22", "to_upstream").await > 0);
     assert!(p.tunnel_bytes("tcp+ssh.tunnel.test:22", "to_client").await > 0);
+}
+
+/// The same through the client's local port (`--listen 127.0.0.1:P`), ssh connecting to it.
+#[tokio::test]
+async fn ssh_runs_a_command_through_the_clients_local_port_on_each_transport() {
+    let sshd = Sshd::start().await;
+    let p = Proxy::start(&[("tcp+https://ssh.tunnel.test:22", format!("tcp://{}", sshd.addr))]).await;
+    for transport in ["--http1", "--http2", "--http3"] {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let mut client = p.client("tcp", "ssh.tunnel.test:22", listen, &[transport]);
+        drop(connect_local(&mut client, listen).await);
+        let (status, out, err) = sshd.ssh(None, "127.0.0.1", listen.port(), "echo via-local-port").await.unwrap();
+        assert!(
+            status.success(),
+            "ssh through the client's port ({transport}): {status}\nssh stderr: {err}\nclient:\n{}\nsshd:\n{}",
+            client.log(),
+            sshd.daemon.log()
+        );
+        assert_eq!(out.trim(), "via-local-port", "({transport})");
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -303,9 +331,10 @@ async fn bulk_100mib_both_ways_through_a_raw_http1_connect() {
     let _one = BULK.lock().await;
     let mut bulk = Bulk::start(5, bulk_len()).await;
     let p = Proxy::start(&[("tcp+https://bulk.tunnel.test:9000", format!("tcp://{}", bulk.addr))]).await;
-    let mut tls = tls_connect(p.r.main, "proxy.tunnel.test", client_config(&[p._pki.ca_der.clone()], &[b"http/1.1"]))
-        .await
-        .unwrap();
+    let mut tls =
+        tls_connect(p.r.main, "proxy.tunnel.test", client_config(std::slice::from_ref(&p.pki.ca_der), &[b"http/1.1"]))
+            .await
+            .unwrap();
     tls.write_all(b"CONNECT bulk.tunnel.test:9000 HTTP/1.1\r\nHost: bulk.tunnel.test:9000\r\n\r\n").await.unwrap();
     // The head, byte by byte: the tunnel's bytes follow it at once.
     let mut head = Vec::new();
@@ -320,4 +349,51 @@ async fn bulk_100mib_both_ways_through_a_raw_http1_connect() {
     let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     check_bulk(&mut bulk, tls, "raw HTTP/1.1 CONNECT").await;
+}
+
+/// The same copy over a raw HTTP/3 CONNECT (quinn + h3 written here), the connection held
+/// open until the bulk server has seen the end of the client's stream, so the proxy's
+/// HTTP/3 side is checked apart from the client's.
+#[tokio::test]
+async fn bulk_100mib_both_ways_through_a_raw_http3_connect() {
+    use bytes::Buf as _;
+    let _one = BULK.lock().await;
+    let mut bulk = Bulk::start(6, bulk_len()).await;
+    let p = Proxy::start(&[("tcp+https://bulk.tunnel.test:9000", format!("tcp://{}", bulk.addr))]).await;
+    let mut h3 = h3_connect(p.r.quic.unwrap(), "proxy.tunnel.test", std::slice::from_ref(&p.pki.ca_der)).await.unwrap();
+    let req = http::Request::connect("bulk.tunnel.test:9000").body(()).unwrap();
+    let stream = h3.send.send_request(req).await.unwrap();
+    let (mut send, mut recv) = stream.split();
+    let resp = tokio::time::timeout(Duration::from_secs(10), recv.recv_response()).await.expect("answered").unwrap();
+    assert_eq!(resp.status(), 200);
+    let len = bulk.len;
+    let up = async {
+        let mut n = Noise::new(4321);
+        let mut left = len;
+        while left > 0 {
+            let take = left.min(64 * 1024);
+            let mut buf = vec![0u8; take as usize];
+            n.fill(&mut buf);
+            send.send_data(bytes::Bytes::from(buf)).await.map_err(|e| format!("send_data: {e}"))?;
+            left -= take;
+        }
+        send.finish().await.map_err(|e| format!("finish: {e}"))
+    };
+    let down = async {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut bytes = 0u64;
+        while let Some(mut chunk) = recv.recv_data().await.map_err(|e| format!("recv_data: {e}"))? {
+            let b = chunk.copy_to_bytes(chunk.remaining());
+            ctx.update(&b);
+            bytes += b.len() as u64;
+        }
+        Ok::<_, String>(Received { bytes, sha256: hex(ctx.finish().as_ref()) })
+    };
+    let (sent, got) = tokio::time::timeout(BULK_LIMIT, async { tokio::join!(up, down) }).await.expect("in time");
+    sent.unwrap();
+    assert_eq!(got.unwrap(), Received { bytes: len, sha256: noise_sha256(6, len) }, "the server's stream");
+    // The connection is still open here: whatever the client sent is delivered.
+    let theirs = bulk.next(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(theirs, Received { bytes: len, sha256: noise_sha256(4321, len) }, "the client's stream");
+    drop(h3);
 }

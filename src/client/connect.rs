@@ -250,7 +250,7 @@ impl TunnelIo {
     pub(crate) async fn pump<L: AsyncRead + AsyncWrite + Unpin>(self, mut local: L) -> std::io::Result<()> {
         match self {
             Self::Upgraded(mut io) => tokio::io::copy_bidirectional(&mut local, &mut io).await.map(|_| ()),
-            Self::H3(stream, _conn) => {
+            Self::H3(stream, (conn, _send)) => {
                 let (mut send, mut recv) = stream.split();
                 let (mut lr, mut lw) = tokio::io::split(local);
                 let up = async {
@@ -268,13 +268,14 @@ impl TunnelIo {
                     while let Some(mut chunk) = recv.recv_data().await.map_err(std::io::Error::other)? {
                         let bytes = chunk.copy_to_bytes(chunk.remaining());
                         lw.write_all(&bytes).await?;
-                        // Stdout holds what follows its last newline until a flush, and an
-                        // SSH key exchange (binary, no newline) would wait there forever.
+                        // Standard output is line-buffered: a protocol's bytes must not wait
+                        // for a newline.
                         lw.flush().await?;
                     }
                     lw.shutdown().await
                 };
                 let (a, b) = tokio::join!(up, down);
+                drained(&conn).await;
                 a.and(b)
             }
         }
@@ -319,6 +320,22 @@ fn quic_error(ctx: &Ctx, addr: &str, e: &quinn::ConnectionError) -> TunnelError 
             TunnelError::Tls { host: ctx.proxy_host.clone(), reason: c.to_string() }
         }
         _ => TunnelError::Unreachable { addr: addr.to_owned(), reason: format!("QUIC: {e}") },
+    }
+}
+
+/// Waits (at most 10 s) until the connection has nothing left to send: the stream's FIN is
+/// queued, not delivered, and closing the connection (dropping it) would lose what is still
+/// in flight. Quinn sends nothing once every byte is acknowledged, and retransmits until
+/// then, so a short quiet spell means the data arrived.
+async fn drained(conn: &quinn::Connection) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut last = conn.stats().udp_tx.datagrams;
+    let mut quiet = 0;
+    while quiet < 6 && tokio::time::Instant::now() < deadline && conn.close_reason().is_none() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = conn.stats().udp_tx.datagrams;
+        quiet = if now == last { quiet + 1 } else { 0 };
+        last = now;
     }
 }
 

@@ -272,9 +272,7 @@ impl Sshd {
                 Daemon::spawn("sshd", Command::new(SSHD.0).arg("-D").arg("-e").arg("-f").arg(&cfg)).unwrap();
             // Ready when it greets with its version line.
             let ready = wait_ready(&mut daemon, Duration::from_secs(15), || async move {
-                let Ok(Ok(mut s)) =
-                    tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await
-                else {
+                let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await else {
                     return false;
                 };
                 let mut buf = [0u8; 8];
@@ -384,9 +382,16 @@ impl Dnsmasq {
 /// `dig @addr -p port +short name A` (one try, two seconds); the answer lines.
 pub async fn dig(addr: SocketAddr, name: &str) -> Result<String, String> {
     let (status, out, err) = run(
-        Command::new(DIG.0)
-            .arg(format!("@{}", addr.ip()))
-            .args(["-p", &addr.port().to_string(), "+short", "+tries=1", "+time=2", "+notcp", name, "A"]),
+        Command::new(DIG.0).arg(format!("@{}", addr.ip())).args([
+            "-p",
+            &addr.port().to_string(),
+            "+short",
+            "+tries=1",
+            "+time=2",
+            "+notcp",
+            name,
+            "A",
+        ]),
         Duration::from_secs(10),
     )
     .await?;
@@ -435,7 +440,11 @@ pub fn noise_sha256(seed: u64, len: u64) -> String {
 }
 
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{x:02x}");
+        s
+    })
 }
 
 /// What one connection to the [`Bulk`] server received.

@@ -312,21 +312,18 @@ pub fn udp_rr(args: &UdpRrArgs) -> anyhow::Result<()> {
             sent += 1;
         }
         while Instant::now() < end {
-            match tokio::time::timeout(Duration::from_millis(100), s.recv(&mut buf)).await {
-                Ok(r) => {
-                    r?;
-                    received += 1;
+            if let Ok(r) = tokio::time::timeout(Duration::from_millis(100), s.recv(&mut buf)).await {
+                r?;
+                received += 1;
+                out[..8].copy_from_slice(&sent.to_be_bytes());
+                s.send(&out).await?;
+                sent += 1;
+            } else {
+                stalls += 1;
+                for _ in 0..args.window {
                     out[..8].copy_from_slice(&sent.to_be_bytes());
                     s.send(&out).await?;
                     sent += 1;
-                }
-                Err(_) => {
-                    stalls += 1;
-                    for _ in 0..args.window {
-                        out[..8].copy_from_slice(&sent.to_be_bytes());
-                        s.send(&out).await?;
-                        sent += 1;
-                    }
                 }
             }
         }

@@ -14,6 +14,7 @@ mod policy;
 mod procs;
 mod report;
 mod signin;
+mod tunnel;
 
 /// The OpenID Provider's node modules, installed when missing (also for `cargo xtask e2e`).
 pub(crate) use signin::install_provider;
@@ -46,7 +47,7 @@ const USAGE: &str = "usage: cargo xtask bench [options]   (cargo xtask bench con
   --upstream-scheme S  how the proxies reach the upstream: http (HTTP/1.1, default) or h2c
   --only NAME[,NAME]   run only these scenarios (h1, h2-tls, tls-handshake, stream-1mib,
                        websocket, idle-h1, idle-tls, h3, h2-oha, policy, signin,
-                       routes-10k)
+                       routes-10k, tunnel)
   --out DIR            where latest.md, latest.json and latest.png go (default bench/results)";
 
 /// The Debian packages the harness drives, and the binary each puts on `PATH`.
@@ -84,6 +85,7 @@ const SCENARIOS: &[&str] = &[
     "policy",
     "signin",
     "routes-10k",
+    "tunnel",
 ];
 
 /// The scenarios that run against the peers (and need nginx, HAProxy and the shared
@@ -92,7 +94,7 @@ const PEER_SCENARIOS: &[&str] =
     &["h1", "h2-tls", "tls-handshake", "stream-1mib", "websocket", "idle-h1", "idle-tls", "h3", "h2-oha"];
 
 /// The scenarios whose load generator is `portcullis-loadgen` (built only when one runs).
-const LOADGEN_SCENARIOS: &[&str] = &["tls-handshake", "websocket", "idle-h1", "idle-tls"];
+const LOADGEN_SCENARIOS: &[&str] = &["tls-handshake", "websocket", "idle-h1", "idle-tls", "tunnel"];
 
 /// Command-line options.
 #[derive(Debug, Clone)]
@@ -324,6 +326,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if opts.wants("policy") {
         procs::ensure_tools(policy::TOOLS)?;
     }
+    if opts.wants("tunnel") {
+        procs::ensure_tools(tunnel::TOOLS)?;
+    }
     let oha = if opts.wants("h3") || opts.wants("h2-oha") { Some(loadgen::install_oha()?) } else { None };
     // Taken before the build, which would otherwise dominate it.
     let load_before = procs::load_average();
@@ -371,6 +376,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         None
     };
     let routes = if opts.wants("routes-10k") { Some(routes_scale(&binary, pinning, &tmp, opts.runs)?) } else { None };
+    let tunnels = if opts.wants("tunnel") {
+        let (bench, procs) = tunnel::run(&opts, &binary, &loadgen_bin, pinning, &tmp)?;
+        processes.extend(procs);
+        Some(bench)
+    } else {
+        None
+    };
 
     let report = report::Report {
         load_text: load_text(&opts),
@@ -391,13 +403,20 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let (md_path, json_path, png_path) =
         (opts.out.join("latest.md"), opts.out.join("latest.json"), opts.out.join("latest.png"));
-    let json = serde_json::to_string_pretty(&report.json())?;
+    let mut json = report.json();
+    if let Some(t) = &tunnels {
+        json["tunnel"] = t.json();
+    }
+    let json = serde_json::to_string_pretty(&json)?;
     std::fs::write(&json_path, json + "\n").with_context(|| format!("writing {}", json_path.display()))?;
     // The chart draws the peer comparison; without it there is nothing to draw.
     if let Some(python) = &python {
         report::chart(python, &json_path, &png_path)?;
     }
-    let markdown = report.markdown();
+    let mut markdown = report.markdown();
+    if let Some(t) = &tunnels {
+        markdown.push_str(&t.markdown());
+    }
     std::fs::write(&md_path, &markdown).with_context(|| format!("writing {}", md_path.display()))?;
     println!("\n{markdown}");
     let png = if python.is_some() { format!(" and {}", png_path.display()) } else { String::new() };
