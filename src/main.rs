@@ -96,7 +96,7 @@ struct TunnelArgs {
     proxy_url: Option<String>,
     /// A bearer token (else a cached one, else a browser sign-in on 401).
     #[arg(long, env = "PORTCULLIS_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    token: Option<portcullis::client::Token>,
     /// Trust these CA certificates (PEM) instead of the system's.
     #[arg(long)]
     ca_file: Option<PathBuf>,
@@ -112,6 +112,10 @@ struct TunnelArgs {
     /// Where signed-in tokens are cached (default: ~/.config/portcullis/tokens).
     #[arg(long)]
     token_dir: Option<PathBuf>,
+    /// UDP: how long a local peer may send nothing before its tunnel closes (its next
+    /// datagram opens a new one).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    udp_idle_timeout: Duration,
     /// HTTP/1.1 only (UDP: capsules on the stream).
     #[arg(long, conflicts_with_all = ["http2", "http3"])]
     http1: bool,
@@ -139,12 +143,13 @@ async fn tunnel(args: TunnelArgs) -> anyhow::Result<ExitCode> {
         listen: args.listen,
         proxy_url: args.proxy_url,
         transport,
-        token: args.token.filter(|t| !t.is_empty()),
+        token: args.token.filter(|t| !t.expose().is_empty()),
         ca_file: args.ca_file,
         insecure: args.insecure,
         client_cert: args.client_cert,
         client_key: args.client_key,
         token_dir: args.token_dir,
+        udp_idle: args.udp_idle_timeout,
     };
     if args.protocol == "udp" {
         client::run_udp(opts).await?;

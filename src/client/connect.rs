@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use super::options::{Ctx, Options, Transport};
+use super::options::{Ctx, Options, Token, Transport};
 use crate::masque;
 
 /// Why a tunnel did not open, as the user reads it.
@@ -52,9 +52,27 @@ pub enum TunnelError {
     /// HTTP with the proxy failed.
     #[error("HTTP with the proxy failed: {0}")]
     Protocol(String),
+    /// The proxy refused the token with a 401: the one given (`--token`), or the one the
+    /// sign-in just brought.
+    #[error("{}", token_refused_message(reason, *signed_in))]
+    TokenRefused {
+        /// The first line of its page.
+        reason: String,
+        /// Whether the token came from a sign-in of this run.
+        signed_in: bool,
+    },
     /// The browser sign-in failed.
     #[error("sign-in failed: {0}")]
     Login(String),
+}
+
+fn token_refused_message(reason: &str, signed_in: bool) -> String {
+    let reason = if reason.is_empty() { "401 Unauthorized" } else { reason };
+    if signed_in {
+        format!("the token of the sign-in that just finished was refused: {reason}")
+    } else {
+        format!("the token was refused: {reason}")
+    }
 }
 
 fn refused_message(status: u16, route: &str, reason: &str) -> String {
@@ -125,10 +143,11 @@ async fn tls(ctx: &Ctx, alpn: &[&[u8]]) -> Result<tokio_rustls::client::TlsStrea
 
 type Empty0 = Empty<Bytes>;
 
-fn bearer(req: &mut http::request::Builder, token: Option<&str>) {
+fn bearer(req: &mut http::request::Builder, token: Option<&Token>) {
     if let Some(t) = token {
         if let Some(h) = req.headers_mut() {
-            if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {t}")) {
+            if let Ok(mut v) = http::HeaderValue::from_str(&format!("Bearer {}", t.expose())) {
+                v.set_sensitive(true);
                 h.insert(http::header::AUTHORIZATION, v);
             }
         }
@@ -163,12 +182,11 @@ pub(crate) enum TunnelIo {
 }
 
 /// Opens a TCP tunnel over the transport in force.
-pub(crate) async fn tcp(ctx: &Arc<Ctx>, token: Option<String>) -> Result<TunnelIo, TunnelError> {
+pub(crate) async fn tcp(ctx: &Arc<Ctx>, token: Option<Token>) -> Result<TunnelIo, TunnelError> {
     let authority = format!("{}:{}", authority_host(&ctx.opts.host), ctx.opts.port);
-    if ctx.use_h3() {
-        let (conn, mut send) = h3_connection(ctx).await?;
+    if let Some((conn, mut send)) = h3_or_fallback(ctx).await? {
         let mut req = Request::connect(authority.as_str());
-        bearer(&mut req, token.as_deref());
+        bearer(&mut req, token.as_ref());
         let req = req.body(()).map_err(|e| TunnelError::Protocol(e.to_string()))?;
         let mut stream = send.send_request(req).await.map_err(|e| TunnelError::Protocol(e.to_string()))?;
         let resp = stream.recv_response().await.map_err(|e| TunnelError::Protocol(e.to_string()))?;
@@ -188,7 +206,11 @@ pub(crate) async fn tcp(ctx: &Arc<Ctx>, token: Option<String>) -> Result<TunnelI
         return Err(TunnelError::Protocol("the proxy does not speak HTTP/2 (ALPN)".into()));
     }
     let mut req = Request::connect(authority.as_str());
-    bearer(&mut req, token.as_deref());
+    if !h2 {
+        // RFC 9112 section 3.2: a CONNECT's Host is its authority (HTTP/2 has none).
+        req = req.header(http::header::HOST, authority.as_str());
+    }
+    bearer(&mut req, token.as_ref());
     let req = req.body(Empty0::new()).map_err(|e| TunnelError::Protocol(e.to_string()))?;
     let resp = if h2 {
         let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -260,6 +282,47 @@ impl TunnelIo {
     }
 }
 
+/// How long a QUIC handshake may take with `--http3`; HTTP/3 learnt from `Alt-Svc` gets
+/// less before the client goes back to TCP (UDP is often blocked where TCP is not).
+const QUIC_HANDSHAKE: Duration = Duration::from_secs(10);
+const QUIC_HANDSHAKE_LEARNT: Duration = Duration::from_secs(3);
+
+/// The HTTP/3 connection of the next tunnel when it goes over HTTP/3; `None` when it goes
+/// over TCP, including when HTTP/3 learnt from `Alt-Svc` cannot be reached.
+async fn h3_or_fallback(ctx: &Ctx) -> Result<Option<H3Conn>, TunnelError> {
+    if !ctx.use_h3() {
+        return Ok(None);
+    }
+    match h3_connection(ctx).await {
+        Ok(c) => Ok(Some(c)),
+        Err(e @ TunnelError::Unreachable { .. }) => {
+            if ctx.h3_unreachable() {
+                eprintln!("portcullis tunnel: HTTP/3 advertised by the proxy but {e}; using TCP");
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A QUIC connection failure as the user reads it: a handshake the proxy's certificate
+/// failed (or that TLS refused) is a TLS error naming the host; anything else, the address.
+fn quic_error(ctx: &Ctx, addr: &str, e: &quinn::ConnectionError) -> TunnelError {
+    // QUIC carries TLS alerts as the error codes 0x100-0x1ff (RFC 9001 section 4.8).
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match e {
+        quinn::ConnectionError::TransportError(t) if crypto(t.code) => {
+            TunnelError::Tls { host: ctx.proxy_host.clone(), reason: t.to_string() }
+        }
+        quinn::ConnectionError::ConnectionClosed(c) if crypto(c.error_code) => {
+            TunnelError::Tls { host: ctx.proxy_host.clone(), reason: c.to_string() }
+        }
+        _ => TunnelError::Unreachable { addr: addr.to_owned(), reason: format!("QUIC: {e}") },
+    }
+}
+
 /// Waits (at most 10 s) until the connection has nothing left to send: the stream's FIN is
 /// queued, not delivered, and closing the connection (dropping it) would lose what is still
 /// in flight. Quinn sends nothing once every byte is acknowledged, and retransmits until
@@ -277,9 +340,7 @@ async fn drained(conn: &quinn::Connection) {
 }
 
 /// A new QUIC connection to the proxy's HTTP/3, taking datagrams and extended CONNECT.
-async fn h3_connection(
-    ctx: &Ctx,
-) -> Result<(quinn::Connection, h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>), TunnelError> {
+async fn h3_connection(ctx: &Ctx) -> Result<H3Conn, TunnelError> {
     let port = match ctx.h3_port.load(Ordering::Relaxed) {
         0 => ctx.proxy_port,
         p => p,
@@ -311,10 +372,11 @@ async fn h3_connection(
         }
     };
     let connecting = endpoint.connect(addr, &ctx.proxy_host).map_err(|e| unreachable(e.to_string()))?;
-    let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+    let limit = if ctx.opts.transport == Transport::Auto { QUIC_HANDSHAKE_LEARNT } else { QUIC_HANDSHAKE };
+    let conn = tokio::time::timeout(limit, connecting)
         .await
-        .map_err(|_| unreachable("no QUIC answer within 10s".into()))?
-        .map_err(|e| TunnelError::Tls { host: ctx.proxy_host.clone(), reason: e.to_string() })?;
+        .map_err(|_| unreachable(format!("no QUIC answer within {}s", limit.as_secs())))?
+        .map_err(|e| quic_error(ctx, &addr_text, &e))?;
     let (mut driver, send) = h3::client::builder()
         .enable_datagram(true)
         .enable_extended_connect(true)
@@ -351,14 +413,13 @@ pub(crate) enum UdpFlow {
 }
 
 /// Opens a UDP tunnel: HTTP/3 when in force, else HTTP/1.1's capsules.
-pub(crate) async fn udp(ctx: &Arc<Ctx>, token: Option<String>) -> Result<UdpFlow, TunnelError> {
+pub(crate) async fn udp(ctx: &Arc<Ctx>, token: Option<Token>) -> Result<UdpFlow, TunnelError> {
     let path = masque::udp_path(&ctx.opts.host, ctx.opts.port);
     let proxy = authority_host(&ctx.proxy_host);
-    if ctx.use_h3() {
-        let (conn, mut send) = h3_connection(ctx).await?;
+    if let Some((conn, mut send)) = h3_or_fallback(ctx).await? {
         let mut req =
             Request::connect(format!("https://{proxy}:{}{path}", ctx.proxy_port)).header("capsule-protocol", "?1");
-        bearer(&mut req, token.as_deref());
+        bearer(&mut req, token.as_ref());
         let mut req = req.body(()).map_err(|e| TunnelError::Protocol(e.to_string()))?;
         req.extensions_mut().insert(h3::ext::Protocol::CONNECT_UDP);
         let mut stream = send.send_request(req).await.map_err(|e| TunnelError::Protocol(e.to_string()))?;
@@ -379,7 +440,7 @@ pub(crate) async fn udp(ctx: &Arc<Ctx>, token: Option<String>) -> Result<UdpFlow
         .header(http::header::CONNECTION, "upgrade")
         .header(http::header::UPGRADE, "connect-udp")
         .header("capsule-protocol", "?1");
-    bearer(&mut req, token.as_deref());
+    bearer(&mut req, token.as_ref());
     let req = req.body(Empty0::new()).map_err(|e| TunnelError::Protocol(e.to_string()))?;
     let resp = send.send_request(req).await.map_err(|e| TunnelError::Protocol(e.to_string()))?;
     ctx.learn_alt_svc(resp.headers());
@@ -392,7 +453,8 @@ pub(crate) async fn udp(ctx: &Arc<Ctx>, token: Option<String>) -> Result<UdpFlow
 
 impl UdpFlow {
     /// Sends the local peer's datagrams (`rx`) through the tunnel and the answers back to
-    /// `peer` on `socket`, until the peer is silent for `idle` or the tunnel ends.
+    /// `peer` on `socket`, until the peer has sent nothing for `idle` (answers do not keep a
+    /// tunnel whose local peer went away) or the tunnel ends.
     pub(crate) async fn relay(
         self,
         mut rx: mpsc::Receiver<Bytes>,
@@ -400,15 +462,26 @@ impl UdpFlow {
         peer: SocketAddr,
         idle: Duration,
     ) {
+        let silent = tokio::time::sleep(idle);
+        tokio::pin!(silent);
         match self {
-            Self::H3 { conn: (conn, _send), stream, id } => loop {
+            Self::H3 { conn: (conn, _send), mut stream, id } => loop {
                 tokio::select! {
-                    d = tokio::time::timeout(idle, rx.recv()) => match d {
-                        Ok(Some(d)) => {
+                    // The proxy ends the tunnel by ending its stream (its capsules, if any,
+                    // are skipped).
+                    end = stream.recv_data() => {
+                        if !matches!(end, Ok(Some(_))) {
+                            break;
+                        }
+                    }
+                    () = &mut silent => break,
+                    d = rx.recv() => match d {
+                        Some(d) => {
+                            silent.as_mut().reset(tokio::time::Instant::now() + idle);
                             // Too large for the path: dropped, as the network would.
                             let _ = conn.send_datagram(masque::h3_datagram(id, &d));
                         }
-                        _ => break,
+                        None => break,
                     },
                     got = conn.read_datagram() => {
                         let Ok(got) = got else { break };
@@ -421,30 +494,45 @@ impl UdpFlow {
                         }
                     }
                 }
-                let _ = &stream;
             },
             Self::Capsules(mut io) => {
                 let mut inbound = BytesMut::with_capacity(4096);
                 loop {
                     tokio::select! {
-                        d = tokio::time::timeout(idle, rx.recv()) => match d {
-                            Ok(Some(d)) => {
+                        () = &mut silent => break,
+                        d = rx.recv() => match d {
+                            Some(d) => {
+                                silent.as_mut().reset(tokio::time::Instant::now() + idle);
                                 if io.write_all(&masque::udp_capsule(&d)).await.is_err() {
                                     break;
                                 }
                             }
-                            _ => break,
+                            None => break,
                         },
                         n = io.read_buf(&mut inbound) => {
                             if !matches!(n, Ok(n) if n > 0) {
                                 break;
                             }
-                            while let Ok(Some(c)) = masque::take_capsule(&mut inbound) {
-                                if c.kind == masque::DATAGRAM_CAPSULE {
-                                    if let Some(payload) = masque::udp_payload(c.value) {
-                                        let _ = socket.send_to(&payload, peer).await;
+                            let mut malformed = false;
+                            loop {
+                                match masque::take_capsule(&mut inbound) {
+                                    Ok(Some(c)) if c.kind == masque::DATAGRAM_CAPSULE => {
+                                        if let Some(payload) = masque::udp_payload(c.value) {
+                                            let _ = socket.send_to(&payload, peer).await;
+                                        }
+                                    }
+                                    // Another capsule type: skipped (RFC 9297 section 3.2).
+                                    Ok(Some(_)) => {}
+                                    Ok(None) => break,
+                                    Err(e) => {
+                                        eprintln!("portcullis tunnel: {peer}: the proxy sent {e}; closing");
+                                        malformed = true;
+                                        break;
                                     }
                                 }
+                            }
+                            if malformed {
+                                break;
                             }
                         }
                     }

@@ -19,13 +19,22 @@ const SIGN_IN_WAIT: Duration = Duration::from_secs(300);
 /// The directory of cached tokens: `--token-dir`, else `$XDG_CONFIG_HOME/portcullis/tokens`,
 /// else `~/.config/portcullis/tokens`.
 fn token_dir(opts: &Options) -> Option<PathBuf> {
+    token_dir_in(opts, std::env::var_os("XDG_CONFIG_HOME"), std::env::var_os("HOME"))
+}
+
+fn token_dir_in(
+    opts: &Options,
+    xdg_config_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
     if let Some(d) = &opts.token_dir {
         return Some(d.clone());
     }
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
+    // The XDG base directory spec: a relative XDG_CONFIG_HOME is invalid and ignored.
+    let base = xdg_config_home
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+        .filter(|p| p.is_absolute())
+        .or_else(|| home.map(PathBuf::from).filter(|p| p.is_absolute()).map(|h| h.join(".config")))?;
     Some(base.join("portcullis").join("tokens"))
 }
 
@@ -56,6 +65,13 @@ pub(crate) fn cached(opts: &Options) -> Option<String> {
     let text = std::fs::read_to_string(token_file(opts)?).ok()?;
     let token = text.trim().to_owned();
     (expiry(&token)? > now() + 60).then_some(token)
+}
+
+/// Removes the cached token of the target host (the proxy refused it).
+pub(crate) fn forget(opts: &Options) {
+    if let Some(file) = token_file(opts) {
+        let _ = std::fs::remove_file(file);
+    }
 }
 
 /// Writes the token to the cache, readable by the user only.
@@ -110,52 +126,76 @@ pub(crate) async fn sign_in(ctx: &Ctx) -> anyhow::Result<String> {
     Ok(token)
 }
 
+const SIGNED_IN_PAGE: &str = "<!doctype html><meta charset=utf-8><title>Signed in</title>\
+<p>Signed in: portcullis tunnel has its token. You can close this tab and return to the terminal.</p>\n";
+
+const NOT_A_SIGN_IN_PAGE: &str = "<!doctype html><meta charset=utf-8><title>portcullis tunnel</title>\
+<p>This is portcullis tunnel's sign-in listener: it waits for the proxy's redirect with a token.</p>\n";
+
 /// Accepts connections on `listener` until one brings `?portcullis_jwt=`; answers the browser.
+/// Each connection is served on its own: a browser opens spare connections it may never
+/// use, and one of them must not hold up the one carrying the token.
 async fn receive(listener: &TcpListener) -> anyhow::Result<String> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1);
+    let mut served = tokio::task::JoinSet::new();
     loop {
-        let (mut s, _) = listener.accept().await?;
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut len = 0;
-        // The request line is all that is needed; bounded by the buffer and a timeout.
-        let read = tokio::time::timeout(Duration::from_secs(10), async {
-            while len < buf.len() {
-                let n = s.read(&mut buf[len..]).await?;
-                if n == 0 {
-                    break;
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (s, _) = accepted?;
+                // Bounded: a local process opening connections in a loop gets a few at a time.
+                if served.len() < 16 {
+                    served.spawn(serve_one(s, tx.clone()));
                 }
-                len += n;
-                if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
+                while served.try_join_next().is_some() {}
             }
-            Ok::<_, std::io::Error>(())
-        })
-        .await;
-        if !matches!(read, Ok(Ok(()))) {
-            continue;
+            Some(token) = rx.recv() => return Ok(token),
         }
-        let head = String::from_utf8_lossy(&buf[..len]);
-        let target = head.lines().next().and_then(|l| l.split(' ').nth(1)).unwrap_or("");
-        let token = target
-            .split_once('?')
-            .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("portcullis_jwt=")))
-            .map(str::to_owned)
-            .filter(|t| expiry(t).is_some());
-        let (status, page) = match &token {
-            Some(_) => ("200 OK", "Signed in. You can close this tab and return to the terminal.\n"),
-            None => {
-                ("400 Bad Request", "This is portcullis tunnel's sign-in listener; it expects the proxy's redirect.\n")
+    }
+}
+
+/// Reads one request head (bounded by a buffer and a timeout), answers it, and sends on
+/// the token its target carries.
+async fn serve_one(mut s: tokio::net::TcpStream, tx: tokio::sync::mpsc::Sender<String>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut len = 0;
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        while len < buf.len() {
+            let n = s.read(&mut buf[len..]).await?;
+            if n == 0 {
+                break;
             }
-        };
-        let answer = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
-            page.len()
-        );
-        let _ = s.write_all(answer.as_bytes()).await;
-        let _ = s.shutdown().await;
-        if let Some(t) = token {
-            return Ok(t);
+            len += n;
+            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
         }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if !matches!(read, Ok(Ok(()))) {
+        return;
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let target = head.lines().next().and_then(|l| l.split(' ').nth(1)).unwrap_or("");
+    let token = target
+        .split_once('?')
+        .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("portcullis_jwt=")))
+        .map(str::to_owned)
+        .filter(|t| expiry(t).is_some());
+    let (status, page) = match &token {
+        Some(_) => ("200 OK", SIGNED_IN_PAGE),
+        None => ("400 Bad Request", NOT_A_SIGN_IN_PAGE),
+    };
+    // No cache: the URL carries the token, and a browser's back button should not.
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncache-control: no-store\r\n\
+         referrer-policy: no-referrer\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+        page.len()
+    );
+    let _ = s.write_all(answer.as_bytes()).await;
+    let _ = s.shutdown().await;
+    if let Some(t) = token {
+        let _ = tx.send(t).await;
     }
 }
 
@@ -181,6 +221,7 @@ mod tests {
             client_cert: None,
             client_key: None,
             token_dir: Some(dir.join("tokens")),
+            udp_idle: Duration::from_secs(60),
         }
     }
 
@@ -199,6 +240,44 @@ mod tests {
         store(&o, &jwt(now() + 30)).unwrap();
         assert_eq!(cached(&o), None, "about to expire");
         assert_eq!(token_file(&opts(dir.path(), "../etc/passwd")), None, "a host is no path");
+    }
+
+    #[test]
+    fn the_cache_lives_in_the_users_config_directory() {
+        let mut o = opts(std::path::Path::new("/unused"), "db.example.com");
+        o.token_dir = None;
+        let at = |xdg: Option<&str>, home: Option<&str>| token_dir_in(&o, xdg.map(Into::into), home.map(Into::into));
+        assert_eq!(at(Some("/x/cfg"), Some("/home/u")), Some(PathBuf::from("/x/cfg/portcullis/tokens")));
+        assert_eq!(at(None, Some("/home/u")), Some(PathBuf::from("/home/u/.config/portcullis/tokens")));
+        assert_eq!(at(Some(""), Some("/home/u")), Some(PathBuf::from("/home/u/.config/portcullis/tokens")));
+        assert_eq!(at(Some("rel"), Some("/home/u")), Some(PathBuf::from("/home/u/.config/portcullis/tokens")));
+        assert_eq!(at(None, None), None);
+    }
+
+    #[tokio::test]
+    async fn the_loopback_listener_takes_the_token_and_answers_the_browser() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let waiting = tokio::spawn(async move { receive(&listener).await });
+        let get = |target: String| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).await.unwrap();
+            answer
+        };
+        // A spare connection that never sends holds nothing up.
+        let _idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // A favicon fetch, or a token that is no JWT: refused, and the listener waits on.
+        assert!(get("/favicon.ico".into()).await.starts_with("HTTP/1.1 400"));
+        assert!(get("/?portcullis_jwt=garbage".into()).await.starts_with("HTTP/1.1 400"));
+        assert!(!waiting.is_finished());
+        let token = jwt(now() + 3600);
+        let answer = get(format!("/?x=1&portcullis_jwt={token}")).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("You can close this tab"), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("cache-control: no-store"), "{answer}");
+        assert_eq!(waiting.await.unwrap().unwrap(), token);
     }
 
     #[test]

@@ -14,7 +14,6 @@ mod options;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU16;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use tokio::io::AsyncWriteExt;
@@ -22,29 +21,17 @@ use tokio::net::{TcpListener, UdpSocket};
 
 pub use connect::TunnelError;
 use options::Ctx;
-pub use options::{alt_svc_h3_port, parse_target, Listen, Options, Transport};
+pub use options::{alt_svc_h3_port, parse_proxy_url, parse_target, Listen, Options, Token, Transport};
 
 /// The shared state of a run: the proxy's address from `--proxy-url` (or the target's own
 /// name, port 443), TLS, the token given or cached.
 fn new_ctx(opts: Options) -> anyhow::Result<Arc<Ctx>> {
     let (proxy_host, proxy_port) = match &opts.proxy_url {
-        Some(url) => {
-            let rest = url
-                .strip_prefix("https://")
-                .with_context(|| format!("--proxy-url {url:?} must start with https://"))?;
-            let rest = rest.trim_end_matches('/');
-            match rest.rsplit_once(':').filter(|(h, _)| !h.ends_with(']') || h.starts_with('[')) {
-                Some((h, p)) if !h.contains(']') || h.ends_with(']') => (
-                    h.trim_start_matches('[').trim_end_matches(']').to_owned(),
-                    p.parse().with_context(|| format!("--proxy-url {url:?}: bad port"))?,
-                ),
-                _ => (rest.to_owned(), 443),
-            }
-        }
+        Some(url) => options::parse_proxy_url(url).map_err(anyhow::Error::msg)?,
         None => (opts.host.clone(), 443),
     };
     let tls = connect::tls_config(&opts)?;
-    let token = opts.token.clone().or_else(|| login::cached(&opts));
+    let token = opts.token.clone().or_else(|| login::cached(&opts).map(Token::from));
     let h3 = if opts.transport == Transport::Http3 { proxy_port } else { 0 };
     Ok(Arc::new(Ctx {
         opts,
@@ -53,32 +40,46 @@ fn new_ctx(opts: Options) -> anyhow::Result<Arc<Ctx>> {
         tls: Arc::new(tls),
         h3_port: AtomicU16::new(h3),
         token: tokio::sync::RwLock::new(token),
+        h3_failed: std::sync::atomic::AtomicBool::new(false),
         signing_in: tokio::sync::Mutex::new(()),
         quic: OnceLock::new(),
     }))
 }
 
-/// Opens one tunnel with the token in force; on a 401 without `--token`, signs in (the
-/// browser) once and tries again.
+/// Opens one tunnel with the token in force. On a 401: with `--token`, the token was
+/// refused and that is the error; else signs in (the browser, once for all the tunnels
+/// waiting) and tries again.
 async fn open<T, F, Fut>(ctx: &Arc<Ctx>, attempt: F) -> Result<T, TunnelError>
 where
-    F: Fn(Option<String>) -> Fut,
+    F: Fn(Option<Token>) -> Fut,
     Fut: std::future::Future<Output = Result<T, TunnelError>>,
 {
     let token = ctx.token.read().await.clone();
     match attempt(token.clone()).await {
-        Err(TunnelError::Refused { status: 401, .. }) if ctx.opts.token.is_none() => {
+        Err(TunnelError::Refused { status: 401, reason, .. }) if ctx.opts.token.is_some() => {
+            Err(TunnelError::TokenRefused { reason, signed_in: false })
+        }
+        Err(TunnelError::Refused { status: 401, .. }) => {
             let _one = ctx.signing_in.lock().await;
             // Another tunnel may have signed in meanwhile.
             let now = ctx.token.read().await.clone();
             let fresh = if now != token && now.is_some() {
                 now
             } else {
-                let t = login::sign_in(ctx).await.map_err(|e| TunnelError::Login(format!("{e:#}")))?;
+                if token.is_some() {
+                    // A cached token the proxy no longer takes (its session signed out).
+                    login::forget(&ctx.opts);
+                }
+                let t = Token::from(login::sign_in(ctx).await.map_err(|e| TunnelError::Login(format!("{e:#}")))?);
                 *ctx.token.write().await = Some(t.clone());
                 Some(t)
             };
-            attempt(fresh).await
+            match attempt(fresh).await {
+                Err(TunnelError::Refused { status: 401, reason, .. }) => {
+                    Err(TunnelError::TokenRefused { reason, signed_in: true })
+                }
+                other => other,
+            }
         }
         other => other,
     }
@@ -122,15 +123,15 @@ pub async fn run_tcp(opts: Options) -> anyhow::Result<()> {
     }
 }
 
-/// How long a local UDP peer may be silent before its tunnel closes.
-const UDP_PEER_IDLE: Duration = Duration::from_secs(60);
-
 /// `portcullis tunnel udp`: a local UDP socket; datagrams of each local peer go through a
 /// tunnel of their own, and the answers back to that peer.
 pub async fn run_udp(opts: Options) -> anyhow::Result<()> {
     let Listen::Addr(addr) = opts.listen else { bail!("a UDP tunnel needs --listen ADDRESS (a local UDP socket)") };
     if opts.transport == Transport::Http2 {
         bail!("UDP tunnels go over HTTP/3 (datagrams) or HTTP/1.1 (capsules), not --http2");
+    }
+    if opts.udp_idle.is_zero() {
+        bail!("--udp-idle-timeout must be more than 0s");
     }
     let ctx = new_ctx(opts)?;
     let socket = Arc::new(UdpSocket::bind(addr).await.with_context(|| format!("binding UDP {addr}"))?);
@@ -153,7 +154,7 @@ pub async fn run_udp(opts: Options) -> anyhow::Result<()> {
                 let (ctx, socket, peers) = (ctx.clone(), socket.clone(), peers.clone());
                 tokio::spawn(async move {
                     match open(&ctx, |token| connect::udp(&ctx, token)).await {
-                        Ok(flow) => flow.relay(rx, socket, peer, UDP_PEER_IDLE).await,
+                        Ok(flow) => flow.relay(rx, socket, peer, ctx.opts.udp_idle).await,
                         Err(e) => eprintln!("portcullis tunnel: {peer}: {e}"),
                     }
                     crate::sync::lock(&peers).remove(&peer);
@@ -177,16 +178,20 @@ mod tests {
         assert!(parse_target("db.example.com").is_err());
         assert!(parse_target("db.example.com:0").is_err());
         assert!(parse_target(":22").is_err());
+        assert!(parse_target("db.example.com:5432/x").is_err());
+        for bad in [
+            "user@db.example.com:22",
+            "db example.com:22",
+            "db.example.com/x:22",
+            "[::1]]:22",
+            "a%20b:22",
+            "::1:22",
+            "[db]:22",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
         assert_eq!("-".parse::<Listen>().unwrap(), Listen::Stdio);
         assert_eq!("127.0.0.1:5432".parse::<Listen>().unwrap(), Listen::Addr("127.0.0.1:5432".parse().unwrap()));
         assert!("localhost".parse::<Listen>().is_err());
-    }
-
-    #[test]
-    fn alt_svc_names_the_h3_port() {
-        assert_eq!(alt_svc_h3_port(r#"h3=":8443"; ma=86400"#), Some(8443));
-        assert_eq!(alt_svc_h3_port(r#"h2=":443", h3=":443"; ma=60"#), Some(443));
-        assert_eq!(alt_svc_h3_port(r#"h3="other.example.com:443""#), None, "another host is not followed");
-        assert_eq!(alt_svc_h3_port("clear"), None);
     }
 }
