@@ -18,7 +18,6 @@ mod common;
 use std::fmt::Write as _;
 mod tunnel_support;
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
