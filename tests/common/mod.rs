@@ -398,3 +398,34 @@ impl Tally {
         )
     }
 }
+
+/// A TCP upstream that echoes everything and closes its side after the client closed its
+/// own: a half-close must cross a tunnel both ways for the client to see the end.
+pub async fn tcp_echo() -> SocketAddr {
+    use tokio::io::AsyncWriteExt as _;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A UDP upstream that answers every datagram with itself.
+pub async fn udp_echo() -> SocketAddr {
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            let _ = s.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
