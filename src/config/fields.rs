@@ -56,6 +56,8 @@ pub enum RouteField<'a> {
     Policy,
     /// One `jwt_claims_headers` entry, by header name.
     JwtClaimsHeader(&'a str),
+    /// A key inside a route key's mapping: (`outlier_detection`, `interval`).
+    Sub(&'static str, &'static str),
     /// A key named as a whole, by its snake_case file key (`allow_websockets` on a tunnel
     /// route, where it has no meaning).
     Key(&'static str),
@@ -87,6 +89,7 @@ impl RouteField<'_> {
             Self::SetResponseHeader(h) => format!("set_response_headers.{h}"),
             Self::JwtClaimsHeader(h) => format!("jwt_claims_headers.{h}"),
             Self::RemoveRequestHeader(i) => format!("remove_request_headers[{i}]"),
+            Self::Sub(k, sub) => format!("{k}.{sub}"),
             Self::HealthCheck(i, f) => match f {
                 HealthCheckField::Check => format!("health_checks[{i}]"),
                 HealthCheckField::Interval => format!("health_checks[{i}].interval"),
@@ -125,7 +128,7 @@ impl RouteField<'_> {
             Self::HealthCheck(..) => "health_checks",
             Self::Policy => "policy",
             Self::JwtClaimsHeader(_) => "jwt_claims_headers",
-            Self::Key(k) => k,
+            Self::Key(k) | Self::Sub(k, _) => k,
         }
     }
 }
@@ -296,6 +299,13 @@ pub const ROUTE_OPTION_KEYS: &[&str] = &[
     "tls_server_name",
     "load_balancing_policy",
     "health_checks",
+    "lb_hash_header",
+    "lb_hash_cookie",
+    "ring_hash_lb_config",
+    "healthy_panic_threshold",
+    "outlier_detection",
+    "retries",
+    "retry_on",
     "allow_public_unauthenticated_access",
     "allow_any_authenticated_user",
     "allowed_users",

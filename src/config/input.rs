@@ -142,6 +142,49 @@ pub struct HealthCheckInput {
     pub problems: Problems,
 }
 
+/// `lb_hash_cookie`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HashCookieInput {
+    /// Cookie name (required).
+    pub name: Option<String>,
+    /// `Max-Age` of a cookie the proxy sets (`0` or absent: a session cookie).
+    pub ttl: Option<Given<Duration>>,
+    /// `Path` of a cookie the proxy sets (default `/`).
+    pub path: Option<String>,
+    /// What the source could not read.
+    pub problems: Problems,
+}
+
+/// `ring_hash_lb_config`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RingSizeInput {
+    /// `minimum_ring_size`.
+    pub minimum_ring_size: Option<u64>,
+    /// `maximum_ring_size`.
+    pub maximum_ring_size: Option<u64>,
+    /// What the source could not read.
+    pub problems: Problems,
+}
+
+/// `outlier_detection` (every key optional: `{}` gives Envoy's defaults).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutlierInput {
+    /// `consecutive_5xx`.
+    pub consecutive_5xx: Option<u64>,
+    /// `consecutive_gateway_failure`.
+    pub consecutive_gateway_failure: Option<u64>,
+    /// `interval`.
+    pub interval: Option<Given<Duration>>,
+    /// `base_ejection_time`.
+    pub base_ejection_time: Option<Given<Duration>>,
+    /// `max_ejection_time`.
+    pub max_ejection_time: Option<Given<Duration>>,
+    /// `max_ejection_percent`.
+    pub max_ejection_percent: Option<u64>,
+    /// What the source could not read.
+    pub problems: Problems,
+}
+
 /// One route as a source states it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteInput {
@@ -193,6 +236,20 @@ pub struct RouteInput {
     pub load_balancing_policy: Option<Given<LbPolicy>>,
     /// Active health checks.
     pub health_checks: Vec<Option<HealthCheckInput>>,
+    /// `lb_hash_header`.
+    pub lb_hash_header: Option<String>,
+    /// `lb_hash_cookie`.
+    pub lb_hash_cookie: Option<HashCookieInput>,
+    /// `ring_hash_lb_config`.
+    pub ring_hash_lb_config: Option<RingSizeInput>,
+    /// `healthy_panic_threshold` (percent).
+    pub healthy_panic_threshold: Option<u64>,
+    /// `outlier_detection`.
+    pub outlier_detection: Option<OutlierInput>,
+    /// `retries`.
+    pub retries: Option<u64>,
+    /// `retry_on`.
+    pub retry_on: Option<Vec<String>>,
     /// The policy's tree (PPL), checked by the validator.
     pub policy: Option<serde_json::Value>,
     /// Pomerium's shorthand policy keys.

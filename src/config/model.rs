@@ -311,8 +311,119 @@ pub enum LbPolicy {
     RoundRobin,
     /// Uniformly random, weighted.
     Random,
-    /// The upstream with the fewest requests in flight (power of two choices).
+    /// Of two endpoints drawn at random (weighted), the one with fewer requests in flight
+    /// (power of two choices).
     LeastRequest,
+    /// A consistent-hash ring over the request's hash key ([`HashOn`]).
+    RingHash,
+    /// Maglev's lookup table (65,537 entries) over the request's hash key.
+    Maglev,
+}
+
+impl LbPolicy {
+    /// RING_HASH and MAGLEV choose by a key of the request.
+    pub fn hashes(self) -> bool {
+        matches!(self, Self::RingHash | Self::Maglev)
+    }
+}
+
+/// What a hashing policy hashes when the request has no signed-in session (a session's id
+/// always comes first, as Pomerium's routing key does).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum HashOn {
+    /// The client's source IP (not its port): every connection of a client lands alike.
+    #[default]
+    SourceIp,
+    /// `lb_hash_header`: this request header's value (the source IP when it is absent).
+    Header(HeaderName),
+    /// `lb_hash_cookie`: this cookie, set by the proxy when the client has none.
+    Cookie(HashCookie),
+}
+
+/// `lb_hash_cookie`: a sticky-session cookie.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HashCookie {
+    /// Cookie name.
+    pub name: String,
+    /// `Max-Age` of a cookie the proxy sets; `None`: a session cookie.
+    pub ttl: Option<Duration>,
+    /// `Path` of a cookie the proxy sets (default `/`).
+    pub path: String,
+}
+
+/// `ring_hash_lb_config`: Envoy's bounds on the ring's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingSize {
+    /// `minimum_ring_size` (default 16,384: weights 1:1:1:2 then hold within 5 %).
+    pub min: u64,
+    /// `maximum_ring_size` (default 8,388,608, Envoy's).
+    pub max: u64,
+}
+
+impl Default for RingSize {
+    fn default() -> Self {
+        Self { min: 16_384, max: 8_388_608 }
+    }
+}
+
+/// `outlier_detection`: passive ejection of endpoints that keep failing, with Envoy's
+/// defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx answers (the proxy's own 502/503/504 for an upstream included)
+    /// that eject an endpoint (default 5; 0 disables this trigger).
+    pub consecutive_5xx: u32,
+    /// Consecutive gateway failures (connect failures, resets, timeouts, 502/503/504) that
+    /// eject it (default 5; 0 disables this trigger).
+    pub consecutive_gateway_failure: u32,
+    /// How often the times an endpoint was ejected decays by one (default 10s).
+    pub interval: Duration,
+    /// Ejection time, multiplied by the times ejected (default 30s).
+    pub base_ejection_time: Duration,
+    /// Cap on an ejection's time (default 300s).
+    pub max_ejection_time: Duration,
+    /// At most this percent of a route's endpoints are ejected at once, but always at least
+    /// one (default 10).
+    pub max_ejection_percent: u8,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_5xx: 5,
+            consecutive_gateway_failure: 5,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 10,
+        }
+    }
+}
+
+/// When a request is tried again on another endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retries {
+    /// `retries`: attempts after the first (default 1; 0 disables).
+    pub attempts: u32,
+    /// `retry_on` `5xx`: an idempotent request answered 5xx.
+    pub on_5xx: bool,
+    /// `retry_on` `gateway-error`: an idempotent request answered 502, 503 or 504.
+    pub on_gateway_error: bool,
+    /// `retry_on` `reset`: an idempotent request whose upstream reset or closed mid-way.
+    pub on_reset: bool,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self { attempts: 1, on_5xx: false, on_gateway_error: false, on_reset: false }
+    }
+}
+
+impl Retries {
+    /// Whether a request that may have reached the upstream can be retried at all.
+    pub fn after_sending(&self) -> bool {
+        self.on_5xx || self.on_gateway_error || self.on_reset
+    }
 }
 
 /// TLS settings towards a route's `https://` upstreams.
@@ -407,6 +518,17 @@ pub struct Route {
     pub tls: UpstreamTls,
     /// Load balancing.
     pub load_balancing_policy: LbPolicy,
+    /// What RING_HASH and MAGLEV hash (the default for other policies, which ignore it).
+    pub hash_on: HashOn,
+    /// RING_HASH's ring size bounds.
+    pub ring_size: RingSize,
+    /// `healthy_panic_threshold`: below this percent of available endpoints, balance over
+    /// all of them (0 never panics; default 50).
+    pub healthy_panic_threshold: u8,
+    /// Passive ejection; `None`: off.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Retries on another endpoint.
+    pub retries: Retries,
     /// Active health checks (at most one per route in practice).
     pub health_checks: Vec<HealthCheck>,
     /// Who may use the route: its `policy` and shorthand keys as one policy. `None`: no

@@ -19,13 +19,14 @@ use super::claims::Claims;
 use super::duration;
 use super::fields::{HealthCheckField, RouteField, RouteNames, SettingsField, SettingsNames};
 use super::input::{
-    CertificateInput, Destinations, Given, HealthCheckInput, MtlsInput, RouteInput, SettingsInput, UpstreamInput,
-    UNKNOWN_KEYS,
+    CertificateInput, Destinations, Given, HealthCheckInput, MtlsInput, OutlierInput, RouteInput, SettingsInput,
+    UpstreamInput, UNKNOWN_KEYS,
 };
 use super::model::{
-    Certificate, ClientCert, CodecType, DownstreamMtls, DrainScope, HealthCheck, HealthCheckKind, HostMatch,
-    IdentityHeaders, IdentityProvider, LbPolicy, MtlsEnforcement, PathMatch, Route, Secret, ServiceUrl, Settings,
-    SignIn, Tunnel, TunnelProtocol, Upstream, UpstreamScheme, UpstreamTls,
+    Certificate, ClientCert, CodecType, DownstreamMtls, DrainScope, HashCookie, HashOn, HealthCheck, HealthCheckKind,
+    HostMatch, IdentityHeaders, IdentityProvider, LbPolicy, MtlsEnforcement, OutlierDetection, PathMatch, Retries,
+    RingSize, Route, Secret, ServiceUrl, Settings, SignIn, Tunnel, TunnelProtocol, Upstream, UpstreamScheme,
+    UpstreamTls,
 };
 use crate::pki::{build_certificate, parse_certs, parse_crls, parse_private_key};
 
@@ -479,7 +480,11 @@ fn parse_lb_policy(v: &str) -> Result<LbPolicy, String> {
         "ROUND_ROBIN" => Ok(LbPolicy::RoundRobin),
         "RANDOM" => Ok(LbPolicy::Random),
         "LEAST_REQUEST" => Ok(LbPolicy::LeastRequest),
-        other => Err(format!("unsupported policy {other:?}: use ROUND_ROBIN, RANDOM or LEAST_REQUEST")),
+        "RING_HASH" => Ok(LbPolicy::RingHash),
+        "MAGLEV" => Ok(LbPolicy::Maglev),
+        other => {
+            Err(format!("unsupported policy {other:?}: use ROUND_ROBIN, RANDOM, LEAST_REQUEST, RING_HASH or MAGLEV"))
+        }
     }
 }
 
@@ -670,6 +675,7 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
         errs,
     )
     .unwrap_or(LbPolicy::RoundRobin);
+    let balancing = balancing(input, load_balancing_policy, names, errs);
     found("health_checks", errs);
     let mut health_checks = Vec::with_capacity(input.health_checks.len());
     for (i, h) in input.health_checks.iter().enumerate() {
@@ -741,6 +747,11 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
         set_response_headers,
         tls,
         load_balancing_policy,
+        hash_on: balancing.hash_on,
+        ring_size: balancing.ring_size,
+        healthy_panic_threshold: balancing.panic_threshold,
+        outlier_detection: balancing.outlier,
+        retries: balancing.retries,
         health_checks,
         policy,
         pass_identity_headers: input.pass_identity_headers,
@@ -749,10 +760,178 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
     })
 }
 
+/// The load-balancing keys beside the policy, validated together.
+struct Balancing {
+    hash_on: HashOn,
+    ring_size: RingSize,
+    panic_threshold: u8,
+    outlier: Option<OutlierDetection>,
+    retries: Retries,
+}
+
+fn balancing(input: &RouteInput, policy: LbPolicy, names: &dyn RouteNames, errs: &mut Errors) -> Balancing {
+    let found = |key, errs: &mut Errors| errs.extend(input.problems.about(key, None));
+    let at = |key| names.name(RouteField::Key(key));
+    let sub = |key, field| names.name(RouteField::Sub(key, field));
+    let hashing_only = |key, errs: &mut Errors| {
+        if !policy.hashes() {
+            errs.push(at(key), "has effect only with load_balancing_policy RING_HASH or MAGLEV");
+        }
+    };
+    found("lb_hash_header", errs);
+    found("lb_hash_cookie", errs);
+    let mut hash_on = HashOn::SourceIp;
+    if let Some(h) = &input.lb_hash_header {
+        hashing_only("lb_hash_header", errs);
+        match HeaderName::try_from(h.as_str()) {
+            Ok(name) => hash_on = HashOn::Header(name),
+            Err(_) => errs.push(at("lb_hash_header"), format!("{h:?} is not a valid header name")),
+        }
+    }
+    if let Some(c) = &input.lb_hash_cookie {
+        hashing_only("lb_hash_cookie", errs);
+        if input.lb_hash_header.is_some() {
+            errs.push(at("lb_hash_cookie"), "cannot be combined with lb_hash_header: hash on one of them");
+        }
+        for key in ["name", "ttl", "path", UNKNOWN_KEYS] {
+            errs.extend(c.problems.about(key, None));
+        }
+        let ttl = duration_of(c.ttl.as_ref(), || sub("lb_hash_cookie", "ttl"), errs).flatten();
+        let path = c.path.clone().unwrap_or_else(|| "/".to_owned());
+        if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+            errs.push(sub("lb_hash_cookie", "path"), format!("{path:?} is not a cookie path (it starts with /)"));
+        }
+        match c.name.as_deref() {
+            None => errs.push(sub("lb_hash_cookie", "name"), "is required"),
+            Some(n) if !is_cookie_name(n) => {
+                errs.push(sub("lb_hash_cookie", "name"), format!("{n:?} is not a valid cookie name"));
+            }
+            Some(n) => hash_on = HashOn::Cookie(HashCookie { name: n.to_owned(), ttl, path }),
+        }
+    }
+    found("ring_hash_lb_config", errs);
+    let mut ring_size = RingSize::default();
+    if let Some(r) = &input.ring_hash_lb_config {
+        if policy != LbPolicy::RingHash {
+            errs.push(at("ring_hash_lb_config"), "has effect only with load_balancing_policy RING_HASH");
+        }
+        for key in ["minimum_ring_size", "maximum_ring_size", UNKNOWN_KEYS] {
+            errs.extend(r.problems.about(key, None));
+        }
+        // Envoy's bounds: a ring of more than 8M entries is memory for nothing.
+        let limit = 8_388_608;
+        for (key, value, slot) in [
+            ("minimum_ring_size", r.minimum_ring_size, &mut ring_size.min),
+            ("maximum_ring_size", r.maximum_ring_size, &mut ring_size.max),
+        ] {
+            match value {
+                Some(v) if (1..=limit).contains(&v) => *slot = v,
+                Some(v) => errs.push(sub("ring_hash_lb_config", key), format!("{v} is not in 1..={limit}")),
+                None => {}
+            }
+        }
+        if ring_size.min > ring_size.max {
+            errs.push(
+                at("ring_hash_lb_config"),
+                format!("minimum_ring_size {} exceeds maximum_ring_size {}", ring_size.min, ring_size.max),
+            );
+        }
+    }
+    found("healthy_panic_threshold", errs);
+    let panic_threshold = match input.healthy_panic_threshold {
+        None => 50,
+        Some(p) if p <= 100 => p as u8,
+        Some(p) => {
+            errs.push(at("healthy_panic_threshold"), format!("{p} is not a percentage (0 to 100)"));
+            50
+        }
+    };
+    found("outlier_detection", errs);
+    let outlier = input.outlier_detection.as_ref().map(|o| outlier_detection(o, names, errs));
+    found("retries", errs);
+    found("retry_on", errs);
+    let mut retries = Retries::default();
+    match input.retries {
+        Some(n) if n <= 5 => retries.attempts = n as u32,
+        Some(n) => errs.push(at("retries"), format!("{n} is more than 5 (a retry storm is no cure)")),
+        None => {}
+    }
+    for (i, what) in input.retry_on.iter().flatten().enumerate() {
+        match what.as_str() {
+            "5xx" => retries.on_5xx = true,
+            "gateway-error" => retries.on_gateway_error = true,
+            "reset" => retries.on_reset = true,
+            other => errs.push(
+                format!("{}[{i}]", at("retry_on")),
+                format!("unknown retry condition {other:?}: use 5xx, gateway-error or reset"),
+            ),
+        }
+    }
+    Balancing { hash_on, ring_size, panic_threshold, outlier, retries }
+}
+
+fn outlier_detection(o: &OutlierInput, names: &dyn RouteNames, errs: &mut Errors) -> OutlierDetection {
+    let sub = |field| names.name(RouteField::Sub("outlier_detection", field));
+    for key in [
+        "consecutive_5xx",
+        "consecutive_gateway_failure",
+        "interval",
+        "base_ejection_time",
+        "max_ejection_time",
+        "max_ejection_percent",
+        UNKNOWN_KEYS,
+    ] {
+        errs.extend(o.problems.about(key, None));
+    }
+    let mut out = OutlierDetection::default();
+    for (key, value, slot) in [
+        ("consecutive_5xx", o.consecutive_5xx, &mut out.consecutive_5xx),
+        ("consecutive_gateway_failure", o.consecutive_gateway_failure, &mut out.consecutive_gateway_failure),
+    ] {
+        match value {
+            Some(v) if v <= 1000 => *slot = v as u32,
+            Some(v) => errs.push(sub(key), format!("{v} is more than 1000")),
+            None => {}
+        }
+    }
+    for (key, value, slot) in [
+        ("interval", &o.interval, &mut out.interval),
+        ("base_ejection_time", &o.base_ejection_time, &mut out.base_ejection_time),
+        ("max_ejection_time", &o.max_ejection_time, &mut out.max_ejection_time),
+    ] {
+        match duration_of(value.as_ref(), || sub(key), errs) {
+            Some(Some(d)) => *slot = d,
+            Some(None) => errs.push(sub(key), "must be more than 0"),
+            None => {}
+        }
+    }
+    if out.max_ejection_time < out.base_ejection_time {
+        errs.push(
+            sub("max_ejection_time"),
+            format!(
+                "{} is less than base_ejection_time {}",
+                duration::format(out.max_ejection_time),
+                duration::format(out.base_ejection_time)
+            ),
+        );
+    }
+    match o.max_ejection_percent {
+        Some(p) if p <= 100 => out.max_ejection_percent = p as u8,
+        Some(p) => errs.push(sub("max_ejection_percent"), format!("{p} is not a percentage (0 to 100)")),
+        None => {}
+    }
+    out
+}
+
+/// RFC 6265 token characters.
+fn is_cookie_name(n: &str) -> bool {
+    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// The keys that mean something only to HTTP requests, each an error on a tunnel route
 /// (all named at once): a tunnel has no path, headers or upstream TLS.
 fn http_only_keys(input: &RouteInput, tunnel: Tunnel, names: &dyn RouteNames, errs: &mut Errors) {
-    let set: [(RouteField<'_>, bool); 17] = [
+    let set: [(RouteField<'_>, bool); 20] = [
         (RouteField::Prefix, input.prefix.is_some()),
         (RouteField::Path, input.path.is_some()),
         (RouteField::Regex, input.regex.is_some()),
@@ -770,6 +949,9 @@ fn http_only_keys(input: &RouteInput, tunnel: Tunnel, names: &dyn RouteNames, er
         (RouteField::TlsCustomCa, input.tls_custom_ca.is_some()),
         (RouteField::TlsClientCert, input.tls_client_cert.is_some() || input.tls_client_key.is_some()),
         (RouteField::Key("pass_identity_headers"), input.pass_identity_headers.is_some()),
+        (RouteField::Key("lb_hash_header"), input.lb_hash_header.is_some()),
+        (RouteField::Key("lb_hash_cookie"), input.lb_hash_cookie.is_some()),
+        (RouteField::Key("retry_on"), input.retry_on.is_some()),
     ];
     let proto = tunnel.protocol.name();
     for (field, present) in set {

@@ -1,9 +1,7 @@
 //! Active health checks (`health_checks` on a route): an unhealthy upstream gets no new
-//! requests until it recovers. Health survives reloads because the flags live in a registry
-//! keyed by route and upstream, not in the snapshot.
+//! requests until it recovers. Health survives reloads because it lives in the endpoint
+//! registry (`endpoints`), keyed by route and address, not in the snapshot.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::Request;
@@ -15,21 +13,13 @@ use super::snapshot::Snapshot;
 use crate::config::{HealthCheck, HealthCheckKind};
 use crate::metrics::UpstreamHealthLabels;
 
-/// Health flags by (route name, upstream authority), and the checker tasks of the snapshot
-/// in force.
+/// The checker tasks of the snapshot in force.
 #[derive(Default)]
 pub struct Registry {
-    flags: Mutex<HashMap<(String, String), Arc<AtomicBool>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Registry {
-    /// The flag for an upstream of a route; new upstreams start healthy.
-    pub fn flag(&self, route: &str, authority: &str) -> Arc<AtomicBool> {
-        let mut flags = crate::sync::lock(&self.flags);
-        flags.entry((route.to_owned(), authority.to_owned())).or_insert_with(|| Arc::new(AtomicBool::new(true))).clone()
-    }
-
     /// Replaces the running checkers with those of `snap`. Needs a tokio runtime; without
     /// one (unit tests building snapshots) no checks run.
     pub fn restart(&self, snap: &Arc<Snapshot>, gauge: &Family<UpstreamHealthLabels, Gauge>) {
@@ -38,15 +28,13 @@ impl Registry {
             t.abort();
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-        let mut live = Vec::new();
         for (ri, route) in snap.routes.routes().iter().enumerate() {
             for (ti, target) in route.balancer.targets().iter().enumerate() {
                 let labels = UpstreamHealthLabels {
                     route: route.route.name.clone(),
                     upstream: target.upstream.authority.clone(),
                 };
-                gauge.get_or_create(&labels).set(i64::from(target.healthy.load(Ordering::Relaxed)));
-                live.push((route.route.name.clone(), target.upstream.authority.clone()));
+                gauge.get_or_create(&labels).set(i64::from(target.state.healthy()));
                 for check in &route.route.health_checks {
                     tasks.push(rt.spawn(run(
                         snap.clone(),
@@ -58,8 +46,6 @@ impl Registry {
                 }
             }
         }
-        // Forget upstreams that are gone, so a re-added one starts healthy.
-        crate::sync::lock(&self.flags).retain(|k, _| live.contains(k));
     }
 }
 
@@ -84,13 +70,13 @@ async fn run(snap: Arc<Snapshot>, route: usize, target: usize, check: HealthChec
         } else {
             (oks, fails) = (0, fails.saturating_add(1));
         }
-        let healthy = t.healthy.load(Ordering::Relaxed);
+        let healthy = t.state.healthy();
         if healthy && fails >= check.unhealthy_threshold {
-            t.healthy.store(false, Ordering::Relaxed);
+            t.state.set_healthy(false);
             gauge.set(0);
             tracing::warn!(route = %r.route.name, upstream = %t.upstream.authority, "upstream marked unhealthy");
         } else if !healthy && oks >= check.healthy_threshold {
-            t.healthy.store(true, Ordering::Relaxed);
+            t.state.set_healthy(true);
             gauge.set(1);
             tracing::info!(route = %r.route.name, upstream = %t.upstream.authority, "upstream healthy again");
         }

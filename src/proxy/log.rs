@@ -246,7 +246,7 @@ pub(crate) struct InFlight(pub(crate) Arc<Snapshot>, pub(crate) usize, pub(crate
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(r) = self.0.routes.routes().get(self.1) {
-            r.balancer.targets()[self.2].in_flight.fetch_sub(1, Ordering::Relaxed);
+            r.balancer.targets()[self.2].state.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

@@ -15,9 +15,11 @@
 
 pub mod accept;
 pub mod assertion;
+pub mod balance;
 pub mod body;
 pub mod conn;
 pub mod drain;
+pub mod endpoints;
 pub mod error;
 pub mod generation;
 pub mod headers;
@@ -26,6 +28,7 @@ pub mod http;
 pub mod idp;
 pub mod jwks;
 pub mod log;
+pub mod outlier;
 pub mod revocations;
 pub mod session;
 pub mod signin;

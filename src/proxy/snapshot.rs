@@ -2,7 +2,6 @@
 //! routes ([`CompiledRoute`]): what a request is served with, from its route lookup to its
 //! access-log line, however many reloads happen meanwhile.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -10,9 +9,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
+use super::balance::{Balancer, HashTable};
+use super::endpoints::EndpointState;
 use super::idp::Idp;
 use super::table::RouteTable;
-use super::upstream::{Balancer, ClientCache};
+use super::upstream::{ClientCache, Target};
 use crate::config::{Route, Settings, Upstream};
 use crate::metrics::{AuthzDecision, AuthzLabels, Metrics, SeriesCache};
 use crate::policy::Policy;
@@ -115,13 +116,14 @@ pub(crate) fn label_key(s: &'static str) -> (usize, usize) {
 }
 
 impl CompiledRoute {
-    /// Compiles `route`; `health` gives the health flag of each of its upstreams (kept
-    /// across reloads by the health registry).
+    /// Compiles `route`; `state` gives the live state of each of its upstreams (kept across
+    /// reloads by the endpoint registry).
     pub(crate) fn new(
         route: Route,
         settings: &Settings,
         clients: &ClientCache,
-        health: impl Fn(&Upstream) -> Arc<AtomicBool>,
+        state: impl Fn(&Upstream) -> Arc<EndpointState>,
+        table: Option<Arc<HashTable>>,
         life: RouteLife,
     ) -> Self {
         // Pomerium: a WebSocket route gets no upstream timeout and no stream idle timeout
@@ -138,7 +140,8 @@ impl CompiledRoute {
             None if route.allow_websockets => None,
             None => settings.timeouts.idle,
         };
-        let balancer = Balancer::new(&route.to, &route.tls, route.load_balancing_policy, clients, health);
+        let targets = route.to.iter().map(|u| Target::new(u, &route.tls, clients, state(u))).collect();
+        let balancer = Balancer::new(targets, route.load_balancing_policy, table, route.healthy_panic_threshold);
         let series = RouteSeries::new(balancer.targets().len());
         let pass_identity =
             route.pass_identity_headers.or(settings.identity_headers.pass).unwrap_or(route.policy.is_some());

@@ -14,13 +14,13 @@ use tokio_util::sync::CancellationToken;
 use super::assertion::Signer;
 use super::drain::{Affected, Drains};
 use super::generation::{self, cert_ids, ListenerGeneration, ListenerSettings};
-use super::health;
 use super::idp::{provider_tls, Idp};
 use super::revocations::Revocations;
 use super::signin::SignIn;
 use super::snapshot::{CompiledRoute, RouteLife, Snapshot};
 use super::table::RouteTable;
 use super::upstream::ClientCache;
+use super::{balance, endpoints, health};
 use crate::config::{Certificate, CodecType, Config, DrainScope, HostMatch, Settings};
 use crate::metrics::Metrics;
 
@@ -42,6 +42,8 @@ pub struct Proxy {
     lifetimes: RouteLifetimes,
     clients: ClientCache,
     health: health::Registry,
+    endpoints: endpoints::Registry,
+    tables: balance::Tables,
     default_cert: Certificate,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
@@ -92,6 +94,8 @@ impl Proxy {
         let default_cert = crate::pki::self_signed(&names);
         let clients = ClientCache::default();
         let health = health::Registry::default();
+        let endpoints = endpoints::Registry::default();
+        let tables = balance::Tables::default();
         let generation = generation::build(1, &config.settings, &effective_certs(&config.settings, &default_cert))?;
         let lifetimes = RouteLifetimes::default();
         let idp = config.settings.identity_provider.clone().map(Idp::start);
@@ -99,7 +103,7 @@ impl Proxy {
         let revocations = Arc::new(Revocations::default());
         let signer = signer_for(None, &config);
         let identity = Identity { idp, signin, signer, revocations: revocations.clone() };
-        let first = Arc::new(build_snapshot(config, 1, &clients, &health, &lifetimes, identity));
+        let first = Arc::new(build_snapshot(config, 1, &clients, &endpoints, &tables, &lifetimes, identity));
         lifetimes.retain(&first);
         health.restart(&first, &metrics.upstream_healthy);
         let snapshot = ArcSwap::new(first);
@@ -111,6 +115,8 @@ impl Proxy {
             lifetimes,
             clients,
             health,
+            endpoints,
+            tables,
             default_cert,
             ready: AtomicBool::new(false),
             version: AtomicU64::new(1),
@@ -170,7 +176,15 @@ impl Proxy {
         };
         let signer = signer_for(old.signer.as_ref(), &config);
         let identity = Identity { idp, signin, signer, revocations: self.revocations.clone() };
-        let snap = Arc::new(build_snapshot(config, version, &self.clients, &self.health, &self.lifetimes, identity));
+        let snap = Arc::new(build_snapshot(
+            config,
+            version,
+            &self.clients,
+            &self.endpoints,
+            &self.tables,
+            &self.lifetimes,
+            identity,
+        ));
         self.snapshot.store(snap.clone());
         self.lifetimes.retain(&snap);
         self.health.restart(&snap, &self.metrics.upstream_healthy);
@@ -304,7 +318,8 @@ fn build_snapshot(
     config: Config,
     version: u64,
     clients: &ClientCache,
-    health: &health::Registry,
+    endpoints: &endpoints::Registry,
+    tables: &balance::Tables,
     lifetimes: &RouteLifetimes,
     identity: Identity,
 ) -> Snapshot {
@@ -319,9 +334,17 @@ fn build_snapshot(
             // swapped in: the policy they are checked against is the one sent.
             life.set_policy(r.policy.as_ref());
             let name = r.name.clone();
-            CompiledRoute::new(r, &settings, clients, |u| health.flag(&name, &u.authority), life)
+            let table = tables.get(&name, r.load_balancing_policy, r.ring_size, &r.to);
+            CompiledRoute::new(r, &settings, clients, |u| endpoints.endpoint(&name, &u.authority), table, life)
         })
+        .collect::<Vec<CompiledRoute>>();
+    let live = compiled
+        .iter()
+        .flat_map(|r| r.balancer.targets().iter().map(|t| (r.route.name.as_str(), t.upstream.authority.as_str())))
         .collect();
+    endpoints.retain(&live);
+    drop(live);
+    tables.retain(&compiled.iter().map(|r| r.route.name.as_str()).collect());
     Snapshot {
         version,
         routes: RouteTable::with_tunnels(

@@ -1,11 +1,10 @@
 //! Upstream side: pooled hyper clients (one per distinct TLS setup, reused across config
-//! reloads so that a route edit never drops upstream keep-alive connections) and per-route
-//! load balancing that takes no lock.
+//! reloads so that a route edit never drops upstream keep-alive connections) and the
+//! targets the balancer (`balance`) picks from.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,8 +17,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::ClientConfig;
 
-use crate::config::{LbPolicy, Upstream, UpstreamScheme, UpstreamTls};
+use crate::config::{Upstream, UpstreamScheme, UpstreamTls};
 use crate::proxy::body::ProxyBody;
+use crate::proxy::endpoints::EndpointState;
 
 /// PRODUCT.md: connecting to an upstream, TLS handshake included, takes at most this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -449,158 +449,39 @@ pub struct Target {
     pub host_value: Option<http::HeaderValue>,
     /// `host_header` as a URI authority, if it is a valid one.
     pub authority: Option<http::uri::Authority>,
-    /// Requests in flight, for LEAST_REQUEST.
-    pub in_flight: AtomicUsize,
-    /// Cleared by health checks; shared across snapshots so a reload does not forget it.
-    pub healthy: Arc<AtomicBool>,
+    /// Health, ejection and requests in flight, shared across snapshots so that a reload
+    /// does not forget them.
+    pub state: Arc<EndpointState>,
 }
 
-/// Picks a target per request without a lock: weighted round robin walks a precomputed,
-/// interleaved schedule with one atomic counter.
-pub struct Balancer {
-    targets: Vec<Target>,
-    schedule: Vec<u32>,
-    next: AtomicUsize,
-    policy: LbPolicy,
-}
-
-impl Balancer {
-    /// Builds the balancer for a route's upstreams.
-    pub fn new(
-        upstreams: &[Upstream],
-        tls: &UpstreamTls,
-        policy: LbPolicy,
-        cache: &ClientCache,
-        health: impl Fn(&Upstream) -> Arc<AtomicBool>,
-    ) -> Self {
-        let targets = upstreams
-            .iter()
-            .map(|u| {
-                let host_header = match u.authority.rsplit_once(':') {
-                    Some((h, "80")) if u.scheme != UpstreamScheme::Https => h.to_owned(),
-                    Some((h, "443")) if u.scheme == UpstreamScheme::Https => h.to_owned(),
-                    _ => u.authority.clone(),
-                };
-                Target {
-                    scheme: scheme_str(u.scheme),
-                    base: format!("{}://{}", scheme_str(u.scheme), u.authority),
-                    client: cache.get(u, tls, false),
-                    upgrade_client: cache.get(u, tls, true),
-                    h1: cache.h1_pool(u),
-                    host_value: http::HeaderValue::from_str(&host_header).ok(),
-                    authority: host_header.parse().ok(),
-                    host_header,
-                    upstream: u.clone(),
-                    in_flight: AtomicUsize::new(0),
-                    healthy: health(u),
-                }
-            })
-            .collect();
-        Self {
-            schedule: smooth_schedule(upstreams.iter().map(|u| u.weight).collect()),
-            targets,
-            next: AtomicUsize::new(0),
-            policy,
+impl Target {
+    /// The target for upstream `u` of a route with TLS settings `tls`; `state` is its live
+    /// state from the endpoint registry.
+    pub fn new(u: &Upstream, tls: &UpstreamTls, cache: &ClientCache, state: Arc<EndpointState>) -> Self {
+        let host_header = match u.authority.rsplit_once(':') {
+            Some((h, "80")) if u.scheme != UpstreamScheme::Https => h.to_owned(),
+            Some((h, "443")) if u.scheme == UpstreamScheme::Https => h.to_owned(),
+            _ => u.authority.clone(),
+        };
+        Target {
+            scheme: scheme_str(u.scheme),
+            base: format!("{}://{}", scheme_str(u.scheme), u.authority),
+            client: cache.get(u, tls, false),
+            upgrade_client: cache.get(u, tls, true),
+            h1: cache.h1_pool(u),
+            host_value: http::HeaderValue::from_str(&host_header).ok(),
+            authority: host_header.parse().ok(),
+            host_header,
+            upstream: u.clone(),
+            state,
         }
-    }
-
-    /// All targets (for health checks and the admin API).
-    pub fn targets(&self) -> &[Target] {
-        &self.targets
-    }
-
-    /// Chooses a healthy target; when none is healthy, any target (failing open, as Envoy's
-    /// panic threshold does, beats refusing every request on a bad health check). `None` only
-    /// when the route has no upstream at all (a Service with no ready endpoints).
-    /// Returns the index into [`Self::targets`].
-    pub fn pick(&self) -> Option<usize> {
-        match self.targets.len() {
-            0 => None,
-            1 => Some(0),
-            _ => Some(self.pick_of_many()),
-        }
-    }
-
-    fn pick_of_many(&self) -> usize {
-        match self.policy {
-            LbPolicy::RoundRobin => {
-                for _ in 0..self.schedule.len() {
-                    let i = self.next.fetch_add(1, Ordering::Relaxed) % self.schedule.len();
-                    let t = self.schedule[i] as usize;
-                    if self.targets[t].healthy.load(Ordering::Relaxed) {
-                        return t;
-                    }
-                }
-                self.schedule[self.next.load(Ordering::Relaxed) % self.schedule.len()] as usize
-            }
-            LbPolicy::Random => self.random_healthy(),
-            LbPolicy::LeastRequest => {
-                let a = self.random_healthy();
-                let b = self.random_healthy();
-                let load = |i: usize| self.targets[i].in_flight.load(Ordering::Relaxed);
-                if load(b) < load(a) {
-                    b
-                } else {
-                    a
-                }
-            }
-        }
-    }
-
-    fn random_healthy(&self) -> usize {
-        for _ in 0..8 {
-            let i = rand::random_range(0..self.schedule.len());
-            let t = self.schedule[i] as usize;
-            if self.targets[t].healthy.load(Ordering::Relaxed) {
-                return t;
-            }
-        }
-        self.schedule[rand::random_range(0..self.schedule.len())] as usize
-    }
-}
-
-/// Nginx's smooth weighted round robin, unrolled into a schedule: weights 5,1,1 give
-/// `a a b a c a a` rather than `a a a a a b c`. Weights are reduced by their gcd and the
-/// schedule is capped so that huge weights cannot make it huge.
-fn smooth_schedule(mut weights: Vec<u32>) -> Vec<u32> {
-    let g = weights.iter().copied().fold(0, gcd).max(1);
-    for w in &mut weights {
-        *w /= g;
-    }
-    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
-    if total > 1024 {
-        let scale = total as f64 / 1024.0;
-        for w in &mut weights {
-            *w = ((f64::from(*w) / scale).round() as u32).max(1);
-        }
-    }
-    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut out = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        for (c, w) in current.iter_mut().zip(&weights) {
-            *c += i64::from(*w);
-        }
-        let (best, _) =
-            current.iter().enumerate().max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i))).expect("non-empty");
-        current[best] -= total;
-        out.push(best as u32);
-    }
-    out
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// An upstream answering `ok` to every request; `close_after_one` closes each connection
@@ -674,13 +555,5 @@ mod tests {
         let pool = H1Pool::new(timeout_connector(&base, true, &UpstreamTls::default()));
         let req = http::Request::get(format!("{base}/")).body(crate::proxy::body::empty()).unwrap();
         assert!(matches!(pool.send(req).await, Err(H1Error::Connect(ConnectError::Failed(_)))));
-    }
-
-    #[test]
-    fn schedule_is_smooth_and_proportional() {
-        assert_eq!(smooth_schedule(vec![5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
-        assert_eq!(smooth_schedule(vec![2, 4]), vec![1, 0, 1]);
-        let big = smooth_schedule(vec![1_000_000, 1]);
-        assert!(big.len() <= 1025 && big.contains(&1));
     }
 }

@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 
 use crate::config::fields::{KeyPath, RouteNames, ROUTE_OPTION_KEYS};
 use crate::config::input::{
-    CertificateInput, Destinations, Given, HealthCheckInput, HttpProbeInput, MtlsInput, Pem, Problems, RouteInput,
-    SettingsInput, UpstreamInput, UNKNOWN_KEYS,
+    CertificateInput, Destinations, Given, HashCookieInput, HealthCheckInput, HttpProbeInput, MtlsInput, OutlierInput,
+    Pem, Problems, RingSizeInput, RouteInput, SettingsInput, UpstreamInput, UNKNOWN_KEYS,
 };
 use crate::config::validate::{self, check_route_set, ConfigErrors, Errors};
 use crate::config::{Config, Route};
@@ -586,6 +586,13 @@ pub fn read_route_value(key: &str, v: &Value, at: &str, input: &mut RouteInput) 
                 errs.push(at, format!("expected a mapping of claim names to values, found {}", kind_of(v)));
             }
         }
+        "lb_hash_header" => input.lb_hash_header = string(v, at, errs),
+        "lb_hash_cookie" => input.lb_hash_cookie = read_hash_cookie(at, v, errs),
+        "ring_hash_lb_config" => input.ring_hash_lb_config = read_ring_size(at, v, errs),
+        "healthy_panic_threshold" => input.healthy_panic_threshold = uint(v, at, errs),
+        "outlier_detection" => input.outlier_detection = read_outlier(at, v, errs),
+        "retries" => input.retries = uint(v, at, errs),
+        "retry_on" => input.retry_on = Some(strings(v, at, errs)),
         "health_checks" => {
             input.health_checks = list(v, at, errs)
                 .into_iter()
@@ -645,6 +652,45 @@ fn read_upstream(v: &Value) -> Result<UpstreamInput, String> {
         }
         other => Err(format!("expected an upstream URL, found {}", kind_of(other))),
     }
+}
+
+/// `lb_hash_cookie`: a mapping, or just the cookie's name.
+fn read_hash_cookie(path: &str, v: &Value, errs: &mut Errors) -> Option<HashCookieInput> {
+    if let Value::String(name) = v {
+        return Some(HashCookieInput { name: Some(name.clone()), ..HashCookieInput::default() });
+    }
+    let mut m = MappingReader::new(path, v, errs)?;
+    let mut input = HashCookieInput::default();
+    let p = &mut input.problems;
+    input.name = m.string("name", p);
+    input.ttl = m.duration("ttl", p);
+    input.path = m.string("path", p);
+    m.finish_into(&mut input.problems);
+    Some(input)
+}
+
+fn read_ring_size(path: &str, v: &Value, errs: &mut Errors) -> Option<RingSizeInput> {
+    let mut m = MappingReader::new(path, v, errs)?;
+    let mut input = RingSizeInput::default();
+    let p = &mut input.problems;
+    input.minimum_ring_size = m.uint("minimum_ring_size", p);
+    input.maximum_ring_size = m.uint("maximum_ring_size", p);
+    m.finish_into(&mut input.problems);
+    Some(input)
+}
+
+fn read_outlier(path: &str, v: &Value, errs: &mut Errors) -> Option<OutlierInput> {
+    let mut m = MappingReader::new(path, v, errs)?;
+    let mut input = OutlierInput::default();
+    let p = &mut input.problems;
+    input.consecutive_5xx = m.uint("consecutive_5xx", p);
+    input.consecutive_gateway_failure = m.uint("consecutive_gateway_failure", p);
+    input.interval = m.duration("interval", p);
+    input.base_ejection_time = m.duration("base_ejection_time", p);
+    input.max_ejection_time = m.duration("max_ejection_time", p);
+    input.max_ejection_percent = m.uint("max_ejection_percent", p);
+    m.finish_into(&mut input.problems);
+    Some(input)
 }
 
 /// One health check; `None` (the error in `errs`) when it or its probe is not a mapping.

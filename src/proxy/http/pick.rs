@@ -16,8 +16,8 @@ use crate::proxy::snapshot::Snapshot;
 #[inline]
 pub(crate) fn pick(snap: &Arc<Snapshot>, route: usize, log: &mut RequestLog) -> Result<usize> {
     let compiled = &snap.routes.routes()[route];
-    let target = compiled.balancer.pick().ok_or_else(|| Error::new(Kind::NoEndpoints))?;
-    compiled.balancer.targets()[target].in_flight.fetch_add(1, Ordering::Relaxed);
+    let target = compiled.balancer.pick(0, None).ok_or_else(|| Error::new(Kind::NoEndpoints))?;
+    compiled.balancer.targets()[target].state.in_flight.fetch_add(1, Ordering::Relaxed);
     log.in_flight = Some(InFlight(snap.clone(), route, target));
     log.upstream = Some(target);
     // The premature-reset rule's denominator: HTTP/2 and HTTP/3 requests that cost the
