@@ -43,7 +43,17 @@ pub struct UpstreamLabels {
     pub outcome: &'static str,
 }
 
-/// Labels of `portcullis_upstream_healthy`.
+/// Labels of `portcullis_upstream_retries_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// Route name.
+    pub route: String,
+    /// `retried` or `budget_exhausted`.
+    pub outcome: &'static str,
+}
+
+/// Labels of `portcullis_upstream_healthy`, `portcullis_upstream_ejected` and
+/// `portcullis_upstream_ejections_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamHealthLabels {
     /// Route name.
@@ -152,6 +162,12 @@ pub struct Metrics {
     pub upstream_requests: Family<UpstreamLabels, Counter>,
     /// 1 while an upstream passes its health checks (or has none), 0 when it fails them.
     pub upstream_healthy: Family<UpstreamHealthLabels, Gauge>,
+    /// Outlier ejections per endpoint.
+    pub upstream_ejections: Family<UpstreamHealthLabels, Counter>,
+    /// 1 while outlier detection has the endpoint out.
+    pub upstream_ejected: Family<UpstreamHealthLabels, Gauge>,
+    /// Retries per route, by outcome (`retried`, `budget_exhausted`).
+    pub upstream_retries: Family<RetryLabels, Counter>,
     /// Listener generations currently draining.
     pub draining: Gauge,
     /// Open downstream connections per listener generation.
@@ -202,6 +218,24 @@ impl Metrics {
         registry.register("upstream_requests", "Requests sent upstream, by outcome", upstream_requests.clone());
         let upstream_healthy = Family::<UpstreamHealthLabels, Gauge>::default();
         registry.register("upstream_healthy", "1 if the upstream passes its health checks", upstream_healthy.clone());
+        let upstream_ejections = Family::<UpstreamHealthLabels, Counter>::default();
+        registry.register(
+            "upstream_ejections",
+            "Times outlier detection ejected the endpoint",
+            upstream_ejections.clone(),
+        );
+        let upstream_ejected = Family::<UpstreamHealthLabels, Gauge>::default();
+        registry.register(
+            "upstream_ejected",
+            "1 while outlier detection has the endpoint out",
+            upstream_ejected.clone(),
+        );
+        let upstream_retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Upstream requests retried on another endpoint, or not retried for the retry budget",
+            upstream_retries.clone(),
+        );
         let draining = Gauge::default();
         registry.register(
             "listener_manager_total_filter_chains_draining",
@@ -264,6 +298,9 @@ impl Metrics {
             connections_total,
             upstream_requests,
             upstream_healthy,
+            upstream_ejections,
+            upstream_ejected,
+            upstream_retries,
             draining,
             generation_connections,
             reload_success,

@@ -189,6 +189,9 @@ pub struct Error {
     detail: Cow<'static, str>,
     /// The error this one was made from, for [`std::error::Error::source`].
     cause: Option<Cause>,
+    /// Known not to have reached the upstream (a stream refused, a new connection that
+    /// closed before the request was written), whatever its kind says.
+    unsent: bool,
 }
 
 /// The request path's result type.
@@ -197,12 +200,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error of `kind` with nothing more to say.
     pub fn new(kind: Kind) -> Self {
-        Self { kind, detail: Cow::Borrowed(""), cause: None }
+        Self { kind, detail: Cow::Borrowed(""), cause: None, unsent: false }
     }
 
     /// An error of `kind` with a detail.
     pub fn with(kind: Kind, detail: impl Into<Cow<'static, str>>) -> Self {
-        Self { kind, detail: detail.into(), cause: None }
+        Self { kind, detail: detail.into(), cause: None, unsent: false }
     }
 
     /// Keeps `cause` as this error's source.
@@ -234,7 +237,18 @@ impl Error {
 
     /// Whether the upstream attempt may be made again.
     pub fn retry(&self) -> Retry {
-        self.kind.retry()
+        if self.unsent {
+            Retry::NotSent
+        } else {
+            self.kind.retry()
+        }
+    }
+
+    /// Marks the failed attempt as one that never reached the upstream.
+    #[must_use]
+    pub fn unsent(mut self) -> Self {
+        self.unsent = true;
+        self
     }
 
     /// The `outcome` label of `portcullis_upstream_requests_total`.

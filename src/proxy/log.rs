@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::body::{self, OnFinish};
 use super::conn::{RequestGuard, PREMATURE_RESET_LIFETIME};
+use super::endpoints::EndpointState;
 use super::error::Fault;
 use super::http::authz::Verdict;
 use super::snapshot::{label_key, CompiledRoute, Snapshot};
@@ -41,6 +42,8 @@ pub(crate) struct RequestLog {
     pub fault: Option<&'static str>,
     pub guard: Option<RequestGuard>,
     pub in_flight: Option<InFlight>,
+    /// The retry it is, if it is one, while it is in flight.
+    pub retry: Option<RetryInFlight>,
     /// What the route's policy decided (none: the route has no policy).
     pub authz: Option<Verdict>,
     /// The form of the proxy's own answer when access is refused.
@@ -240,14 +243,47 @@ impl RequestLog {
     }
 }
 
-/// Counts a request against its upstream for LEAST_REQUEST until dropped.
-pub(crate) struct InFlight(pub(crate) Arc<Snapshot>, pub(crate) usize, pub(crate) usize);
+/// Counts a request against its endpoint (LEAST_REQUEST) and its route (the retry budget)
+/// until dropped.
+pub(crate) struct InFlight(Arc<EndpointState>);
+
+impl InFlight {
+    pub(crate) fn new(state: &Arc<EndpointState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.route().in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(state.clone())
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(r) = self.0.routes.routes().get(self.1) {
-            r.balancer.targets()[self.2].state.in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.route().in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a retry against its route's retry budget until dropped (with the request's log
+/// record, when its response is done).
+pub(crate) struct RetryInFlight(Arc<EndpointState>);
+
+impl RetryInFlight {
+    /// Takes a share of the budget: retries in flight stay under 20 % of the route's requests
+    /// in flight, or 3 (Envoy's `min_retry_concurrency`), whichever is more. `None` when
+    /// the budget is spent.
+    pub(crate) fn take(state: &Arc<EndpointState>) -> Option<Self> {
+        let counts = state.route();
+        let limit = (counts.in_flight.load(Ordering::Relaxed) / 5).max(3);
+        counts
+            .retries
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |r| (r < limit).then_some(r + 1))
+            .ok()
+            .map(|_| Self(state.clone()))
+    }
+}
+
+impl Drop for RetryInFlight {
+    fn drop(&mut self) {
+        self.0.route().retries.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -325,6 +361,7 @@ impl RequestLog {
             fault: None,
             guard: self.guard.take(),
             in_flight: self.in_flight.take(),
+            retry: self.retry.take(),
             authz: self.authz,
             page: self.page,
             done: false,

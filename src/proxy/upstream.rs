@@ -101,8 +101,11 @@ struct IdleConn {
 /// Why a request through an [`H1Pool`] failed.
 #[derive(Debug)]
 pub enum H1Error {
-    /// Connecting (or the connect deadline) failed.
-    Connect(ConnectError),
+    /// Connecting (or the connect deadline) failed; the request, never sent, comes back
+    /// (its body unread) for a retry elsewhere.
+    Connect(ConnectError, Option<Box<http::Request<ProxyBody>>>),
+    /// A new connection closed before the request was written: the request comes back.
+    Unsent(hyper::Error, Box<http::Request<ProxyBody>>),
     /// The connection failed around the request; `kind` is hyper_util's name for it, so
     /// that the message reads as the general client's does.
     Request {
@@ -130,7 +133,11 @@ impl H1Pool {
             let (mut tx, reused) = match self.checkout() {
                 Some(tx) => (tx, true),
                 // Boxed: connecting is rare and its future large; this one is moved per request.
-                None => (Box::pin(self.connect()).await?, false),
+                None => match Box::pin(self.connect()).await {
+                    Ok(tx) => (tx, false),
+                    Err(H1Error::Connect(e, _)) => return Err(H1Error::Connect(e, Some(Box::new(req)))),
+                    Err(e) => return Err(e),
+                },
             };
             origin_form(req.uri_mut());
             match tx.try_send_request(req).await {
@@ -143,7 +150,10 @@ impl H1Pool {
                         req = r;
                         *req.uri_mut() = uri.clone();
                     }
-                    Some(_) => return Err(H1Error::Request { kind: "Canceled", error: e.into_error() }),
+                    Some(mut r) => {
+                        *r.uri_mut() = uri.clone();
+                        return Err(H1Error::Unsent(e.into_error(), Box::new(r)));
+                    }
                     None => return Err(H1Error::Request { kind: "SendRequest", error: e.into_error() }),
                 },
             }
@@ -164,7 +174,7 @@ impl H1Pool {
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<ProxyBody>, H1Error> {
         use tower_service::Service as _;
         let mut connector = self.inner.connector.clone();
-        let io = connector.call(connector.target.clone()).await.map_err(H1Error::Connect)?;
+        let io = connector.call(connector.target.clone()).await.map_err(|e| H1Error::Connect(e, None))?;
         let (mut tx, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(io)
             .await
@@ -554,6 +564,6 @@ mod tests {
         drop(l);
         let pool = H1Pool::new(timeout_connector(&base, true, &UpstreamTls::default()));
         let req = http::Request::get(format!("{base}/")).body(crate::proxy::body::empty()).unwrap();
-        assert!(matches!(pool.send(req).await, Err(H1Error::Connect(ConnectError::Failed(_)))));
+        assert!(matches!(pool.send(req).await, Err(H1Error::Connect(ConnectError::Failed(_), Some(_)))));
     }
 }

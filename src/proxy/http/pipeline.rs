@@ -54,6 +54,7 @@ where
         fault: None,
         guard: Some(guard),
         in_flight: None,
+        retry: None,
         authz: None,
         page: PageFormat::Text,
         done: false,
@@ -105,7 +106,10 @@ where
         || tunnel.is_some()
         || found.is_some_and(|i| {
             let r = &snap.routes.routes()[i];
-            r.route.policy.is_some() || r.pass_identity || !r.claims_headers.is_empty()
+            r.route.policy.is_some()
+                || r.pass_identity
+                || !r.claims_headers.is_empty()
+                || (snap.signin.is_some() && r.balancer.policy().hashes())
         });
     let identity = authn::authenticate(conn, snap, &req, host, wanted).await;
     authz::authorize(snap, conn, &identity)?;
@@ -150,7 +154,9 @@ where
             sign_in.strip_credentials(req.headers_mut(), snap.signer.as_deref());
         }
     }
-    let target_idx = pick::pick(snap, route_idx, log)?;
+    let session = identity.token.as_ref().and_then(|t| t.session.as_deref());
+    let key = pick::hash_key(route, req.headers_mut(), conn.peer().ip(), session, conn.listener().is_tls());
+    let target_idx = pick::pick(snap, route_idx, key.key, log)?;
 
     // Upgrades and CONNECT leave the pipeline here, into the tunnel.
     if let Some(t) = &tunnel {
@@ -182,10 +188,11 @@ where
     // A streaming response on a route with a policy ends when the policy stops admitting it.
     let admission = route.route.policy.is_some().then(|| authz::Admission::new(snap, route_idx, conn, &identity, &req));
     let (upstream_req, state) = send::prepare(conn, route, target_idx, req, host, &log.request_id)?;
-    let resp = send::send(conn, route, target_idx, upstream_req, &state, &log.metrics, log.started).await?;
+    let ctx = send::RetryCtx { host, key: key.key };
+    let resp = send::send_with_retries(conn, route, target_idx, upstream_req, &state, log, ctx).await?;
     *stream = Some((route.stream_idle, state));
     let mut resp = response::relayed(route, resp, admission, &log.metrics);
-    if let Some(cookie) = identity.set_cookie {
+    for cookie in [identity.set_cookie, key.set_cookie].into_iter().flatten() {
         resp.headers_mut().append(http::header::SET_COOKIE, cookie);
     }
     Ok(resp)
