@@ -18,16 +18,23 @@ use crate::proxy::body::{full, ProxyBody};
 
 /// Serves the demo upstream on `listener` forever; `name` appears in every answer, with the
 /// number of the connection it came on (to show connection reuse and multiplexing).
+/// Dropping the future (aborting its task) closes its connections too, as a process that
+/// dies would.
 pub async fn serve(listener: TcpListener, name: impl Into<String>) {
     let name: Arc<str> = name.into().into();
     let mut connections = 0u64;
+    let mut open = tokio::task::JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            Some(_) = open.join_next(), if !open.is_empty() => continue,
+        };
+        let Ok((stream, _)) = accepted else { continue };
         let _ = stream.set_nodelay(true);
         let name = name.clone();
         connections += 1;
         let conn_id = connections;
-        tokio::spawn(async move {
+        open.spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let name = name.clone();
                 async move { Ok::<_, Infallible>(answer(&name, conn_id, req).await) }

@@ -145,7 +145,7 @@ impl Balancer {
         let panic = self.panicking();
         let usable = |i: usize| Some(i) != avoid && (panic || self.targets[i].state.available());
         let found = match self.policy {
-            LbPolicy::RoundRobin => self.round_robin(&usable),
+            LbPolicy::RoundRobin => self.round_robin(&usable, avoid.is_none()),
             LbPolicy::Random => self.random(&usable),
             LbPolicy::LeastRequest => self.random(&usable).map(|a| match self.random(&usable) {
                 Some(b) if self.load(b) < self.load(a) => b,
@@ -154,7 +154,7 @@ impl Balancer {
             LbPolicy::RingHash | LbPolicy::Maglev => match self.table.as_deref() {
                 Some(HashTable::Ring(r)) => r.pick(key, usable),
                 Some(HashTable::Maglev(m)) => m.pick(key, usable),
-                None => self.round_robin(&usable),
+                None => self.round_robin(&usable, true),
             },
         };
         // None available (and no panic threshold to say so): any but `avoid`.
@@ -168,9 +168,17 @@ impl Balancer {
         self.targets[i].state.in_flight.load(Ordering::Relaxed)
     }
 
-    fn round_robin(&self, usable: &impl Fn(usize) -> bool) -> Option<usize> {
+    /// The next usable target of the schedule. A retry (`advance` false) looks on from the
+    /// schedule's place without moving it: otherwise a dead endpoint's retries would shift
+    /// the rotation so that it came first for the next request again.
+    fn round_robin(&self, usable: &impl Fn(usize) -> bool, advance: bool) -> Option<usize> {
         let n = self.schedule.len();
-        (0..n).map(|_| self.schedule[self.next.fetch_add(1, Ordering::Relaxed) % n] as usize).find(|&t| usable(t))
+        if advance {
+            (0..n).map(|_| self.schedule[self.next.fetch_add(1, Ordering::Relaxed) % n] as usize).find(|&t| usable(t))
+        } else {
+            let start = self.next.load(Ordering::Relaxed);
+            (0..n).map(|i| self.schedule[(start + i) % n] as usize).find(|&t| usable(t))
+        }
     }
 
     /// A weighted random draw among usable targets: eight draws, then a walk of the schedule

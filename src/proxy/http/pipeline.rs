@@ -163,7 +163,7 @@ where
         let target = &route.balancer.targets()[target_idx];
         let admission = authz::Admission::new(snap, route_idx, conn, &identity, &req);
         return match t.protocol {
-            TunnelProtocol::Tcp => tunnel::tcp(conn, route, target, req, host, log, admission).await,
+            TunnelProtocol::Tcp => tunnel::tcp(conn, route, target_idx, key.key, req, host, log, admission).await,
             TunnelProtocol::Udp => tunnel::udp(conn, route, target, req, host, log, admission).await,
         };
     }

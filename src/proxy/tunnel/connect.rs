@@ -17,15 +17,20 @@ use crate::proxy::body::{BoxError, OnFinish, ProxyBody};
 use crate::proxy::conn::Conn;
 use crate::proxy::error::{Error, Kind, Result};
 use crate::proxy::http::authz::Admission;
-use crate::proxy::log::RequestLog;
+use crate::proxy::http::send::record_outcome;
+use crate::proxy::log::{InFlight, RequestLog, RetryInFlight};
+use crate::proxy::outlier::Outcome;
 use crate::proxy::snapshot::CompiledRoute;
-use crate::proxy::upstream::{Target, CONNECT_TIMEOUT};
+use crate::proxy::upstream::CONNECT_TIMEOUT;
 
-/// Connects to `target`, answers 200 and spawns the tunnel.
+/// Connects to target `target_idx` (another endpoint of the route when it refuses, as an
+/// HTTP request that never left would be), answers 200 and spawns the tunnel.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn tcp<B>(
     conn: &Arc<Conn>,
     route: &CompiledRoute,
-    target: &Target,
+    target_idx: usize,
+    key: u64,
     req: Request<B>,
     host: &str,
     log: &mut RequestLog,
@@ -35,7 +40,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let upstream = connect(&target.upstream.authority).await?;
+    let upstream = connect_with_retries(route, target_idx, key, log).await?;
     let (downstream, body) = Downstream::of(req);
     let mut answer = Response::builder().status(StatusCode::OK).body(body).expect("valid parts");
     answer.extensions_mut().insert(Tunnelled);
@@ -53,6 +58,37 @@ where
         }
     });
     Ok(answer)
+}
+
+/// [`connect`], then on another endpoint within the route's retries and retry budget;
+/// every attempt's outcome goes to outlier detection.
+async fn connect_with_retries(
+    route: &CompiledRoute,
+    mut target_idx: usize,
+    key: u64,
+    log: &mut RequestLog,
+) -> Result<TcpStream> {
+    let targets = route.balancer.targets();
+    let mut attempts_left = route.route.retries.attempts;
+    loop {
+        let target = &targets[target_idx];
+        let result = connect(&target.upstream.authority).await;
+        if let Some(cfg) = &route.route.outlier_detection {
+            let outcome = if result.is_ok() { Outcome::Success } else { Outcome::GatewayFailure };
+            record_outcome(cfg, route, target, &log.metrics, outcome);
+        }
+        let Err(e) = result else { return result };
+        if attempts_left == 0 {
+            return Err(e);
+        }
+        let Some(next) = route.balancer.pick(key, Some(target_idx)) else { return Err(e) };
+        let Some(credit) = RetryInFlight::take(&targets[next].state) else { return Err(e) };
+        attempts_left -= 1;
+        target_idx = next;
+        log.upstream = Some(next);
+        log.in_flight = Some(InFlight::new(&targets[next].state));
+        log.retry = Some(credit);
+    }
 }
 
 /// The upstream TCP connection, within the upstream connect timeout (PRODUCT.md: 10 s, as for
