@@ -724,7 +724,7 @@ fn read_health_check(path: &str, v: &Value, errs: &mut Errors) -> Option<HealthC
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DrainScope, HostMatch, LbPolicy, PathMatch, UpstreamScheme};
+    use crate::config::{DrainScope, HostMatch, LbPolicy, PathMatch, Retries, UpstreamScheme};
 
     fn parse(yaml: &str) -> Result<Config, ConfigErrors> {
         let v: Value = serde_yaml_ng::from_str(yaml).unwrap();
@@ -884,6 +884,106 @@ routes:
         assert_eq!(s.drain_scope, DrainScope::Affected);
         assert_eq!(s.admin_address.unwrap().to_string(), "127.0.0.1:9901");
         assert_eq!(s.metrics_address.unwrap().port(), 9902);
+    }
+
+    #[test]
+    fn load_balancing_keys_parse_with_envoy_defaults() {
+        let c = parse(
+            r"
+routes:
+  - from: https://a.example.com
+    to: [http://127.0.0.1:1, http://127.0.0.1:2]
+    load_balancing_policy: RING_HASH
+    lb_hash_cookie: {name: sticky, ttl: 1h}
+    ring_hash_lb_config: {minimum_ring_size: 1024}
+    healthy_panic_threshold: 20
+    outlier_detection: {}
+    retries: 2
+    retry_on: [5xx, reset]
+  - from: https://b.example.com
+    to: [http://127.0.0.1:1]
+    load_balancing_policy: MAGLEV
+    lb_hash_header: X-User
+    outlier_detection: {consecutive_5xx: 0, base_ejection_time: 1s, max_ejection_percent: 50}
+  - from: https://c.example.com
+    to: [http://127.0.0.1:1]
+",
+        )
+        .unwrap();
+        let [a, b, c] = &c.routes[..] else { panic!("three routes") };
+        assert_eq!(a.load_balancing_policy, LbPolicy::RingHash);
+        assert_eq!(
+            a.hash_on,
+            crate::config::HashOn::Cookie(crate::config::HashCookie {
+                name: "sticky".into(),
+                ttl: Some(Duration::from_secs(3600)),
+                path: "/".into()
+            })
+        );
+        assert_eq!(a.ring_size, crate::config::RingSize { min: 1024, max: 8_388_608 });
+        assert_eq!(a.healthy_panic_threshold, 20);
+        assert_eq!(a.outlier_detection, Some(crate::config::OutlierDetection::default()));
+        assert_eq!((a.retries.attempts, a.retries.on_5xx, a.retries.on_reset), (2, true, true));
+        assert_eq!(b.hash_on, crate::config::HashOn::Header(http::HeaderName::from_static("x-user")));
+        let o = b.outlier_detection.unwrap();
+        assert_eq!((o.consecutive_5xx, o.consecutive_gateway_failure), (0, 5));
+        assert_eq!((o.base_ejection_time, o.max_ejection_percent), (Duration::from_secs(1), 50));
+        // Defaults: no outlier detection, one retry of what never left, panic below 50 %.
+        assert_eq!((c.outlier_detection, c.retries, c.healthy_panic_threshold), (None, Retries::default(), 50));
+        assert_eq!(c.hash_on, crate::config::HashOn::SourceIp);
+    }
+
+    #[test]
+    fn load_balancing_errors_name_their_keys() {
+        let errs = parse(
+            r"
+routes:
+  - from: https://a.example.com
+    to: [http://127.0.0.1:1]
+    load_balancing_policy: CONSISTENT
+  - from: https://b.example.com
+    to: [http://127.0.0.1:1]
+    lb_hash_header: X-User
+    ring_hash_lb_config: {minimum_ring_size: 10}
+    healthy_panic_threshold: 101
+    retries: 9
+    retry_on: [5xx, always]
+  - from: https://c.example.com
+    to: [http://127.0.0.1:1]
+    load_balancing_policy: RING_HASH
+    lb_hash_cookie: {ttl: soon, path: nope, colour: red}
+    ring_hash_lb_config: {minimum_ring_size: 2048, maximum_ring_size: 1024}
+    outlier_detection: {interval: 0, max_ejection_time: 1s, max_ejection_percent: 200, consecutive5xx: 1}
+  - from: tcp+https://d.example.com:22
+    to: [tcp://127.0.0.1:22]
+    load_balancing_policy: MAGLEV
+    lb_hash_cookie: sticky
+    retry_on: [reset]
+",
+        )
+        .unwrap_err();
+        let text = errs.to_string();
+        for needle in [
+            "routes[0].load_balancing_policy: unsupported policy \"CONSISTENT\": use ROUND_ROBIN, RANDOM, LEAST_REQUEST, RING_HASH or MAGLEV",
+            "routes[1].lb_hash_header: has effect only with load_balancing_policy RING_HASH or MAGLEV",
+            "routes[1].ring_hash_lb_config: has effect only with load_balancing_policy RING_HASH",
+            "routes[1].healthy_panic_threshold: 101 is not a percentage (0 to 100)",
+            "routes[1].retries: 9 is more than 5",
+            "routes[1].retry_on[1]: unknown retry condition \"always\": use 5xx, gateway-error or reset",
+            "routes[2].lb_hash_cookie.ttl: invalid duration \"soon\"",
+            "routes[2].lb_hash_cookie.path: \"nope\" is not a cookie path",
+            "routes[2].lb_hash_cookie.colour: unknown field",
+            "routes[2].lb_hash_cookie.name: is required",
+            "routes[2].ring_hash_lb_config: minimum_ring_size 2048 exceeds maximum_ring_size 1024",
+            "routes[2].outlier_detection.interval: must be more than 0",
+            "routes[2].outlier_detection.max_ejection_time: 1s is less than base_ejection_time 30s",
+            "routes[2].outlier_detection.max_ejection_percent: 200 is not a percentage",
+            "routes[2].outlier_detection.consecutive5xx: unknown field (did you mean \"consecutive_5xx\"?)",
+            "routes[3].lb_hash_cookie: has no meaning on a tcp+ tunnel route",
+            "routes[3].retry_on: has no meaning on a tcp+ tunnel route",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
     }
 
     #[test]
