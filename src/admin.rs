@@ -142,6 +142,28 @@ pub fn config_dump(proxy: &Proxy) -> serde_json::Value {
                 "tls_custom_ca": r.tls.custom_ca.is_some(),
                 "tls_client_cert": r.tls.client_cert.is_some(),
                 "load_balancing_policy": r.load_balancing_policy,
+                "hash_on": match &r.hash_on {
+                    crate::config::HashOn::SourceIp => json!("source_ip"),
+                    crate::config::HashOn::Header(h) => json!({"header": h.as_str()}),
+                    crate::config::HashOn::Cookie(c) => json!({"cookie": c.name}),
+                },
+                "healthy_panic_threshold": r.healthy_panic_threshold,
+                "outlier_detection": r.outlier_detection.map(|o| json!({
+                    "consecutive_5xx": o.consecutive_5xx,
+                    "consecutive_gateway_failure": o.consecutive_gateway_failure,
+                    "interval": crate::config::duration::format(o.interval),
+                    "base_ejection_time": crate::config::duration::format(o.base_ejection_time),
+                    "max_ejection_time": crate::config::duration::format(o.max_ejection_time),
+                    "max_ejection_percent": o.max_ejection_percent,
+                })),
+                "retries": r.retries.attempts,
+                // What each endpoint's live state is now: health, ejection, load.
+                "endpoints": cr.balancer.targets().iter().map(|t| json!({
+                    "authority": t.upstream.authority,
+                    "healthy": t.state.healthy(),
+                    "ejected": t.state.ejected(),
+                    "in_flight": t.state.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                })).collect::<Vec<_>>(),
                 "health_checks": r.health_checks.len(),
                 "policy": r.policy.is_some(),
                 "pass_identity_headers": cr.pass_identity,
