@@ -1,4 +1,4 @@
-//! A route lookup and a policy decision allocate nothing, however large the table or the
+//! A route lookup, a balancer's pick and a policy decision allocate nothing, however large the table or the
 //! policy (counted by a real global allocator, not assumed).
 
 // Test code measures wall time and may lock as it likes: the clippy.toml rules are for src/.
@@ -11,6 +11,30 @@ use portcullis::source::yaml::{parse_config, NoMaterial};
 
 #[path = "../benches/support/policy_fixture.rs"]
 mod policy_fixture;
+
+#[path = "../benches/support/balancer_fixture.rs"]
+mod balancer_fixture;
+
+#[test]
+fn a_pick_does_not_allocate_under_any_policy() {
+    for policy in balancer_fixture::POLICIES {
+        // 1,000 endpoints, one in ten unhealthy: picks that fall back included.
+        let (b, _reg) = balancer_fixture::balancer(policy, 1000, 10);
+        let keys: Vec<u64> = (0..1000u64).map(|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+        // Warm up (the thread's random generator is made on first use).
+        b.pick(0, None);
+        let info = allocation_counter::measure(|| {
+            for (i, &k) in keys.iter().enumerate() {
+                let first = b.pick(k, None).unwrap();
+                assert!(b.targets()[first].state.available(), "{policy:?}");
+                if i % 10 == 0 {
+                    assert_ne!(b.pick(k, Some(first)), Some(first));
+                }
+            }
+        });
+        assert_eq!(info.count_total, 0, "{policy:?} picks allocated {} times", info.count_total);
+    }
+}
 
 #[test]
 fn route_lookup_does_not_allocate() {
