@@ -15,6 +15,7 @@
 
 pub mod accept;
 pub mod assertion;
+pub mod balance;
 pub mod body;
 pub mod conn;
 pub mod drain;
