@@ -74,6 +74,20 @@ pub enum HealthCheckField {
     Timeout,
     /// `http_health_check.path`.
     HttpPath,
+    /// `http_health_check.host`.
+    HttpHost,
+    /// One `http_health_check.expected_statuses` entry.
+    HttpExpectedStatus(usize),
+    /// `tcp_health_check.send`, or its `text`/`binary` key.
+    TcpSend(Option<&'static str>),
+    /// One `tcp_health_check.receive` entry, or its `text`/`binary` key.
+    TcpReceive(usize, Option<&'static str>),
+    /// `grpc_health_check` as a whole.
+    Grpc,
+    /// `grpc_health_check.service_name`.
+    GrpcServiceName,
+    /// `grpc_health_check.authority`.
+    GrpcAuthority,
 }
 
 impl RouteField<'_> {
@@ -95,6 +109,20 @@ impl RouteField<'_> {
                 HealthCheckField::Interval => format!("health_checks[{i}].interval"),
                 HealthCheckField::Timeout => format!("health_checks[{i}].timeout"),
                 HealthCheckField::HttpPath => format!("health_checks[{i}].http_health_check.path"),
+                HealthCheckField::HttpHost => format!("health_checks[{i}].http_health_check.host"),
+                HealthCheckField::HttpExpectedStatus(j) => {
+                    format!("health_checks[{i}].http_health_check.expected_statuses[{j}]")
+                }
+                HealthCheckField::TcpSend(key) => {
+                    format!("health_checks[{i}].tcp_health_check.send{}", key.map(|k| format!(".{k}")).unwrap_or_default())
+                }
+                HealthCheckField::TcpReceive(j, key) => format!(
+                    "health_checks[{i}].tcp_health_check.receive[{j}]{}",
+                    key.map(|k| format!(".{k}")).unwrap_or_default()
+                ),
+                HealthCheckField::Grpc => format!("health_checks[{i}].grpc_health_check"),
+                HealthCheckField::GrpcServiceName => format!("health_checks[{i}].grpc_health_check.service_name"),
+                HealthCheckField::GrpcAuthority => format!("health_checks[{i}].grpc_health_check.authority"),
             },
             other => other.key().to_owned(),
         }

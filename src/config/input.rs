@@ -121,6 +121,47 @@ pub enum Destinations {
 pub struct HttpProbeInput {
     /// Request path (default `/`).
     pub path: Option<String>,
+    /// `Host` of the probe (default: the upstream's).
+    pub host: Option<String>,
+    /// `expected_statuses`; `None` entries were unreadable (reported by the source).
+    pub expected_statuses: Vec<Option<StatusRangeInput>>,
+}
+
+/// One `expected_statuses` entry, an Envoy `Int64Range`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatusRangeInput {
+    /// First status (inclusive).
+    pub start: Option<u64>,
+    /// End (exclusive).
+    pub end: Option<u64>,
+}
+
+/// An Envoy `Payload`: exactly one of `text` (hex) and `binary` (base64), decoded by the
+/// validator.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PayloadInput {
+    /// Hex digits.
+    pub text: Option<String>,
+    /// Base64.
+    pub binary: Option<String>,
+}
+
+/// A TCP health probe (`{}`: connect only).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TcpProbeInput {
+    /// Written once connected.
+    pub send: Option<PayloadInput>,
+    /// Expected in the answer, in order; `None` entries were unreadable.
+    pub receive: Vec<Option<PayloadInput>>,
+}
+
+/// A gRPC health probe.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GrpcProbeInput {
+    /// `service_name` (default empty: the whole server).
+    pub service_name: Option<String>,
+    /// `authority` (default: the upstream's).
+    pub authority: Option<String>,
 }
 
 /// One active health check.
@@ -136,8 +177,10 @@ pub struct HealthCheckInput {
     pub healthy_threshold: Option<u64>,
     /// `http_health_check`.
     pub http: Option<HttpProbeInput>,
-    /// `tcp_health_check` was given.
-    pub tcp: bool,
+    /// `tcp_health_check`.
+    pub tcp: Option<TcpProbeInput>,
+    /// `grpc_health_check`.
+    pub grpc: Option<GrpcProbeInput>,
     /// What the source could not read.
     pub problems: Problems,
 }

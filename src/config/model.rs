@@ -455,7 +455,7 @@ impl Clone for ClientCert {
 }
 
 /// Active health checking of a route's upstreams.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HealthCheck {
     /// Time between checks.
     pub interval: Duration,
@@ -469,17 +469,40 @@ pub struct HealthCheck {
     pub kind: HealthCheckKind,
 }
 
-/// The probe of a health check.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The probe of a health check, in Envoy's shapes (which Pomerium passes through).
+/// Equality tells a reload whether a running checker changed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HealthCheckKind {
-    /// `GET path`; any 2xx or 3xx is healthy.
+    /// `GET path`; healthy when the status is in one of `expected_statuses`.
     Http {
         /// Request path.
         path: String,
+        /// `Host` (and HTTP/2 `:authority`) of the probe; `None`: the upstream's.
+        host: Option<String>,
+        /// Envoy `Int64Range`s: start inclusive, end exclusive. Never empty: without the key
+        /// it is Envoy's (and so Pomerium's) default, `200` alone (`[200..201)`).
+        expected_statuses: Vec<std::ops::Range<u16>>,
     },
-    /// A TCP connect succeeds.
-    Tcp,
+    /// Connect; then write `send`, if any, and read until every `receive` payload was
+    /// found, in order but not necessarily contiguous (Envoy's "fuzzy" match). Neither:
+    /// the connect alone.
+    Tcp {
+        /// Bytes written once connected.
+        send: Option<Vec<u8>>,
+        /// Payloads the answer must contain, in order.
+        receive: Vec<Vec<u8>>,
+    },
+    /// `grpc.health.v1.Health/Check` over HTTP/2; healthy when it answers `SERVING`.
+    Grpc {
+        /// The `service` asked about (empty: the server as a whole).
+        service_name: String,
+        /// `:authority` of the call; `None`: the upstream's.
+        authority: Option<String>,
+    },
 }
+
+/// Envoy's default `expected_statuses`: 200 only.
+pub const DEFAULT_EXPECTED_STATUSES: std::ops::Range<u16> = 200..201;
 
 /// One route: what it matches and what it does with a matching request.
 #[derive(Clone, Debug)]

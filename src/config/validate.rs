@@ -19,8 +19,8 @@ use super::claims::Claims;
 use super::duration;
 use super::fields::{HealthCheckField, RouteField, RouteNames, SettingsField, SettingsNames};
 use super::input::{
-    CertificateInput, Destinations, Given, HealthCheckInput, MtlsInput, OutlierInput, RouteInput, SettingsInput,
-    UpstreamInput, UNKNOWN_KEYS,
+    CertificateInput, Destinations, Given, HealthCheckInput, MtlsInput, OutlierInput, PayloadInput, RouteInput,
+    SettingsInput, UpstreamInput, UNKNOWN_KEYS,
 };
 use super::model::{
     Certificate, ClientCert, CodecType, DownstreamMtls, DrainScope, HashCookie, HashOn, HealthCheck, HealthCheckKind,
@@ -680,7 +680,7 @@ pub fn route(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -> O
     let mut health_checks = Vec::with_capacity(input.health_checks.len());
     for (i, h) in input.health_checks.iter().enumerate() {
         errs.extend(input.problems.about("health_checks", Some(i)));
-        if let Some(h) = h.as_ref().and_then(|h| health_check(h, i, names, errs)) {
+        if let Some(h) = h.as_ref().and_then(|h| health_check(h, i, to.as_deref().unwrap_or_default(), names, errs)) {
             health_checks.push(h);
         }
     }
@@ -966,12 +966,15 @@ fn http_only_keys(input: &RouteInput, tunnel: Tunnel, names: &dyn RouteNames, er
         );
     }
     for (i, h) in input.health_checks.iter().enumerate() {
-        if let Some(HealthCheckInput { http: Some(_), .. }) = h {
-            errs.push(
-                names.name(RouteField::HealthCheck(i, HealthCheckField::Check)),
-                "an HTTP check cannot probe a tunnel's upstream; use tcp_health_check",
-            );
-        }
+        let kind = match h {
+            Some(HealthCheckInput { http: Some(_), .. }) => "an HTTP",
+            Some(HealthCheckInput { grpc: Some(_), .. }) => "a gRPC",
+            _ => continue,
+        };
+        errs.push(
+            names.name(RouteField::HealthCheck(i, HealthCheckField::Check)),
+            format!("{kind} check cannot probe a tunnel's upstream; use tcp_health_check"),
+        );
     }
 }
 
@@ -1104,7 +1107,13 @@ fn upstream_tls(input: &RouteInput, names: &dyn RouteNames, errs: &mut Errors) -
     UpstreamTls { skip_verify: input.tls_skip_verify.unwrap_or(false), server_name, custom_ca, client_cert }
 }
 
-fn health_check(input: &HealthCheckInput, i: usize, names: &dyn RouteNames, errs: &mut Errors) -> Option<HealthCheck> {
+fn health_check(
+    input: &HealthCheckInput,
+    i: usize,
+    to: &[Upstream],
+    names: &dyn RouteNames,
+    errs: &mut Errors,
+) -> Option<HealthCheck> {
     let at = |f| names.name(RouteField::HealthCheck(i, f));
     let found = |key, errs: &mut Errors| errs.extend(input.problems.about(key, None));
     found("interval", errs);
@@ -1119,23 +1128,149 @@ fn health_check(input: &HealthCheckInput, i: usize, names: &dyn RouteNames, errs
     found("healthy_threshold", errs);
     let unhealthy_threshold = input.unhealthy_threshold.unwrap_or(3).clamp(1, 100) as u32;
     let healthy_threshold = input.healthy_threshold.unwrap_or(2).clamp(1, 100) as u32;
-    found("http_health_check", errs);
-    let kind = match (&input.http, input.tcp) {
-        (Some(h), false) => {
+    for key in ["http_health_check", "tcp_health_check", "grpc_health_check"] {
+        found(key, errs);
+    }
+    let before = errs.len();
+    let kind = match (&input.http, &input.tcp, &input.grpc) {
+        (Some(h), None, None) => {
             let path = h.path.clone().unwrap_or_else(|| "/".to_owned());
             if !path.starts_with('/') {
                 errs.push(at(HealthCheckField::HttpPath), "must start with /");
             }
-            HealthCheckKind::Http { path }
+            if let Some(host) = &h.host {
+                if let Err(e) = authority(host) {
+                    errs.push(at(HealthCheckField::HttpHost), e);
+                }
+            }
+            let mut expected_statuses = Vec::with_capacity(h.expected_statuses.len());
+            for (j, r) in h.expected_statuses.iter().enumerate() {
+                let Some(r) = r else { continue };
+                match status_range(r.start, r.end) {
+                    Ok(r) => expected_statuses.push(r),
+                    Err(e) => errs.push(at(HealthCheckField::HttpExpectedStatus(j)), e),
+                }
+            }
+            if h.expected_statuses.is_empty() {
+                expected_statuses.push(super::model::DEFAULT_EXPECTED_STATUSES);
+            }
+            HealthCheckKind::Http { path, host: h.host.clone(), expected_statuses }
         }
-        (None, true) => HealthCheckKind::Tcp,
+        (None, Some(t), None) => {
+            let send = t.send.as_ref().and_then(|p| payload(p, |k| at(HealthCheckField::TcpSend(k)), errs));
+            let receive = t
+                .receive
+                .iter()
+                .enumerate()
+                .filter_map(|(j, p)| payload(p.as_ref()?, |k| at(HealthCheckField::TcpReceive(j, k)), errs))
+                .collect();
+            HealthCheckKind::Tcp { send, receive }
+        }
+        (None, None, Some(g)) => {
+            if let Some(a) = &g.authority {
+                if let Err(e) = authority(a) {
+                    errs.push(at(HealthCheckField::GrpcAuthority), e);
+                }
+            }
+            let service_name = g.service_name.clone().unwrap_or_default();
+            if service_name.chars().any(char::is_control) {
+                errs.push(at(HealthCheckField::GrpcServiceName), format!("{service_name:?} contains control characters"));
+            }
+            if to.iter().any(|u| u.scheme == UpstreamScheme::Http) {
+                errs.push(
+                    at(HealthCheckField::Grpc),
+                    "grpc_health_check needs h2c:// or https:// upstreams (the route has http:// ones)",
+                );
+            }
+            HealthCheckKind::Grpc { service_name, authority: g.authority.clone() }
+        }
         _ => {
-            errs.push(at(HealthCheckField::Check), "set exactly one of http_health_check and tcp_health_check");
+            errs.push(
+                at(HealthCheckField::Check),
+                "set exactly one of http_health_check, tcp_health_check and grpc_health_check",
+            );
             return None;
         }
     };
     found(UNKNOWN_KEYS, errs);
-    Some(HealthCheck { interval, timeout, unhealthy_threshold, healthy_threshold, kind })
+    (errs.len() == before).then_some(HealthCheck { interval, timeout, unhealthy_threshold, healthy_threshold, kind })
+}
+
+/// A `host` or `authority` a probe sends: `host[:port]`, no user info, a valid header value.
+fn authority(text: &str) -> Result<(), String> {
+    let ok = !text.is_empty()
+        && !text.contains('@')
+        && text.parse::<http::uri::Authority>().is_ok()
+        && HeaderValue::from_str(text).is_ok();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{text:?} is not a valid authority (host or host:port)"))
+    }
+}
+
+/// An Envoy `Int64Range` of HTTP statuses: start inclusive, end exclusive, within 100..=599.
+fn status_range(start: Option<u64>, end: Option<u64>) -> Result<std::ops::Range<u16>, String> {
+    let (Some(start), Some(end)) = (start, end) else {
+        return Err("needs start and end (start inclusive, end exclusive: {start: 200, end: 300})".to_owned());
+    };
+    if !(100..=599).contains(&start) || !(101..=600).contains(&end) {
+        return Err(format!("{start}..{end} is outside the HTTP statuses (start 100 to 599, end up to 600)"));
+    }
+    if start >= end {
+        return Err(format!("start {start} must be below end {end} (the end is exclusive)"));
+    }
+    Ok(start as u16..end as u16)
+}
+
+/// An Envoy `Payload`'s bytes; errors name the `text` or `binary` key (`at(None)`: the
+/// payload itself).
+fn payload(input: &PayloadInput, at: impl Fn(Option<&'static str>) -> String, errs: &mut Errors) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    match (&input.text, &input.binary) {
+        (Some(hex), None) => match decode_hex(hex) {
+            Ok(b) if !b.is_empty() => Some(b),
+            Ok(_) => {
+                errs.push(at(Some("text")), "is empty");
+                None
+            }
+            Err(e) => {
+                errs.push(at(Some("text")), e);
+                None
+            }
+        },
+        (None, Some(b64)) => match base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
+            Ok(b) if !b.is_empty() => Some(b),
+            Ok(_) => {
+                errs.push(at(Some("binary")), "is empty");
+                None
+            }
+            Err(e) => {
+                errs.push(at(Some("binary")), format!("is not base64 ({e})"));
+                None
+            }
+        },
+        _ => {
+            errs.push(at(None), "set exactly one of text (hex) and binary (base64)");
+            None
+        }
+    }
+}
+
+/// Hex digits (either case) to bytes.
+fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
+    let t = text.trim();
+    if t.len() % 2 != 0 {
+        return Err(format!("{t:?} is not hex: an odd number of digits"));
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    t.as_bytes()
+        .chunks(2)
+        .map(|p| match (digit(p[0]), digit(p[1])) {
+            (Some(h), Some(l)) => Ok(h << 4 | l),
+            _ => Err(format!("{t:?} is not hex (text is hex digits; use binary for base64)")),
+        })
+        .collect()
 }
 
 /// Cross-route checks of one source: unique names, no two routes with the same host and
@@ -1415,4 +1550,47 @@ mod tests {
         assert!(route(&input, &names, &mut errs).is_none());
         assert!(parse_upstream("tcp://10.0.0.5").unwrap_err().contains("needs its port"));
     }
+
+    #[test]
+    fn health_check_values_follow_envoy() {
+        assert_eq!(status_range(Some(200), Some(201)), Ok(200..201));
+        assert_eq!(status_range(Some(100), Some(600)), Ok(100..600));
+        for (start, end, says) in [
+            (Some(200), Some(200), "must be below end"),
+            (Some(99), Some(200), "outside the HTTP statuses"),
+            (Some(200), Some(601), "outside the HTTP statuses"),
+            (Some(600), Some(601), "outside the HTTP statuses"),
+            (None, Some(300), "needs start and end"),
+        ] {
+            let e = status_range(start, end).unwrap_err();
+            assert!(e.contains(says), "{start:?}..{end:?}: {e}");
+        }
+        assert_eq!(decode_hex("50494E47"), Ok(b"PING".to_vec()));
+        assert_eq!(decode_hex(" 00ff "), Ok(vec![0, 255]));
+        assert!(decode_hex("abc").unwrap_err().contains("odd number"));
+        assert!(decode_hex("zz").unwrap_err().contains("is not hex"));
+        assert!(decode_hex("éé").is_err(), "a multi-byte character is not a digit, not a panic");
+        for ok in ["health.internal", "10.0.0.1:8080", "[::1]:50051", "a"] {
+            assert_eq!(authority(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "a b", "user@host", "host/path", "host:port"] {
+            assert!(authority(bad).is_err(), "{bad}");
+        }
+        let mut errs = Errors::default();
+        let at = |k: Option<&str>| format!("send{}", k.map(|k| format!(".{k}")).unwrap_or_default());
+        let p = |text: Option<&str>, binary: Option<&str>| PayloadInput {
+            text: text.map(str::to_owned),
+            binary: binary.map(str::to_owned),
+        };
+        assert_eq!(payload(&p(None, Some("UElORw==")), at, &mut errs), Some(b"PING".to_vec()));
+        assert_eq!(payload(&p(Some(""), None), at, &mut errs), None);
+        assert_eq!(payload(&p(None, Some("***")), at, &mut errs), None);
+        assert_eq!(payload(&p(None, None), at, &mut errs), None);
+        let found: Vec<String> = errs.into_vec().iter().map(ToString::to_string).collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found[0], "send.text: is empty");
+        assert!(found[1].starts_with("send.binary: is not base64"), "{found:?}");
+        assert_eq!(found[2], "send: set exactly one of text (hex) and binary (base64)");
+    }
+
 }

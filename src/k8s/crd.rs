@@ -231,7 +231,7 @@ pub enum LoadBalancingPolicy {
 
 /// One active health check.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[x_kube(validation = Rule::new("has(self.httpHealthCheck) != has(self.tcpHealthCheck)").message("set exactly one of httpHealthCheck and tcpHealthCheck"))]
+#[x_kube(validation = Rule::new("[has(self.httpHealthCheck), has(self.tcpHealthCheck), has(self.grpcHealthCheck)].filter(x, x).size() == 1").message("set exactly one of httpHealthCheck, tcpHealthCheck and grpcHealthCheck"))]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheckSpec {
     /// Time between checks.
@@ -250,26 +250,87 @@ pub struct HealthCheckSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub healthy_threshold: Option<u32>,
-    /// `GET path`; 2xx is healthy.
+    /// `GET path`; a status in `expectedStatuses` (default 200) is healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_health_check: Option<HttpHealthCheck>,
-    /// A TCP connect.
+    /// A TCP connect, optionally a payload sent and payloads expected back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_health_check: Option<TcpHealthCheck>,
+    /// `grpc.health.v1.Health/Check`; `SERVING` is healthy (h2c:// or https:// upstreams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_health_check: Option<GrpcHealthCheck>,
 }
 
 /// HTTP probe.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpHealthCheck {
     /// Request path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024), regex(pattern = r"^/"))]
     pub path: Option<String>,
+    /// `Host` of the probe (default: the upstream's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 300))]
+    pub host: Option<String>,
+    /// Healthy statuses, as ranges (start inclusive, end exclusive); default 200 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub expected_statuses: Option<Vec<StatusRange>>,
 }
 
-/// TCP probe (no settings).
+/// A range of HTTP statuses: `start` inclusive, `end` exclusive (Envoy's `Int64Range`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-pub struct TcpHealthCheck {}
+#[x_kube(validation = Rule::new("self.start < self.end").message("start must be below end (the end is exclusive)"))]
+pub struct StatusRange {
+    /// First healthy status.
+    #[schemars(range(min = 100, max = 599))]
+    pub start: u16,
+    /// First status past the range.
+    #[schemars(range(min = 101, max = 600))]
+    pub end: u16,
+}
+
+/// TCP probe: connect; `send`, then every `receive` payload found in order. Neither:
+/// connect only.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct TcpHealthCheck {
+    /// Written once connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<Payload>,
+    /// Expected in the answer, in order, not necessarily contiguous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub receive: Option<Vec<Payload>>,
+}
+
+/// Bytes of a TCP probe: `text` (hex) or `binary` (base64).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.text) != has(self.binary)").message("set exactly one of text and binary"))]
+pub struct Payload {
+    /// Hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 4096), regex(pattern = r"^([0-9a-fA-F]{2})+$"))]
+    pub text: Option<String>,
+    /// Base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 4, max = 4096))]
+    pub binary: Option<String>,
+}
+
+/// gRPC probe.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcHealthCheck {
+    /// The service asked about (default empty: the server as a whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 300))]
+    pub service_name: Option<String>,
+    /// `:authority` of the call (default: the upstream's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 300))]
+    pub authority: Option<String>,
+}
 
 /// TLS for a route's host.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -563,7 +624,8 @@ mod tests {
         for needle in [
             "set only one of prefix, path and regex",
             "timeoutWrite must be greater than timeoutRead",
-            "set exactly one of httpHealthCheck and tcpHealthCheck",
+            "set exactly one of httpHealthCheck, tcpHealthCheck and grpcHealthCheck",
+            "set exactly one of text and binary",
             "maxItems: 64",
             "maxLength: 300",
             "subresources:\n      status: {}",

@@ -1,7 +1,7 @@
 //! The running data plane ([`Proxy`]): the current snapshot and listener generation behind
 //! `ArcSwap`s (the request path loads them and takes no lock), and what a reload does:
 //! build the next snapshot, start a new listener generation when what a listener holds
-//! changed, move sockets, restart health checks.
+//! changed, move sockets, start and stop health checkers.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -105,7 +105,7 @@ impl Proxy {
         let identity = Identity { idp, signin, signer, revocations: revocations.clone() };
         let first = Arc::new(build_snapshot(config, 1, &clients, &endpoints, &tables, &lifetimes, identity));
         lifetimes.retain(&first);
-        health.restart(&first, &metrics.upstream_healthy);
+        health.apply(&first, &metrics.upstream_healthy);
         let snapshot = ArcSwap::new(first);
         metrics.reload_success.set(1);
         metrics.reload_success_timestamp.set(unix_now());
@@ -187,7 +187,7 @@ impl Proxy {
         ));
         self.snapshot.store(snap.clone());
         self.lifetimes.retain(&snap);
-        self.health.restart(&snap, &self.metrics.upstream_healthy);
+        self.health.apply(&snap, &self.metrics.upstream_healthy);
         self.metrics.reload_success.set(1);
         self.metrics.reload_success_timestamp.set(unix_now());
         if listener_errors.is_empty() {

@@ -12,8 +12,9 @@ use serde_json::{Map, Value};
 
 use crate::config::fields::{KeyPath, RouteNames, ROUTE_OPTION_KEYS};
 use crate::config::input::{
-    CertificateInput, Destinations, Given, HashCookieInput, HealthCheckInput, HttpProbeInput, MtlsInput, OutlierInput,
-    Pem, Problems, RingSizeInput, RouteInput, SettingsInput, UpstreamInput, UNKNOWN_KEYS,
+    CertificateInput, Destinations, Given, GrpcProbeInput, HashCookieInput, HealthCheckInput, HttpProbeInput, MtlsInput,
+    OutlierInput, PayloadInput, Pem, Problems, RingSizeInput, RouteInput, SettingsInput, StatusRangeInput, TcpProbeInput,
+    UpstreamInput, UNKNOWN_KEYS,
 };
 use crate::config::validate::{self, check_route_set, ConfigErrors, Errors};
 use crate::config::{Config, Route};
@@ -693,7 +694,8 @@ fn read_outlier(path: &str, v: &Value, errs: &mut Errors) -> Option<OutlierInput
     Some(input)
 }
 
-/// One health check; `None` (the error in `errs`) when it or its probe is not a mapping.
+/// One health check; `None` (the error in `errs`) when it is not a mapping. A probe that is
+/// not a mapping is reported under its key and leaves the check without that probe.
 fn read_health_check(path: &str, v: &Value, errs: &mut Errors) -> Option<HealthCheckInput> {
     let mut m = MappingReader::new(path, v, errs)?;
     let mut input = HealthCheckInput::default();
@@ -702,23 +704,109 @@ fn read_health_check(path: &str, v: &Value, errs: &mut Errors) -> Option<HealthC
     input.timeout = m.duration("timeout", p);
     input.unhealthy_threshold = m.uint("unhealthy_threshold", p);
     input.healthy_threshold = m.uint("healthy_threshold", p);
-    let http = m.get("http_health_check");
-    input.tcp = m.get("tcp_health_check").is_some();
-    if let Some(h) = http {
-        let mut probe = MappingReader::new(&m.at("http_health_check"), h, errs)?;
+    // Each probe's own errors (paths included) are recorded under its key.
+    let mut unreadable = false;
+    let mut probe = |key: &'static str, read: &dyn Fn(&mut MappingReader<'_>, &mut Errors) -> ProbeInput| {
+        let v = m.get(key)?;
+        let mut found = Errors::default();
+        let out = MappingReader::new(&m.at(key), v, &mut found).map(|mut r| {
+            let out = read(&mut r, &mut found);
+            r.finish(&mut found);
+            out
+        });
+        unreadable |= out.is_none();
+        input.problems.add(key, None, found);
+        out
+    };
+    let http = probe("http_health_check", &|r, errs| {
         let mut found = Problems::default();
-        input.http = Some(HttpProbeInput { path: probe.string("path", &mut found) });
-        let mut all = Errors::default();
-        all.extend(found.about("path", None));
-        probe.finish(&mut all);
-        input.problems.add("http_health_check", None, all);
+        let path = r.string("path", &mut found);
+        let host = r.string("host", &mut found);
+        let expected_statuses = r
+            .list("expected_statuses", &mut found)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let mut e = MappingReader::new(&format!("{}[{i}]", r.at("expected_statuses")), v, errs)?;
+                let mut f = Problems::default();
+                let range = StatusRangeInput { start: e.uint("start", &mut f), end: e.uint("end", &mut f) };
+                e.finish_into(&mut f);
+                let ok = f.is_empty();
+                extend(errs, f);
+                ok.then_some(range)
+            })
+            .collect();
+        extend(errs, found);
+        ProbeInput::Http(HttpProbeInput { path, host, expected_statuses })
+    });
+    let tcp = probe("tcp_health_check", &|r, errs| {
+        let send = r.get("send").and_then(|v| read_payload(&r.at("send"), v, errs));
+        let mut found = Problems::default();
+        let receive = r
+            .list("receive", &mut found)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| read_payload(&format!("{}[{i}]", r.at("receive")), v, errs))
+            .collect();
+        extend(errs, found);
+        ProbeInput::Tcp(TcpProbeInput { send, receive })
+    });
+    let grpc = probe("grpc_health_check", &|r, errs| {
+        let mut found = Problems::default();
+        let g = GrpcProbeInput {
+            service_name: r.string("service_name", &mut found),
+            authority: r.string("authority", &mut found),
+        };
+        extend(errs, found);
+        ProbeInput::Grpc(g)
+    });
+    if unreadable {
+        // A probe that is not a mapping: the check is that error alone.
+        extend(errs, input.problems);
+        return None;
     }
-    // With both or neither probe the validator rejects the check as a whole; its other keys
-    // are not worth a second complaint.
-    if input.http.is_some() != input.tcp {
+    let given = [&http, &tcp, &grpc].iter().filter(|p| p.is_some()).count();
+    for p in [http, tcp, grpc].into_iter().flatten() {
+        match p {
+            ProbeInput::Http(h) => input.http = Some(h),
+            ProbeInput::Tcp(t) => input.tcp = Some(t),
+            ProbeInput::Grpc(g) => input.grpc = Some(g),
+        }
+    }
+    // With more than one probe, or none, the validator rejects the check as a whole; its
+    // other keys are not worth a second complaint.
+    if given == 1 {
         m.finish_into(&mut input.problems);
     }
     Some(input)
+}
+
+/// A probe as read, before it goes into its field.
+enum ProbeInput {
+    Http(HttpProbeInput),
+    Tcp(TcpProbeInput),
+    Grpc(GrpcProbeInput),
+}
+
+/// An Envoy payload, `{text: HEX}` or `{binary: BASE64}` (which one is the validator's
+/// business); `None` (the error in `errs`) when it is not a mapping or has a bad key.
+fn read_payload(path: &str, v: &Value, errs: &mut Errors) -> Option<PayloadInput> {
+    let mut m = MappingReader::new(path, v, errs)?;
+    let mut found = Problems::default();
+    let p = PayloadInput { text: m.string("text", &mut found), binary: m.string("binary", &mut found) };
+    m.finish_into(&mut found);
+    let ok = found.is_empty();
+    extend(errs, found);
+    ok.then_some(p)
+}
+
+/// Moves what a nested reader recorded into `errs`.
+fn extend(errs: &mut Errors, found: Problems) {
+    for (_, _, e) in found.into_entries() {
+        errs.extend([&e]);
+    }
 }
 
 #[cfg(test)]
@@ -1069,6 +1157,89 @@ routes:
         )
         .unwrap_err();
         assert!(e.to_string().contains("routes[1]: matches the same host and path as routes[0]"), "{e}");
+    }
+
+    #[test]
+    fn health_checks_read_in_envoy_shapes() {
+        use crate::config::HealthCheckKind;
+        let c = parse(
+            "routes:
+ - from: https://a.test
+   to: [h2c://10.0.0.1:50051, https://10.0.0.2:443]
+   health_checks:
+     - {interval: 1s, timeout: 500ms, http_health_check: {path: /healthz, host: health.internal, expected_statuses: [{start: 200, end: 300}, {start: 418, end: \"419\"}]}}
+     - {http_health_check: {}}
+     - tcp_health_check: {send: {text: 50494e47}, receive: [{text: 504f4e47}, {binary: T0s=}]}
+     - {tcp_health_check: {}}
+     - {grpc_health_check: {service_name: app, authority: grpc.internal:50051}}
+     - {grpc_health_check: {}}
+",
+        )
+        .unwrap();
+        let kinds: Vec<&HealthCheckKind> = c.routes[0].health_checks.iter().map(|h| &h.kind).collect();
+        assert_eq!(c.routes[0].health_checks[0].interval, Duration::from_secs(1));
+        assert_eq!(
+            kinds,
+            [
+                &HealthCheckKind::Http {
+                    path: "/healthz".into(),
+                    host: Some("health.internal".into()),
+                    expected_statuses: vec![200..300, 418..419]
+                },
+                &HealthCheckKind::Http { path: "/".into(), host: None, expected_statuses: vec![200..201] },
+                &HealthCheckKind::Tcp { send: Some(b"PING".to_vec()), receive: vec![b"PONG".to_vec(), b"OK".to_vec()] },
+                &HealthCheckKind::Tcp { send: None, receive: vec![] },
+                &HealthCheckKind::Grpc { service_name: "app".into(), authority: Some("grpc.internal:50051".into()) },
+                &HealthCheckKind::Grpc { service_name: String::new(), authority: None },
+            ]
+        );
+    }
+
+    #[test]
+    fn health_check_errors_are_named_and_reported_together() {
+        let errs = parse(
+            "routes:
+ - from: https://a.test
+   to: [http://10.0.0.1:80]
+   health_checks:
+     - {http_health_check: {path: x, host: \"a b\", expected_statuses: [{start: 300, end: 200}, {start: 99, end: 200}, {start: 200}, {begin: 1}]}}
+     - {tcp_health_check: {send: {text: 5g}, receive: [{binary: \"!!\"}, {text: ab, binary: qw==}, {}, x]}}
+     - {grpc_health_check: {service_name: app, authority: \"user@host\", extra: 1}}
+     - {http_health_check: {}, grpc_health_check: {}}
+     - {}
+     - {tcp_health_check: 1}
+ - from: tcp+https://db.test:5432
+   to: tcp://10.0.0.5:5432
+   health_checks: [{grpc_health_check: {}}, {tcp_health_check: {}}]
+",
+        )
+        .unwrap_err();
+        let got: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
+        let h = "routes[0].health_checks";
+        let expected = [
+            format!("{h}[0].http_health_check.expected_statuses[3].begin: unknown field"),
+            format!("{h}[0].http_health_check.path: must start with /"),
+            format!("{h}[0].http_health_check.host: \"a b\" is not a valid authority (host or host:port)"),
+            format!("{h}[0].http_health_check.expected_statuses[0]: start 300 must be below end 200 (the end is exclusive)"),
+            format!("{h}[0].http_health_check.expected_statuses[1]: 99..200 is outside the HTTP statuses (start 100 to 599, end up to 600)"),
+            format!("{h}[0].http_health_check.expected_statuses[2]: needs start and end"),
+            format!("{h}[1].tcp_health_check.receive[3]: expected a mapping, found a string"),
+            format!("{h}[1].tcp_health_check.send.text: \"5g\" is not hex"),
+            format!("{h}[1].tcp_health_check.receive[0].binary: is not base64"),
+            format!("{h}[1].tcp_health_check.receive[1]: set exactly one of text (hex) and binary (base64)"),
+            format!("{h}[1].tcp_health_check.receive[2]: set exactly one of text (hex) and binary (base64)"),
+            format!("{h}[2].grpc_health_check.extra: unknown field"),
+            format!("{h}[2].grpc_health_check.authority: \"user@host\" is not a valid authority"),
+            format!("{h}[2].grpc_health_check: grpc_health_check needs h2c:// or https:// upstreams"),
+            format!("{h}[3]: set exactly one of http_health_check, tcp_health_check and grpc_health_check"),
+            format!("{h}[4]: set exactly one of http_health_check, tcp_health_check and grpc_health_check"),
+            format!("{h}[5].tcp_health_check: expected a mapping, found a number"),
+            "routes[1].health_checks[0]: a gRPC check cannot probe a tunnel's upstream; use tcp_health_check".to_owned(),
+        ];
+        for e in &expected {
+            assert!(got.iter().any(|g| g.starts_with(e.as_str())), "{e:?} in {got:#?}");
+        }
+        assert_eq!(got.len(), expected.len(), "{got:#?}");
     }
 
     #[test]
