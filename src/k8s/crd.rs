@@ -117,9 +117,35 @@ pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub tls_client_secret: Option<String>,
-    /// `ROUND_ROBIN`, `RANDOM` or `LEAST_REQUEST`.
+    /// `ROUND_ROBIN`, `RANDOM`, `LEAST_REQUEST`, `RING_HASH` or `MAGLEV`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancing_policy: Option<LoadBalancingPolicy>,
+    /// `RING_HASH`/`MAGLEV`: hash this request header's value (the source IP when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub lb_hash_header: Option<String>,
+    /// `RING_HASH`/`MAGLEV`: hash this cookie, set by the proxy when the client has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lb_hash_cookie: Option<LbHashCookie>,
+    /// `RING_HASH`: bounds on the ring's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash_lb_config: Option<RingHashLbConfig>,
+    /// Below this percent of available endpoints, balance over all of them (default 50; 0
+    /// turns panic mode off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub healthy_panic_threshold: Option<u32>,
+    /// Passive ejection of endpoints that keep failing; `{}` gives the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetectionSpec>,
+    /// Attempts after the first on another endpoint (default 1; 0 disables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 5))]
+    pub retries: Option<u32>,
+    /// What else an idempotent request is retried on: `5xx`, `gateway-error`, `reset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 3))]
+    pub retry_on: Option<Vec<RetryOn>>,
     /// Active health checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4))]
@@ -227,6 +253,87 @@ pub enum LoadBalancingPolicy {
     RANDOM,
     /// Fewest requests in flight (power of two choices).
     LEAST_REQUEST,
+    /// Consistent hashing on a ring (Ketama), by the session, `lbHashHeader`, `lbHashCookie`
+    /// or the source IP.
+    RING_HASH,
+    /// Maglev consistent hashing, by the same keys as `RING_HASH`.
+    MAGLEV,
+}
+
+/// A sticky-session cookie to hash on.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct LbHashCookie {
+    /// Cookie name.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// `Max-Age` of a cookie the proxy sets (Go duration; `0` or absent: a session cookie).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub ttl: Option<String>,
+    /// `Path` of a cookie the proxy sets (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), regex(pattern = r"^/"))]
+    pub path: Option<String>,
+}
+
+/// Envoy's bounds on a hash ring's size.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.minimumRingSize) || !has(self.maximumRingSize) || self.minimumRingSize <= self.maximumRingSize").message("minimumRingSize must not exceed maximumRingSize"))]
+#[serde(rename_all = "camelCase")]
+pub struct RingHashLbConfig {
+    /// Smallest ring (default 16384).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 8_388_608))]
+    pub minimum_ring_size: Option<u64>,
+    /// Largest ring (default 8388608).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 8_388_608))]
+    pub maximum_ring_size: Option<u64>,
+}
+
+/// Outlier detection: every field optional, Envoy's defaults otherwise.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetectionSpec {
+    /// Consecutive 5xx answers that eject an endpoint (default 5; 0 disables this trigger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub consecutive_5xx: Option<u32>,
+    /// Consecutive gateway failures (connect failures, resets, timeouts, 502/503/504) that
+    /// eject it (default 5; 0 disables this trigger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub consecutive_gateway_failure: Option<u32>,
+    /// How often an endpoint's count of ejections decays by one (default `10s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub interval: Option<String>,
+    /// Ejection time, multiplied by the times ejected (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub base_ejection_time: Option<String>,
+    /// Cap on one ejection (default `300s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max_ejection_time: Option<String>,
+    /// At most this percent of the endpoints are ejected at once, but always one (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// Conditions a request is retried on besides a connection that could not be made.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryOn {
+    /// An idempotent request answered 5xx.
+    #[serde(rename = "5xx")]
+    FiveXx,
+    /// An idempotent request answered 502, 503 or 504.
+    #[serde(rename = "gateway-error")]
+    GatewayError,
+    /// An idempotent request whose upstream reset or closed mid-way.
+    #[serde(rename = "reset")]
+    Reset,
 }
 
 /// One active health check.
@@ -545,6 +652,7 @@ pub fn crds_yaml() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     /// `crds/` is what users apply and what the Helm chart ships; it must match the types.
     #[test]
@@ -622,6 +730,34 @@ mod tests {
         assert_eq!(spec["passIdentityHeaders"]["type"], "boolean");
     }
 
+    /// The load-balancing fields: the bounds and enums the API server enforces itself.
+    #[test]
+    fn the_load_balancing_schema_is_bounded() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(Route::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        let policies = spec["loadBalancingPolicy"]["enum"].as_array().unwrap();
+        for p in ["ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "RING_HASH", "MAGLEV"] {
+            assert!(policies.contains(&serde_json::json!(p)), "{p}");
+        }
+        // schemars writes the bounds as floats (`maximum: 100.0`).
+        let bounds = |v: &Value| (v["minimum"].as_f64(), v["maximum"].as_f64());
+        assert_eq!(bounds(&spec["healthyPanicThreshold"]), (Some(0.0), Some(100.0)));
+        assert_eq!(bounds(&spec["retries"]), (Some(0.0), Some(5.0)));
+        assert_eq!(spec["retryOn"]["items"]["enum"], serde_json::json!(["5xx", "gateway-error", "reset"]));
+        let outlier = &spec["outlierDetection"]["properties"];
+        assert_eq!(bounds(&outlier["consecutive5xx"]), (Some(0.0), Some(1000.0)));
+        assert_eq!(bounds(&outlier["maxEjectionPercent"]), (Some(0.0), Some(100.0)));
+        for d in ["interval", "baseEjectionTime", "maxEjectionTime"] {
+            assert_eq!(outlier[d]["pattern"], DURATION_PATTERN, "{d}");
+        }
+        assert_eq!(spec["lbHashCookie"]["required"], serde_json::json!(["name"]));
+        assert_eq!(spec["lbHashCookie"]["properties"]["ttl"]["pattern"], DURATION_PATTERN);
+        let ring = &spec["ringHashLbConfig"];
+        assert_eq!(bounds(&ring["properties"]["maximumRingSize"]), (Some(1.0), Some(8_388_608.0)));
+        assert_eq!(ring["x-kubernetes-validations"][0]["message"], "minimumRingSize must not exceed maximumRingSize");
+    }
+
     #[test]
     fn spec_round_trips_in_camel_case() {
         let spec: RouteSpec = serde_json::from_value(serde_json::json!({
@@ -630,9 +766,15 @@ mod tests {
             "idleTimeout": "0",
             "allowWebsockets": true,
             "loadBalancingPolicy": "LEAST_REQUEST",
+            "outlierDetection": {"consecutive5xx": 3},
+            "retryOn": ["gateway-error"],
         }))
         .unwrap();
         assert_eq!(spec.idle_timeout.as_deref(), Some("0"));
         assert_eq!(spec.load_balancing_policy, Some(LoadBalancingPolicy::LEAST_REQUEST));
+        assert_eq!(spec.outlier_detection.as_ref().and_then(|o| o.consecutive_5xx), Some(3));
+        assert_eq!(spec.retry_on, Some(vec![RetryOn::GatewayError]));
+        let back = serde_json::to_value(&spec).unwrap();
+        assert_eq!(back["outlierDetection"], serde_json::json!({"consecutive5xx": 3}));
     }
 }

@@ -64,6 +64,9 @@ impl RouteNames for IngressNames {
             RouteField::To | RouteField::ToEntry(_) => backend_field(&self.field),
             RouteField::TlsCustomCa => annotation_path("tls_custom_ca_secret"),
             RouteField::TlsClientCert | RouteField::TlsClientKey => annotation_path("tls_client_secret"),
+            // A key inside a mapping annotation is named below it, as the reader names an
+            // unknown one (`...["portcullis.io/outlier_detection"].interval`).
+            RouteField::Sub(key, sub) => format!("{}.{sub}", annotation_path(key)),
             other => annotation_path(other.key()),
         }
     }
@@ -494,7 +497,8 @@ mod tests {
     use k8s_openapi::ByteString;
     use std::sync::Arc;
 
-    use crate::config::{HostMatch, PathMatch, UpstreamScheme};
+    use crate::config::{HostMatch, PathMatch, Route, UpstreamScheme};
+    use crate::k8s::route::translate_route;
 
     #[test]
     fn rules_become_routes_with_kubernetes_path_types() {
@@ -532,6 +536,49 @@ mod tests {
         o.slices.clear();
         let t = translate_ingress(&ingress(&[], &[("a.test", "/", "Prefix", backend("app", num(80)))]), &o).unwrap();
         assert!(t.routes[0].to.is_empty(), "no endpoints: the route stays and answers 503");
+    }
+
+    /// The proxy keys each endpoint's state (health, ejection, requests in flight) by route
+    /// name and upstream authority: an EndpointSlice update that drops one endpoint must leave
+    /// the others' authorities, and the route's name, exactly as they were, or their state is
+    /// lost with every scale-down.
+    #[test]
+    fn an_endpoint_slice_update_keeps_the_other_endpoints_identical() {
+        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
+        let ready = |ip: &str| Endpoint {
+            addresses: vec![ip.into()],
+            conditions: Some(EndpointConditions { ready: Some(true), serving: Some(true), terminating: Some(false) }),
+            ..Default::default()
+        };
+        let mut o = objects();
+        let set = |o: &mut Objects, ips: &[&str]| {
+            for s in o.slices.values_mut().flatten() {
+                Arc::make_mut(s).endpoints = Some(ips.iter().map(|ip| ready(ip)).collect());
+            }
+        };
+        set(&mut o, &["10.244.1.9", "10.244.1.7", "10.244.1.8"]);
+        let ing = ingress(
+            &[("portcullis.io/outlier_detection", "{}")],
+            &[("a.test", "/", "Prefix", backend("app", num(80)))],
+        );
+        let route = |o: &Objects| translate_ingress(&ing, o).unwrap().routes.remove(0);
+        let cr =
+            route_cr(serde_json::json!({"from": "https://b.test", "to": ["http://app:80"], "outlierDetection": {}}));
+        let cr_route = |o: &Objects| translate_route(&cr, o).unwrap().routes.remove(0);
+        let authorities = |r: &Route| r.to.iter().map(|u| u.authority.clone()).collect::<Vec<_>>();
+        let (before, cr_before) = (route(&o), cr_route(&o));
+        assert_eq!(authorities(&before), ["10.244.1.7:8080", "10.244.1.8:8080", "10.244.1.9:8080"]);
+        assert_eq!(authorities(&cr_before), authorities(&before));
+        // A pod goes: its endpoint leaves the slice, the rest of the slice is rewritten.
+        set(&mut o, &["10.244.1.9", "10.244.1.7"]);
+        for (before, after) in [(&before, route(&o)), (&cr_before, cr_route(&o))] {
+            assert_eq!(after.name, before.name, "the route's name is part of the state's key");
+            assert_eq!(authorities(&after), ["10.244.1.7:8080", "10.244.1.9:8080"]);
+            for u in &after.to {
+                let old = before.to.iter().find(|b| b.authority == u.authority).expect("kept");
+                assert_eq!((u.scheme, &u.authority, u.weight), (old.scheme, &old.authority, old.weight));
+            }
+        }
     }
 
     #[test]
@@ -580,6 +627,72 @@ mod tests {
         assert!(
             text.iter().any(|e| e.starts_with("metadata.annotations[\"portcullis.io/secure_upstream\"]")),
             "{text:?}"
+        );
+    }
+
+    #[test]
+    fn load_balancing_annotations_are_route_keys() {
+        use crate::config::{HashCookie, HashOn, LbPolicy, OutlierDetection};
+        let rule = [("a.test", "/", "Prefix", backend("app", num(80)))];
+        let route = |annotations: &[(&str, &str)]| translate_ingress(&ingress(annotations, &rule), &objects());
+        let t = route(&[("portcullis.io/load_balancing_policy", "MAGLEV")]).unwrap();
+        assert_eq!(t.routes[0].load_balancing_policy, LbPolicy::Maglev);
+        assert_eq!(t.routes[0].hash_on, HashOn::SourceIp, "no key given: the source IP");
+        let t = route(&[
+            ("portcullis.io/load_balancing_policy", "RING_HASH"),
+            ("portcullis.io/lb_hash_cookie", "{name: sticky, ttl: 1h}"),
+            ("portcullis.io/ring_hash_lb_config", "{minimum_ring_size: 1024}"),
+        ])
+        .unwrap();
+        let cookie =
+            HashCookie { name: "sticky".into(), ttl: Some(std::time::Duration::from_secs(3600)), path: "/".into() };
+        assert_eq!(t.routes[0].hash_on, HashOn::Cookie(cookie));
+        assert_eq!(t.routes[0].ring_size.min, 1024);
+        let t = route(&[
+            ("portcullis.io/outlier_detection", "{}"),
+            ("portcullis.io/healthy_panic_threshold", "30"),
+            ("portcullis.io/retries", "2"),
+            ("portcullis.io/retry_on", "[5xx, reset]"),
+        ])
+        .unwrap();
+        let r = &t.routes[0];
+        assert_eq!(r.outlier_detection, Some(OutlierDetection::default()), "{{}}: Envoy's defaults");
+        assert_eq!(r.healthy_panic_threshold, 30);
+        assert_eq!(r.retries.attempts, 2);
+        assert!(r.retries.on_5xx && r.retries.on_reset && !r.retries.on_gateway_error);
+        let t = route(&[("portcullis.io/lb_hash_header", "X-User"), ("portcullis.io/load_balancing_policy", "MAGLEV")])
+            .unwrap();
+        assert!(matches!(&t.routes[0].hash_on, HashOn::Header(h) if h == "x-user"));
+    }
+
+    /// Errors inside a mapping annotation are named below the annotation, whether the reader
+    /// or the validator finds them.
+    #[test]
+    fn bad_load_balancing_annotations_name_the_annotation() {
+        let rule = [("a.test", "/", "Prefix", backend("app", num(80)))];
+        let errs = |annotations: &[(&str, &str)]| {
+            texts(&translate_ingress(&ingress(annotations, &rule), &objects()).unwrap_err())
+        };
+        let od = "metadata.annotations[\"portcullis.io/outlier_detection\"]";
+        let e = errs(&[("portcullis.io/outlier_detection", "{interval: soon, consecutive_5xx: 2000}")]);
+        assert!(e.contains(&format!("{od}.consecutive_5xx: 2000 is more than 1000")), "{e:?}");
+        assert!(e.iter().any(|e| e.starts_with(&format!("{od}.interval: invalid duration \"soon\""))), "{e:?}");
+        let e = errs(&[("portcullis.io/outlier_detection", "{intervall: 5s}")]);
+        assert_eq!(e, [format!("{od}.intervall: unknown field (did you mean \"interval\"?)")]);
+        let e = errs(&[("portcullis.io/outlier_detection", "5s")]);
+        assert!(e.len() == 1 && e[0].starts_with(&format!("{od}: expected a mapping")), "{e:?}");
+        let e = errs(&[("portcullis.io/load_balancing_policy", "STICKY")]);
+        assert!(e[0].starts_with("metadata.annotations[\"portcullis.io/load_balancing_policy\"]: "), "{e:?}");
+        let e = errs(&[("portcullis.io/lb_hash_cookie", "{name: sticky}")]);
+        assert_eq!(
+            e,
+            ["metadata.annotations[\"portcullis.io/lb_hash_cookie\"]: has effect only with load_balancing_policy RING_HASH or MAGLEV"]
+        );
+        let e = errs(&[("portcullis.io/retry_on", "[5xx, timeout]")]);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("metadata.annotations[\"portcullis.io/retry_on\"][1]: unknown retry condition"),
+            "{e:?}"
         );
     }
 

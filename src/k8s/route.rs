@@ -82,8 +82,9 @@ pub fn translate_route(route: &crate::k8s::crd::Route, objects: &Objects) -> Res
 
 /// The route keys of a Route spec, typed as the CRD already types them.
 fn route_input(spec: &crate::k8s::crd::RouteSpec) -> RouteInput {
+    use crate::config::input::{HashCookieInput, OutlierInput, RingSizeInput};
     use crate::config::LbPolicy;
-    use crate::k8s::crd::LoadBalancingPolicy;
+    use crate::k8s::crd::{LoadBalancingPolicy, RetryOn};
     let headers = |h: &Option<BTreeMap<String, String>>| {
         h.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()
     };
@@ -110,7 +111,43 @@ fn route_input(spec: &crate::k8s::crd::RouteSpec) -> RouteInput {
                 LoadBalancingPolicy::ROUND_ROBIN => LbPolicy::RoundRobin,
                 LoadBalancingPolicy::RANDOM => LbPolicy::Random,
                 LoadBalancingPolicy::LEAST_REQUEST => LbPolicy::LeastRequest,
+                LoadBalancingPolicy::RING_HASH => LbPolicy::RingHash,
+                LoadBalancingPolicy::MAGLEV => LbPolicy::Maglev,
             })
+        }),
+        lb_hash_header: spec.lb_hash_header.clone(),
+        lb_hash_cookie: spec.lb_hash_cookie.as_ref().map(|c| HashCookieInput {
+            name: Some(c.name.clone()),
+            ttl: c.ttl.clone().map(Given::Text),
+            path: c.path.clone(),
+            ..HashCookieInput::default()
+        }),
+        ring_hash_lb_config: spec.ring_hash_lb_config.as_ref().map(|r| RingSizeInput {
+            minimum_ring_size: r.minimum_ring_size,
+            maximum_ring_size: r.maximum_ring_size,
+            ..RingSizeInput::default()
+        }),
+        healthy_panic_threshold: spec.healthy_panic_threshold.map(u64::from),
+        outlier_detection: spec.outlier_detection.as_ref().map(|o| OutlierInput {
+            consecutive_5xx: o.consecutive_5xx.map(u64::from),
+            consecutive_gateway_failure: o.consecutive_gateway_failure.map(u64::from),
+            interval: o.interval.clone().map(Given::Text),
+            base_ejection_time: o.base_ejection_time.clone().map(Given::Text),
+            max_ejection_time: o.max_ejection_time.clone().map(Given::Text),
+            max_ejection_percent: o.max_ejection_percent.map(u64::from),
+            ..OutlierInput::default()
+        }),
+        retries: spec.retries.map(u64::from),
+        // The validator reads the file's spelling, which the CRD's enum serialises to.
+        retry_on: spec.retry_on.as_ref().map(|list| {
+            list.iter()
+                .map(|r| match r {
+                    RetryOn::FiveXx => "5xx",
+                    RetryOn::GatewayError => "gateway-error",
+                    RetryOn::Reset => "reset",
+                })
+                .map(str::to_owned)
+                .collect()
         }),
         health_checks: spec
             .health_checks
@@ -239,6 +276,107 @@ mod tests {
         assert_eq!(
             translate_route(&r, &objects()).unwrap_err()[0].to_string(),
             "spec.to[0]: Service web/app has no port 81"
+        );
+    }
+
+    #[test]
+    fn load_balancing_fields_reach_the_route() {
+        use crate::config::{HashCookie, HashOn, LbPolicy, OutlierDetection, RingSize};
+        use std::time::Duration;
+        let r = route_cr(serde_json::json!({
+            "from": "https://a.test",
+            "to": ["http://app:80"],
+            "loadBalancingPolicy": "RING_HASH",
+            "lbHashHeader": "X-User",
+            "ringHashLbConfig": {"minimumRingSize": 1024, "maximumRingSize": 4096},
+            "healthyPanicThreshold": 0,
+            "outlierDetection": {
+                "consecutive5xx": 3,
+                "consecutiveGatewayFailure": 0,
+                "interval": "5s",
+                "baseEjectionTime": "1s",
+                "maxEjectionTime": "1m",
+                "maxEjectionPercent": 50,
+            },
+            "retries": 2,
+            "retryOn": ["5xx", "gateway-error", "reset"],
+        }));
+        let route = &translate_route(&r, &objects()).unwrap().routes[0];
+        assert_eq!(route.load_balancing_policy, LbPolicy::RingHash);
+        assert!(matches!(&route.hash_on, HashOn::Header(h) if h == "x-user"), "{:?}", route.hash_on);
+        assert_eq!(route.ring_size, RingSize { min: 1024, max: 4096 });
+        assert_eq!(route.healthy_panic_threshold, 0);
+        assert_eq!(
+            route.outlier_detection,
+            Some(OutlierDetection {
+                consecutive_5xx: 3,
+                consecutive_gateway_failure: 0,
+                interval: Duration::from_secs(5),
+                base_ejection_time: Duration::from_secs(1),
+                max_ejection_time: Duration::from_secs(60),
+                max_ejection_percent: 50,
+            })
+        );
+        assert_eq!(route.retries.attempts, 2);
+        assert!(route.retries.on_5xx && route.retries.on_gateway_error && route.retries.on_reset);
+
+        let r = route_cr(serde_json::json!({
+            "from": "https://a.test",
+            "to": ["http://app:80"],
+            "loadBalancingPolicy": "MAGLEV",
+            "lbHashCookie": {"name": "sticky", "ttl": "1h", "path": "/app"},
+            "outlierDetection": {},
+            "retries": 0,
+        }));
+        let route = &translate_route(&r, &objects()).unwrap().routes[0];
+        assert_eq!(route.load_balancing_policy, LbPolicy::Maglev);
+        let cookie = HashCookie { name: "sticky".into(), ttl: Some(Duration::from_secs(3600)), path: "/app".into() };
+        assert_eq!(route.hash_on, HashOn::Cookie(cookie));
+        assert_eq!(route.outlier_detection, Some(OutlierDetection::default()), "{{}}: Envoy's defaults");
+        assert_eq!(route.retries.attempts, 0);
+
+        let r = route_cr(serde_json::json!({"from": "https://a.test", "to": ["http://app:80"]}));
+        let route = &translate_route(&r, &objects()).unwrap().routes[0];
+        assert_eq!(route.load_balancing_policy, LbPolicy::RoundRobin);
+        assert_eq!((route.outlier_detection, route.retries), (None, crate::config::Retries::default()));
+        assert_eq!(route.healthy_panic_threshold, 50);
+    }
+
+    /// What the schema lets through and the validator refuses is named by its CRD field,
+    /// nested keys included (`consecutive_5xx` is `consecutive5xx`).
+    #[test]
+    fn load_balancing_errors_use_the_crd_spelling() {
+        let errs = |extra: serde_json::Value| -> Vec<String> {
+            let mut spec = serde_json::json!({"from": "https://a.test", "to": ["http://app:80"]});
+            spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            translate_route(&route_cr(spec), &objects()).unwrap_err().iter().map(ToString::to_string).collect()
+        };
+        let e = errs(serde_json::json!({"outlierDetection": {"interval": "0"}}));
+        assert_eq!(e, ["spec.outlierDetection.interval: must be more than 0"]);
+        let e = errs(serde_json::json!({"outlierDetection": {"baseEjectionTime": "10m", "consecutive5xx": 5000}}));
+        assert_eq!(
+            e,
+            [
+                "spec.outlierDetection.consecutive5xx: 5000 is more than 1000",
+                "spec.outlierDetection.maxEjectionTime: 5m0s is less than base_ejection_time 10m0s",
+            ]
+        );
+        let e = errs(serde_json::json!({"lbHashHeader": "X-User"}));
+        assert_eq!(e, ["spec.lbHashHeader: has effect only with load_balancing_policy RING_HASH or MAGLEV"]);
+        let e = errs(
+            serde_json::json!({"loadBalancingPolicy": "RING_HASH", "lbHashCookie": {"name": "a b", "ttl": "soon"}}),
+        );
+        assert!(e.iter().any(|e| e.starts_with("spec.lbHashCookie.ttl: invalid duration \"soon\"")), "{e:?}");
+        assert!(e.contains(&"spec.lbHashCookie.name: \"a b\" is not a valid cookie name".to_owned()), "{e:?}");
+        let e = errs(serde_json::json!({"loadBalancingPolicy": "MAGLEV", "ringHashLbConfig": {"minimumRingSize": 8}}));
+        assert_eq!(e, ["spec.ringHashLbConfig: has effect only with load_balancing_policy RING_HASH"]);
+        let e = errs(serde_json::json!({"healthyPanicThreshold": 101, "retries": 6}));
+        assert_eq!(
+            e,
+            [
+                "spec.healthyPanicThreshold: 101 is not a percentage (0 to 100)",
+                "spec.retries: 6 is more than 5 (a retry storm is no cure)"
+            ]
         );
     }
 

@@ -184,6 +184,23 @@ mod tests {
         );
     }
 
+    /// The load-balancing keys' nested fields are camel-cased segment by segment; a digit
+    /// after the underscore stays as it is (`consecutive_5xx` is `consecutive5xx`, the CRD's
+    /// field).
+    #[test]
+    fn load_balancing_fields_have_crd_names() {
+        for (field, name) in [
+            (RouteField::Sub("outlier_detection", "consecutive_5xx"), "spec.outlierDetection.consecutive5xx"),
+            (RouteField::Sub("outlier_detection", "interval"), "spec.outlierDetection.interval"),
+            (RouteField::Sub("lb_hash_cookie", "ttl"), "spec.lbHashCookie.ttl"),
+            (RouteField::Sub("ring_hash_lb_config", "minimum_ring_size"), "spec.ringHashLbConfig.minimumRingSize"),
+            (RouteField::Key("healthy_panic_threshold"), "spec.healthyPanicThreshold"),
+            (RouteField::Key("retry_on"), "spec.retryOn"),
+        ] {
+            assert_eq!(RouteNames::name(&SpecNames, field), name);
+        }
+    }
+
     #[test]
     fn ingress_class_resolution() {
         let class = |name: &str, controller: &str, default: bool| {
