@@ -19,9 +19,9 @@ use kube::{Api, Client, ResourceExt};
 use portcullis::k8s::crd::{ProxyConfig, Route};
 use portcullis::proxy::upstream::HttpClient;
 use portcullis_e2e::{
-    client, client_from, closed_within, echoes, eventually, eventually_or, fetch, get, has_event, https, https_h1,
-    https_sni, metric, pod, send, served_leaf, service_account_kubeconfig, tunnel_tcp, tunnel_udp, upstream_of,
-    warning_event, websocket, ApiServer, Controller, WebSocket,
+    client, client_from, closed_within, echoes, eventually, eventually_or, fetch, get, has_event, http_get_plain,
+    https, https_h1, https_sni, metric, pod, send, served_leaf, service_account_kubeconfig, tunnel_tcp, tunnel_udp,
+    upstream_of, warning_event, websocket, ApiServer, Controller, Program, WebSocket,
 };
 use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};
@@ -65,6 +65,8 @@ async fn ingress_and_route_lifecycle_against_a_real_api_server() {
     step("resource backends", resource_backend(&k, &h2)).await;
     step("ExternalName Services", external_name(&h2)).await;
     step("endpoints scale up and down", endpoints_scale(&k, &h2)).await;
+    step("endpoints scaled down under load with outlier detection on: zero failed requests", scale_down_under_load(&k))
+        .await;
     step("spec.defaultBackend", default_backend(&k, &h2)).await;
     step("bad Ingress edits", bad_ingress_edits(&k, &h2)).await;
     step("conflicting routes", conflicts(&k, &h2)).await;
@@ -564,6 +566,160 @@ async fn endpoints_scale(k: &Kube, c: &HttpClient) {
     })
     .await;
     assert_eq!(accepted(), before, "the client's connection to the proxy survived every endpoint change");
+}
+
+/// The sum of the proxy's samples of metric `name` whose labels contain each of `labels` (0
+/// when it has none yet: a counter appears with its first increment).
+fn samples(name: &str, labels: &[&str]) -> u64 {
+    let text = http_get_plain("127.0.0.1:9902", "/metrics").expect("the proxy's /metrics answers");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
+        .sum()
+}
+
+/// Three pods behind Service `lb`, each a `portcullis demo-upstream` process (so that
+/// stopping one closes its connections as a pod's death does), an Ingress with
+/// `portcullis.io/outlier_detection: "{}"` and the default retries, and a bounded load while
+/// two pods go as a scale-down takes them: `lb-1` dies and the EndpointSlice catches up a
+/// little later (meanwhile outlier detection ejects it and the requests it refused are
+/// retried on the others); `lb-2` leaves the slice first and stops once no request goes to it
+/// (the graceful order). Not one request fails, every answer comes from a live pod, and all
+/// traffic ends on `lb-3`.
+async fn scale_down_under_load(k: &Kube) {
+    const REQUESTS: u64 = 2_000;
+    const WORKERS: usize = 4;
+    const PODS: [&str; 3] = ["10.244.6.1", "10.244.6.2", "10.244.6.3"];
+    let pp = PostParams::default();
+    let dir = tunnel_dir("scale-down");
+    let bin = portcullis_bin();
+    let mut pods: Vec<Option<Program>> = PODS
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            let (listen, name) = (format!("{ip}:8080"), format!("lb-{}", i + 1));
+            let argv = [bin.as_str(), "demo-upstream", "--listen", &listen, "--name", &name];
+            Some(Program::start(&argv, &dir.join(format!("{name}.log"))))
+        })
+        .collect();
+    for ip in PODS {
+        let addr = format!("{ip}:8080");
+        eventually(&format!("pod {addr} listens"), SOON, || async {
+            tokio::net::TcpStream::connect(&addr).await.ok().map(drop)
+        })
+        .await;
+    }
+    let ready = |ips: &[&str]| slice("lb", &ips.iter().map(|ip| (*ip, true)).collect::<Vec<_>>());
+    k.services
+        .create(&pp, &obj(json!({"metadata": {"name": "lb"}, "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})))
+        .await
+        .expect("service lb");
+    k.slices.create(&pp, &ready(&PODS)).await.expect("endpoint slice lb-1");
+    let mut ing = ingress("lb", "lb.test", &[path("/", "Prefix", "lb")]);
+    ing["metadata"]["annotations"] = json!({"portcullis.io/outlier_detection": "{}"});
+    k.create_ingress(ing).await;
+    let c = https();
+    eventually("all three pods serve lb.test", SOON, || async {
+        let mut seen = BTreeSet::new();
+        for _ in 0..12 {
+            seen.insert(upstream_of(&get(&c, "lb.test", "/").await.1));
+        }
+        (seen.len() == 3 && !seen.contains("")).then_some(())
+    })
+    .await;
+
+    // The load: WORKERS clients (HTTP/2 and HTTP/1.1), REQUESTS in all, paced so that the
+    // scale-down happens while it runs. Each answer is recorded with the request's number.
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let answers: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let failed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let client = if w % 2 == 0 { https() } else { https_h1() };
+            let (next, done, answers, failed) = (next.clone(), done.clone(), answers.clone(), failed.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= REQUESTS {
+                        break;
+                    }
+                    let r = fetch(&client, "lb.test", "/").await;
+                    let pod = upstream_of(&r.body);
+                    if r.status != 200 || pod.is_empty() {
+                        failed.lock().unwrap().push(format!("request {n}: {} {}", r.status, r.body));
+                    }
+                    answers.lock().unwrap().push((n, pod));
+                    done.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(8)).await;
+                }
+            })
+        })
+        .collect();
+    let reach = |count: u64, what: &'static str| {
+        let done = done.clone();
+        async move {
+            eventually(what, Duration::from_secs(20), || async {
+                (done.load(Ordering::Relaxed) >= count).then_some(())
+            })
+            .await;
+            assert!(done.load(Ordering::Relaxed) < REQUESTS, "the load ended before {what}");
+        }
+    };
+    let ejections = |ip: &str| samples("portcullis_upstream_ejections_total", &[&format!("upstream=\"{ip}:8080\"")]);
+
+    // (a) lb-1 dies; its endpoint stays in the slice until outlier detection has ejected it.
+    reach(300, "300 requests before lb-1 dies").await;
+    drop(pods[0].take());
+    let died = Instant::now();
+    eventually("outlier detection ejects the dead lb-1", Duration::from_secs(10), || async {
+        (ejections(PODS[0]) >= 1).then_some(())
+    })
+    .await;
+    eprintln!("lb-1 ejected {:.0?} after it died", died.elapsed());
+    k.slices.replace("lb-1", &pp, &ready(&PODS[1..])).await.expect("slice without lb-1");
+
+    // (b) lb-2 leaves the slice first, and stops once 100 requests in a row went elsewhere.
+    reach(900, "900 requests before lb-2 leaves the slice").await;
+    k.slices.replace("lb-1", &pp, &ready(&PODS[2..])).await.expect("slice without lb-2");
+    eventually("no request goes to lb-2 any more", SOON, || async {
+        let answers = answers.lock().unwrap();
+        let last = answers.iter().filter(|(_, p)| p == "lb-2").map(|(n, _)| *n).max().unwrap_or(0);
+        (answers.iter().filter(|(n, _)| *n > last).count() >= 100).then_some(())
+    })
+    .await;
+    drop(pods[1].take());
+    assert!(done.load(Ordering::Relaxed) < REQUESTS, "the load ended before lb-2 stopped");
+
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    let took = started.elapsed();
+    let failed = failed.lock().unwrap().clone();
+    let answers = answers.lock().unwrap().clone();
+    let count = |pod: &str| answers.iter().filter(|(_, p)| p == pod).count();
+    let retried = samples("portcullis_upstream_retries_total", &["route=\"e2e-shop/lb:", "outcome=\"retried\""]);
+    eprintln!(
+        "{REQUESTS} requests in {took:.1?} while two of three pods went: {} failed; answered by lb-1 {}, lb-2 {}, \
+         lb-3 {}; {retried} retries on another endpoint; ejections lb-1 {}, lb-2 {}",
+        failed.len(),
+        count("lb-1"),
+        count("lb-2"),
+        count("lb-3"),
+        ejections(PODS[0]),
+        ejections(PODS[1]),
+    );
+    assert!(failed.is_empty(), "{} of {REQUESTS} requests failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert_eq!(answers.len() as u64, REQUESTS, "every request answered");
+    assert!(took < Duration::from_secs(30), "the load is bounded: {took:?}");
+    assert!(count("lb-1") > 0 && count("lb-2") > 0, "the load reached every pod before they went");
+    assert!(retried > 0, "requests refused by the dead lb-1 were retried on another endpoint");
+    for _ in 0..50 {
+        let (status, body) = get(&c, "lb.test", "/").await;
+        assert_eq!((status, upstream_of(&body).as_str()), (200, "lb-3"), "afterwards all traffic goes to lb-3");
+    }
+    k.delete_ingress("lb").await;
 }
 
 /// `spec.defaultBackend` catches every request no rule matched (any host; a known host

@@ -557,9 +557,13 @@ mod tests {
             }
         };
         set(&mut o, &["10.244.1.9", "10.244.1.7", "10.244.1.8"]);
-        let ing = ingress(&[("portcullis.io/outlier_detection", "{}")], &[("a.test", "/", "Prefix", backend("app", num(80)))]);
+        let ing = ingress(
+            &[("portcullis.io/outlier_detection", "{}")],
+            &[("a.test", "/", "Prefix", backend("app", num(80)))],
+        );
         let route = |o: &Objects| translate_ingress(&ing, o).unwrap().routes.remove(0);
-        let cr = route_cr(serde_json::json!({"from": "https://b.test", "to": ["http://app:80"], "outlierDetection": {}}));
+        let cr =
+            route_cr(serde_json::json!({"from": "https://b.test", "to": ["http://app:80"], "outlierDetection": {}}));
         let cr_route = |o: &Objects| translate_route(&cr, o).unwrap().routes.remove(0);
         let authorities = |r: &Route| r.to.iter().map(|u| u.authority.clone()).collect::<Vec<_>>();
         let (before, cr_before) = (route(&o), cr_route(&o));
@@ -596,23 +600,6 @@ mod tests {
         assert_eq!(r.set_request_headers[0].0, "x-a");
         assert_eq!(r.to[0].scheme, UpstreamScheme::Https);
         assert!(matches!(&r.path, PathMatch::Regex(_)));
-    }
-
-    #[test]
-    fn a_grpc_health_check_annotation_parses_and_needs_an_h2c_backend() {
-        use crate::config::HealthCheckKind;
-        let checks = ("portcullis.io/health_checks", "[{interval: 5s, grpc_health_check: {service_name: app}}]");
-        let ing = ingress(&[checks], &[("a.test", "/", "Prefix", backend("app", named("grpc")))]);
-        let r = &translate_ingress(&ing, &objects()).unwrap().routes[0];
-        assert_eq!(r.health_checks[0].interval, std::time::Duration::from_secs(5));
-        assert_eq!(r.health_checks[0].kind, HealthCheckKind::Grpc { service_name: "app".into(), authority: None });
-        // The http port's endpoints are plain HTTP/1.1: the annotation is at fault.
-        let ing = ingress(&[checks], &[("a.test", "/", "Prefix", backend("app", num(80)))]);
-        let errs = translate_ingress(&ing, &objects()).unwrap_err();
-        assert_eq!(
-            errs[0].to_string(),
-            "metadata.annotations[\"portcullis.io/health_checks\"]: grpc_health_check needs h2c:// or https:// upstreams (the route has http:// ones)"
-        );
     }
 
     #[test]
@@ -657,7 +644,8 @@ mod tests {
             ("portcullis.io/ring_hash_lb_config", "{minimum_ring_size: 1024}"),
         ])
         .unwrap();
-        let cookie = HashCookie { name: "sticky".into(), ttl: Some(std::time::Duration::from_secs(3600)), path: "/".into() };
+        let cookie =
+            HashCookie { name: "sticky".into(), ttl: Some(std::time::Duration::from_secs(3600)), path: "/".into() };
         assert_eq!(t.routes[0].hash_on, HashOn::Cookie(cookie));
         assert_eq!(t.routes[0].ring_size.min, 1024);
         let t = route(&[
@@ -682,7 +670,9 @@ mod tests {
     #[test]
     fn bad_load_balancing_annotations_name_the_annotation() {
         let rule = [("a.test", "/", "Prefix", backend("app", num(80)))];
-        let errs = |annotations: &[(&str, &str)]| texts(&translate_ingress(&ingress(annotations, &rule), &objects()).unwrap_err());
+        let errs = |annotations: &[(&str, &str)]| {
+            texts(&translate_ingress(&ingress(annotations, &rule), &objects()).unwrap_err())
+        };
         let od = "metadata.annotations[\"portcullis.io/outlier_detection\"]";
         let e = errs(&[("portcullis.io/outlier_detection", "{interval: soon, consecutive_5xx: 2000}")]);
         assert!(e.contains(&format!("{od}.consecutive_5xx: 2000 is more than 1000")), "{e:?}");
@@ -700,7 +690,10 @@ mod tests {
         );
         let e = errs(&[("portcullis.io/retry_on", "[5xx, timeout]")]);
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("metadata.annotations[\"portcullis.io/retry_on\"][1]: unknown retry condition"), "{e:?}");
+        assert!(
+            e[0].starts_with("metadata.annotations[\"portcullis.io/retry_on\"][1]: unknown retry condition"),
+            "{e:?}"
+        );
     }
 
     #[test]

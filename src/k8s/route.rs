@@ -10,10 +10,7 @@ use kube::ResourceExt;
 
 use super::objects::{endpoint_upstreams, secret_pem, service_port, tls_certificate, Objects};
 use super::translate::{cluster_host_default, SpecNames, Translated};
-use crate::config::input::{
-    Destinations, Given, GrpcProbeInput, HealthCheckInput, HttpProbeInput, PayloadInput, RouteInput, StatusRangeInput,
-    TcpProbeInput, UpstreamInput,
-};
+use crate::config::input::{Destinations, Given, HealthCheckInput, HttpProbeInput, RouteInput, UpstreamInput};
 use crate::config::validate::{self, Errors};
 use crate::config::{FieldError, TunnelProtocol, UpstreamScheme};
 
@@ -85,8 +82,8 @@ pub fn translate_route(route: &crate::k8s::crd::Route, objects: &Objects) -> Res
 
 /// The route keys of a Route spec, typed as the CRD already types them.
 fn route_input(spec: &crate::k8s::crd::RouteSpec) -> RouteInput {
-    use crate::config::LbPolicy;
     use crate::config::input::{HashCookieInput, OutlierInput, RingSizeInput};
+    use crate::config::LbPolicy;
     use crate::k8s::crd::{LoadBalancingPolicy, RetryOn};
     let headers = |h: &Option<BTreeMap<String, String>>| {
         h.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()
@@ -162,26 +159,8 @@ fn route_input(spec: &crate::k8s::crd::RouteSpec) -> RouteInput {
                     timeout: h.timeout.clone().map(Given::Text),
                     unhealthy_threshold: h.unhealthy_threshold.map(u64::from),
                     healthy_threshold: h.healthy_threshold.map(u64::from),
-                    http: h.http_health_check.as_ref().map(|p| HttpProbeInput {
-                        path: p.path.clone(),
-                        host: p.host.clone(),
-                        expected_statuses: p
-                            .expected_statuses
-                            .iter()
-                            .flatten()
-                            .map(|r| {
-                                Some(StatusRangeInput { start: Some(u64::from(r.start)), end: Some(u64::from(r.end)) })
-                            })
-                            .collect(),
-                    }),
-                    tcp: h.tcp_health_check.as_ref().map(|t| TcpProbeInput {
-                        send: t.send.as_ref().map(payload),
-                        receive: t.receive.iter().flatten().map(|p| Some(payload(p))).collect(),
-                    }),
-                    grpc: h.grpc_health_check.as_ref().map(|g| GrpcProbeInput {
-                        service_name: g.service_name.clone(),
-                        authority: g.authority.clone(),
-                    }),
+                    http: h.http_health_check.as_ref().map(|p| HttpProbeInput { path: p.path.clone() }),
+                    tcp: h.tcp_health_check.is_some(),
                     ..HealthCheckInput::default()
                 })
             })
@@ -202,11 +181,6 @@ fn route_input(spec: &crate::k8s::crd::RouteSpec) -> RouteInput {
             .map(|m| m.iter().map(|(h, c)| (h.clone(), c.clone())).collect()),
         ..RouteInput::default()
     }
-}
-
-/// A CRD payload as the file's reader gives it: the validator decodes and checks it.
-fn payload(p: &crate::k8s::crd::Payload) -> PayloadInput {
-    PayloadInput { text: p.text.clone(), binary: p.binary.clone() }
 }
 
 /// Resolves one `to` entry of a Route: a URL whose host names a Service becomes that
@@ -389,7 +363,9 @@ mod tests {
         );
         let e = errs(serde_json::json!({"lbHashHeader": "X-User"}));
         assert_eq!(e, ["spec.lbHashHeader: has effect only with load_balancing_policy RING_HASH or MAGLEV"]);
-        let e = errs(serde_json::json!({"loadBalancingPolicy": "RING_HASH", "lbHashCookie": {"name": "a b", "ttl": "soon"}}));
+        let e = errs(
+            serde_json::json!({"loadBalancingPolicy": "RING_HASH", "lbHashCookie": {"name": "a b", "ttl": "soon"}}),
+        );
         assert!(e.iter().any(|e| e.starts_with("spec.lbHashCookie.ttl: invalid duration \"soon\"")), "{e:?}");
         assert!(e.contains(&"spec.lbHashCookie.name: \"a b\" is not a valid cookie name".to_owned()), "{e:?}");
         let e = errs(serde_json::json!({"loadBalancingPolicy": "MAGLEV", "ringHashLbConfig": {"minimumRingSize": 8}}));
@@ -397,7 +373,10 @@ mod tests {
         let e = errs(serde_json::json!({"healthyPanicThreshold": 101, "retries": 6}));
         assert_eq!(
             e,
-            ["spec.healthyPanicThreshold: 101 is not a percentage (0 to 100)", "spec.retries: 6 is more than 5 (a retry storm is no cure)"]
+            [
+                "spec.healthyPanicThreshold: 101 is not a percentage (0 to 100)",
+                "spec.retries: 6 is more than 5 (a retry storm is no cure)"
+            ]
         );
     }
 
