@@ -175,7 +175,7 @@ async fn tcp_checks_send_a_payload_and_look_for_the_expected_ones() {
        timeout: 1s
        unhealthy_threshold: 1
        healthy_threshold: 1
-       tcp_health_check: {{send: {{text: 50494e47}}, receive: [{{text: 504f4e47}}, {{binary: T0s=}}]}}
+       tcp_health_check: {{send: {{text: \"50494e47\"}}, receive: [{{text: 504f4e47}}, {{binary: T0s=}}]}}
 "
     ))
     .await;

@@ -1198,9 +1198,11 @@ fn health_check(
 
 /// A `host` or `authority` a probe sends: `host[:port]`, no user info, a valid header value.
 fn authority(text: &str) -> Result<(), String> {
+    // `Authority` parsing leaves the port unchecked until asked for it.
+    let has_port = text.rsplit(']').next().is_some_and(|host| host.contains(':'));
     let ok = !text.is_empty()
         && !text.contains('@')
-        && text.parse::<http::uri::Authority>().is_ok()
+        && text.parse::<http::uri::Authority>().is_ok_and(|a| a.port().is_some() || !has_port)
         && HeaderValue::from_str(text).is_ok();
     if ok {
         Ok(())
@@ -1573,7 +1575,7 @@ mod tests {
         for ok in ["health.internal", "10.0.0.1:8080", "[::1]:50051", "a"] {
             assert_eq!(authority(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "a b", "user@host", "host/path", "host:port"] {
+        for bad in ["", "a b", "user@host", "host/path", "host:port", "host:", "host:70000", "[::1]:x"] {
             assert!(authority(bad).is_err(), "{bad}");
         }
         let mut errs = Errors::default();

@@ -248,7 +248,10 @@ mod tests {
             "to": ["http://app:80,3", "h2c://app.web.svc.cluster.local:9000", "https://api.example.org"],
             "idleTimeout": "0",
             "setRequestHeaders": {"X-Mixed-Case": "1"},
-            "healthChecks": [{"interval": "5s", "httpHealthCheck": {"path": "/healthz"}}],
+            "healthChecks": [
+                {"interval": "5s", "httpHealthCheck": {"path": "/healthz", "host": "h.internal", "expectedStatuses": [{"start": 200, "end": 400}]}},
+                {"tcpHealthCheck": {"send": {"text": "50494e47"}, "receive": [{"binary": "T0s="}]}},
+            ],
         }));
         let t = translate_route(&r, &objects()).unwrap();
         let route = &t.routes[0];
@@ -261,6 +264,25 @@ mod tests {
         assert_eq!(route.idle_timeout, Some(None));
         assert_eq!(route.set_request_headers[0].0, "x-mixed-case");
         assert_eq!(route.health_checks[0].interval, std::time::Duration::from_secs(5));
+        assert_eq!(
+            route.health_checks[0].kind,
+            crate::config::HealthCheckKind::Http {
+                path: "/healthz".into(),
+                host: Some("h.internal".into()),
+                expected_statuses: vec![200..400]
+            }
+        );
+        assert_eq!(
+            route.health_checks[1].kind,
+            crate::config::HealthCheckKind::Tcp { send: Some(b"PING".to_vec()), receive: vec![b"OK".to_vec()] }
+        );
+        // A gRPC check on a Route with http:// upstreams names the CRD field.
+        let r = route_cr(serde_json::json!({
+            "from": "https://a.test", "to": ["http://app:80"],
+            "healthChecks": [{"grpcHealthCheck": {"serviceName": "app"}}],
+        }));
+        let errs = translate_route(&r, &objects()).unwrap_err();
+        assert!(errs[0].to_string().starts_with("spec.healthChecks[0].grpcHealthCheck: grpc_health_check needs h2c://"), "{errs:?}");
     }
 
     #[test]

@@ -1169,7 +1169,7 @@ routes:
    health_checks:
      - {interval: 1s, timeout: 500ms, http_health_check: {path: /healthz, host: health.internal, expected_statuses: [{start: 200, end: 300}, {start: 418, end: \"419\"}]}}
      - {http_health_check: {}}
-     - tcp_health_check: {send: {text: 50494e47}, receive: [{text: 504f4e47}, {binary: T0s=}]}
+     - tcp_health_check: {send: {text: \"50494e47\"}, receive: [{text: 504f4e47}, {binary: T0s=}]}
      - {tcp_health_check: {}}
      - {grpc_health_check: {service_name: app, authority: grpc.internal:50051}}
      - {grpc_health_check: {}}
