@@ -603,6 +603,23 @@ mod tests {
     }
 
     #[test]
+    fn a_grpc_health_check_annotation_parses_and_needs_an_h2c_backend() {
+        use crate::config::HealthCheckKind;
+        let checks = ("portcullis.io/health_checks", "[{interval: 5s, grpc_health_check: {service_name: app}}]");
+        let ing = ingress(&[checks], &[("a.test", "/", "Prefix", backend("app", named("grpc")))]);
+        let r = &translate_ingress(&ing, &objects()).unwrap().routes[0];
+        assert_eq!(r.health_checks[0].interval, std::time::Duration::from_secs(5));
+        assert_eq!(r.health_checks[0].kind, HealthCheckKind::Grpc { service_name: "app".into(), authority: None });
+        // The http port's endpoints are plain HTTP/1.1: the annotation is at fault.
+        let ing = ingress(&[checks], &[("a.test", "/", "Prefix", backend("app", num(80)))]);
+        let errs = translate_ingress(&ing, &objects()).unwrap_err();
+        assert_eq!(
+            errs[0].to_string(),
+            "metadata.annotations[\"portcullis.io/health_checks\"]: grpc_health_check needs h2c:// or https:// upstreams (the route has http:// ones)"
+        );
+    }
+
+    #[test]
     fn bad_annotations_name_the_annotation() {
         let ing = ingress(
             &[

@@ -10,7 +10,10 @@ use kube::ResourceExt;
 
 use super::objects::{endpoint_upstreams, secret_pem, service_port, tls_certificate, Objects};
 use super::translate::{cluster_host_default, SpecNames, Translated};
-use crate::config::input::{Destinations, Given, HealthCheckInput, HttpProbeInput, RouteInput, UpstreamInput};
+use crate::config::input::{
+    Destinations, Given, GrpcProbeInput, HealthCheckInput, HttpProbeInput, PayloadInput, RouteInput, StatusRangeInput,
+    TcpProbeInput, UpstreamInput,
+};
 use crate::config::validate::{self, Errors};
 use crate::config::{FieldError, TunnelProtocol, UpstreamScheme};
 
@@ -159,8 +162,26 @@ fn route_input(spec: &crate::k8s::crd::RouteSpec) -> RouteInput {
                     timeout: h.timeout.clone().map(Given::Text),
                     unhealthy_threshold: h.unhealthy_threshold.map(u64::from),
                     healthy_threshold: h.healthy_threshold.map(u64::from),
-                    http: h.http_health_check.as_ref().map(|p| HttpProbeInput { path: p.path.clone() }),
-                    tcp: h.tcp_health_check.is_some(),
+                    http: h.http_health_check.as_ref().map(|p| HttpProbeInput {
+                        path: p.path.clone(),
+                        host: p.host.clone(),
+                        expected_statuses: p
+                            .expected_statuses
+                            .iter()
+                            .flatten()
+                            .map(|r| {
+                                Some(StatusRangeInput { start: Some(u64::from(r.start)), end: Some(u64::from(r.end)) })
+                            })
+                            .collect(),
+                    }),
+                    tcp: h.tcp_health_check.as_ref().map(|t| TcpProbeInput {
+                        send: t.send.as_ref().map(payload),
+                        receive: t.receive.iter().flatten().map(|p| Some(payload(p))).collect(),
+                    }),
+                    grpc: h.grpc_health_check.as_ref().map(|g| GrpcProbeInput {
+                        service_name: g.service_name.clone(),
+                        authority: g.authority.clone(),
+                    }),
                     ..HealthCheckInput::default()
                 })
             })
@@ -181,6 +202,11 @@ fn route_input(spec: &crate::k8s::crd::RouteSpec) -> RouteInput {
             .map(|m| m.iter().map(|(h, c)| (h.clone(), c.clone())).collect()),
         ..RouteInput::default()
     }
+}
+
+/// A CRD payload as the file's reader gives it: the validator decodes and checks it.
+fn payload(p: &crate::k8s::crd::Payload) -> PayloadInput {
+    PayloadInput { text: p.text.clone(), binary: p.binary.clone() }
 }
 
 /// Resolves one `to` entry of a Route: a URL whose host names a Service becomes that
@@ -282,7 +308,10 @@ mod tests {
             "healthChecks": [{"grpcHealthCheck": {"serviceName": "app"}}],
         }));
         let errs = translate_route(&r, &objects()).unwrap_err();
-        assert!(errs[0].to_string().starts_with("spec.healthChecks[0].grpcHealthCheck: grpc_health_check needs h2c://"), "{errs:?}");
+        assert!(
+            errs[0].to_string().starts_with("spec.healthChecks[0].grpcHealthCheck: grpc_health_check needs h2c://"),
+            "{errs:?}"
+        );
     }
 
     #[test]

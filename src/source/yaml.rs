@@ -12,9 +12,9 @@ use serde_json::{Map, Value};
 
 use crate::config::fields::{KeyPath, RouteNames, ROUTE_OPTION_KEYS};
 use crate::config::input::{
-    CertificateInput, Destinations, Given, GrpcProbeInput, HashCookieInput, HealthCheckInput, HttpProbeInput, MtlsInput,
-    OutlierInput, PayloadInput, Pem, Problems, RingSizeInput, RouteInput, SettingsInput, StatusRangeInput, TcpProbeInput,
-    UpstreamInput, UNKNOWN_KEYS,
+    CertificateInput, Destinations, Given, GrpcProbeInput, HashCookieInput, HealthCheckInput, HttpProbeInput,
+    MtlsInput, OutlierInput, PayloadInput, Pem, Problems, RingSizeInput, RouteInput, SettingsInput, StatusRangeInput,
+    TcpProbeInput, UpstreamInput, UNKNOWN_KEYS,
 };
 use crate::config::validate::{self, check_route_set, ConfigErrors, Errors};
 use crate::config::{Config, Route};

@@ -233,7 +233,8 @@ mod tests {
         assert_eq!(decode_response(&[0, 0, 0, 0, 2, 0x08, 2]), Ok(2));
         assert_eq!(decode_response(&[0, 0, 0, 0, 0]), Ok(0), "the default is left out");
         // Unknown fields of every wire type are skipped; the last status wins.
-        let msg = [0x10, 0x96, 0x01, 0x19, 1, 2, 3, 4, 5, 6, 7, 8, 0x22, 2, b'h', b'i', 0x2d, 1, 2, 3, 4, 0x08, 2, 0x08, 1];
+        let msg =
+            [0x10, 0x96, 0x01, 0x19, 1, 2, 3, 4, 5, 6, 7, 8, 0x22, 2, b'h', b'i', 0x2d, 1, 2, 3, 4, 0x08, 2, 0x08, 1];
         let mut body = vec![0, 0, 0, 0, msg.len() as u8];
         body.extend_from_slice(&msg);
         assert_eq!(decode_response(&body), Ok(SERVING));
@@ -248,15 +249,15 @@ mod tests {
             assert!(decode_response(&good[..cut]).is_err(), "cut at {cut}");
         }
         for bad in [
-            &[1u8, 0, 0, 0, 2, 0x08, 1][..],                     // compressed
-            &[0, 0xff, 0xff, 0xff, 0xff, 0x08],                  // length past the body
-            &[0, 0, 0, 0, 2, 0x08, 0x80],                        // varint cut short
+            &[1u8, 0, 0, 0, 2, 0x08, 1][..],    // compressed
+            &[0, 0xff, 0xff, 0xff, 0xff, 0x08], // length past the body
+            &[0, 0, 0, 0, 2, 0x08, 0x80],       // varint cut short
             &[0, 0, 0, 0, 11, 0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], // 11-byte varint
-            &[0, 0, 0, 0, 2, 0x0b, 0],                           // wire type 3 (group)
-            &[0, 0, 0, 0, 3, 0x12, 0x05, 0],                     // length-delimited cut short
+            &[0, 0, 0, 0, 2, 0x0b, 0],          // wire type 3 (group)
+            &[0, 0, 0, 0, 3, 0x12, 0x05, 0],    // length-delimited cut short
             &[0, 0, 0, 0, 11, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0], // huge length
-            &[0, 0, 0, 0, 3, 0x09, 0, 0],                        // fixed64 cut short
-            &[0, 0, 0, 0, 2, 0x0d, 0],                           // fixed32 cut short
+            &[0, 0, 0, 0, 3, 0x09, 0, 0],       // fixed64 cut short
+            &[0, 0, 0, 0, 2, 0x0d, 0],          // fixed32 cut short
         ] {
             assert!(decode_response(bad).is_err(), "{bad:?}");
         }
