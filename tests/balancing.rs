@@ -3,7 +3,7 @@
 //! budget, and hashing policies keep a client on its endpoint.
 
 // Test code measures wall time and may lock as it likes: the clippy.toml rules are for src/.
-#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+#![allow(clippy::disallowed_types, clippy::disallowed_methods, clippy::many_single_char_names)]
 
 mod common;
 

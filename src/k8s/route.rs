@@ -262,6 +262,7 @@ fn resolve_to(
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use crate::k8s::test_support::*;

@@ -284,6 +284,7 @@ impl fmt::Debug for Error {
             .field("kind", &self.kind)
             .field("detail", &self.detail)
             .field("cause", &self.cause)
+            .field("unsent", &self.unsent)
             .finish()
     }
 }

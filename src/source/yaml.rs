@@ -696,6 +696,7 @@ fn read_outlier(path: &str, v: &Value, errs: &mut Errors) -> Option<OutlierInput
 
 /// One health check; `None` (the error in `errs`) when it is not a mapping. A probe that is
 /// not a mapping is reported under its key and leaves the check without that probe.
+#[allow(clippy::many_single_char_names)]
 fn read_health_check(path: &str, v: &Value, errs: &mut Errors) -> Option<HealthCheckInput> {
     let mut m = MappingReader::new(path, v, errs)?;
     let mut input = HealthCheckInput::default();
@@ -810,6 +811,7 @@ fn extend(errs: &mut Errors, found: Problems) {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use crate::config::{DrainScope, HostMatch, LbPolicy, PathMatch, Retries, UpstreamScheme};

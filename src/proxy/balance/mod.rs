@@ -328,6 +328,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::many_single_char_names)]
     fn tables_are_rebuilt_only_when_endpoints_or_weights_change() {
         let tables = Tables::default();
         let ups = upstreams(&[1, 1, 1]);

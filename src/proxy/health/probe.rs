@@ -171,6 +171,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 /// The `status` of the first gRPC message of a response body (`UNKNOWN`, 0, when the
 /// message leaves it out, as protobuf does for defaults). Anything malformed is an error:
 /// the body comes from the upstream.
+#[allow(clippy::many_single_char_names)]
 pub fn decode_response(body: &[u8]) -> Result<u64, String> {
     let [flag, a, b, c, d, rest @ ..] = body else {
         return Err(format!("a {}-byte answer has no gRPC message", body.len()));

@@ -4,6 +4,7 @@
 //! session's (sent upstream as `x-portcullis-routing-key`, as Pomerium's routing key), else
 //! the route's `lb_hash_header` or `lb_hash_cookie`, else the client's IP.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -99,7 +100,7 @@ fn new_cookie(c: &HashCookie, tls: bool) -> HashKey {
     let text = std::str::from_utf8(&hex).expect("hex is ASCII");
     let mut cookie = format!("{}={text}; Path={}; HttpOnly", c.name, c.path);
     if let Some(ttl) = c.ttl {
-        cookie.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+        let _ = write!(cookie, "; Max-Age={}", ttl.as_secs());
     }
     if tls {
         cookie.push_str("; Secure");
