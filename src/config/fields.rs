@@ -114,7 +114,10 @@ impl RouteField<'_> {
                     format!("health_checks[{i}].http_health_check.expected_statuses[{j}]")
                 }
                 HealthCheckField::TcpSend(key) => {
-                    format!("health_checks[{i}].tcp_health_check.send{}", key.map(|k| format!(".{k}")).unwrap_or_default())
+                    format!(
+                        "health_checks[{i}].tcp_health_check.send{}",
+                        key.map(|k| format!(".{k}")).unwrap_or_default()
+                    )
                 }
                 HealthCheckField::TcpReceive(j, key) => format!(
                     "health_checks[{i}].tcp_health_check.receive[{j}]{}",

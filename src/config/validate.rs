@@ -1174,7 +1174,10 @@ fn health_check(
             }
             let service_name = g.service_name.clone().unwrap_or_default();
             if service_name.chars().any(char::is_control) {
-                errs.push(at(HealthCheckField::GrpcServiceName), format!("{service_name:?} contains control characters"));
+                errs.push(
+                    at(HealthCheckField::GrpcServiceName),
+                    format!("{service_name:?} contains control characters"),
+                );
             }
             if to.iter().any(|u| u.scheme == UpstreamScheme::Http) {
                 errs.push(
@@ -1594,5 +1597,4 @@ mod tests {
         assert!(found[1].starts_with("send.binary: is not base64"), "{found:?}");
         assert_eq!(found[2], "send: set exactly one of text (hex) and binary (base64)");
     }
-
 }

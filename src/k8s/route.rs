@@ -258,7 +258,7 @@ mod tests {
             crate::config::HealthCheckKind::Http {
                 path: "/healthz".into(),
                 host: Some("h.internal".into()),
-                expected_statuses: vec![200..400]
+                expected_statuses: std::iter::once(200..400).collect()
             }
         );
         assert_eq!(
@@ -271,7 +271,10 @@ mod tests {
             "healthChecks": [{"grpcHealthCheck": {"serviceName": "app"}}],
         }));
         let errs = translate_route(&r, &objects()).unwrap_err();
-        assert!(errs[0].to_string().starts_with("spec.healthChecks[0].grpcHealthCheck: grpc_health_check needs h2c://"), "{errs:?}");
+        assert!(
+            errs[0].to_string().starts_with("spec.healthChecks[0].grpcHealthCheck: grpc_health_check needs h2c://"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -26,7 +26,9 @@ const GRPCIO_HEALTH: &str = "grpcio-health-checking==1.85.1";
 /// for a finished one), then reused by later runs. Panics with pip's reason if it fails.
 pub fn grpc_python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| install().unwrap_or_else(|e| panic!("installing grpcio for the gRPC health tests: {e}"))).clone()
+    PYTHON
+        .get_or_init(|| install().unwrap_or_else(|e| panic!("installing grpcio for the gRPC health tests: {e}")))
+        .clone()
 }
 
 fn install() -> Result<PathBuf, String> {
@@ -60,7 +62,10 @@ fn install() -> Result<PathBuf, String> {
             ))
         }
     };
-    run(std::process::Command::new("python3").args(["-m", "venv"]).arg(&scratch), "python3 -m venv (Python 3 with venv is needed)")?;
+    run(
+        std::process::Command::new("python3").args(["-m", "venv"]).arg(&scratch),
+        "python3 -m venv (Python 3 with venv is needed)",
+    )?;
     run(
         std::process::Command::new(scratch.join("bin/python")).args([
             "-m",

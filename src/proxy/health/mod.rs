@@ -107,9 +107,8 @@ impl Registry {
                         check: check.clone(),
                         tls: tls.clone(),
                     };
-                    let kept = running
-                        .remove(&key)
-                        .filter(|c| Arc::ptr_eq(&c.state, &target.state) && !c.task.is_finished());
+                    let kept =
+                        running.remove(&key).filter(|c| Arc::ptr_eq(&c.state, &target.state) && !c.task.is_finished());
                     let checker = match (kept, &rt) {
                         (Some(c), _) => c,
                         (None, Some(rt)) => Checker {
@@ -136,11 +135,6 @@ impl Registry {
             gauge.remove(gone);
         }
         *series = live;
-    }
-
-    /// How many checkers run (for tests).
-    pub fn running(&self) -> usize {
-        crate::sync::lock(&self.checkers).len()
     }
 }
 

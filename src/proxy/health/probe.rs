@@ -172,13 +172,13 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 /// message leaves it out, as protobuf does for defaults). Anything malformed is an error:
 /// the body comes from the upstream.
 pub fn decode_response(body: &[u8]) -> Result<u64, String> {
-    let [flag, a, b, c, d, rest @ ..] = body else {
+    let [flag, l0, l1, l2, l3, rest @ ..] = body else {
         return Err(format!("a {}-byte answer has no gRPC message", body.len()));
     };
     if *flag != 0 {
         return Err("a compressed gRPC message (none was asked for)".to_owned());
     }
-    let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+    let len = u32::from_be_bytes([*l0, *l1, *l2, *l3]) as usize;
     let mut msg = rest.get(..len).ok_or_else(|| format!("a gRPC message of {len} bytes cut at {}", rest.len()))?;
     let mut status = 0;
     while !msg.is_empty() {
@@ -190,8 +190,8 @@ pub fn decode_response(body: &[u8]) -> Result<u64, String> {
             }
             (_, 1) => msg = msg.get(8..).ok_or("a fixed64 field cut short")?,
             (_, 2) => {
-                let n = usize::try_from(varint(&mut msg)?).map_err(|_| "a field longer than memory")?;
-                msg = msg.get(n..).ok_or("a length-delimited field cut short")?;
+                let skip = usize::try_from(varint(&mut msg)?).map_err(|_| "a field longer than memory")?;
+                msg = msg.get(skip..).ok_or("a length-delimited field cut short")?;
             }
             (_, 5) => msg = msg.get(4..).ok_or("a fixed32 field cut short")?,
             (_, wire) => return Err(format!("protobuf wire type {wire} in a health answer")),
@@ -233,7 +233,8 @@ mod tests {
         assert_eq!(decode_response(&[0, 0, 0, 0, 2, 0x08, 2]), Ok(2));
         assert_eq!(decode_response(&[0, 0, 0, 0, 0]), Ok(0), "the default is left out");
         // Unknown fields of every wire type are skipped; the last status wins.
-        let msg = [0x10, 0x96, 0x01, 0x19, 1, 2, 3, 4, 5, 6, 7, 8, 0x22, 2, b'h', b'i', 0x2d, 1, 2, 3, 4, 0x08, 2, 0x08, 1];
+        let msg =
+            [0x10, 0x96, 0x01, 0x19, 1, 2, 3, 4, 5, 6, 7, 8, 0x22, 2, b'h', b'i', 0x2d, 1, 2, 3, 4, 0x08, 2, 0x08, 1];
         let mut body = vec![0, 0, 0, 0, msg.len() as u8];
         body.extend_from_slice(&msg);
         assert_eq!(decode_response(&body), Ok(SERVING));
@@ -248,15 +249,15 @@ mod tests {
             assert!(decode_response(&good[..cut]).is_err(), "cut at {cut}");
         }
         for bad in [
-            &[1u8, 0, 0, 0, 2, 0x08, 1][..],                     // compressed
-            &[0, 0xff, 0xff, 0xff, 0xff, 0x08],                  // length past the body
-            &[0, 0, 0, 0, 2, 0x08, 0x80],                        // varint cut short
+            &[1u8, 0, 0, 0, 2, 0x08, 1][..],    // compressed
+            &[0, 0xff, 0xff, 0xff, 0xff, 0x08], // length past the body
+            &[0, 0, 0, 0, 2, 0x08, 0x80],       // varint cut short
             &[0, 0, 0, 0, 11, 0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], // 11-byte varint
-            &[0, 0, 0, 0, 2, 0x0b, 0],                           // wire type 3 (group)
-            &[0, 0, 0, 0, 3, 0x12, 0x05, 0],                     // length-delimited cut short
+            &[0, 0, 0, 0, 2, 0x0b, 0],          // wire type 3 (group)
+            &[0, 0, 0, 0, 3, 0x12, 0x05, 0],    // length-delimited cut short
             &[0, 0, 0, 0, 11, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0], // huge length
-            &[0, 0, 0, 0, 3, 0x09, 0, 0],                        // fixed64 cut short
-            &[0, 0, 0, 0, 2, 0x0d, 0],                           // fixed32 cut short
+            &[0, 0, 0, 0, 3, 0x09, 0, 0],       // fixed64 cut short
+            &[0, 0, 0, 0, 2, 0x0d, 0],          // fixed32 cut short
         ] {
             assert!(decode_response(bad).is_err(), "{bad:?}");
         }
