@@ -188,6 +188,7 @@ async fn tcp_checks_send_a_payload_and_look_for_the_expected_ones() {
 }
 
 #[tokio::test]
+#[allow(clippy::many_single_char_names)]
 async fn a_reload_that_leaves_a_check_alone_does_not_restart_it() {
     let (x, probes) = tcp_counting().await;
     let y = upstream("y").await;

@@ -296,7 +296,7 @@ mod tests {
             crate::config::HealthCheckKind::Http {
                 path: "/healthz".into(),
                 host: Some("h.internal".into()),
-                expected_statuses: vec![200..400]
+                expected_statuses: std::iter::once(200..400).collect()
             }
         );
         assert_eq!(

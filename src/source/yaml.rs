@@ -728,13 +728,15 @@ fn read_health_check(path: &str, v: &Value, errs: &mut Errors) -> Option<HealthC
             .unwrap_or_default()
             .into_iter()
             .enumerate()
-            .map(|(i, v)| {
-                let mut e = MappingReader::new(&format!("{}[{i}]", r.at("expected_statuses")), v, errs)?;
-                let mut f = Problems::default();
-                let range = StatusRangeInput { start: e.uint("start", &mut f), end: e.uint("end", &mut f) };
-                e.finish_into(&mut f);
-                let ok = f.is_empty();
-                extend(errs, f);
+            .map(|(index, item)| {
+                let at = format!("{}[{index}]", r.at("expected_statuses"));
+                let mut entry = MappingReader::new(&at, item, errs)?;
+                let mut seen = Problems::default();
+                let range =
+                    StatusRangeInput { start: entry.uint("start", &mut seen), end: entry.uint("end", &mut seen) };
+                entry.finish_into(&mut seen);
+                let ok = seen.is_empty();
+                extend(errs, seen);
                 ok.then_some(range)
             })
             .collect();
@@ -749,7 +751,7 @@ fn read_health_check(path: &str, v: &Value, errs: &mut Errors) -> Option<HealthC
             .unwrap_or_default()
             .into_iter()
             .enumerate()
-            .map(|(i, v)| read_payload(&format!("{}[{i}]", r.at("receive")), v, errs))
+            .map(|(index, item)| read_payload(&format!("{}[{index}]", r.at("receive")), item, errs))
             .collect();
         extend(errs, found);
         ProbeInput::Tcp(TcpProbeInput { send, receive })
@@ -1188,7 +1190,11 @@ routes:
                     host: Some("health.internal".into()),
                     expected_statuses: vec![200..300, 418..419]
                 },
-                &HealthCheckKind::Http { path: "/".into(), host: None, expected_statuses: vec![200..201] },
+                &HealthCheckKind::Http {
+                    path: "/".into(),
+                    host: None,
+                    expected_statuses: vec![crate::config::DEFAULT_EXPECTED_STATUSES]
+                },
                 &HealthCheckKind::Tcp { send: Some(b"PING".to_vec()), receive: vec![b"PONG".to_vec(), b"OK".to_vec()] },
                 &HealthCheckKind::Tcp { send: None, receive: vec![] },
                 &HealthCheckKind::Grpc { service_name: "app".into(), authority: Some("grpc.internal:50051".into()) },

@@ -136,11 +136,6 @@ impl Registry {
         }
         *series = live;
     }
-
-    /// How many checkers run (for tests).
-    pub fn running(&self) -> usize {
-        crate::sync::lock(&self.checkers).len()
-    }
 }
 
 fn endpoint(t: &Target) -> Endpoint {

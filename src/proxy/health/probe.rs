@@ -173,13 +173,13 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 /// the body comes from the upstream.
 #[allow(clippy::many_single_char_names)]
 pub fn decode_response(body: &[u8]) -> Result<u64, String> {
-    let [flag, a, b, c, d, rest @ ..] = body else {
+    let [flag, l0, l1, l2, l3, rest @ ..] = body else {
         return Err(format!("a {}-byte answer has no gRPC message", body.len()));
     };
     if *flag != 0 {
         return Err("a compressed gRPC message (none was asked for)".to_owned());
     }
-    let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+    let len = u32::from_be_bytes([*l0, *l1, *l2, *l3]) as usize;
     let mut msg = rest.get(..len).ok_or_else(|| format!("a gRPC message of {len} bytes cut at {}", rest.len()))?;
     let mut status = 0;
     while !msg.is_empty() {
@@ -191,8 +191,8 @@ pub fn decode_response(body: &[u8]) -> Result<u64, String> {
             }
             (_, 1) => msg = msg.get(8..).ok_or("a fixed64 field cut short")?,
             (_, 2) => {
-                let n = usize::try_from(varint(&mut msg)?).map_err(|_| "a field longer than memory")?;
-                msg = msg.get(n..).ok_or("a length-delimited field cut short")?;
+                let skip = usize::try_from(varint(&mut msg)?).map_err(|_| "a field longer than memory")?;
+                msg = msg.get(skip..).ok_or("a length-delimited field cut short")?;
             }
             (_, 5) => msg = msg.get(4..).ok_or("a fixed32 field cut short")?,
             (_, wire) => return Err(format!("protobuf wire type {wire} in a health answer")),
