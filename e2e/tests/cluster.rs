@@ -700,15 +700,21 @@ async fn scale_down_under_load(k: &Kube) {
     let answers = answers.lock().unwrap().clone();
     let count = |pod: &str| answers.iter().filter(|(_, p)| p == pod).count();
     let retried = samples("portcullis_upstream_retries_total", &["route=\"e2e-shop/lb:", "outcome=\"retried\""]);
+    // Which pod's connections were reset mid-request (a request in flight when it died).
+    let resets = |ip: &str| {
+        samples("portcullis_upstream_requests_total", &[&format!("upstream=\"{ip}:8080\""), "outcome=\"reset\""])
+    };
     eprintln!(
         "{REQUESTS} requests in {took:.1?} while two of three pods went: {} failed; answered by lb-1 {}, lb-2 {}, \
-         lb-3 {}; {retried} retries on another endpoint; ejections lb-1 {}, lb-2 {}",
+         lb-3 {}; {retried} retries on another endpoint; ejections lb-1 {}, lb-2 {}; resets lb-1 {}, lb-2 {}",
         failed.len(),
         count("lb-1"),
         count("lb-2"),
         count("lb-3"),
         ejections(PODS[0]),
         ejections(PODS[1]),
+        resets(PODS[0]),
+        resets(PODS[1]),
     );
     assert!(failed.is_empty(), "{} of {REQUESTS} requests failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
     assert_eq!(answers.len() as u64, REQUESTS, "every request answered");
