@@ -580,7 +580,9 @@ fn samples(name: &str, labels: &[&str]) -> u64 {
 
 /// Three pods behind Service `lb`, each a `portcullis demo-upstream` process (so that
 /// stopping one closes its connections as a pod's death does), an Ingress with
-/// `portcullis.io/outlier_detection: "{}"` and the default retries, and a bounded load while
+/// `portcullis.io/outlier_detection: "{}"`, the default retries and `retry_on: [reset]` (a GET
+/// in flight on a kept-alive connection when its pod dies is reset, not refused: only
+/// `retry_on` lets an idempotent request that may have arrived go elsewhere), and a bounded load while
 /// two pods go as a scale-down takes them: `lb-1` dies and the EndpointSlice catches up a
 /// little later (meanwhile outlier detection ejects it and the requests it refused are
 /// retried on the others); `lb-2` leaves the slice first and stops once no request goes to it
@@ -616,7 +618,8 @@ async fn scale_down_under_load(k: &Kube) {
         .expect("service lb");
     k.slices.create(&pp, &ready(&PODS)).await.expect("endpoint slice lb-1");
     let mut ing = ingress("lb", "lb.test", &[path("/", "Prefix", "lb")]);
-    ing["metadata"]["annotations"] = json!({"portcullis.io/outlier_detection": "{}"});
+    ing["metadata"]["annotations"] =
+        json!({"portcullis.io/outlier_detection": "{}", "portcullis.io/retry_on": "[reset]"});
     k.create_ingress(ing).await;
     let c = https();
     eventually("all three pods serve lb.test", SOON, || async {
