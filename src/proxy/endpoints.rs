@@ -68,13 +68,6 @@ impl EndpointState {
         }
     }
 
-    /// A state on its own, for tests and benchmarks that build balancers by hand.
-    pub fn standalone() -> Arc<Self> {
-        let route = Arc::new(RouteCounters::default());
-        route.endpoints.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Self::new(route))
-    }
-
     /// Neither unhealthy nor ejected: it may get new requests.
     #[inline]
     pub fn available(&self) -> bool {
