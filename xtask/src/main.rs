@@ -29,12 +29,12 @@ fn main() -> ExitCode {
         Some("image") => image::run(),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("testssl") => testssl::run(),
-        Some("bench") if args.get(1).map(String::as_str) == Some("controller") => scale::run(),
+        Some("bench") if args.get(1).map(String::as_str) == Some("controller") => scale::run(&args[2..]),
         Some("bench") => bench::run(&args[1..]),
         Some("e2e-cluster") => e2e::run(&args[1..]),
         Some("e2e") => e2e::suite(),
         _ => {
-            eprintln!("usage: cargo xtask <test|h2spec|h3check|testssl|chart|image|e2e|bench|fuzz|e2e-cluster>\n  test    every check CI runs: fmt, clippy, unit, integration, h2spec, h3check, testssl, chart, image, e2e\n  h2spec  HTTP/2 conformance against the https listener\n  chart   the Helm chart with a real helm (`--write` regenerates deploy/portcullis.yaml)\n  image   the Dockerfile's static build, run as non-root in an empty root\n  h3check HTTP/3 checks with an independent client (Python's aioquic) against the QUIC listener\n  testssl testssl.sh against the https listener: TLS 1.2/1.3 only, AEAD suites only, nothing above LOW\n  e2e     end-to-end tests against a real kube-apiserver and etcd\n  bench   benchmarks (slow; not part of test); `bench controller`: the controller scale benchmark\n  fuzz    [--seconds N] [TARGET...]: cargo-fuzz on nightly (config, annotations, route_match, http1; not part of test)\n  e2e-cluster  build | up [--keep]: the e2e control plane alone, for manual use");
+            eprintln!("usage: cargo xtask <test|h2spec|h3check|testssl|chart|image|e2e|bench|fuzz|e2e-cluster>\n  test    every check CI runs: fmt, clippy, unit, integration, h2spec, h3check, testssl, chart, image, e2e\n  h2spec  HTTP/2 conformance against the https listener\n  chart   the Helm chart with a real helm (`--write` regenerates deploy/portcullis.yaml)\n  image   the Dockerfile's static build, run as non-root in an empty root\n  h3check HTTP/3 checks with an independent client (Python's aioquic) against the QUIC listener\n  testssl testssl.sh against the https listener: TLS 1.2/1.3 only, AEAD suites only, nothing above LOW\n  e2e     end-to-end tests against a real kube-apiserver and etcd\n  bench   benchmarks (slow; not part of test); `bench controller [--objects N]`: the controller scale benchmark (10,000 by default)\n  fuzz    [--seconds N] [TARGET...]: cargo-fuzz on nightly (config, annotations, route_match, http1; not part of test)\n  e2e-cluster  build | up [--keep]: the e2e control plane alone, for manual use");
             return ExitCode::from(2);
         }
     };
@@ -59,11 +59,13 @@ fn test(_args: &[String]) -> anyhow::Result<()> {
         "unit and integration tests",
         &["cargo", "test", "--workspace", "--exclude", "portcullis-e2e", "--no-fail-fast"],
     )?;
-    h2spec::run()?;
-    h3check::run()?;
-    testssl::run()?;
-    chart::run(&[])?;
-    image::run()?;
-    e2e::suite()?;
+    let started = std::time::Instant::now();
+    util::timed("h2spec", h2spec::run)?;
+    util::timed("h3check", h3check::run)?;
+    util::timed("testssl", testssl::run)?;
+    util::timed("chart", || chart::run(&[]))?;
+    util::timed("image", image::run)?;
+    util::timed("e2e", e2e::suite)?;
+    eprintln!("==> after the cargo steps: {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -12,7 +12,16 @@ use anyhow::{bail, Context as _};
 use crate::{e2e, util};
 
 /// Builds everything, starts the cluster, runs the benchmark; results land in bench/results.
-pub fn run() -> anyhow::Result<()> {
+/// `--objects N`: how many Ingresses (each with a Service and an EndpointSlice); 10,000 by
+/// default.
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let objects = match args {
+        [] => 10_000,
+        [flag, n] if flag == "--objects" => {
+            n.parse::<usize>().with_context(|| format!("--objects {n}: not a count"))?
+        }
+        _ => bail!("usage: cargo xtask bench controller [--objects N]"),
+    };
     let binary = util::release_binary()?;
     util::step(
         "build the controller scale benchmark",
@@ -27,6 +36,7 @@ pub fn run() -> anyhow::Result<()> {
         .netns_command(&["cargo", "bench", "--package", "portcullis-e2e", "--bench", "scale"])
         .env("PORTCULLIS_E2E_KUBECONFIG", &cluster.kubeconfig)
         .env("PORTCULLIS_BIN", &binary)
+        .env("PORTCULLIS_SCALE_OBJECTS", objects.to_string())
         .env("PORTCULLIS_BENCH_OUT", util::root().join("bench/results"))
         .env("CARGO_NET_OFFLINE", "true")
         .current_dir(util::root())

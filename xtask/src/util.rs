@@ -13,15 +13,34 @@ pub fn root() -> PathBuf {
 /// Runs a command from the workspace root and fails if it fails.
 pub fn step(name: &str, argv: &[&str]) -> anyhow::Result<()> {
     eprintln!("\n==> {name}: {}", argv.join(" "));
+    let started = std::time::Instant::now();
     let status = Command::new(argv[0])
         .args(&argv[1..])
         .current_dir(root())
         .status()
         .with_context(|| format!("running {}", argv[0]))?;
+    // CI has a time budget; the per-step time shows where it goes.
+    eprintln!(
+        "==> {name}: {} after {:.0} s",
+        if status.success() { "ok" } else { "failed" },
+        started.elapsed().as_secs_f64()
+    );
     if !status.success() {
         bail!("{name} failed ({status})");
     }
     Ok(())
+}
+
+/// Runs one part of the test command and says how long it took, as [`step`] does.
+pub fn timed(name: &str, part: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let result = part();
+    eprintln!(
+        "==> {name}: {} after {:.0} s",
+        if result.is_ok() { "ok" } else { "failed" },
+        started.elapsed().as_secs_f64()
+    );
+    result
 }
 
 /// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (the builds [`step`] starts
