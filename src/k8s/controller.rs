@@ -89,27 +89,48 @@ struct Stores {
     stored: Store<ConfigMap>,
 }
 
-fn watch<K>(api: Api<K>, changed: &Arc<Notify>) -> Store<K>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + Hash + Clone,
-{
-    watch_with(api, watcher::Config::default(), changed)
+/// Which changes to an object of a kind set off an assembly.
+#[derive(Clone, Copy)]
+enum Reads {
+    /// Any change (Services, whose status holds the published addresses; EndpointSlices,
+    /// Secrets, ConfigMaps, IngressClasses).
+    Everything,
+    /// Everything but `status` (Ingresses, Routes, ProxyConfigs): the status is what the
+    /// leader writes, and the translation never reads it, so the leader's own writes of
+    /// thousands of statuses must not re-assemble the config thousands of times.
+    AllButStatus,
 }
 
-fn watch_with<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
+fn watch<K>(api: Api<K>, reads: Reads, changed: &Arc<Notify>) -> Store<K>
 where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource + Clone + DeserializeOwned + serde::Serialize + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    watch_with(api, watcher::Config::default(), reads, changed)
+}
+
+fn watch_with<K>(api: Api<K>, config: watcher::Config, reads: Reads, changed: &Arc<Notify>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + serde::Serialize + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    // What the store keeps is all the controller holds of the cluster: without the managed
+    // fields and kubectl's copy of the last applied object, 10,000 Ingresses take a third of
+    // the memory.
+    let stream = watcher(api, config).default_backoff().modify(trim);
+    let stream = reflector::reflector(writer, stream);
     let changed = changed.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut seen = Fingerprints::default();
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => changed.notify_one(),
+                Ok(event) => {
+                    if seen.changes(reads, &event) {
+                        changed.notify_one();
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(kind = %K::kind(&K::DynamicType::default()), error = %e, "watch failed; retrying with backoff");
                 }
@@ -117,6 +138,78 @@ where
         }
     });
     reader
+}
+
+/// The annotation `kubectl apply` keeps a whole copy of the object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what no translation reads before an object reaches a store.
+fn trim<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// A hash of what the translation reads of each object of one watch, so that an update that
+/// changes none of it (a status write) sets off no assembly.
+#[derive(Default)]
+struct Fingerprints {
+    current: std::collections::HashMap<(Option<String>, String), u64>,
+    /// Filled while a re-list is under way, then swapped in.
+    relisting: std::collections::HashMap<(Option<String>, String), u64>,
+}
+
+impl Fingerprints {
+    /// Records `event` and says whether it may change the assembled config.
+    fn changes<K: Resource + serde::Serialize>(&mut self, reads: Reads, event: &watcher::Event<K>) -> bool {
+        match (reads, event) {
+            (Reads::Everything, watcher::Event::InitApply(_) | watcher::Event::Init) => false,
+            (Reads::Everything, _) => true,
+            (Reads::AllButStatus, watcher::Event::Apply(o)) => {
+                let print = fingerprint(o);
+                self.current.insert(key(o), print) != Some(print)
+            }
+            (Reads::AllButStatus, watcher::Event::Delete(o)) => {
+                self.current.remove(&key(o));
+                true
+            }
+            (Reads::AllButStatus, watcher::Event::Init) => {
+                self.relisting.clear();
+                false
+            }
+            (Reads::AllButStatus, watcher::Event::InitApply(o)) => {
+                self.relisting.insert(key(o), fingerprint(o));
+                false
+            }
+            (Reads::AllButStatus, watcher::Event::InitDone) => {
+                std::mem::swap(&mut self.current, &mut self.relisting);
+                self.relisting.clear();
+                true
+            }
+        }
+    }
+}
+
+fn key<K: Resource>(o: &K) -> (Option<String>, String) {
+    (o.meta().namespace.clone(), o.meta().name.clone().unwrap_or_default())
+}
+
+/// The object without `status` and `metadata.resourceVersion`, hashed. The serialized form
+/// covers every field, so nothing the translation reads can change unnoticed.
+fn fingerprint<K: Resource + serde::Serialize>(o: &K) -> u64 {
+    use std::hash::Hasher as _;
+    let mut value = serde_json::to_value(o).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.remove("status");
+        if let Some(meta) = map.get_mut("metadata").and_then(serde_json::Value::as_object_mut) {
+            meta.remove("resourceVersion");
+        }
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    hasher.write(value.to_string().as_bytes());
+    hasher.finish()
 }
 
 /// Runs the controller until `shutdown` resolves. `start` is called once with the first
@@ -140,16 +233,17 @@ where
     }
     let changed = Arc::new(Notify::new());
     let stores = Stores {
-        ingresses: watch(Api::all(client.clone()), &changed),
-        classes: watch(Api::all(client.clone()), &changed),
-        routes: watch(Api::all(client.clone()), &changed),
-        configs: watch(Api::all(client.clone()), &changed),
-        services: watch(Api::all(client.clone()), &changed),
-        slices: watch(Api::all(client.clone()), &changed),
-        secrets: watch(Api::all(client.clone()), &changed),
+        ingresses: watch(Api::all(client.clone()), Reads::AllButStatus, &changed),
+        classes: watch(Api::all(client.clone()), Reads::Everything, &changed),
+        routes: watch(Api::all(client.clone()), Reads::AllButStatus, &changed),
+        configs: watch(Api::all(client.clone()), Reads::AllButStatus, &changed),
+        services: watch(Api::all(client.clone()), Reads::Everything, &changed),
+        slices: watch(Api::all(client.clone()), Reads::Everything, &changed),
+        secrets: watch(Api::all(client.clone()), Reads::Everything, &changed),
         stored: watch_with(
             Api::namespaced(client.clone(), &opts.namespace),
             watcher::Config::default().fields(&format!("metadata.name={}", opts.last_good_configmap)),
+            Reads::Everything,
             &changed,
         ),
     };
@@ -346,4 +440,76 @@ async fn leader_election(client: Client, opts: &Options) -> anyhow::Result<tokio
         })?;
     let (receiver, _task) = manager.watch().await;
     Ok(receiver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::networking::v1::{IngressSpec, IngressStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+
+    fn ingress(version: &str, class: &str) -> Ingress {
+        Ingress {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("shop".into()),
+                resource_version: Some(version.into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(IngressSpec { ingress_class_name: Some(class.into()), ..IngressSpec::default() }),
+            status: None,
+        }
+    }
+
+    fn with_status(mut i: Ingress, ip: &str) -> Ingress {
+        let lb = IngressLoadBalancerIngress { ip: Some(ip.into()), ..IngressLoadBalancerIngress::default() };
+        i.status = Some(IngressStatus {
+            load_balancer: Some(k8s_openapi::api::networking::v1::IngressLoadBalancerStatus {
+                ingress: Some(vec![lb]),
+            }),
+        });
+        i
+    }
+
+    #[test]
+    fn a_status_write_sets_off_no_assembly_and_a_spec_edit_does() {
+        let mut f = Fingerprints::default();
+        let reads = Reads::AllButStatus;
+        assert!(!f.changes(reads, &watcher::Event::<Ingress>::Init));
+        assert!(!f.changes(reads, &watcher::Event::InitApply(ingress("1", "portcullis"))));
+        assert!(f.changes(reads, &watcher::Event::<Ingress>::InitDone), "the first list is a change");
+        let status = with_status(ingress("2", "portcullis"), "203.0.113.10");
+        assert!(!f.changes(reads, &watcher::Event::Apply(status)), "status and resourceVersion only");
+        assert!(f.changes(reads, &watcher::Event::Apply(ingress("3", "other"))), "spec edit");
+        assert!(!f.changes(reads, &watcher::Event::Apply(ingress("4", "other"))), "the same again");
+        assert!(f.changes(reads, &watcher::Event::Delete(ingress("5", "other"))));
+        assert!(f.changes(reads, &watcher::Event::Apply(ingress("6", "other"))), "back after a delete");
+        // A re-list replaces what was seen: an object gone meanwhile is forgotten.
+        assert!(!f.changes(reads, &watcher::Event::<Ingress>::Init));
+        assert!(f.changes(reads, &watcher::Event::<Ingress>::InitDone));
+        assert!(f.current.is_empty());
+    }
+
+    #[test]
+    fn kinds_whose_status_is_read_count_every_update() {
+        let mut f = Fingerprints::default();
+        let status = with_status(ingress("2", "portcullis"), "203.0.113.10");
+        assert!(f.changes(Reads::Everything, &watcher::Event::Apply(ingress("1", "portcullis"))));
+        assert!(f.changes(Reads::Everything, &watcher::Event::Apply(status)));
+        assert!(!f.changes(Reads::Everything, &watcher::Event::InitApply(ingress("3", "portcullis"))));
+    }
+
+    #[test]
+    fn stores_keep_neither_managed_fields_nor_the_last_applied_copy() {
+        let mut i = ingress("1", "portcullis");
+        i.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        i.metadata.annotations = Some(BTreeMap::from([
+            (LAST_APPLIED.to_owned(), "{\"a whole copy\": true}".to_owned()),
+            ("portcullis.io/timeout".to_owned(), "30s".to_owned()),
+        ]));
+        trim(&mut i);
+        assert_eq!(i.metadata.managed_fields, None);
+        let kept: Vec<&String> = i.metadata.annotations.as_ref().unwrap().keys().collect();
+        assert_eq!(kept, ["portcullis.io/timeout"], "annotations the translation reads stay");
+    }
 }
