@@ -32,7 +32,7 @@ fn routes_yaml() -> String {
     yaml
 }
 
-fn routes() -> Vec<Route> {
+fn routes() -> Vec<std::sync::Arc<Route>> {
     let root = portcullis::source::yaml::yaml_to_value(&routes_yaml()).expect("YAML");
     let routes = parse_config(&root, &NoMaterial).expect("valid config").routes;
     assert_eq!(routes.len(), 10_001);

@@ -99,3 +99,51 @@ async fn the_file_watcher_applies_edits_and_rejects_invalid_ones() {
     watcher.abort();
     tokio::time::sleep(Duration::ZERO).await;
 }
+
+/// What the controller relies on at 10,000 routes: a config that hands the same routes over
+/// again (the same `Arc`s) recompiles only the ones that changed, and a setting a compiled
+/// route reads (here the default upstream timeout) recompiles every route.
+#[tokio::test]
+#[allow(clippy::many_single_char_names)]
+async fn a_reload_recompiles_only_the_routes_that_changed() {
+    use portcullis::config::{Config, HostMatch};
+    use portcullis::proxy::{CompiledRoute, Snapshot};
+    use std::sync::Arc;
+
+    let a = upstream("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let r = start_in(
+        dir.path(),
+        &format!("routes:\n - {{from: https://a.test, to: http://{a}}}\n - {{from: https://b.test, to: http://{a}}}\n"),
+    )
+    .await;
+    let route = |s: &Snapshot, host: &str| -> Arc<CompiledRoute> {
+        s.routes.routes().iter().find(|c| c.route.host == HostMatch::Exact(host.into())).cloned().expect(host)
+    };
+    let before = r.proxy.snapshot();
+    let mut config = Config {
+        settings: before.settings.clone(),
+        routes: before.routes.routes().iter().map(|c| c.route.clone()).collect(),
+    };
+    let b = config.routes.iter().position(|x| x.host == HostMatch::Exact("b.test".into())).unwrap();
+    let mut edited = (*config.routes[b]).clone();
+    edited.timeout = Some(Some(Duration::from_secs(5)));
+    config.routes[b] = Arc::new(edited);
+    r.proxy.apply(config.clone());
+    let after = r.proxy.snapshot();
+    assert!(Arc::ptr_eq(&route(&before, "a.test"), &route(&after, "a.test")), "unchanged: the same compiled route");
+    assert!(!Arc::ptr_eq(&route(&before, "b.test"), &route(&after, "b.test")), "edited: compiled afresh");
+    assert_eq!(route(&after, "b.test").upstream_timeout, Some(Duration::from_secs(5)));
+
+    config.settings.default_upstream_timeout = Some(Duration::from_secs(7));
+    r.proxy.apply(config);
+    let last = r.proxy.snapshot();
+    assert!(!Arc::ptr_eq(&route(&after, "a.test"), &route(&last, "a.test")), "a setting it reads changed");
+    assert_eq!(route(&last, "a.test").upstream_timeout, Some(Duration::from_secs(7)));
+    assert_eq!(route(&last, "b.test").upstream_timeout, Some(Duration::from_secs(5)), "its own timeout wins");
+    for host in ["a.test", "b.test"] {
+        let mut c = h1_tls(r.main, "localhost", &[default_cert(&r)]).await;
+        let (status, v) = json(c.send_request(get(host, "/")).await.unwrap()).await;
+        assert_eq!((status, v["upstream"].as_str()), (200, Some("a")), "{host} still serves");
+    }
+}

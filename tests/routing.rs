@@ -256,7 +256,7 @@ async fn a_route_whose_service_has_no_ready_endpoints_answers_503() {
     let yaml = with_ports("routes: []\n");
     let root = portcullis::source::yaml::yaml_to_value(&yaml).unwrap();
     let mut config = portcullis::source::yaml::parse_config(&root, &NoMaterial).unwrap();
-    config.routes.push(route);
+    config.routes.push(std::sync::Arc::new(route));
     let r = portcullis::server::start(config).await.unwrap();
     let (status, body) = https_get(&r, "a.test", "/").await;
     assert_eq!(status, 503, "{body}");

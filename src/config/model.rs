@@ -19,7 +19,10 @@ pub struct Config {
     /// Process-wide settings (listeners, timeouts, certificates).
     pub settings: Settings,
     /// Routes in declaration order; precedence is decided by the route table, not this order.
-    pub routes: Vec<Route>,
+    /// Shared: the controller hands the same route to every config until its object changes,
+    /// and the data plane keeps the compiled form of a route it has seen before, so a reload
+    /// costs what changed, not the whole table.
+    pub routes: Vec<Arc<Route>>,
 }
 
 /// Which HTTP versions the downstream listeners speak.

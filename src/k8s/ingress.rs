@@ -117,7 +117,7 @@ pub fn translate_ingress(ing: &Ingress, objects: &Objects) -> Result<Translated,
         }
         input.to = Some(Destinations::Resolved(to));
         if let Some(r) = validate::route(&input, &IngressNames::new(field), errs) {
-            out.routes.push(r);
+            out.routes.push(std::sync::Arc::new(r));
         }
     };
 

@@ -73,7 +73,7 @@ pub fn translate_route(route: &crate::k8s::crd::Route, objects: &Objects) -> Res
     }
     if errs.is_empty() {
         if let Some(r) = validate::route(&input, &SpecNames, &mut errs) {
-            out.routes.push(r);
+            out.routes.push(std::sync::Arc::new(r));
         }
     }
     if errs.is_empty() {

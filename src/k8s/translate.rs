@@ -63,8 +63,8 @@ pub fn ingress_class(ing: &Ingress, classes: &[IngressClass]) -> ClassDecision {
 /// What one object contributes to the config.
 #[derive(Clone, Debug, Default)]
 pub struct Translated {
-    /// Its routes.
-    pub routes: Vec<Route>,
+    /// Its routes (shared with every config they go into; see [`crate::config::Config`]).
+    pub routes: Vec<std::sync::Arc<Route>>,
     /// Its certificates (from TLS Secrets).
     pub certificates: Vec<Certificate>,
     /// Problems that do not reject the object (reported as Warning Events).

@@ -119,7 +119,7 @@ const CLOSED_BY_PROXY: &str = "the proxy closed the connection (drain_timeout en
 
 impl RequestLog {
     fn compiled_route(&self) -> Option<&CompiledRoute> {
-        self.route.map(|i| &self.snap.routes.routes()[i])
+        self.route.map(|i| &*self.snap.routes.routes()[i])
     }
 }
 

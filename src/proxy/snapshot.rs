@@ -51,8 +51,8 @@ impl RouteLife {
 
 /// A route ready to serve: the domain route plus its effective timeouts and balancer.
 pub struct CompiledRoute {
-    /// The validated route.
-    pub route: Route,
+    /// The validated route (the config's own, shared: see [`Self::reusable`]).
+    pub route: Arc<Route>,
     /// Upstream timeout after defaults and the WebSocket adjustment; `None` = disabled.
     pub upstream_timeout: Option<Duration>,
     /// Stream idle timeout after defaults, the `timeout_idle` cap and the WebSocket
@@ -119,7 +119,7 @@ impl CompiledRoute {
     /// Compiles `route`; `state` gives the live state of each of its upstreams (kept across
     /// reloads by the endpoint registry).
     pub(crate) fn new(
-        route: Route,
+        route: Arc<Route>,
         settings: &Settings,
         clients: &ClientCache,
         state: impl Fn(&Upstream) -> Arc<EndpointState>,
@@ -149,6 +149,17 @@ impl CompiledRoute {
             route.jwt_claims_headers.clone().unwrap_or_else(|| settings.identity_headers.claims_headers.clone());
         Self { route, upstream_timeout, stream_idle, balancer, life, series, pass_identity, claims_headers }
     }
+
+    /// Whether this compiled route can serve `route` under `settings` as it is: the very
+    /// route it was compiled from (the controller hands an unchanged object's routes over
+    /// again), and none of the settings it read changed. Reusing it keeps its balancer,
+    /// metric handles and connection hooks, and costs nothing per route.
+    pub(crate) fn reusable(&self, route: &Arc<Route>, was: &Settings, now: &Settings) -> bool {
+        Arc::ptr_eq(&self.route, route)
+            && was.default_upstream_timeout == now.default_upstream_timeout
+            && was.timeouts.idle == now.timeouts.idle
+            && was.identity_headers == now.identity_headers
+    }
 }
 
 /// One immutable, validated serving state. Reloads build a new one and swap it in.
@@ -157,8 +168,8 @@ pub struct Snapshot {
     pub version: u64,
     /// The config it was built from (settings are read per connection and per request).
     pub settings: Settings,
-    /// Compiled routes.
-    pub routes: RouteTable<CompiledRoute>,
+    /// Compiled routes (shared with the next snapshot when they do not change).
+    pub routes: RouteTable<Arc<CompiledRoute>>,
     /// When it was applied.
     pub applied_at: SystemTime,
     /// The identity provider bearer tokens are verified against, when one is configured

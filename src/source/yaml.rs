@@ -6,6 +6,7 @@
 //! validator's business (`config::validate`). Files that fields refer to (`cert_file`, ...)
 //! are read through a [`Material`], so that the PEM the validator gets was read by the source.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -291,7 +292,7 @@ pub fn parse_config(root: &Value, material: &dyn Material) -> Result<Config, Con
     let names: Vec<KeyPath> = (0..routes.len()).map(|i| KeyPath(format!("routes[{i}]"))).collect();
     check_route_set(names.iter().map(|n| n as &dyn RouteNames).zip(&routes), &mut errs);
     if errs.is_empty() {
-        Ok(Config { settings, routes })
+        Ok(Config { settings, routes: routes.into_iter().map(Arc::new).collect() })
     } else {
         Err(ConfigErrors(errs.into_vec()))
     }
