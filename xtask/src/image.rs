@@ -66,8 +66,8 @@ const DEVICES: [(&str, u32, u32); 6] =
     [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
 
 /// Builds the static binary as the Dockerfile does and runs every check on it; an error if one
-/// fails or the build does.
-pub fn run() -> anyhow::Result<()> {
+/// fails or the build does. Returns the binary, the one the image ships.
+pub fn run() -> anyhow::Result<PathBuf> {
     ensure!(effective_uid()? == 0, "cargo xtask image needs root: it runs the binary with chroot as another user");
     let root = util::root();
     let dockerfile = Dockerfile::read(&root.join("Dockerfile"))?;
@@ -129,7 +129,8 @@ pub fn run() -> anyhow::Result<()> {
     } else {
         eprintln!("==> the empty root, config and logs are in {}", empty.dir.display());
     }
-    checks.finish()
+    checks.finish()?;
+    Ok(binary)
 }
 
 /// The effective uid of this process, from /proc.

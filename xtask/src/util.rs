@@ -50,8 +50,21 @@ pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), |dir| root().join(dir))
 }
 
-/// Builds the portcullis binary in release mode and returns its path.
+/// A release binary already built for this run (see [`use_release_binary`]).
+static RELEASE_BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes [`release_binary`] return `binary` from now on: `xtask test` checks the image's
+/// static binary and has no need to build the same code again.
+pub fn use_release_binary(binary: PathBuf) {
+    let _ = RELEASE_BINARY.set(binary);
+}
+
+/// Builds the portcullis binary in release mode and returns its path (or the one
+/// [`use_release_binary`] named).
 pub fn release_binary() -> anyhow::Result<PathBuf> {
+    if let Some(binary) = RELEASE_BINARY.get() {
+        return Ok(binary.clone());
+    }
     step("build portcullis (release)", &["cargo", "build", "--release", "--package", "portcullis"])?;
     Ok(target_dir().join("release/portcullis"))
 }
