@@ -106,9 +106,28 @@ impl Objects {
         std::mem::take(&mut *self.reads.borrow_mut())
     }
 
-    /// Whether every read would see the same version now.
+    /// Whether every read would see the same version now. Called for every object in every
+    /// assembly, so it compares in place rather than building the version strings.
     pub fn unchanged(&self, reads: &[Read]) -> bool {
-        reads.iter().all(|r| self.version(r.kind, &r.key) == r.version)
+        reads.iter().all(|r| self.sees(r))
+    }
+
+    fn sees(&self, r: &Read) -> bool {
+        let one = |meta: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>| {
+            meta.map_or("-", version_of) == r.version
+        };
+        match r.kind {
+            ReadKind::Service => one(self.services.get(&r.key).map(|s| &s.metadata)),
+            ReadKind::Secret => one(self.secrets.get(&r.key).map(|s| &s.metadata)),
+            ReadKind::Slices => match self.slices.get(&r.key) {
+                None => r.version == "-",
+                Some(v) if v.is_empty() => r.version.is_empty(),
+                Some(v) => {
+                    let mut seen = r.version.split(',');
+                    v.iter().all(|s| seen.next() == Some(version_of(&s.metadata))) && seen.next().is_none()
+                }
+            },
+        }
     }
 }
 
@@ -212,4 +231,69 @@ pub(crate) fn endpoint_upstreams(
     urls.sort();
     urls.dedup();
     urls.into_iter().map(|url| UpstreamInput { url, weight }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn meta(name: &str, version: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("web".into()),
+            resource_version: Some(version.into()),
+            labels: Some([("kubernetes.io/service-name".to_owned(), "app".to_owned())].into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn slice(name: &str, version: &str) -> EndpointSlice {
+        EndpointSlice { metadata: meta(name, version), ..EndpointSlice::default() }
+    }
+
+    fn world(slices: &[(&str, &str)], service: Option<&str>) -> Objects {
+        let mut o = Objects::default();
+        for (name, version) in slices {
+            o.add_slice(slice(name, version));
+        }
+        if let Some(v) = service {
+            o.services.insert(key(), Arc::new(Service { metadata: meta("app", v), ..Service::default() }));
+        }
+        o
+    }
+
+    fn key() -> (String, String) {
+        ("web".into(), "app".into())
+    }
+
+    /// What a translation against `o` reads: the Service, its slices, a missing Secret.
+    fn reads(o: &Objects) -> Vec<Read> {
+        let _ = o.service(&key());
+        let _ = o.slices_of(&key()).count();
+        let _ = o.secret(&("web".into(), "tls".into()));
+        o.take_reads()
+    }
+
+    #[test]
+    fn a_translation_is_stale_when_anything_it_read_changed() {
+        let seen = reads(&world(&[("a", "1"), ("b", "2")], Some("7")));
+        assert!(world(&[("a", "1"), ("b", "2")], Some("7")).unchanged(&seen));
+        let changed = [
+            ("a slice's version", world(&[("a", "1"), ("b", "3")], Some("7"))),
+            ("one slice more", world(&[("a", "1"), ("b", "2"), ("c", "1")], Some("7"))),
+            ("one slice fewer", world(&[("a", "1")], Some("7"))),
+            ("no slices", world(&[], Some("7"))),
+            ("the Service's version", world(&[("a", "1"), ("b", "2")], Some("8"))),
+            ("the Service gone", world(&[("a", "1"), ("b", "2")], None)),
+        ];
+        for (what, now) in changed {
+            assert!(!now.unchanged(&seen), "{what}");
+        }
+        let mut with_secret = world(&[("a", "1"), ("b", "2")], Some("7"));
+        with_secret.secrets.insert(("web".into(), "tls".into()), Arc::new(Secret::default()));
+        assert!(!with_secret.unchanged(&seen), "a missing Secret that appeared");
+        let none = reads(&world(&[], None));
+        assert!(world(&[], None).unchanged(&none), "missing then, missing now");
+    }
 }
