@@ -357,6 +357,7 @@ async fn write_status(
 }
 
 fn assemble(assembler: &mut Assembler, s: &Stores, opts: &Options) -> (crate::config::Config, Outcome) {
+    let started = Instant::now();
     let ingresses = s.ingresses.state();
     let classes: Vec<IngressClass> = s.classes.state().iter().map(|c| (**c).clone()).collect();
     let routes = s.routes.state();
@@ -380,8 +381,16 @@ fn assemble(assembler: &mut Assembler, s: &Stores, opts: &Options) -> (crate::co
         objects: &objects,
         controller_namespace: &opts.namespace,
     };
+    let gathered = started.elapsed();
     let (config, reports) = assembler.assemble(&world);
+    let translated = started.elapsed();
     let to_store = assembler.to_store(&reports);
+    tracing::debug!(
+        stores = ?gathered,
+        assembler = ?translated.saturating_sub(gathered),
+        to_store = ?started.elapsed().saturating_sub(translated),
+        "assembly phases"
+    );
     let outcome = Outcome { reports, ingresses, addresses: publish_addresses(s, opts), to_store, stored };
     (config, outcome)
 }
