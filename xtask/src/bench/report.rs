@@ -755,6 +755,113 @@ mod tests {
         assert_eq!(fmt_latency(f64::NAN), "–");
     }
 
+    fn sample(figure: f64) -> Sample {
+        let load = super::super::loadgen::LoadResult {
+            rps: figure,
+            p50_us: 100.0,
+            p99_us: 200.0,
+            requests: 1000,
+            errors: 0,
+            bytes_per_response: 100.0,
+        };
+        Sample {
+            figure,
+            load,
+            proxy_cpu_us: Some(10.0),
+            proxy_util: Some(1.0),
+            upstream_cpu_us: 5.0,
+            loadgen_util: 0.5,
+            foreign_util: 0.0,
+            foreign_top: None,
+        }
+    }
+
+    fn report(targets: &[(Target, f64)]) -> Report {
+        let runs = targets
+            .iter()
+            .map(|&(target, f)| super::super::TargetRuns { target, url: String::new(), samples: vec![sample(f)] })
+            .collect();
+        let result = ScenarioResult {
+            name: "h1",
+            title: "t",
+            tool: super::super::loadgen::Tool::Wrk,
+            unit: Unit::Requests,
+            targets: runs,
+        };
+        let q = || "?".to_owned();
+        Report {
+            load_text: String::new(),
+            runs: 1,
+            warmup: 0,
+            duration: 1,
+            idle: 1,
+            machine: Machine {
+                nproc: q(),
+                cpu_model: q(),
+                memory: q(),
+                kernel: q(),
+                os: q(),
+                rustc: q(),
+                nginx: "1.22.1".into(),
+                haproxy: "2.6".into(),
+                wrk: q(),
+                h2load: q(),
+                go: "go1.26.8".into(),
+                git: q(),
+            },
+            pinning: Pinning { proxy: None, rest: None },
+            processes: Vec::new(),
+            load_before: 0.0,
+            load_after: 0.0,
+            results: vec![result],
+            peers: targets.iter().map(|t| t.0).filter(|t| Target::PEERS.contains(t)).collect(),
+            builds: vec![(Target::Traefik, "v3.6.12".into(), Some(500.0)), (Target::Pingora, "0.9.1".into(), None)],
+            policy: None,
+            signin: None,
+            routes: None,
+        }
+    }
+
+    #[test]
+    fn every_peer_gets_a_column_and_a_ratio() {
+        let all: Vec<(Target, f64)> =
+            Target::ALL.iter().zip([100.0, 50.0, 200.0, 25.0, 100.0, 400.0, 80.0]).map(|(t, f)| (*t, f)).collect();
+        let r = report(&all);
+        let md = r.markdown();
+        assert!(
+            md.contains("| scenario | figure | Portcullis | nginx | HAProxy | Traefik | Caddy | Pingora | direct | ÷ nginx | ÷ HAProxy | ÷ Traefik | ÷ Caddy | ÷ Pingora | ÷ direct |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| req/s | 100 | 50.0 | 200 | 25.0 | 100 | 400 | 80.0 | 2.00 | 0.50 | 4.00 | 1.00 | 0.25 | 1.25 |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("h1 req/s vs HAProxy (0.50)") && md.contains("h1 req/s vs Pingora (0.25)"), "{md}");
+        assert!(!md.contains("vs direct ("), "direct is the limit, not a peer to be behind");
+        assert!(md.contains("Traefik v3.6.12 (Go modules, go1.26.8)") && md.contains("Traefik 500 s, Pingora cached"));
+        let json = r.json();
+        let ratios = &json["scenarios"][0]["ratios"];
+        for (key, want) in
+            [("nginx", 2.0), ("haproxy", 0.5), ("traefik", 4.0), ("caddy", 1.0), ("pingora", 0.25), ("direct", 1.25)]
+        {
+            let got = ratios[format!("portcullis_over_{key}")]["figure"].as_f64().unwrap();
+            assert!((got - want).abs() < 1e-9, "{key}: {got}");
+        }
+        assert_eq!(json["machine"]["traefik"], "v3.6.12");
+        assert_eq!(json["peers"].as_array().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn only_the_peers_that_ran_get_columns() {
+        let r = report(&[(Target::Portcullis, 100.0), (Target::Caddy, 50.0), (Target::Direct, 200.0)]);
+        let md = r.markdown();
+        assert!(md.contains("| scenario | figure | Portcullis | Caddy | direct | ÷ Caddy | ÷ direct |"), "{md}");
+        let ratios = r.json()["scenarios"][0]["ratios"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(ratios, ["portcullis_over_caddy", "portcullis_over_direct"]);
+    }
+
     #[test]
     fn medians() {
         assert!((median([3.0, 1.0, 2.0]) - 2.0).abs() < 1e-9);
