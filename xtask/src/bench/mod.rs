@@ -1,13 +1,15 @@
-//! `cargo xtask bench`: Portcullis, nginx and HAProxy in front of the same upstream, and the
-//! upstream on its own, side by side in one run.
+//! `cargo xtask bench`: Portcullis and its peers (nginx, HAProxy, Traefik, Caddy, Pingora) in
+//! front of the same upstream, and the upstream on its own, side by side in one run.
 //!
-//! One invocation installs the peers and the load generators, builds the release binaries,
-//! starts the demo upstream, two Portcullis processes (plain and TLS), nginx and HAProxy
-//! (configured alike, see `peers.rs`), pins them to CPUs with `taskset`, and runs every
+//! One invocation installs or builds the peers and the load generators, builds the release
+//! binaries, starts the demo upstream, two Portcullis processes (plain and TLS) and every peer
+//! (configured alike, see `peers.rs`; built by `build.rs`), pins them to CPUs with `taskset`,
+//! and runs every
 //! scenario against every target, interleaved run by run, so each ratio compares numbers
 //! taken seconds apart on the same machine state. What is measured and why it is set up this
 //! way is in bench/README.md; keep the two in step.
 
+mod build;
 mod loadgen;
 mod peers;
 mod policy;
@@ -45,6 +47,9 @@ const USAGE: &str = "usage: cargo xtask bench [options]   (cargo xtask bench con
   --idle N             connections held open in the idle scenarios (default 10000)
   --path PATH          request path on the demo upstream (default /status/200)
   --upstream-scheme S  how the proxies reach the upstream: http (HTTP/1.1, default) or h2c
+  --peers NAME[,NAME]  the peers to run beside Portcullis (default all: nginx, haproxy,
+                       traefik, caddy, pingora; `none` for none). Traefik and Caddy are
+                       built from Go modules on first use (minutes), Pingora with cargo
   --only NAME[,NAME]   run only these scenarios (h1, h2-tls, tls-handshake, stream-1mib,
                        websocket, idle-h1, idle-tls, h3, h2-oha, policy, signin,
                        routes-10k, tunnel)
@@ -109,6 +114,8 @@ struct Options {
     path: String,
     upstream_scheme: String,
     only: Option<Vec<String>>,
+    /// The peers started beside Portcullis, in column order.
+    peers: Vec<Target>,
     out: PathBuf,
 }
 
@@ -125,6 +132,7 @@ impl Default for Options {
             path: "/status/200".to_owned(),
             upstream_scheme: "http".to_owned(),
             only: None,
+            peers: Target::PEERS.to_vec(),
             out: util::root().join("bench/results"),
         }
     }
@@ -162,6 +170,7 @@ impl Options {
                 "--upstream-scheme" if v == "http" || v == "h2c" => o.upstream_scheme = v,
                 "--upstream-scheme" => bail!("--upstream-scheme must be http or h2c"),
                 "--only" => o.only = Some(v.split(',').map(str::to_owned).collect()),
+                "--peers" => o.peers = parse_peers(&v)?,
                 "--out" => o.out = PathBuf::from(v),
                 _ => bail!("unknown option {key}\n{USAGE}"),
             }
@@ -188,22 +197,58 @@ impl Options {
     }
 }
 
-/// Who answers: one of the three proxies, or the upstream itself (the limit).
+/// `--peers`: comma-separated keys, each once, kept in the table's column order.
+fn parse_peers(list: &str) -> anyhow::Result<Vec<Target>> {
+    if list == "none" {
+        return Ok(Vec::new());
+    }
+    let mut wanted = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let Some(&t) = Target::PEERS.iter().find(|t| t.key() == name) else {
+            let known: Vec<&str> = Target::PEERS.iter().map(|t| t.key()).collect();
+            bail!("--peers: unknown peer {name:?} (known: {}, or none)", known.join(", "));
+        };
+        wanted.push(t);
+    }
+    Ok(Target::PEERS.iter().copied().filter(|t| wanted.contains(t)).collect())
+}
+
+/// Who answers: Portcullis, one of its peers, or the upstream itself (the limit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
     Portcullis,
     Nginx,
     Haproxy,
+    Traefik,
+    Caddy,
+    Pingora,
     Direct,
 }
 
 impl Target {
+    /// The peers, in the order of the report's columns.
+    pub const PEERS: [Target; 5] = [Target::Nginx, Target::Haproxy, Target::Traefik, Target::Caddy, Target::Pingora];
+
+    /// Every target in column order: Portcullis, the peers, direct.
+    pub const ALL: [Target; 7] = [
+        Target::Portcullis,
+        Target::Nginx,
+        Target::Haproxy,
+        Target::Traefik,
+        Target::Caddy,
+        Target::Pingora,
+        Target::Direct,
+    ];
+
     /// The JSON key.
     pub fn key(self) -> &'static str {
         match self {
             Target::Portcullis => "portcullis",
             Target::Nginx => "nginx",
             Target::Haproxy => "haproxy",
+            Target::Traefik => "traefik",
+            Target::Caddy => "caddy",
+            Target::Pingora => "pingora",
             Target::Direct => "direct",
         }
     }
@@ -214,6 +259,9 @@ impl Target {
             Target::Portcullis => "Portcullis",
             Target::Nginx => "nginx",
             Target::Haproxy => "HAProxy",
+            Target::Traefik => "Traefik",
+            Target::Caddy => "Caddy",
+            Target::Pingora => "Pingora",
             Target::Direct => "direct",
         }
     }
@@ -321,7 +369,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     // neither nginx nor HAProxy, nor the load generator, nor matplotlib.
     procs::ensure_tools(TOOLS)?;
     if peers_wanted {
-        procs::ensure_tools(peers::PEER_TOOLS)?;
+        let debian: Vec<(&str, &str)> = peers::PEER_TOOLS
+            .iter()
+            .copied()
+            .filter(|(bin, _)| match *bin {
+                "nginx" => opts.peers.contains(&Target::Nginx),
+                "haproxy" => opts.peers.contains(&Target::Haproxy),
+                _ => true,
+            })
+            .collect();
+        procs::ensure_tools(&debian)?;
     }
     if opts.wants("policy") {
         procs::ensure_tools(policy::TOOLS)?;
@@ -340,6 +397,20 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             &["cargo", "build", "--release", "--package", "portcullis-loadgen"],
         )?;
     }
+    // The peers without a Debian package, built (or found cached) before anything starts, so
+    // a build never overlaps a measurement.
+    let mut built = std::collections::HashMap::new();
+    if peers_wanted {
+        for &peer in &opts.peers {
+            let b = match peer {
+                Target::Traefik => build::traefik()?,
+                Target::Caddy => build::caddy()?,
+                Target::Pingora => build::pingora()?,
+                _ => continue,
+            };
+            built.insert(peer, b);
+        }
+    }
     let python = if peers_wanted { Some(report::install_matplotlib()?) } else { None };
     let machine = report::Machine::describe();
     let (busy, top) = procs::foreign_cpu_now(Duration::from_secs(1));
@@ -357,7 +428,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let pinning = Pinning::detect();
     eprintln!("\n==> bench: {}", pinning.describe());
     let (results, mut processes) = if peers_wanted {
-        peer_scenarios(&opts, &binary, &loadgen_bin, oha, pinning, &tmp)?
+        peer_scenarios(&opts, &binary, &loadgen_bin, oha, &built, pinning, &tmp)?
     } else {
         (Vec::new(), Vec::new())
     };
@@ -396,6 +467,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         load_before,
         load_after: procs::load_average(),
         results,
+        peers: if peers_wanted { opts.peers.clone() } else { Vec::new() },
+        builds: opts.peers.iter().filter_map(|t| built.get(t).map(|b| (*t, b.version.clone(), b.build_secs))).collect(),
         policy,
         signin,
         routes,
@@ -425,27 +498,28 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// The scenarios against the peers: the demo upstream, Portcullis (plain, TLS and, for the
-/// oha scenarios, HTTP/3), nginx and HAProxy started, every wanted scenario run against
+/// oha scenarios, HTTP/3) and the chosen peers started, every wanted scenario run against
 /// them, and the processes described (allowed CPUs, threads) for the report.
 fn peer_scenarios(
     opts: &Options,
     binary: &std::path::Path,
     loadgen_bin: &std::path::Path,
     oha: Option<PathBuf>,
+    built: &std::collections::HashMap<Target, build::Built>,
     pinning: Pinning,
     tmp: &TempDir,
 ) -> anyhow::Result<(Vec<ScenarioResult>, Vec<Value>)> {
     let mut services = Services::default();
     let cert = peers::certificate(&tmp.0)?;
 
-    let ports = procs::distinct_ports(17)?;
+    // The upstream, three Portcullis processes of four ports each, and two listeners per peer.
+    let ports = procs::distinct_ports(13 + 2 * opts.peers.len())?;
     let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let upstream = loopback(ports[0]);
     let plain = ProxyPorts::from_slice(&ports[1..5]);
     let tls = ProxyPorts::from_slice(&ports[5..9]);
     // `codec_type: http3`: the same TLS listener plus quic-ingress on its port over UDP.
     let quic = ProxyPorts::from_slice(&ports[9..13]);
-    let (nginx_plain, nginx_tls, haproxy_plain, haproxy_tls) = (ports[13], ports[14], ports[15], ports[16]);
 
     let mut upstream_cmd = Pinning::command(pinning.rest, binary);
     upstream_cmd.args(["--log-level", "warn", "demo-upstream", "--listen", &upstream.to_string(), "--name", "bench"]);
@@ -477,19 +551,16 @@ fn peer_scenarios(
     // that redirected to https would otherwise "succeed" very fast).
     procs::wait_for_200(&mut services, plain.main(), &opts.path, "a request through Portcullis (plain)")?;
 
-    let nginx_conf = tmp.path("nginx.conf");
-    std::fs::write(&nginx_conf, peers::nginx_conf(&tmp.0, nginx_plain, nginx_tls, upstream, &cert))?;
-    let mut cmd = Pinning::command(pinning.proxy, "nginx");
-    cmd.arg("-e").arg(tmp.path("nginx-error.log")).arg("-c").arg(&nginx_conf);
-    let nginx_pid = services.spawn("nginx", cmd, tmp.path("nginx.log"))?;
-    procs::wait_for_200(&mut services, loopback(nginx_plain), &opts.path, "a request through nginx")?;
-
-    let haproxy_cfg = tmp.path("haproxy.cfg");
-    std::fs::write(&haproxy_cfg, peers::haproxy_cfg(haproxy_plain, haproxy_tls, upstream, &cert))?;
-    let mut cmd = Pinning::command(pinning.proxy, "haproxy");
-    cmd.arg("-db").arg("-f").arg(&haproxy_cfg);
-    let haproxy_pid = services.spawn("haproxy", cmd, tmp.path("haproxy.log"))?;
-    procs::wait_for_200(&mut services, loopback(haproxy_plain), &opts.path, "a request through HAProxy")?;
+    // Each peer, with its plain and TLS listener; one at a time, each answering before the next.
+    let mut running = Vec::new();
+    for (i, &peer) in opts.peers.iter().enumerate() {
+        let (plain_port, tls_port) = (ports[13 + 2 * i], ports[14 + 2 * i]);
+        let listen = PeerListeners { plain: plain_port, tls: tls_port, upstream };
+        let pid = start_peer(&mut services, peer, listen, &cert, built, pinning, tmp)?;
+        let what = format!("a request through {}", peer.label());
+        procs::wait_for_200(&mut services, loopback(plain_port), &opts.path, &what)?;
+        running.push((peer, plain_port, tls_port, pid));
+    }
 
     let processes = describe_processes(&services);
 
@@ -503,15 +574,14 @@ fn peer_scenarios(
         pid,
         metrics,
     };
-    // The four targets of a scenario: Portcullis's process of that kind, nginx, HAProxy, and
-    // the upstream (plain; `direct_tls` never, since it speaks no TLS).
+    // The targets of a scenario: Portcullis's process of that kind, every peer, and the
+    // upstream (plain; never over TLS, since it speaks none).
     let all = |tls: bool, path: &str, with_direct: bool| {
         let (pid, addr, metrics) = ours[if tls { "tls" } else { "plain" }];
-        let mut v = vec![
-            ep(Target::Portcullis, addr, tls, path, pid, Some(metrics)),
-            ep(Target::Nginx, loopback(if tls { nginx_tls } else { nginx_plain }), tls, path, nginx_pid, None),
-            ep(Target::Haproxy, loopback(if tls { haproxy_tls } else { haproxy_plain }), tls, path, haproxy_pid, None),
-        ];
+        let mut v = vec![ep(Target::Portcullis, addr, tls, path, pid, Some(metrics))];
+        for &(peer, plain_port, tls_port, pid) in &running {
+            v.push(ep(peer, loopback(if tls { tls_port } else { plain_port }), tls, path, pid, None));
+        }
         if with_direct {
             v.push(ep(Target::Direct, upstream, false, path, upstream_pid, None));
         }
@@ -600,6 +670,76 @@ fn peer_scenarios(
     }
     services.check_alive()?;
     Ok((results, processes))
+}
+
+/// Where a peer listens and what it proxies to.
+#[derive(Clone, Copy)]
+struct PeerListeners {
+    plain: u16,
+    tls: u16,
+    upstream: SocketAddr,
+}
+
+/// Writes `peer`'s config into the scratch directory and starts it on the proxy CPU; returns
+/// its pid. The Go peers get `GOMAXPROCS=1`, as nginx gets one worker and HAProxy one thread
+/// (Go would size itself to the affinity mask anyway; this says it).
+fn start_peer(
+    services: &mut Services,
+    peer: Target,
+    at: PeerListeners,
+    cert: &peers::Certificate,
+    built: &std::collections::HashMap<Target, build::Built>,
+    pinning: Pinning,
+    tmp: &TempDir,
+) -> anyhow::Result<u32> {
+    let PeerListeners { plain, tls, upstream } = at;
+    let binary =
+        |t: Target| built.get(&t).map(|b| b.binary.clone()).with_context(|| format!("{} was not built", t.label()));
+    let cmd = match peer {
+        Target::Nginx => {
+            let conf = tmp.path("nginx.conf");
+            std::fs::write(&conf, peers::nginx_conf(&tmp.0, plain, tls, upstream, cert))?;
+            let mut cmd = Pinning::command(pinning.proxy, "nginx");
+            cmd.arg("-e").arg(tmp.path("nginx-error.log")).arg("-c").arg(&conf);
+            cmd
+        }
+        Target::Haproxy => {
+            let cfg = tmp.path("haproxy.cfg");
+            std::fs::write(&cfg, peers::haproxy_cfg(plain, tls, upstream, cert))?;
+            let mut cmd = Pinning::command(pinning.proxy, "haproxy");
+            cmd.arg("-db").arg("-f").arg(&cfg);
+            cmd
+        }
+        Target::Traefik => {
+            let (static_path, dynamic_path) = (tmp.path("traefik.yml"), tmp.path("traefik-dynamic.yml"));
+            let (st, dy) = peers::traefik_yaml(plain, tls, upstream, cert, &dynamic_path);
+            std::fs::write(&static_path, st)?;
+            std::fs::write(&dynamic_path, dy)?;
+            let mut cmd = Pinning::command(pinning.proxy, binary(peer)?);
+            cmd.arg(format!("--configFile={}", static_path.display())).env("GOMAXPROCS", "1");
+            cmd
+        }
+        Target::Caddy => {
+            let config = tmp.path("caddy.json");
+            std::fs::write(&config, peers::caddy_json(&tmp.0, plain, tls, upstream, cert))?;
+            let mut cmd = Pinning::command(pinning.proxy, binary(peer)?);
+            cmd.arg("run").arg("--config").arg(&config).env("GOMAXPROCS", "1");
+            // Caddy keeps state (an autosaved config, locks) under these; not in the home directory.
+            cmd.env("XDG_DATA_HOME", tmp.path("caddy-data")).env("XDG_CONFIG_HOME", tmp.path("caddy-config"));
+            cmd
+        }
+        Target::Pingora => {
+            let conf = tmp.path("pingora.yaml");
+            std::fs::write(&conf, peers::pingora_yaml(&tmp.0))?;
+            let mut cmd = Pinning::command(pinning.proxy, binary(peer)?);
+            cmd.arg("--conf").arg(&conf).args(["--upstream", &upstream.to_string()]);
+            cmd.args(["--plain", &format!("127.0.0.1:{plain}"), "--tls", &format!("127.0.0.1:{tls}")]);
+            cmd.arg("--cert").arg(&cert.cert).arg("--key").arg(&cert.key);
+            cmd
+        }
+        Target::Portcullis | Target::Direct => bail!("{} is not a peer", peer.label()),
+    };
+    services.spawn(peer.key(), cmd, tmp.path(&format!("{}.log", peer.key())))
 }
 
 /// Each process of `services` (and its children) with the CPUs it may run on and its thread
@@ -1030,6 +1170,16 @@ mod tests {
         assert!(Options::parse(&["--runs=0".into()]).is_err());
         let o = Options::parse(&["--only=h1,idle-tls".into()]).unwrap().unwrap();
         assert!(o.wants("idle-tls") && !o.wants("h2-tls"));
+        assert_eq!(o.peers, Target::PEERS.to_vec(), "every peer by default");
+    }
+
+    #[test]
+    fn peers_option() {
+        let o = Options::parse(&["--peers".into(), "pingora,nginx".into()]).unwrap().unwrap();
+        assert_eq!(o.peers, vec![Target::Nginx, Target::Pingora], "in column order");
+        assert!(Options::parse(&["--peers=none".into()]).unwrap().unwrap().peers.is_empty());
+        assert!(Options::parse(&["--peers=envoy".into()]).is_err());
+        assert!(Options::parse(&["--peers=direct".into()]).is_err(), "not a peer");
     }
 
     #[test]

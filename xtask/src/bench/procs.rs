@@ -62,8 +62,8 @@ impl Pinning {
     pub fn describe(&self) -> String {
         match (self.proxy, self.rest) {
             (Some(p), Some(r)) => format!(
-                "pinning (taskset): every proxy (Portcullis, nginx with 1 worker, HAProxy with 1 thread) on CPU {p}, only one \
-                 of them under load at a time; demo upstream and load generator (one thread) on CPU {r}, the same in \
+                "pinning (taskset): every proxy (Portcullis; nginx with 1 worker, HAProxy with 1 thread, Traefik and Caddy \
+                 with GOMAXPROCS=1, Pingora with threads: 1) on CPU {p}, only one of them under load at a time; demo upstream and load generator (one thread) on CPU {r}, the same in \
                  every run; CPU {p} idles during direct runs"
             ),
             _ => "no pinning (fewer than 2 CPUs): proxy, upstream and load generator share the CPU".to_owned(),

@@ -30,6 +30,7 @@ pub struct Machine {
     haproxy: String,
     wrk: String,
     h2load: String,
+    go: String,
     git: String,
 }
 
@@ -80,6 +81,7 @@ impl Machine {
             // wrk prints its version in the usage text and exits non-zero.
             wrk: first_line(command_output("wrk", &["-v"])).split(" [").next().unwrap_or("?").to_owned(),
             h2load: first_line(command_output("h2load", &["--version"])),
+            go: command_output("go", &["env", "GOVERSION"]).unwrap_or_else(|| "?".to_owned()),
             git: if dirty { format!("{git} (uncommitted changes)") } else { git },
         }
     }
@@ -146,6 +148,10 @@ pub struct Report {
     pub load_before: f64,
     pub load_after: f64,
     pub results: Vec<ScenarioResult>,
+    /// The peers that ran beside Portcullis (`--peers`), in column order.
+    pub peers: Vec<Target>,
+    /// The peers built for this run: version, and build seconds (`None`: cached).
+    pub builds: Vec<(Target, String, Option<f64>)>,
     pub policy: Option<PolicyCost>,
     pub signin: Option<SessionCost>,
     pub routes: Option<RoutesScale>,
@@ -255,6 +261,35 @@ fn rows(r: &ScenarioResult) -> Vec<Row> {
 }
 
 impl Report {
+    /// The targets with a column in the peer table, in column order: those that ran in some
+    /// scenario.
+    fn columns(&self) -> Vec<Target> {
+        Target::ALL
+            .iter()
+            .copied()
+            .filter(|t| self.results.iter().any(|r| r.targets.iter().any(|x| x.target == *t)))
+            .collect()
+    }
+
+    /// The version of a peer as the report names it, and where it came from.
+    fn peer_origin(&self, t: Target) -> String {
+        let m = &self.machine;
+        let built = self.builds.iter().find(|(x, _, _)| *x == t);
+        let version = built.map_or("?", |(_, v, _)| v.as_str());
+        match t {
+            Target::Nginx => format!("nginx {} (Debian)", m.nginx),
+            Target::Haproxy => format!("HAProxy {} (Debian)", m.haproxy),
+            Target::Traefik => format!("Traefik {version} (Go modules, {})", m.go),
+            Target::Caddy => format!("Caddy {version} (Go modules, {})", m.go),
+            Target::Pingora => format!("Pingora {version} (bench/pingora-proxy, release build)"),
+            Target::Portcullis | Target::Direct => t.label().to_owned(),
+        }
+    }
+
+    fn built_version(&self, t: Target) -> Option<&str> {
+        self.builds.iter().find(|(x, _, _)| *x == t).map(|(_, v, _)| v.as_str())
+    }
+
     fn noisy(&self) -> bool {
         self.results
             .iter()
@@ -267,17 +302,36 @@ impl Report {
     pub fn markdown(&self) -> String {
         let m = &self.machine;
         let mut md = String::new();
-        let _ = writeln!(md, "# Portcullis, nginx and HAProxy, {}\n", timestamp());
+        let peers: Vec<&str> = self.peers.iter().map(|t| t.label()).collect();
+        let title =
+            if peers.is_empty() { "Portcullis".to_owned() } else { format!("Portcullis and {}", peers.join(", ")) };
+        let _ = writeln!(md, "# {title}, {}\n", timestamp());
         let _ = writeln!(
             md,
             "- machine: {} CPUs ({}), {} memory, {}, kernel {}; {}",
             m.nproc, m.cpu_model, m.memory, m.os, m.kernel, m.rustc
         );
+        let origins: Vec<String> = self.peers.iter().map(|&t| self.peer_origin(t)).collect();
         let _ = writeln!(
             md,
-            "- code: Portcullis git {} (release build); nginx {} and HAProxy {} from Debian",
-            m.git, m.nginx, m.haproxy
+            "- code: Portcullis git {} (release build){}",
+            m.git,
+            if origins.is_empty() { String::new() } else { format!("; peers: {}", origins.join(", ")) }
         );
+        if !self.builds.is_empty() {
+            let times: Vec<String> = self
+                .builds
+                .iter()
+                .map(|(t, _, secs)| match secs {
+                    Some(s) => format!("{} {s:.0} s", t.label()),
+                    None => format!("{} cached", t.label()),
+                })
+                .collect();
+            let _ = writeln!(md, "- peer builds in this run: {}", times.join(", "));
+        }
+        if !self.peers.is_empty() {
+            let _ = writeln!(md, "- Envoy is not among the peers: neither Debian nor any registry this machine reaches has a package of it");
+        }
         let _ = writeln!(md, "- {}", self.pinning.describe());
         let _ = writeln!(md, "- load: {}; {}, {}", self.load_text, m.wrk, m.h2load);
         let _ = writeln!(
@@ -321,34 +375,25 @@ impl Report {
     /// The peer comparison: the results table, errors, where Portcullis is behind, and
     /// where the CPU time goes.
     fn peer_tables(&self, md: &mut String) {
-        let _ = writeln!(md, "![Portcullis against nginx, HAProxy and the direct path](latest.png)\n");
-
-        let _ = writeln!(
-            md,
-            "| scenario | figure | Portcullis | nginx | HAProxy | direct | ÷ nginx | ÷ HAProxy | ÷ direct |"
-        );
-        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        let columns = self.columns();
+        let others: Vec<Target> = columns.iter().copied().filter(|t| *t != Target::Portcullis).collect();
+        let names: Vec<&str> = others.iter().map(|t| t.label()).collect();
+        let _ = writeln!(md, "![Portcullis against {} (main figure of each scenario)](latest.png)\n", names.join(", "));
+        let heads: Vec<String> = columns.iter().map(|t| t.label().to_owned()).collect();
+        let ratio_heads: Vec<String> = others.iter().map(|t| format!("÷ {}", t.label())).collect();
+        let _ = writeln!(md, "| scenario | figure | {} | {} |", heads.join(" | "), ratio_heads.join(" | "));
+        let _ = writeln!(md, "|---|---|{}", "---:|".repeat(columns.len() + others.len()));
         let mut behind = Vec::new();
         for r in &self.results {
             for (i, row) in rows(r).iter().enumerate() {
                 let cell = |t: Target| row.get(t).map_or_else(|| "–".to_owned(), |v| (row.format)(v));
                 let head =
                     if i == 0 { format!("**{}**: {} ({})", r.name, r.title, r.tool.name()) } else { String::new() };
-                let ratios: Vec<String> = [Target::Nginx, Target::Haproxy, Target::Direct]
-                    .iter()
-                    .map(|&t| row.ratio(t).map_or_else(|| "–".to_owned(), fmt_ratio))
-                    .collect();
-                let _ = writeln!(
-                    md,
-                    "| {head} | {} | {} | {} | {} | {} | {} |",
-                    row.label,
-                    cell(Target::Portcullis),
-                    cell(Target::Nginx),
-                    cell(Target::Haproxy),
-                    cell(Target::Direct),
-                    ratios.join(" | ")
-                );
-                for peer in [Target::Nginx, Target::Haproxy] {
+                let cells: Vec<String> = columns.iter().map(|&t| cell(t)).collect();
+                let ratios: Vec<String> =
+                    others.iter().map(|&t| row.ratio(t).map_or_else(|| "–".to_owned(), fmt_ratio)).collect();
+                let _ = writeln!(md, "| {head} | {} | {} | {} |", row.label, cells.join(" | "), ratios.join(" | "));
+                for &peer in others.iter().filter(|t| **t != Target::Direct) {
                     if let Some(x) = row.ratio(peer) {
                         // Within 3 % is a tie at this run-to-run spread.
                         let worse = if row.higher_is_better { x < 0.97 } else { x > 1.03 };
@@ -359,6 +404,10 @@ impl Report {
                 }
             }
         }
+        let _ = writeln!(
+            md,
+            "\n–: not measured. `idle-tls` has no direct path (the upstream speaks no TLS); `h3` and `h2-oha` run against Portcullis and direct only (no peer here serves HTTP/3, and `h2-oha` is its HTTP/2 baseline from the same process and client)."
+        );
         let errors: Vec<String> = self
             .results
             .iter()
@@ -467,7 +516,7 @@ impl Report {
                     );
                 }
                 let mut ratios = serde_json::Map::new();
-                for other in [Target::Nginx, Target::Haproxy, Target::Direct] {
+                for other in self.columns().into_iter().filter(|t| *t != Target::Portcullis) {
                     let mut by_row = serde_json::Map::new();
                     for (i, row) in rows(r).iter().enumerate() {
                         let key = match i {
@@ -492,6 +541,9 @@ impl Report {
             "machine": {
                 "nproc": m.nproc, "cpu_model": m.cpu_model, "memory": m.memory, "os": m.os, "kernel": m.kernel,
                 "rustc": m.rustc, "nginx": m.nginx, "haproxy": m.haproxy, "wrk": m.wrk, "h2load": m.h2load,
+                "go": m.go,
+                "traefik": self.built_version(Target::Traefik), "caddy": self.built_version(Target::Caddy),
+                "pingora": self.built_version(Target::Pingora),
                 "oha": OHA_VERSION, "git": m.git,
                 "load_average_1m_before": self.load_before, "load_average_1m_after": self.load_after,
                 "noisy": self.noisy(),
@@ -502,6 +554,8 @@ impl Report {
                 "pinning": self.pinning.describe(),
                 "aggregate": "median of the runs for each figure; ratio = Portcullis median / other median",
             },
+            "peers": self.peers.iter().map(|t| json!({ "key": t.key(), "label": t.label(), "origin": self.peer_origin(*t) })).collect::<Vec<_>>(),
+            "peer_builds": self.builds.iter().map(|(t, v, secs)| json!({ "peer": t.key(), "version": v, "build_s": secs })).collect::<Vec<_>>(),
             "processes": self.processes,
             "scenarios": scenarios,
             "policy": self.policy.as_ref().map(policy_json),
@@ -699,6 +753,113 @@ mod tests {
         assert_eq!(fmt_latency(850.0), "850 µs");
         assert_eq!(fmt_latency(10460.0), "10.46 ms");
         assert_eq!(fmt_latency(f64::NAN), "–");
+    }
+
+    fn sample(figure: f64) -> Sample {
+        let load = super::super::loadgen::LoadResult {
+            rps: figure,
+            p50_us: 100.0,
+            p99_us: 200.0,
+            requests: 1000,
+            errors: 0,
+            bytes_per_response: 100.0,
+        };
+        Sample {
+            figure,
+            load,
+            proxy_cpu_us: Some(10.0),
+            proxy_util: Some(1.0),
+            upstream_cpu_us: 5.0,
+            loadgen_util: 0.5,
+            foreign_util: 0.0,
+            foreign_top: None,
+        }
+    }
+
+    fn report(targets: &[(Target, f64)]) -> Report {
+        let runs = targets
+            .iter()
+            .map(|&(target, f)| super::super::TargetRuns { target, url: String::new(), samples: vec![sample(f)] })
+            .collect();
+        let result = ScenarioResult {
+            name: "h1",
+            title: "t",
+            tool: super::super::loadgen::Tool::Wrk,
+            unit: Unit::Requests,
+            targets: runs,
+        };
+        let q = || "?".to_owned();
+        Report {
+            load_text: String::new(),
+            runs: 1,
+            warmup: 0,
+            duration: 1,
+            idle: 1,
+            machine: Machine {
+                nproc: q(),
+                cpu_model: q(),
+                memory: q(),
+                kernel: q(),
+                os: q(),
+                rustc: q(),
+                nginx: "1.22.1".into(),
+                haproxy: "2.6".into(),
+                wrk: q(),
+                h2load: q(),
+                go: "go1.26.8".into(),
+                git: q(),
+            },
+            pinning: Pinning { proxy: None, rest: None },
+            processes: Vec::new(),
+            load_before: 0.0,
+            load_after: 0.0,
+            results: vec![result],
+            peers: targets.iter().map(|t| t.0).filter(|t| Target::PEERS.contains(t)).collect(),
+            builds: vec![(Target::Traefik, "v3.6.12".into(), Some(500.0)), (Target::Pingora, "0.9.1".into(), None)],
+            policy: None,
+            signin: None,
+            routes: None,
+        }
+    }
+
+    #[test]
+    fn every_peer_gets_a_column_and_a_ratio() {
+        let all: Vec<(Target, f64)> =
+            Target::ALL.iter().zip([100.0, 50.0, 200.0, 25.0, 100.0, 400.0, 80.0]).map(|(t, f)| (*t, f)).collect();
+        let r = report(&all);
+        let md = r.markdown();
+        assert!(
+            md.contains("| scenario | figure | Portcullis | nginx | HAProxy | Traefik | Caddy | Pingora | direct | ÷ nginx | ÷ HAProxy | ÷ Traefik | ÷ Caddy | ÷ Pingora | ÷ direct |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| req/s | 100 | 50.0 | 200 | 25.0 | 100 | 400 | 80.0 | 2.00 | 0.50 | 4.00 | 1.00 | 0.25 | 1.25 |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("h1 req/s vs HAProxy (0.50)") && md.contains("h1 req/s vs Pingora (0.25)"), "{md}");
+        assert!(!md.contains("vs direct ("), "direct is the limit, not a peer to be behind");
+        assert!(md.contains("Traefik v3.6.12 (Go modules, go1.26.8)") && md.contains("Traefik 500 s, Pingora cached"));
+        let json = r.json();
+        let ratios = &json["scenarios"][0]["ratios"];
+        for (key, want) in
+            [("nginx", 2.0), ("haproxy", 0.5), ("traefik", 4.0), ("caddy", 1.0), ("pingora", 0.25), ("direct", 1.25)]
+        {
+            let got = ratios[format!("portcullis_over_{key}")]["figure"].as_f64().unwrap();
+            assert!((got - want).abs() < 1e-9, "{key}: {got}");
+        }
+        assert_eq!(json["machine"]["traefik"], "v3.6.12");
+        assert_eq!(json["peers"].as_array().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn only_the_peers_that_ran_get_columns() {
+        let r = report(&[(Target::Portcullis, 100.0), (Target::Caddy, 50.0), (Target::Direct, 200.0)]);
+        let md = r.markdown();
+        assert!(md.contains("| scenario | figure | Portcullis | Caddy | direct | ÷ Caddy | ÷ direct |"), "{md}");
+        let ratios = r.json()["scenarios"][0]["ratios"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(ratios, ["portcullis_over_caddy", "portcullis_over_direct"]);
     }
 
     #[test]
