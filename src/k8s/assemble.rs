@@ -101,7 +101,8 @@ pub struct World<'a> {
 }
 
 struct Good {
-    created: String,
+    /// `metadata.creationTimestamp`: the older object keeps a contested host and path.
+    created: Option<k8s_openapi::jiff::Timestamp>,
     translated: Arc<Translated>,
     origin: Origin,
 }
@@ -183,7 +184,7 @@ impl Assembler {
     pub fn assemble(&mut self, world: &World<'_>) -> (Config, Vec<Report>) {
         let mut reports = Vec::new();
         let settings = self.settings(world, &mut reports);
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::with_capacity(world.ingresses.len() + world.routes.len());
         for ing in world.ingresses {
             let key =
                 ObjectKey { kind: Kind::Ingress, namespace: ing.namespace().unwrap_or_default(), name: ing.name_any() };
@@ -210,10 +211,11 @@ impl Assembler {
 
         // Older objects first, so that they keep what they had when a newer one conflicts.
         let mut owners: Vec<(&ObjectKey, &Good)> = self.last_good.iter().collect();
-        owners.sort_by(|a, b| (&a.1.created, a.0).cmp(&(&b.1.created, b.0)));
-        let mut routes = Vec::new();
+        let routes_hint = owners.iter().map(|(_, g)| g.translated.routes.len()).sum();
+        owners.sort_unstable_by(|a, b| (a.1.created, a.0).cmp(&(b.1.created, b.0)));
+        let mut routes = Vec::with_capacity(routes_hint);
         let mut certificates = settings.certificates.clone();
-        let mut claims: Claims<&ObjectKey> = Claims::default();
+        let mut claims: Claims<&ObjectKey> = Claims::with_capacity(routes_hint);
         let mut conflicts: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
         for (key, good) in owners {
             for route in &good.translated.routes {
@@ -395,8 +397,8 @@ impl Assembler {
     }
 }
 
-fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    meta.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default()
+fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<k8s_openapi::jiff::Timestamp> {
+    meta.creation_timestamp.as_ref().map(|t| t.0)
 }
 
 #[cfg(test)]
