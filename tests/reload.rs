@@ -134,6 +134,13 @@ async fn a_reload_recompiles_only_the_routes_that_changed() {
     assert!(Arc::ptr_eq(&route(&before, "a.test"), &route(&after, "a.test")), "unchanged: the same compiled route");
     assert!(!Arc::ptr_eq(&route(&before, "b.test"), &route(&after, "b.test")), "edited: compiled afresh");
     assert_eq!(route(&after, "b.test").upstream_timeout, Some(Duration::from_secs(5)));
+    // The health registry leaves a reused route alone and redoes an edited one: both keep
+    // their endpoint's series.
+    let m = metrics(&r).await;
+    for host in ["a.test", "b.test"] {
+        let series = format!("portcullis_upstream_healthy{{route=\"{host}\",upstream=\"{a}\"}} 1");
+        assert!(m.contains(&series), "{series} in\n{m}");
+    }
 
     config.settings.default_upstream_timeout = Some(Duration::from_secs(7));
     r.proxy.apply(config);

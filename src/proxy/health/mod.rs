@@ -11,23 +11,33 @@
 mod probe;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use self::probe::Endpoint;
 use super::endpoints::EndpointState;
-use super::snapshot::Snapshot;
+use super::snapshot::{CompiledRoute, Snapshot};
 use super::upstream::Target;
 use crate::config::{HealthCheck, HealthCheckKind, UpstreamScheme, UpstreamTls};
 use crate::metrics::UpstreamHealthLabels;
 
-/// The running checkers and the gauge series they keep.
+/// The running checkers and the gauge series they keep, by route.
 #[derive(Default)]
 pub struct Registry {
-    checkers: Mutex<HashMap<CheckerKey, Checker>>,
-    series: Mutex<HashSet<UpstreamHealthLabels>>,
+    routes: Mutex<HashMap<String, RouteHealth>>,
+}
+
+/// One route's checkers and series, and the compiled route they were set up for. A reload
+/// that hands the data plane the same compiled route (it reuses unchanged ones) leaves its
+/// entry alone: with 10,000 routes, hashing every endpoint's labels again was most of what
+/// an apply cost. `Weak`, so the entry keeps no snapshot alive, and the address it is
+/// recognised by cannot be reused by another route while the entry exists.
+struct RouteHealth {
+    compiled: Weak<CompiledRoute>,
+    series: Vec<UpstreamHealthLabels>,
+    checkers: HashMap<CheckerKey, Checker>,
 }
 
 /// What makes two checkers the same: the endpoint (route, address, scheme), the check (and
@@ -82,60 +92,80 @@ impl Registry {
     /// checkers; without one (unit tests building snapshots) none run.
     pub fn apply(&self, snap: &Snapshot, gauge: &Family<UpstreamHealthLabels, Gauge>) {
         let rt = tokio::runtime::Handle::try_current().ok();
-        let mut live = HashSet::new();
-        let mut checkers = crate::sync::lock(&self.checkers);
-        let mut running = std::mem::take(&mut *checkers);
+        let mut routes = crate::sync::lock(&self.routes);
+        let mut before = std::mem::take(&mut *routes);
         for route in snap.routes.routes() {
-            let r = &route.route;
-            let tls = TlsKey::of(&r.tls);
-            for target in route.balancer.targets() {
-                let labels =
-                    UpstreamHealthLabels { route: r.name.clone(), upstream: target.upstream.authority.clone() };
-                if r.health_checks.is_empty() {
-                    // Its checks were removed: nothing may keep it out any longer.
-                    target.state.set_healthy(true);
-                }
-                let series = gauge.get_or_create_owned(&labels);
-                series.set(i64::from(target.state.healthy()));
-                live.insert(labels);
-                for (index, check) in r.health_checks.iter().enumerate() {
-                    let key = CheckerKey {
-                        route: r.name.clone(),
-                        authority: target.upstream.authority.clone(),
-                        scheme: target.upstream.scheme,
-                        index,
-                        check: check.clone(),
-                        tls: tls.clone(),
-                    };
-                    let kept =
-                        running.remove(&key).filter(|c| Arc::ptr_eq(&c.state, &target.state) && !c.task.is_finished());
-                    let checker = match (kept, &rt) {
-                        (Some(c), _) => c,
-                        (None, Some(rt)) => Checker {
-                            task: rt.spawn(run(
-                                r.name.clone(),
-                                endpoint(target),
-                                check.clone(),
-                                target.state.clone(),
-                                series.clone(),
-                            )),
-                            state: target.state.clone(),
-                        },
-                        (None, None) => continue,
-                    };
-                    checkers.insert(key, checker);
-                }
+            let (name, health) = match before.remove_entry(route.route.name.as_str()) {
+                Some((name, kept)) if std::ptr::eq(kept.compiled.as_ptr(), Arc::as_ptr(route)) => (name, kept),
+                Some((name, changed)) => (name, set_up(route, Some(changed), gauge, rt.as_ref())),
+                None => (route.route.name.clone(), set_up(route, None, gauge, rt.as_ref())),
+            };
+            routes.insert(name, health);
+        }
+        // Routes that are gone: their series go, and dropping their checkers stops them.
+        for gone in before.into_values() {
+            for labels in &gone.series {
+                gauge.remove(labels);
             }
         }
-        // Dropping the rest stops them.
-        drop(running);
-        drop(checkers);
-        let mut series = crate::sync::lock(&self.series);
-        for gone in series.difference(&live) {
-            gauge.remove(gone);
-        }
-        *series = live;
     }
+}
+
+/// A new or changed route's checkers and series: the running checkers it still wants are
+/// kept (same key and endpoint state), the others stop, new ones start; every endpoint's
+/// `portcullis_upstream_healthy` is set, and the series of endpoints it no longer has go.
+fn set_up(
+    route: &Arc<CompiledRoute>,
+    before: Option<RouteHealth>,
+    gauge: &Family<UpstreamHealthLabels, Gauge>,
+    rt: Option<&tokio::runtime::Handle>,
+) -> RouteHealth {
+    let (mut running, old_series) = before.map_or_else(Default::default, |b| (b.checkers, b.series));
+    let r = &route.route;
+    let tls = TlsKey::of(&r.tls);
+    let mut series = Vec::with_capacity(route.balancer.targets().len());
+    let mut checkers = HashMap::new();
+    for target in route.balancer.targets() {
+        let labels = UpstreamHealthLabels { route: r.name.clone(), upstream: target.upstream.authority.clone() };
+        if r.health_checks.is_empty() {
+            // Its checks were removed: nothing may keep it out any longer.
+            target.state.set_healthy(true);
+        }
+        let gauge_series = gauge.get_or_create_owned(&labels);
+        gauge_series.set(i64::from(target.state.healthy()));
+        series.push(labels);
+        for (index, check) in r.health_checks.iter().enumerate() {
+            let key = CheckerKey {
+                route: r.name.clone(),
+                authority: target.upstream.authority.clone(),
+                scheme: target.upstream.scheme,
+                index,
+                check: check.clone(),
+                tls: tls.clone(),
+            };
+            let kept = running.remove(&key).filter(|c| Arc::ptr_eq(&c.state, &target.state) && !c.task.is_finished());
+            let checker = match (kept, rt) {
+                (Some(c), _) => c,
+                (None, Some(rt)) => Checker {
+                    task: rt.spawn(run(
+                        r.name.clone(),
+                        endpoint(target),
+                        check.clone(),
+                        target.state.clone(),
+                        gauge_series.clone(),
+                    )),
+                    state: target.state.clone(),
+                },
+                (None, None) => continue,
+            };
+            checkers.insert(key, checker);
+        }
+    }
+    let now: HashSet<&UpstreamHealthLabels> = series.iter().collect();
+    for gone in old_series.iter().filter(|l| !now.contains(l)) {
+        gauge.remove(gone);
+    }
+    RouteHealth { compiled: Arc::downgrade(route), series, checkers }
 }
 
 fn endpoint(t: &Target) -> Endpoint {
