@@ -26,10 +26,22 @@ impl From<&PathMatch> for PathKey {
     }
 }
 
+/// What two routes that cannot both be reached have in common: host, path matcher and, for
+/// tunnels, protocol and port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClaimKey(HostMatch, PathKey, Option<Tunnel>);
+
+impl ClaimKey {
+    /// The key `route` claims.
+    pub fn of(route: &Route) -> Self {
+        Self(route.host.clone(), PathKey::from(&route.path), route.tunnel)
+    }
+}
+
 /// Who holds each host and path so far.
 #[derive(Debug)]
 pub struct Claims<O> {
-    owners: HashMap<(HostMatch, PathKey, Option<Tunnel>), O>,
+    owners: HashMap<ClaimKey, O>,
 }
 
 impl<O> Default for Claims<O> {
@@ -51,7 +63,7 @@ impl<O> Claims<O> {
     /// changes and the holder is returned.
     pub fn claim(&mut self, route: &Route, owner: O) -> Result<(), &O> {
         use std::collections::hash_map::Entry;
-        match self.owners.entry((route.host.clone(), PathKey::from(&route.path), route.tunnel)) {
+        match self.owners.entry(ClaimKey::of(route)) {
             Entry::Occupied(held) => Err(held.into_mut()),
             Entry::Vacant(free) => {
                 free.insert(owner);

@@ -16,11 +16,11 @@ use super::crd::{ProxyConfig, Route as RouteResource};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::ingress::translate_ingress;
-use super::objects::{Objects, Read};
+use super::objects::{Objects, Read, ReadKey};
+use super::owners::Owners;
 use super::proxy_config::translate_proxy_config;
 use super::route::translate_route;
 use super::translate::{ingress_class, ClassDecision, Translated};
-use crate::config::claims::Claims;
 use crate::config::fields::KeyPath;
 use crate::config::validate::{self, Errors};
 use crate::config::{Config, FieldError, Settings};
@@ -104,15 +104,27 @@ struct Good {
     /// `metadata.creationTimestamp`: the older object keeps a contested host and path.
     created: Option<k8s_openapi::jiff::Timestamp>,
     translated: Arc<Translated>,
-    origin: Origin,
+    origin: Object,
 }
 
-/// The object a last good translation came from, kept (cheaply, shared with the reflector)
-/// so that the leader can store it when the object turns bad.
+/// An Ingress or Route as the reflector holds it (shared, not copied): what a change hands
+/// the assembler, and what a last good translation came from, so that the leader can store
+/// it when the object turns bad.
 #[derive(Clone)]
-enum Origin {
+pub enum Object {
+    /// An Ingress of any class.
     Ingress(Arc<Ingress>),
+    /// A Route.
     Route(Arc<RouteResource>),
+}
+
+impl Object {
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Object::Ingress(i) => i.meta(),
+            Object::Route(r) => r.meta(),
+        }
+    }
 }
 
 impl ObjectKey {
@@ -159,6 +171,12 @@ struct Memo {
 
 /// Remembers each object's last good translation between assemblies, and memoizes
 /// translations so that an assembly costs little more than the objects that changed.
+///
+/// Two ways in: [`Assembler::assemble`] looks at every object (at start, and when something
+/// every object depends on changed: the IngressClasses, the ProxyConfig, a re-list), and
+/// [`Assembler::assemble_changes`] at the objects that changed and those that read a
+/// changed Service, EndpointSlice or Secret, settling only the host and path claims they
+/// touch. Both leave the same state behind, which the tests hold them to.
 #[derive(Default)]
 pub struct Assembler {
     last_good: BTreeMap<ObjectKey, Good>,
@@ -168,6 +186,20 @@ pub struct Assembler {
     overrides: EnvOverrides,
     /// The settings without a ProxyConfig: the defaults plus `overrides`.
     base_settings: Settings,
+    /// Every object of ours as last seen, with whether its class came from the deprecated
+    /// annotation: what a changed Service re-translates its readers from.
+    current: HashMap<ObjectKey, (Object, bool)>,
+    /// The latest report of every object of ours (shared with the outcome handed to the
+    /// status writer: an edit among 10,000 objects copies none of them).
+    reports: BTreeMap<ObjectKey, Arc<Report>>,
+    /// Who serves which host and path.
+    owners: Owners<ObjectKey>,
+    /// Which objects read each Service, EndpointSlice and Secret, and what each object read.
+    readers: HashMap<ReadKey, HashSet<ObjectKey>>,
+    read_by: HashMap<ObjectKey, Vec<ReadKey>>,
+    /// The settings of the last full assembly, the ProxyConfig's report and what its
+    /// translation read (a change to one of those needs a full assembly).
+    settings_now: Option<(Settings, Option<Arc<Report>>, HashSet<ReadKey>)>,
 }
 
 impl Assembler {
@@ -180,69 +212,155 @@ impl Assembler {
         Self { overrides, base_settings, ..Self::default() }
     }
 
-    /// Builds the config for `world` and a report per object of ours.
-    pub fn assemble(&mut self, world: &World<'_>) -> (Config, Vec<Report>) {
-        let mut reports = Vec::new();
-        let settings = self.settings(world, &mut reports);
+    /// Builds the config for `world` and a report per object of ours, looking at every object.
+    pub fn assemble(&mut self, world: &World<'_>) -> (Config, Vec<Arc<Report>>) {
+        let mut settings_report = Vec::new();
+        world.objects.take_reads();
+        let settings = self.settings(world, &mut settings_report);
+        let settings_reads = world.objects.take_reads().into_iter().map(|r| r.at).collect();
+        self.settings_now = Some((settings, settings_report.pop().map(Arc::new), settings_reads));
         let mut seen = HashSet::with_capacity(world.ingresses.len() + world.routes.len());
+        let mut changes = Vec::with_capacity(world.ingresses.len() + world.routes.len());
         for ing in world.ingresses {
             let key =
                 ObjectKey { kind: Kind::Ingress, namespace: ing.namespace().unwrap_or_default(), name: ing.name_any() };
-            match ingress_class(ing, world.classes) {
-                ClassDecision::NotOurs => {}
-                ClassDecision::Ours { deprecated_annotation } => {
-                    seen.insert(key.clone());
-                    let result =
-                        self.translate(&key, ing.meta(), world.objects, || translate_ingress(ing, world.objects));
-                    let origin = Origin::Ingress(ing.clone());
-                    reports.push(self.record(key, origin, result, deprecated_annotation, world));
-                }
+            if matches!(ingress_class(ing, world.classes), ClassDecision::Ours { .. }) {
+                seen.insert(key.clone());
+                changes.push((key, Some(Object::Ingress(ing.clone()))));
             }
         }
         for r in world.routes {
             let key = ObjectKey { kind: Kind::Route, namespace: r.namespace().unwrap_or_default(), name: r.name_any() };
             seen.insert(key.clone());
-            let result = self.translate(&key, r.meta(), world.objects, || translate_route(r, world.objects));
-            reports.push(self.record(key, Origin::Route(r.clone()), result, false, world));
+            changes.push((key, Some(Object::Route(r.clone()))));
         }
         // Objects that were deleted or left our class stop serving.
-        self.last_good.retain(|k, _| seen.contains(k));
-        self.memo.retain(|k, _| seen.contains(k));
+        let gone: Vec<ObjectKey> = self.current.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        changes.extend(gone.into_iter().map(|k| (k, None)));
+        self.apply_changes(changes, world);
+        self.finish()
+    }
 
-        // Older objects first, so that they keep what they had when a newer one conflicts.
-        let mut owners: Vec<(&ObjectKey, &Good)> = self.last_good.iter().collect();
-        let routes_hint = owners.iter().map(|(_, g)| g.translated.routes.len()).sum();
-        owners.sort_unstable_by(|a, b| (a.1.created, a.0).cmp(&(b.1.created, b.0)));
-        let mut routes = Vec::with_capacity(routes_hint);
-        let mut certificates = settings.certificates.clone();
-        let mut claims: Claims<&ObjectKey> = Claims::with_capacity(routes_hint);
-        let mut conflicts: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
-        for (key, good) in owners {
-            for route in &good.translated.routes {
-                // One object may repeat a host and path of its own; only another's is a conflict.
-                if let Err(owner) = claims.claim(route, key) {
-                    if *owner != key {
-                        conflicts.entry(key.clone()).or_default().push(format!(
-                            "route {} matches the same host and path as {:?} {}/{}, which is older and keeps it",
-                            route.name, owner.kind, owner.namespace, owner.name
-                        ));
-                        continue;
+    /// Builds the config after `changed` Ingresses and Routes (as they are now; `None`:
+    /// deleted) and changes to the Services, EndpointSlices and Secrets `reads`, touching only
+    /// the objects concerned. Falls back to [`Self::assemble`] before the first full assembly
+    /// and when the ProxyConfig read one of `reads`.
+    pub fn assemble_changes(
+        &mut self,
+        world: &World<'_>,
+        changed: Vec<(ObjectKey, Option<Object>)>,
+        reads: &[ReadKey],
+    ) -> (Config, Vec<Arc<Report>>) {
+        let Some((_, _, settings_reads)) = &self.settings_now else { return self.assemble(world) };
+        if reads.iter().any(|r| settings_reads.contains(r)) {
+            return self.assemble(world);
+        }
+        let mut keys: HashSet<ObjectKey> = changed.iter().map(|(k, _)| k.clone()).collect();
+        let mut changes = changed;
+        for r in reads {
+            for k in self.readers.get(r).into_iter().flatten() {
+                if keys.insert(k.clone()) {
+                    if let Some((o, _)) = self.current.get(k) {
+                        changes.push((k.clone(), Some(o.clone())));
                     }
                 }
-                routes.push(route.clone());
-            }
-            certificates.extend(good.translated.certificates.iter().cloned());
-        }
-        for report in &mut reports {
-            if let (Some(c), Verdict::Accepted { conflicts: slot, .. }) =
-                (conflicts.remove(&report.key), &mut report.verdict)
-            {
-                *slot = c;
             }
         }
-        let mut settings = settings;
-        settings.certificates = certificates;
+        self.apply_changes(changes, world);
+        self.finish()
+    }
+
+    /// Re-translates (or removes) each object and settles the claims its routes touch.
+    fn apply_changes(&mut self, changes: Vec<(ObjectKey, Option<Object>)>, world: &World<'_>) {
+        let mut affected = HashSet::new();
+        for (key, object) in changes {
+            let ours = object.and_then(|o| match &o {
+                Object::Ingress(ing) => match ingress_class(ing, world.classes) {
+                    ClassDecision::NotOurs => None,
+                    ClassDecision::Ours { deprecated_annotation } => Some((o, deprecated_annotation)),
+                },
+                Object::Route(_) => Some((o, false)),
+            });
+            let Some((object, deprecated)) = ours else {
+                self.current.remove(&key);
+                self.last_good.remove(&key);
+                self.memo.remove(&key);
+                self.reports.remove(&key);
+                self.set_reads(&key, Vec::new());
+                affected.extend(self.owners.set(&key, None, None));
+                continue;
+            };
+            self.current.insert(key.clone(), (object.clone(), deprecated));
+            let result = match &object {
+                Object::Ingress(ing) => {
+                    self.translate(&key, ing.meta(), world.objects, || translate_ingress(ing, world.objects))
+                }
+                Object::Route(r) => self.translate(&key, r.meta(), world.objects, || translate_route(r, world.objects)),
+            };
+            let report = self.record(key.clone(), object, result, deprecated, world);
+            self.reports.insert(key.clone(), Arc::new(report));
+            let serving = self.last_good.get(&key).map(|g| (g.created, g.translated.clone()));
+            affected.extend(match serving {
+                Some((created, translated)) => self.owners.set(&key, created, Some(translated)),
+                None => self.owners.set(&key, None, None),
+            });
+        }
+        for key in &affected {
+            let Some(report) = self.reports.get_mut(key) else { continue };
+            if !matches!(report.verdict, Verdict::Accepted { .. }) {
+                continue;
+            }
+            let now: Vec<String> = self
+                .owners
+                .conflicts(key)
+                .iter()
+                .map(|(route, owner)| {
+                    format!(
+                        "route {route} matches the same host and path as {:?} {}/{}, which is older and keeps it",
+                        owner.kind, owner.namespace, owner.name
+                    )
+                })
+                .collect();
+            if let Verdict::Accepted { conflicts, .. } = &report.verdict {
+                if *conflicts == now {
+                    continue;
+                }
+            }
+            if let Verdict::Accepted { conflicts, .. } = &mut Arc::make_mut(report).verdict {
+                *conflicts = now;
+            }
+        }
+    }
+
+    /// The config and reports of the current state.
+    fn finish(&self) -> (Config, Vec<Arc<Report>>) {
+        let (settings, settings_report, _) = self.settings_now.as_ref().expect("settings before objects");
+        let mut settings = settings.clone();
+        let (routes, certificates) = self.owners.serve(self.current.len());
+        settings.certificates.extend(certificates);
+        let mut reports = Vec::with_capacity(self.reports.len() + 1);
+        reports.extend(settings_report.iter().cloned());
+        reports.extend(self.reports.values().cloned());
         (Config { settings, routes }, reports)
+    }
+
+    /// Records what `key` read, for [`Self::assemble_changes`].
+    fn set_reads(&mut self, key: &ObjectKey, reads: Vec<ReadKey>) {
+        for r in self.read_by.remove(key).unwrap_or_default() {
+            if let Some(set) = self.readers.get_mut(&r) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.readers.remove(&r);
+                }
+            }
+        }
+        if reads.is_empty() {
+            return;
+        }
+        for r in &reads {
+            self.readers.entry(r.clone()).or_default().insert(key.clone());
+        }
+        self.read_by.insert(key.clone(), reads);
     }
 
     fn settings(&mut self, world: &World<'_>, reports: &mut Vec<Report>) -> Settings {
@@ -289,7 +407,7 @@ impl Assembler {
     /// by [`ObjectKey::store_key`]. The leader keeps them in a ConfigMap, so that a restarted
     /// controller, or a replica that starts while an object is bad, serves what the others do
     /// instead of nothing.
-    pub fn to_store(&self, reports: &[Report]) -> BTreeMap<String, String> {
+    pub fn to_store(&self, reports: &[Arc<Report>]) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         for r in reports {
             if !matches!(r.verdict, Verdict::Rejected { serving_last_good: true, .. }) {
@@ -298,8 +416,8 @@ impl Assembler {
             let json = match r.key.kind {
                 Kind::ProxyConfig => self.last_settings.as_ref().map(|(_, pc)| stored_json(&**pc, |o| o.status = None)),
                 Kind::Ingress | Kind::Route => self.last_good.get(&r.key).map(|g| match &g.origin {
-                    Origin::Ingress(i) => stored_json(&**i, |o| o.status = None),
-                    Origin::Route(rt) => stored_json(&**rt, |o| o.status = None),
+                    Object::Ingress(i) => stored_json(&**i, |o| o.status = None),
+                    Object::Route(rt) => stored_json(&**rt, |o| o.status = None),
                 }),
             };
             if let Some(json) = json {
@@ -314,14 +432,14 @@ impl Assembler {
     fn recover(&mut self, key: &ObjectKey, uid: Option<&str>, world: &World<'_>) {
         let Some(text) = world.stored.get(&key.store_key()) else { return };
         let origin = match key.kind {
-            Kind::Ingress => from_store::<Ingress>(text, uid).map(|o| Origin::Ingress(Arc::new(o))),
-            Kind::Route => from_store::<RouteResource>(text, uid).map(|o| Origin::Route(Arc::new(o))),
+            Kind::Ingress => from_store::<Ingress>(text, uid).map(|o| Object::Ingress(Arc::new(o))),
+            Kind::Route => from_store::<RouteResource>(text, uid).map(|o| Object::Route(Arc::new(o))),
             Kind::ProxyConfig => None,
         };
         let Some(origin) = origin else { return };
         let (result, meta) = match &origin {
-            Origin::Ingress(i) => (translate_ingress(i, world.objects), i.meta()),
-            Origin::Route(r) => (translate_route(r, world.objects), r.meta()),
+            Object::Ingress(i) => (translate_ingress(i, world.objects), i.meta()),
+            Object::Route(r) => (translate_route(r, world.objects), r.meta()),
         };
         if let Ok(t) = result {
             tracing::info!(object = %key.store_key(), generation = ?meta.generation, "serving the stored last good version");
@@ -353,6 +471,7 @@ impl Assembler {
         objects.take_reads();
         let result = translate().map(Arc::new);
         let reads = objects.take_reads();
+        self.set_reads(key, reads.iter().map(|r| r.at.clone()).collect());
         if let Some(uid) = &meta.uid {
             let memo = Memo {
                 uid: uid.clone(),
@@ -369,15 +488,12 @@ impl Assembler {
     fn record(
         &mut self,
         key: ObjectKey,
-        origin: Origin,
+        origin: Object,
         result: Result<Arc<Translated>, Vec<FieldError>>,
         deprecated_class_annotation: bool,
         world: &World<'_>,
     ) -> Report {
-        let meta = match &origin {
-            Origin::Ingress(i) => i.meta(),
-            Origin::Route(r) => r.meta(),
-        };
+        let meta = origin.meta();
         let generation = meta.generation;
         let verdict = match result {
             Ok(t) => {
@@ -425,11 +541,11 @@ mod tests {
         ing
     }
 
-    fn run(a: &mut Assembler, ingresses: &[Ingress]) -> (Config, Vec<Report>) {
+    fn run(a: &mut Assembler, ingresses: &[Ingress]) -> (Config, Vec<Arc<Report>>) {
         run_with(a, ingresses, &objects())
     }
 
-    fn run_with(a: &mut Assembler, ingresses: &[Ingress], objects: &Objects) -> (Config, Vec<Report>) {
+    fn run_with(a: &mut Assembler, ingresses: &[Ingress], objects: &Objects) -> (Config, Vec<Arc<Report>>) {
         run_stored(a, ingresses, objects, &BTreeMap::new())
     }
 
@@ -438,7 +554,7 @@ mod tests {
         ingresses: &[Ingress],
         objects: &Objects,
         stored: &BTreeMap<String, String>,
-    ) -> (Config, Vec<Report>) {
+    ) -> (Config, Vec<Arc<Report>>) {
         let classes = [our_class()];
         let ingresses: Vec<Arc<Ingress>> = ingresses.iter().cloned().map(Arc::new).collect();
         a.assemble(&World {
@@ -597,5 +713,95 @@ mod tests {
         // Once the object is good again nothing needs storing.
         let (_, reports) = run(&mut restarted, std::slice::from_ref(&good));
         assert!(restarted.to_store(&reports).is_empty());
+    }
+    #[test]
+    fn assembling_the_changes_ends_where_assembling_everything_does() {
+        // A small cluster edited at random, with contested hosts and paths, bad edits,
+        // deletions, a Service that comes and goes and endpoints that move: after every step
+        // the config and reports of the assembler that looks at the changes only are those of
+        // one that looks at everything.
+        let classes = [our_class()];
+        let mut o = objects();
+        let mut ingresses: BTreeMap<String, Ingress> = BTreeMap::new();
+        let mut incremental = Assembler::default();
+        let mut full = Assembler::default();
+        let mut seed = 7u64;
+        let mut version = 100;
+        let (mut contested, mut rejected) = (0, 0);
+        let shown = |c: &Config| c.routes.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>();
+        for step in 0..600 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let r = usize::try_from(seed >> 33).unwrap();
+            version += 1;
+            let name = format!("i{}", r % 6);
+            let key = ObjectKey { kind: Kind::Ingress, namespace: "web".into(), name: name.clone() };
+            let mut changed = Vec::new();
+            let mut reads = Vec::new();
+            match (r >> 8) % 6 {
+                0 => {
+                    ingresses.remove(&name);
+                    changed.push((key, None));
+                }
+                1..=3 => {
+                    let created = i64::try_from((r >> 16) % 3).unwrap();
+                    let bad = (r >> 18) % 5 == 0;
+                    let timeout = if bad { "soon" } else { "5s" };
+                    let path = ["/a", "/b", "/c"][(r >> 12) % 3];
+                    let mut ing = named_ingress(&name, created, &[("portcullis.io/timeout", timeout)], path);
+                    ing.metadata.uid = Some(format!("uid-{name}-{created}"));
+                    ing.metadata.generation = Some(version);
+                    if (r >> 14) % 3 == 0 {
+                        ing.spec.as_mut().unwrap().rules.as_mut().unwrap()[0].http.as_mut().unwrap().paths[0].backend =
+                            backend("later", num(80));
+                    }
+                    if (r >> 20) % 7 == 0 {
+                        ing.spec.as_mut().unwrap().ingress_class_name = Some("nginx".into());
+                    }
+                    ingresses.insert(name, ing.clone());
+                    changed.push((key, Some(Object::Ingress(Arc::new(ing)))));
+                }
+                4 => {
+                    let k = ("web".to_owned(), "later".to_owned());
+                    let svc = if o.services.contains_key(&k) {
+                        None
+                    } else {
+                        let mut svc = (*o.services[&("web".to_owned(), "app".to_owned())]).clone();
+                        svc.metadata.name = Some("later".into());
+                        svc.metadata.resource_version = Some(version.to_string());
+                        Some(Arc::new(svc))
+                    };
+                    reads.push(o.set_service(k, svc));
+                }
+                _ => {
+                    let mut slice = (*o.slices[&("web".to_owned(), "app".to_owned())][0]).clone();
+                    slice.metadata.resource_version = Some(version.to_string());
+                    // The ready endpoint moves to another address.
+                    slice.endpoints.as_mut().unwrap().swap(0, 1);
+                    reads.extend(o.set_slice(&("web".to_owned(), "app-abc".to_owned()), Some(Arc::new(slice))));
+                }
+            }
+            let all: Vec<Arc<Ingress>> = ingresses.values().cloned().map(Arc::new).collect();
+            let stored = BTreeMap::new();
+            let world = World {
+                ingresses: &all,
+                classes: &classes,
+                routes: &[],
+                proxy_config: None,
+                stored: &stored,
+                objects: &o,
+                controller_namespace: "portcullis",
+            };
+            let (got, got_reports) = incremental.assemble_changes(&world, changed, &reads);
+            let (want, want_reports) = full.assemble(&world);
+            assert_eq!(shown(&got), shown(&want), "routes after step {step}");
+            assert_eq!(got_reports, want_reports, "reports after step {step}");
+            contested += usize::from(
+                got_reports
+                    .iter()
+                    .any(|r| matches!(&r.verdict, Verdict::Accepted { conflicts, .. } if !conflicts.is_empty())),
+            );
+            rejected += usize::from(got_reports.iter().any(|r| matches!(r.verdict, Verdict::Rejected { .. })));
+        }
+        assert!(contested > 100 && rejected > 100, "the steps conflict and fail often: {contested}, {rejected}");
     }
 }

@@ -2,9 +2,13 @@
 //! anything changes, swaps it into the in-process data plane, and (on the leader only)
 //! writes status and Events.
 //!
+//! The watches record the keys of what changed (`Pending`), so that with 10,000 Ingresses
+//! an edit re-translates the objects it concerns rather than the cluster; the Services,
+//! EndpointSlices and Secrets translations read are kept up to date from the same keys.
+//!
 //! Every replica watches and serves; a Lease (kube-lease-manager) decides which one writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -21,9 +25,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::assemble::{Assembler, World};
+use super::assemble::{Assembler, Kind, Object, ObjectKey, World};
 use super::crd::{ProxyConfig, Route};
-use super::objects::Objects;
+use super::objects::{Objects, ReadKey};
 use super::sink::{Sink, SinkOutcome};
 use super::status::StatusWriter;
 
@@ -89,6 +93,65 @@ struct Stores {
     stored: Store<ConfigMap>,
 }
 
+/// What the watches saw change since the last assembly: the keys (namespace, name) of the
+/// objects to look at again, or `full` when something every object depends on changed.
+#[derive(Default)]
+struct Pending {
+    /// An IngressClass, a ProxyConfig or the stored last good versions changed, or a watch
+    /// listed again (and may have missed deletions): assemble everything.
+    full: bool,
+    ingresses: BTreeSet<(String, String)>,
+    routes: BTreeSet<(String, String)>,
+    services: BTreeSet<(String, String)>,
+    slices: BTreeSet<(String, String)>,
+    secrets: BTreeSet<(String, String)>,
+}
+
+/// Where the watch tasks leave their changes, and the wake-up of the assembly loop.
+#[derive(Default)]
+struct Changes {
+    pending: std::sync::Mutex<Pending>,
+    notify: Notify,
+}
+
+/// Which set of [`Pending`] a kind's changes go to.
+#[derive(Clone, Copy)]
+enum Track {
+    Full,
+    Ingress,
+    Route,
+    Service,
+    Slice,
+    Secret,
+}
+
+impl Changes {
+    fn record(&self, track: Track, key: Option<(String, String)>) {
+        {
+            let mut p = crate::sync::lock(&self.pending);
+            let set = match (track, key) {
+                (Track::Full, _) | (_, None) => {
+                    p.full = true;
+                    None
+                }
+                (Track::Ingress, Some(k)) => Some((&mut p.ingresses, k)),
+                (Track::Route, Some(k)) => Some((&mut p.routes, k)),
+                (Track::Service, Some(k)) => Some((&mut p.services, k)),
+                (Track::Slice, Some(k)) => Some((&mut p.slices, k)),
+                (Track::Secret, Some(k)) => Some((&mut p.secrets, k)),
+            };
+            if let Some((set, k)) = set {
+                set.insert(k);
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Pending {
+        std::mem::take(&mut *crate::sync::lock(&self.pending))
+    }
+}
+
 /// Which changes to an object of a kind set off an assembly.
 #[derive(Clone, Copy)]
 enum Reads {
@@ -101,15 +164,15 @@ enum Reads {
     AllButStatus,
 }
 
-fn watch<K>(api: Api<K>, reads: Reads, changed: &Arc<Notify>) -> Store<K>
+fn watch<K>(api: Api<K>, reads: Reads, track: Track, changed: &Arc<Changes>) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + serde::Serialize + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
-    watch_with(api, watcher::Config::default(), reads, changed)
+    watch_with(api, watcher::Config::default(), reads, track, changed)
 }
 
-fn watch_with<K>(api: Api<K>, config: watcher::Config, reads: Reads, changed: &Arc<Notify>) -> Store<K>
+fn watch_with<K>(api: Api<K>, config: watcher::Config, reads: Reads, track: Track, changed: &Arc<Changes>) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + serde::Serialize + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
@@ -128,7 +191,14 @@ where
             match event {
                 Ok(event) => {
                     if seen.changes(reads, &event) {
-                        changed.notify_one();
+                        let key = match &event {
+                            watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                                Some((o.meta().namespace.clone().unwrap_or_default(), o.name_any()))
+                            }
+                            // A list just ended: whatever it missed, everything is looked at.
+                            _ => None,
+                        };
+                        changed.record(track, key);
                     }
                 }
                 Err(e) => {
@@ -231,19 +301,20 @@ where
     if !overrides.is_empty() {
         tracing::info!(keys = ?overrides.keys(), "global settings from the environment override the ProxyConfig");
     }
-    let changed = Arc::new(Notify::new());
+    let changed = Arc::new(Changes::default());
     let stores = Stores {
-        ingresses: watch(Api::all(client.clone()), Reads::AllButStatus, &changed),
-        classes: watch(Api::all(client.clone()), Reads::Everything, &changed),
-        routes: watch(Api::all(client.clone()), Reads::AllButStatus, &changed),
-        configs: watch(Api::all(client.clone()), Reads::AllButStatus, &changed),
-        services: watch(Api::all(client.clone()), Reads::Everything, &changed),
-        slices: watch(Api::all(client.clone()), Reads::Everything, &changed),
-        secrets: watch(Api::all(client.clone()), Reads::Everything, &changed),
+        ingresses: watch(Api::all(client.clone()), Reads::AllButStatus, Track::Ingress, &changed),
+        classes: watch(Api::all(client.clone()), Reads::Everything, Track::Full, &changed),
+        routes: watch(Api::all(client.clone()), Reads::AllButStatus, Track::Route, &changed),
+        configs: watch(Api::all(client.clone()), Reads::AllButStatus, Track::Full, &changed),
+        services: watch(Api::all(client.clone()), Reads::Everything, Track::Service, &changed),
+        slices: watch(Api::all(client.clone()), Reads::Everything, Track::Slice, &changed),
+        secrets: watch(Api::all(client.clone()), Reads::Everything, Track::Secret, &changed),
         stored: watch_with(
             Api::namespaced(client.clone(), &opts.namespace),
             watcher::Config::default().fields(&format!("metadata.name={}", opts.last_good_configmap)),
             Reads::Everything,
+            Track::Full,
             &changed,
         ),
     };
@@ -264,7 +335,10 @@ where
 
     let leader = leader_election(client.clone(), &opts).await?;
     let mut assembler = Assembler::with_overrides(overrides);
-    let (config, outcome) = assemble(&mut assembler, &stores, &opts);
+    // What the first lists said is in the stores now; the changes they recorded are done with.
+    changed.take();
+    let mut objects = gather(&stores);
+    let (config, outcome) = assemble(&mut assembler, &stores, &opts, &objects, None);
     let sink = start(config).await?;
     // Sign-outs on any replica reach this one's data plane, and this one's reach the others.
     let _shared = sink.revocations().map(|r| {
@@ -283,11 +357,18 @@ where
                 status_task.abort();
                 return Ok(());
             }
-            () = changed.notified() => {}
+            () = changed.notify.notified() => {}
         }
         tokio::time::sleep(DEBOUNCE).await;
         let t = Instant::now();
-        let (config, outcome) = assemble(&mut assembler, &stores, &opts);
+        let pending = changed.take();
+        let (config, outcome) = if pending.full {
+            objects = gather(&stores);
+            assemble(&mut assembler, &stores, &opts, &objects, None)
+        } else {
+            let (objects_changed, reads) = catch_up(&stores, &mut objects, &pending);
+            assemble(&mut assembler, &stores, &opts, &objects, Some((objects_changed, reads)))
+        };
         let assembled = t.elapsed();
         let listener_errors = match sink.apply(config) {
             SinkOutcome::AppliedWithListenerErrors(errors) => {
@@ -315,7 +396,7 @@ fn record_rejections<S: Sink + ?Sized>(sink: &S, outcome: &Outcome, listener_err
 
 /// One assembly's conclusions, as the status task needs them.
 struct Outcome {
-    reports: Vec<super::assemble::Report>,
+    reports: Vec<Arc<super::assemble::Report>>,
     ingresses: Vec<Arc<Ingress>>,
     addresses: Vec<IngressLoadBalancerIngress>,
     /// The last good versions that should be stored, and what is stored now.
@@ -356,12 +437,8 @@ async fn write_status(
     }
 }
 
-fn assemble(assembler: &mut Assembler, s: &Stores, opts: &Options) -> (crate::config::Config, Outcome) {
-    let started = Instant::now();
-    let ingresses = s.ingresses.state();
-    let classes: Vec<IngressClass> = s.classes.state().iter().map(|c| (**c).clone()).collect();
-    let routes = s.routes.state();
-    let config = s.configs.state().into_iter().find(|c| c.name_any() == opts.config_name);
+/// The Services, EndpointSlices and Secrets of the stores, as translations read them.
+fn gather(s: &Stores) -> Objects {
     let mut objects = Objects::default();
     let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
         (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default())
@@ -371,6 +448,63 @@ fn assemble(assembler: &mut Assembler, s: &Stores, opts: &Options) -> (crate::co
     for slice in s.slices.state() {
         objects.add_slice(slice);
     }
+    objects
+}
+
+fn get<K>(store: &Store<K>, (namespace, name): &(String, String)) -> Option<Arc<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    store.get(&reflector::ObjectRef::new(name).within(namespace))
+}
+
+/// The Ingresses and Routes that changed, as they are now (`None`: deleted), and the lookup
+/// keys of the Services, EndpointSlices and Secrets that changed.
+type Changed = (Vec<(ObjectKey, Option<Object>)>, Vec<ReadKey>);
+
+/// Brings `objects` up to date with the changed Services, EndpointSlices and Secrets of
+/// `pending`, and returns the changed Ingresses and Routes as they are now with every
+/// lookup key that changed: what [`Assembler::assemble_changes`] takes.
+fn catch_up(s: &Stores, objects: &mut Objects, pending: &Pending) -> Changed {
+    let mut reads = Vec::new();
+    for k in &pending.services {
+        reads.push(objects.set_service(k.clone(), get(&s.services, k)));
+    }
+    for k in &pending.secrets {
+        reads.push(objects.set_secret(k.clone(), get(&s.secrets, k)));
+    }
+    for k in &pending.slices {
+        reads.extend(objects.set_slice(k, get(&s.slices, k)));
+    }
+    let key = |kind, (namespace, name): &(String, String)| ObjectKey {
+        kind,
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+    let mut changed = Vec::new();
+    for k in &pending.ingresses {
+        changed.push((key(Kind::Ingress, k), get(&s.ingresses, k).map(Object::Ingress)));
+    }
+    for k in &pending.routes {
+        changed.push((key(Kind::Route, k), get(&s.routes, k).map(Object::Route)));
+    }
+    (changed, reads)
+}
+
+/// One assembly: of everything (`changes` is `None`), or of what changed.
+fn assemble(
+    assembler: &mut Assembler,
+    s: &Stores,
+    opts: &Options,
+    objects: &Objects,
+    changes: Option<Changed>,
+) -> (crate::config::Config, Outcome) {
+    let started = Instant::now();
+    let ingresses = s.ingresses.state();
+    let classes: Vec<IngressClass> = s.classes.state().iter().map(|c| (**c).clone()).collect();
+    let routes = s.routes.state();
+    let config = s.configs.state().into_iter().find(|c| c.name_any() == opts.config_name);
     let stored = s.stored.state().first().and_then(|cm| cm.data.clone()).unwrap_or_default();
     let world = World {
         ingresses: &ingresses,
@@ -378,14 +512,19 @@ fn assemble(assembler: &mut Assembler, s: &Stores, opts: &Options) -> (crate::co
         routes: &routes,
         proxy_config: config.as_ref(),
         stored: &stored,
-        objects: &objects,
+        objects,
         controller_namespace: &opts.namespace,
     };
     let gathered = started.elapsed();
-    let (config, reports) = assembler.assemble(&world);
+    let full = changes.is_none();
+    let (config, reports) = match changes {
+        None => assembler.assemble(&world),
+        Some((changed, reads)) => assembler.assemble_changes(&world, changed, &reads),
+    };
     let translated = started.elapsed();
     let to_store = assembler.to_store(&reports);
     tracing::debug!(
+        full,
         stores = ?gathered,
         assembler = ?translated.saturating_sub(gathered),
         to_store = ?started.elapsed().saturating_sub(translated),

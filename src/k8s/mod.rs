@@ -12,6 +12,7 @@ pub mod controller;
 pub mod crd;
 pub mod ingress;
 pub mod objects;
+pub mod owners;
 pub mod proxy_config;
 pub mod revocations;
 pub mod route;

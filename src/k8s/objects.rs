@@ -30,22 +30,38 @@ pub struct Objects {
     pub slices: BTreeMap<(String, String), Vec<Arc<EndpointSlice>>>,
     /// Secrets.
     pub secrets: BTreeMap<(String, String), Arc<Secret>>,
+    /// The Service each EndpointSlice (namespace, name) was filed under, so that a changed or
+    /// deleted slice leaves the list it was in.
+    slice_owner: BTreeMap<(String, String), (String, String)>,
     reads: RefCell<Vec<Read>>,
 }
 
 /// Which map a [`Read`] looked in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ReadKind {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReadKind {
+    /// A Service, by (namespace, name).
     Service,
+    /// The EndpointSlices of a Service, by the Service's (namespace, name).
     Slices,
+    /// A Secret, by (namespace, name).
     Secret,
+}
+
+/// What a translation looked up: the controller names the same keys for the objects that
+/// changed, and the assembler re-translates exactly the objects that read one of them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReadKey {
+    /// The map.
+    pub kind: ReadKind,
+    /// (namespace, name) in it.
+    pub key: (String, String),
 }
 
 /// One lookup a translation made and the version it saw (`-` when the object was missing).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Read {
-    kind: ReadKind,
-    key: (String, String),
+    /// What was looked up.
+    pub at: ReadKey,
     version: String,
 }
 
@@ -59,8 +75,52 @@ impl Objects {
         let slice = slice.into();
         let ns = slice.namespace().unwrap_or_default();
         if let Some(svc) = slice.labels().get("kubernetes.io/service-name").cloned() {
-            self.slices.entry((ns, svc)).or_default().push(slice);
+            let owner = (ns, svc);
+            self.slice_owner.insert((owner.0.clone(), slice.name_any()), owner.clone());
+            self.slices.entry(owner).or_default().push(slice);
         }
+    }
+
+    /// Puts the EndpointSlice `key` (namespace, name) in its current state (`None`: deleted)
+    /// and returns the Services whose slices changed: the one it was under, and the one it is
+    /// under now.
+    pub fn set_slice(&mut self, key: &(String, String), slice: Option<Arc<EndpointSlice>>) -> Vec<ReadKey> {
+        let mut changed = Vec::new();
+        if let Some(owner) = self.slice_owner.remove(key) {
+            if let Some(list) = self.slices.get_mut(&owner) {
+                list.retain(|s| s.name_any() != key.1);
+                if list.is_empty() {
+                    self.slices.remove(&owner);
+                }
+            }
+            changed.push(ReadKey { kind: ReadKind::Slices, key: owner });
+        }
+        if let Some(slice) = slice {
+            self.add_slice(slice);
+            if let Some(owner) = self.slice_owner.get(key) {
+                changed.push(ReadKey { kind: ReadKind::Slices, key: owner.clone() });
+            }
+        }
+        changed.dedup();
+        changed
+    }
+
+    /// Puts the Service `key` in its current state (`None`: deleted).
+    pub fn set_service(&mut self, key: (String, String), service: Option<Arc<Service>>) -> ReadKey {
+        match service {
+            Some(s) => self.services.insert(key.clone(), s),
+            None => self.services.remove(&key),
+        };
+        ReadKey { kind: ReadKind::Service, key }
+    }
+
+    /// Puts the Secret `key` in its current state (`None`: deleted).
+    pub fn set_secret(&mut self, key: (String, String), secret: Option<Arc<Secret>>) -> ReadKey {
+        match secret {
+            Some(s) => self.secrets.insert(key.clone(), s),
+            None => self.secrets.remove(&key),
+        };
+        ReadKey { kind: ReadKind::Secret, key }
     }
 
     /// A Service, recording the read.
@@ -83,7 +143,7 @@ impl Objects {
 
     fn record(&self, kind: ReadKind, key: &(String, String)) {
         let version = self.version(kind, key);
-        self.reads.borrow_mut().push(Read { kind, key: key.clone(), version });
+        self.reads.borrow_mut().push(Read { at: ReadKey { kind, key: key.clone() }, version });
     }
 
     fn version(&self, kind: ReadKind, key: &(String, String)) -> String {
@@ -116,10 +176,10 @@ impl Objects {
         let one = |meta: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>| {
             meta.map_or("-", version_of) == r.version
         };
-        match r.kind {
-            ReadKind::Service => one(self.services.get(&r.key).map(|s| &s.metadata)),
-            ReadKind::Secret => one(self.secrets.get(&r.key).map(|s| &s.metadata)),
-            ReadKind::Slices => match self.slices.get(&r.key) {
+        match r.at.kind {
+            ReadKind::Service => one(self.services.get(&r.at.key).map(|s| &s.metadata)),
+            ReadKind::Secret => one(self.secrets.get(&r.at.key).map(|s| &s.metadata)),
+            ReadKind::Slices => match self.slices.get(&r.at.key) {
                 None => r.version == "-",
                 Some(v) if v.is_empty() => r.version.is_empty(),
                 Some(v) => {

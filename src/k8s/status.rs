@@ -55,7 +55,7 @@ impl StatusWriter {
     /// Returns whether every write succeeded (the caller retries the others later).
     pub async fn write(
         &mut self,
-        reports: &[Report],
+        reports: &[Arc<Report>],
         ingresses: &[Arc<Ingress>],
         addresses: &[IngressLoadBalancerIngress],
     ) -> bool {

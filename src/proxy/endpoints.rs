@@ -150,13 +150,50 @@ impl Registry {
         entry.endpoints.entry(address.to_owned()).or_insert_with(|| Arc::new(EndpointState::new(counters))).clone()
     }
 
+    /// [`Self::retain`] for the `routes` named only: the others are left as they are.
+    pub fn retain_routes(
+        &self,
+        routes: &std::collections::HashSet<&str>,
+        live: &std::collections::HashSet<(&str, &str)>,
+    ) {
+        let mut all = crate::sync::lock(&self.routes);
+        for name in routes {
+            if let Some(entry) = all.get_mut(*name) {
+                if !Self::retain_one(name, entry, live) {
+                    all.remove(*name);
+                }
+            }
+        }
+    }
+
     /// Keeps the endpoints `live` lists (route, address) and forgets the others, so that an
     /// address that comes back starts afresh; then recounts every route.
     pub fn retain(&self, live: &std::collections::HashSet<(&str, &str)>) {
         let mut routes = crate::sync::lock(&self.routes);
-        routes.retain(|route, entry| {
+        routes.retain(|route, entry| Self::retain_one(route, entry, live));
+    }
+
+    /// Every route and its endpoints' addresses, sorted (what the tests compare).
+    #[cfg(test)]
+    pub(crate) fn listing(&self) -> Vec<(String, Vec<String>)> {
+        let routes = crate::sync::lock(&self.routes);
+        let mut out: Vec<(String, Vec<String>)> = routes
+            .iter()
+            .map(|(name, e)| {
+                let mut addresses: Vec<String> = e.endpoints.keys().cloned().collect();
+                addresses.sort();
+                (name.clone(), addresses)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Keeps `route`'s live endpoints and recounts it; whether any is left.
+    fn retain_one(route: &str, entry: &mut RouteEntry, live: &std::collections::HashSet<(&str, &str)>) -> bool {
+        {
             entry.endpoints.retain(|address, state| {
-                let keep = live.contains(&(route.as_str(), address.as_str()));
+                let keep = live.contains(&(route, address.as_str()));
                 if !keep {
                     state.member.store(false, Ordering::Relaxed);
                 }
@@ -167,7 +204,7 @@ impl Registry {
             c.unavailable.store(entry.endpoints.values().filter(|s| !s.available()).count(), Ordering::Relaxed);
             c.ejected.store(entry.endpoints.values().filter(|s| s.ejected()).count(), Ordering::Relaxed);
             !entry.endpoints.is_empty()
-        });
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! build the next snapshot, start a new listener generation when what a listener holds
 //! changed, move sockets, start and stop health checkers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -103,7 +103,8 @@ impl Proxy {
         let revocations = Arc::new(Revocations::default());
         let signer = signer_for(None, &config);
         let identity = Identity { idp, signin, signer, revocations: revocations.clone() };
-        let first = Arc::new(build_snapshot(config, None, 1, &clients, &endpoints, &tables, &lifetimes, identity));
+        let (first, _) = build_snapshot(config, None, 1, &clients, &endpoints, &tables, &lifetimes, identity);
+        let first = Arc::new(first);
         lifetimes.retain(&first);
         health.apply(&first, &metrics.upstream_healthy);
         let snapshot = ArcSwap::new(first);
@@ -178,7 +179,7 @@ impl Proxy {
         let signer = signer_for(old.signer.as_ref(), &config);
         let identity = Identity { idp, signin, signer, revocations: self.revocations.clone() };
         let listeners = started.elapsed();
-        let snap = Arc::new(build_snapshot(
+        let (snap, delta) = build_snapshot(
             config,
             Some(&old),
             version,
@@ -187,12 +188,19 @@ impl Proxy {
             &self.tables,
             &self.lifetimes,
             identity,
-        ));
+        );
+        let snap = Arc::new(snap);
         let built = started.elapsed();
         self.snapshot.store(snap.clone());
-        self.lifetimes.retain(&snap);
+        match &delta {
+            Some(d) => self.lifetimes.forget(&d.removed),
+            None => self.lifetimes.retain(&snap),
+        }
         let retained = started.elapsed();
-        self.health.apply(&snap, &self.metrics.upstream_healthy);
+        match &delta {
+            Some(d) => self.health.apply_changes(&d.rebuilt, &d.removed, &self.metrics.upstream_healthy),
+            None => self.health.apply(&snap, &self.metrics.upstream_healthy),
+        }
         self.metrics.reload_success.set(1);
         self.metrics.reload_success_timestamp.set(unix_now());
         // What a reload of many routes spends where (the controller scale benchmark reads it).
@@ -338,22 +346,31 @@ fn build_snapshot(
     tables: &balance::Tables,
     lifetimes: &RouteLifetimes,
     identity: Identity,
-) -> Snapshot {
+) -> (Snapshot, Option<Delta>) {
     let authenticate = config.authenticate_url();
     let Identity { idp, signin, signer, revocations } = identity;
     let Config { settings, routes } = config;
     // Routes handed over unchanged keep their compiled form: with 10,000 routes, an edit to
     // one compiles one (the rest is a pointer comparison each).
-    let previous: HashMap<&str, &Arc<CompiledRoute>> =
-        old.map(|s| s.routes.routes().iter().map(|r| (r.route.name.as_str(), r)).collect()).unwrap_or_default();
+    // Keyed by the route's address: the assembler hands an unchanged route over as the same
+    // `Arc`, and hashing a pointer is cheaper than hashing a name.
+    let mut previous: HashMap<*const crate::config::Route, &Arc<CompiledRoute>> =
+        old.map(|s| s.routes.routes().iter().map(|r| (Arc::as_ptr(&r.route), r)).collect()).unwrap_or_default();
+    let mut rebuilt = Vec::new();
     let compiled = routes
         .into_iter()
-        .map(|r| {
-            if let Some(c) =
-                previous.get(r.name.as_str()).filter(|c| old.is_some_and(|o| c.reusable(&r, &o.settings, &settings)))
-            {
-                return Arc::clone(c);
+        .enumerate()
+        .map(|(i, r)| {
+            let reusable = previous
+                .get(&Arc::as_ptr(&r))
+                .is_some_and(|c| old.is_some_and(|o| c.reusable(&r, &o.settings, &settings)));
+            if reusable {
+                // Taken out, so that what is left at the end is what this snapshot drops.
+                if let Some(c) = previous.remove(&Arc::as_ptr(&r)) {
+                    return Arc::clone(c);
+                }
             }
+            rebuilt.push(i);
             let life = lifetimes.life(&r.name);
             // Tunnels of the route hear of a changed policy now, before the snapshot is
             // swapped in: the policy they are checked against is the one sent.
@@ -370,15 +387,27 @@ fn build_snapshot(
             ))
         })
         .collect::<Vec<Arc<CompiledRoute>>>();
-    drop(previous);
-    let live = compiled
-        .iter()
-        .flat_map(|r| r.balancer.targets().iter().map(|t| (r.route.name.as_str(), t.upstream.authority.as_str())))
-        .collect();
-    endpoints.retain(&live);
-    drop(live);
-    tables.retain(&compiled.iter().map(|r| r.route.name.as_str()).collect());
-    Snapshot {
+    let delta = old.map(|_| Delta::new(previous.into_values(), rebuilt.iter().map(|&i| &compiled[i])));
+    // The registries keyed by route name visit the routes that changed.
+    if let Some(d) = &delta {
+        let affected: HashSet<&str> =
+            d.rebuilt.iter().map(|r| r.route.name.as_str()).chain(d.removed.iter().map(String::as_str)).collect();
+        let live = d
+            .rebuilt
+            .iter()
+            .flat_map(|r| r.balancer.targets().iter().map(|t| (r.route.name.as_str(), t.upstream.authority.as_str())))
+            .collect();
+        endpoints.retain_routes(&affected, &live);
+        tables.forget(&d.removed);
+    } else {
+        let live = compiled
+            .iter()
+            .flat_map(|r| r.balancer.targets().iter().map(|t| (r.route.name.as_str(), t.upstream.authority.as_str())))
+            .collect();
+        endpoints.retain(&live);
+        tables.retain(&compiled.iter().map(|r| r.route.name.as_str()).collect());
+    }
+    let snapshot = Snapshot {
         version,
         routes: RouteTable::with_tunnels(
             compiled,
@@ -392,6 +421,31 @@ fn build_snapshot(
         authenticate,
         signer,
         revocations,
+    };
+    (snapshot, delta)
+}
+
+/// What a reload touched: the routes rebuilt (new or changed) and the names removed. With
+/// 10,000 routes and one edit, the registries keyed by route name (endpoints, hash tables,
+/// lifetimes, health checkers) visit these instead of every route.
+struct Delta {
+    rebuilt: Vec<Arc<CompiledRoute>>,
+    removed: Vec<String>,
+}
+
+impl Delta {
+    /// `dropped`: the old snapshot's routes the new one does not share.
+    fn new<'a>(
+        dropped: impl Iterator<Item = &'a Arc<CompiledRoute>>,
+        rebuilt: impl Iterator<Item = &'a Arc<CompiledRoute>>,
+    ) -> Self {
+        let rebuilt: Vec<Arc<CompiledRoute>> = rebuilt.cloned().collect();
+        let renamed: HashSet<&str> = rebuilt.iter().map(|r| r.route.name.as_str()).collect();
+        let mut removed: Vec<String> =
+            dropped.filter(|r| !renamed.contains(r.route.name.as_str())).map(|r| r.route.name.clone()).collect();
+        removed.sort_unstable();
+        removed.dedup();
+        Self { rebuilt, removed }
     }
 }
 
@@ -405,6 +459,17 @@ impl RouteLifetimes {
     fn life(&self, name: &str) -> RouteLife {
         let mut map = crate::sync::lock(&self.0);
         map.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Cancels (and forgets) the tokens of the `removed` routes.
+    fn forget(&self, removed: &[String]) {
+        let mut map = crate::sync::lock(&self.0);
+        for name in removed {
+            if let Some(life) = map.remove(name) {
+                tracing::info!(route = %name, "route deleted: closing its long-lived connections");
+                life.closed.cancel();
+            }
+        }
     }
 
     /// Cancels (and forgets) the tokens of routes `snap` no longer has.
@@ -425,4 +490,59 @@ impl RouteLifetimes {
 
 fn unix_now() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fmt::Write as _;
+
+    /// Endpoints by route, health series, lifetimes.
+    type ByName = (Vec<(String, Vec<String>)>, Vec<String>, Vec<String>);
+
+    fn config(routes: &[(&str, &str)]) -> Config {
+        let mut yaml = String::from("routes:\n");
+        for (host, to) in routes {
+            let _ = writeln!(yaml, " - {{from: https://{host}, to: [{to}]}}");
+        }
+        let root = crate::source::yaml::yaml_to_value(&yaml).unwrap();
+        crate::source::yaml::parse_config(&root, &crate::source::yaml::NoMaterial).unwrap()
+    }
+
+    /// The state a proxy keeps by route name, as text: endpoints, health series, lifetimes.
+    fn by_name(p: &Proxy) -> ByName {
+        let mut series: Vec<String> = p
+            .metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("portcullis_upstream_healthy{"))
+            .map(str::to_owned)
+            .collect();
+        series.sort();
+        let mut lives: Vec<String> = crate::sync::lock(&p.lifetimes.0).keys().cloned().collect();
+        lives.sort();
+        (p.endpoints.listing(), series, lives)
+    }
+
+    #[test]
+    fn a_reload_that_visits_the_changed_routes_leaves_what_a_fresh_start_has() {
+        let first = config(&[
+            ("a.test", "http://10.0.0.1:80, http://10.0.0.2:80"),
+            ("b.test", "http://10.0.0.3:80, http://10.0.0.4:80"),
+            ("c.test", "http://10.0.0.5:80"),
+        ]);
+        let proxy = Proxy::new(first.clone(), Arc::new(Metrics::new())).unwrap();
+        let c_name = proxy.snapshot().routes.routes()[2].route.name.clone();
+        let c_life = proxy.lifetimes.life(&c_name);
+        // a.test unchanged (the same `Arc`), b.test loses an endpoint, c.test goes, d.test comes.
+        let mut next = config(&[("b.test", "http://10.0.0.3:80"), ("d.test", "http://10.0.0.6:80")]);
+        next.routes.insert(0, first.routes[0].clone());
+        let kept = proxy.snapshot().routes.routes()[0].clone();
+        proxy.apply(next.clone());
+        assert!(Arc::ptr_eq(&kept, &proxy.snapshot().routes.routes()[0]), "a.test was not rebuilt");
+        assert!(c_life.closed.is_cancelled(), "the removed route's long-lived connections are told");
+        let fresh = Proxy::new(next, Arc::new(Metrics::new())).unwrap();
+        assert_eq!(by_name(&proxy), by_name(&fresh));
+        assert_eq!(by_name(&proxy).0.len(), 3, "{:?}", by_name(&proxy));
+    }
 }

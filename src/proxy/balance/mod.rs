@@ -72,6 +72,14 @@ impl Tables {
         Some(table)
     }
 
+    /// Forgets the tables of the `removed` routes.
+    pub fn forget(&self, removed: &[String]) {
+        let mut tables = crate::sync::lock(&self.tables);
+        for name in removed {
+            tables.remove(name);
+        }
+    }
+
     /// Forgets the tables of routes that are gone.
     pub fn retain(&self, live: &std::collections::HashSet<&str>) {
         crate::sync::lock(&self.tables).retain(|route, _| live.contains(route.as_str()));

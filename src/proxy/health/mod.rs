@@ -111,6 +111,31 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// [`Self::apply`] for a reload that rebuilt the routes `rebuilt` and removed those
+    /// named `removed`: the routes shared with the snapshot before keep their checkers and
+    /// series untouched, without being visited.
+    pub fn apply_changes(
+        &self,
+        rebuilt: &[Arc<CompiledRoute>],
+        removed: &[String],
+        gauge: &Family<UpstreamHealthLabels, Gauge>,
+    ) {
+        let rt = tokio::runtime::Handle::try_current().ok();
+        let mut routes = crate::sync::lock(&self.routes);
+        for name in removed {
+            for labels in routes.remove(name).map(|gone| gone.series).unwrap_or_default() {
+                gauge.remove(&labels);
+            }
+        }
+        for route in rebuilt {
+            let before = routes.remove(route.route.name.as_str());
+            let health = set_up(route, before, gauge, rt.as_ref());
+            routes.insert(route.route.name.clone(), health);
+        }
+    }
+}
+
 /// A new or changed route's checkers and series: the running checkers it still wants are
 /// kept (same key and endpoint state), the others stop, new ones start; every endpoint's
 /// `portcullis_upstream_healthy` is set, and the series of endpoints it no longer has go.
