@@ -438,7 +438,16 @@ async fn the_refresh_token_renews_the_session_across_an_id_token_expiry() {
     let hops = sign_in(&mut agent, &env, &env.url("app.test", "/"), alice()).await;
     assert_eq!(hops.last().unwrap().status, 200, "{}", describe(&hops));
     let before = agent.cookie("_portcullis", "app.test").unwrap().to_owned();
+    // The provider logs a request once it has answered it, and the log is read as it is
+    // written: the sign-in's code exchange may not be in it yet, and would count as the refresh.
+    for _ in 0..50 {
+        if env.provider.requests("POST", "/token ") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let tokens_before = env.provider.requests("POST", "/token ");
+    assert_eq!(tokens_before, 1, "the sign-in's code exchange");
     // Within 10 s of the ID token's expiry the session is renewed on the next request.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let hop = agent.get(&env.url("app.test", "/")).await;
