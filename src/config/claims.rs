@@ -51,14 +51,6 @@ impl<O> Default for Claims<O> {
 }
 
 impl<O> Claims<O> {
-    /// Room for `routes` claims: the controller checks every route of the cluster in every
-    /// assembly, and growing the map step by step cost more than the checks.
-    pub fn with_capacity(routes: usize) -> Self {
-        Self { owners: HashMap::with_capacity(routes) }
-    }
-}
-
-impl<O> Claims<O> {
     /// Claims `route`'s host and path for `owner`. When someone holds them already, nothing
     /// changes and the holder is returned.
     pub fn claim(&mut self, route: &Route, owner: O) -> Result<(), &O> {

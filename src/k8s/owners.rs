@@ -26,7 +26,7 @@ struct Held<K> {
 }
 
 /// Every serving object by age, and every claimant of each host and path. `K` names an
-/// object (the assembler's `K`).
+/// object (the assembler's `ObjectKey`).
 pub struct Owners<K> {
     held: BTreeMap<Age<K>, Held<K>>,
     age: HashMap<K, Age<K>>,

@@ -103,10 +103,9 @@ impl Proxy {
         let revocations = Arc::new(Revocations::default());
         let signer = signer_for(None, &config);
         let identity = Identity { idp, signin, signer, revocations: revocations.clone() };
-        let (first, _) = build_snapshot(config, None, 1, &clients, &endpoints, &tables, &lifetimes, identity);
+        let (first, delta) = build_snapshot(config, None, 1, &clients, &endpoints, &tables, &lifetimes, identity);
         let first = Arc::new(first);
-        lifetimes.retain(&first);
-        health.apply(&first, &metrics.upstream_healthy);
+        health.apply_changes(&delta.rebuilt, &delta.removed, &metrics.upstream_healthy);
         let snapshot = ArcSwap::new(first);
         metrics.reload_success.set(1);
         metrics.reload_success_timestamp.set(unix_now());
@@ -192,15 +191,9 @@ impl Proxy {
         let snap = Arc::new(snap);
         let built = started.elapsed();
         self.snapshot.store(snap.clone());
-        match &delta {
-            Some(d) => self.lifetimes.forget(&d.removed),
-            None => self.lifetimes.retain(&snap),
-        }
+        self.lifetimes.forget(&delta.removed);
         let retained = started.elapsed();
-        match &delta {
-            Some(d) => self.health.apply_changes(&d.rebuilt, &d.removed, &self.metrics.upstream_healthy),
-            None => self.health.apply(&snap, &self.metrics.upstream_healthy),
-        }
+        self.health.apply_changes(&delta.rebuilt, &delta.removed, &self.metrics.upstream_healthy);
         self.metrics.reload_success.set(1);
         self.metrics.reload_success_timestamp.set(unix_now());
         // What a reload of many routes spends where (the controller scale benchmark reads it).
@@ -346,7 +339,7 @@ fn build_snapshot(
     tables: &balance::Tables,
     lifetimes: &RouteLifetimes,
     identity: Identity,
-) -> (Snapshot, Option<Delta>) {
+) -> (Snapshot, Delta) {
     let authenticate = config.authenticate_url();
     let Identity { idp, signin, signer, revocations } = identity;
     let Config { settings, routes } = config;
@@ -387,9 +380,11 @@ fn build_snapshot(
             ))
         })
         .collect::<Vec<Arc<CompiledRoute>>>();
-    let delta = old.map(|_| Delta::new(previous.into_values(), rebuilt.iter().map(|&i| &compiled[i])));
+    // Without an old snapshot every route is rebuilt and none removed.
+    let delta = Delta::new(previous.into_values(), rebuilt.iter().map(|&i| &compiled[i]));
     // The registries keyed by route name visit the routes that changed.
-    if let Some(d) = &delta {
+    {
+        let d = &delta;
         let affected: HashSet<&str> =
             d.rebuilt.iter().map(|r| r.route.name.as_str()).chain(d.removed.iter().map(String::as_str)).collect();
         let live = d
@@ -399,13 +394,6 @@ fn build_snapshot(
             .collect();
         endpoints.retain_routes(&affected, &live);
         tables.forget(&d.removed);
-    } else {
-        let live = compiled
-            .iter()
-            .flat_map(|r| r.balancer.targets().iter().map(|t| (r.route.name.as_str(), t.upstream.authority.as_str())))
-            .collect();
-        endpoints.retain(&live);
-        tables.retain(&compiled.iter().map(|r| r.route.name.as_str()).collect());
     }
     let snapshot = Snapshot {
         version,
@@ -470,21 +458,6 @@ impl RouteLifetimes {
                 life.closed.cancel();
             }
         }
-    }
-
-    /// Cancels (and forgets) the tokens of routes `snap` no longer has.
-    fn retain(&self, snap: &Snapshot) {
-        let names: std::collections::HashSet<&str> =
-            snap.routes.routes().iter().map(|r| r.route.name.as_str()).collect();
-        let mut map = crate::sync::lock(&self.0);
-        map.retain(|name, life| {
-            let keep = names.contains(name.as_str());
-            if !keep {
-                tracing::info!(route = %name, "route deleted: closing its long-lived connections");
-                life.closed.cancel();
-            }
-            keep
-        });
     }
 }
 

@@ -11,14 +11,14 @@
 mod probe;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use self::probe::Endpoint;
 use super::endpoints::EndpointState;
-use super::snapshot::{CompiledRoute, Snapshot};
+use super::snapshot::CompiledRoute;
 use super::upstream::Target;
 use crate::config::{HealthCheck, HealthCheckKind, UpstreamScheme, UpstreamTls};
 use crate::metrics::UpstreamHealthLabels;
@@ -29,13 +29,10 @@ pub struct Registry {
     routes: Mutex<HashMap<String, RouteHealth>>,
 }
 
-/// One route's checkers and series, and the compiled route they were set up for. A reload
-/// that hands the data plane the same compiled route (it reuses unchanged ones) leaves its
-/// entry alone: with 10,000 routes, hashing every endpoint's labels again was most of what
-/// an apply cost. `Weak`, so the entry keeps no snapshot alive, and the address it is
-/// recognised by cannot be reused by another route while the entry exists.
+/// One route's checkers and series. A reload visits only the entries of the routes it
+/// rebuilt or removed: with 10,000 routes, hashing every endpoint's labels again was most of
+/// what an apply cost.
 struct RouteHealth {
-    compiled: Weak<CompiledRoute>,
     series: Vec<UpstreamHealthLabels>,
     checkers: HashMap<CheckerKey, Checker>,
 }
@@ -86,35 +83,12 @@ impl Drop for Checker {
 }
 
 impl Registry {
-    /// Runs the checkers `snap` wants: keeps the running ones it still wants, stops the
-    /// others, starts the new ones; sets every endpoint's `portcullis_upstream_healthy` and
-    /// removes the series of endpoints it no longer has. Needs a tokio runtime to start
-    /// checkers; without one (unit tests building snapshots) none run.
-    pub fn apply(&self, snap: &Snapshot, gauge: &Family<UpstreamHealthLabels, Gauge>) {
-        let rt = tokio::runtime::Handle::try_current().ok();
-        let mut routes = crate::sync::lock(&self.routes);
-        let mut before = std::mem::take(&mut *routes);
-        for route in snap.routes.routes() {
-            let (name, health) = match before.remove_entry(route.route.name.as_str()) {
-                Some((name, kept)) if std::ptr::eq(kept.compiled.as_ptr(), Arc::as_ptr(route)) => (name, kept),
-                Some((name, changed)) => (name, set_up(route, Some(changed), gauge, rt.as_ref())),
-                None => (route.route.name.clone(), set_up(route, None, gauge, rt.as_ref())),
-            };
-            routes.insert(name, health);
-        }
-        // Routes that are gone: their series go, and dropping their checkers stops them.
-        for gone in before.into_values() {
-            for labels in &gone.series {
-                gauge.remove(labels);
-            }
-        }
-    }
-}
-
-impl Registry {
-    /// [`Self::apply`] for a reload that rebuilt the routes `rebuilt` and removed those
-    /// named `removed`: the routes shared with the snapshot before keep their checkers and
-    /// series untouched, without being visited.
+    /// Runs the checkers a reload wants, visiting only what it touched: the routes it
+    /// `rebuilt` (new or changed; their running checkers that still apply are kept, the others
+    /// stop, new ones start, every endpoint's `portcullis_upstream_healthy` is set) and the
+    /// names it `removed` (their checkers stop, their series go). Routes shared with the
+    /// snapshot before keep theirs untouched. Needs a tokio runtime to start checkers;
+    /// without one (unit tests building snapshots) none run.
     pub fn apply_changes(
         &self,
         rebuilt: &[Arc<CompiledRoute>],
@@ -190,7 +164,7 @@ fn set_up(
     for gone in old_series.iter().filter(|l| !now.contains(l)) {
         gauge.remove(gone);
     }
-    RouteHealth { compiled: Arc::downgrade(route), series, checkers }
+    RouteHealth { series, checkers }
 }
 
 fn endpoint(t: &Target) -> Endpoint {
