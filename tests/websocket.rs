@@ -48,6 +48,32 @@ async fn http1_websocket_outlives_timeout_idle() {
     ws.close(None).await.unwrap();
 }
 
+/// A keep-alive connection that rested between requests (it gave its HTTP/1.1 codec back,
+/// see `proxy/accept/rest.rs`) still upgrades: over TLS and on a plain listener (which also
+/// sniffs for HTTP/2).
+#[tokio::test]
+async fn http1_websocket_upgrade_on_a_connection_that_rested() {
+    let up = upstream("u").await;
+    let config = CONFIG.replace("UP", &up.to_string()).replace("timeout_idle: 400ms", "timeout_idle: 5s");
+    let (r, _d) = start(&config).await;
+    let (plain, _dp) = start(&format!("insecure_server: true\n{config}")).await;
+    let tls = h1_tls(r.main, "localhost", &[default_cert(&r)]).await;
+    for (name, mut c) in [("tls", tls), ("plain", h1_plain(plain.main).await)] {
+        assert_eq!(text(c.send_request(get("plain.test", "/")).await.unwrap()).await.0, 200, "{name}");
+        // Longer than the rest delay (250 ms): the connection has rested.
+        tokio::time::sleep(ms(600)).await;
+        assert_eq!(text(c.send_request(get("plain.test", "/")).await.unwrap()).await.0, 200, "{name}");
+        tokio::time::sleep(ms(600)).await;
+        let resp = c.send_request(ws_upgrade("ws.test")).await.unwrap();
+        assert_eq!(resp.status(), 101, "{name}");
+        let upgraded = hyper::upgrade::on(resp).await.unwrap();
+        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+        // Quiet for longer than the rest delay: a tunnel holds its request active.
+        echo_for(&mut ws, 2, 600).await;
+        ws.close(None).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn http2_extended_connect_websocket_outlives_timeout_idle() {
     let up = upstream("u").await;

@@ -250,6 +250,12 @@ pub struct ConnState {
     /// [`super::accept::io::Metered`] writes a GOAWAY with ENHANCE_YOUR_CALM at its next read or write, which an
     /// attacking client's next frame brings at once; QUIC checks it at its next request.
     pub(crate) abort: AtomicBool,
+    /// hyper's write buffer is empty: the IO wrapper saw a flush complete after the last
+    /// write (an HTTP/1.1 connection may rest only then, see [`super::accept::rest`]).
+    pub(crate) flushed: AtomicBool,
+    /// The HTTP/1.1 connection is putting its codec away: the IO wrapper does not shut the
+    /// socket down when hyper ends.
+    pub(crate) resting: AtomicBool,
 }
 
 /// The premature-reset rule (Envoy's): a connection on which more than half of at least this
@@ -267,6 +273,7 @@ impl ConnState {
     pub fn new() -> Arc<Self> {
         let s = Self::default();
         s.idle_since.store(now_ms(), Ordering::Relaxed);
+        s.flushed.store(true, Ordering::Relaxed);
         Arc::new(s)
     }
 

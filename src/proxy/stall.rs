@@ -159,6 +159,11 @@ impl<F> Watched<F> {
     pub fn inner(self: Pin<&mut Self>) -> Pin<&mut F> {
         self.project().inner
     }
+
+    /// The watched future itself (for hyper's `into_parts`).
+    pub fn into_inner(self) -> F {
+        self.inner
+    }
 }
 
 impl<F: Future> Future for Watched<F> {

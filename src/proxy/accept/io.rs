@@ -95,10 +95,15 @@ impl<T: AsyncWrite> AsyncWrite for Metered<T> {
         let r = this.inner.poll_flush(cx);
         if matches!(r, Poll::Ready(Ok(()))) {
             *this.at_frame_start = true;
+            this.state.flushed.store(true, Ordering::Relaxed);
         }
         r
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A resting HTTP/1.1 connection ends hyper's codec, not the socket.
+        if self.state.resting.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
         self.project().inner.poll_shutdown(cx)
     }
     #[inline]
@@ -125,6 +130,7 @@ impl<T: AsyncWrite> AsyncWrite for Metered<T> {
 fn wrote(r: &Poll<io::Result<usize>>, at_frame_start: &mut bool, state: &ConnState) {
     if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
         *at_frame_start = false;
+        state.flushed.store(false, Ordering::Relaxed);
         state.written.fetch_add(1, Ordering::Relaxed);
     }
 }

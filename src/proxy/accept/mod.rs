@@ -2,12 +2,14 @@
 //! and [`quic`] (HTTP/3 by h3 over quinn) each do their handshake, build the connection's
 //! [`Conn`](super::conn::Conn) and hand every request to the one pipeline
 //! ([`super::http::handle`]); [`driver`] runs both kinds of connection to their end;
-//! [`io`] is the TCP IO wrapper the driver's rules need.
+//! [`io`] is the TCP IO wrapper the driver's rules need; [`rest`] serves HTTP/1.1
+//! connections that give their codec back while idle.
 
 pub(crate) mod driver;
 mod h3body;
 pub mod io;
 pub mod quic;
+mod rest;
 pub mod tcp;
 
 use std::future::Future;

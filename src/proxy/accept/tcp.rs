@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::driver::{self, Ended, Served};
 use super::io::Metered;
+use super::rest::Resting;
 use super::{count_connection, handshake};
 use crate::config::CodecType;
 use crate::proxy::body::Stalled;
@@ -144,11 +145,49 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(conn);
-    let mut builder = auto::Builder::new(StreamExecutor);
-    configure_http1(&mut builder.http1());
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let svc_conn = conn.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (proxy, conn) = (proxy.clone(), svc_conn.clone());
+        async move { Ok::<_, std::convert::Infallible>(crate::proxy::http::handle(&proxy, &conn, req).await) }
+    });
+    // When ALPN (or `codec_type`) has decided the protocol, that protocol's own server is
+    // used, so that an h2 connection without the preface fails with PROTOCOL_ERROR (RFC 9113
+    // section 3.4) and an HTTP/1.1 connection never turns into HTTP/2. HTTP/2 needs no
+    // `with_upgrades`: hyper's h2 server hands out CONNECT (and extended CONNECT) upgrades
+    // itself. HTTP/1.1 connections rest while idle ([`rest`]).
+    match h2 {
+        Some(true) => {
+            // HTTP/2 streams are tasks of their own, each watched (`StreamExecutor`).
+            let served = Watched::unwatched(http2_builder().serve_connection(TokioIo::new(io), service));
+            run_to_end(hyper(served, http2::Connection::graceful_shutdown, false, &conn), &conn).await;
+        }
+        Some(false) => {
+            let served = Resting::new(io, http1_builder(), None, service, conn.state.clone());
+            run_to_end(served, &conn).await;
+        }
+        None => {
+            let served = Resting::new(io, http1_builder(), Some(http2_builder()), service, conn.state.clone());
+            run_to_end(served, &conn).await;
+        }
+    }
+}
+
+/// The HTTP/1.1 server: our own watchdog replaces hyper's header timer (which also counts
+/// keep-alive idle time).
+fn http1_builder() -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(1000)
+        .keep_alive(true);
+    b
+}
+
+/// The HTTP/2 server (ALPN `h2`, or h2c with prior knowledge on a plain listener).
+fn http2_builder() -> http2::Builder<StreamExecutor> {
+    let mut b = http2::Builder::new(StreamExecutor);
+    b.timer(TokioTimer::new())
         .enable_connect_protocol()
         .initial_stream_window_size(CONNECTION_BUFFER as u32)
         .initial_connection_window_size(65_535)
@@ -156,52 +195,7 @@ where
         .max_concurrent_streams(128)
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .keep_alive_interval(None);
-    let svc_conn = conn.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let (proxy, conn) = (proxy.clone(), svc_conn.clone());
-        async move { Ok::<_, std::convert::Infallible>(crate::proxy::http::handle(&proxy, &conn, req).await) }
-    });
-    let io = TokioIo::new(io);
-    // hyper-util's `serve_connection_with_upgrades` ignores `http2_only`/`http1_only` (it
-    // documents this) and sniffs for the HTTP/2 preface. When ALPN (or `codec_type`) has
-    // decided the protocol, that protocol's own server is used, so that an h2 connection
-    // without the preface fails with PROTOCOL_ERROR (RFC 9113 section 3.4) and an HTTP/1.1
-    // connection never turns into HTTP/2. HTTP/2 needs no `with_upgrades`: hyper's h2 server
-    // hands out CONNECT (and extended CONNECT) upgrades itself.
-    match h2 {
-        Some(true) => {
-            let builder = builder.http2_only();
-            // HTTP/2 streams are tasks of their own, each watched (`StreamExecutor`).
-            let served = Watched::unwatched(builder.serve_connection(io, service));
-            run_to_end(hyper(served, auto::Connection::graceful_shutdown, false, &conn), &conn).await;
-        }
-        Some(false) => {
-            let mut h1 = hyper::server::conn::http1::Builder::new();
-            h1.timer(TokioTimer::new())
-                .header_read_timeout(None)
-                .max_buf_size(MAX_HEAD_BYTES)
-                .max_headers(1000)
-                .keep_alive(true);
-            let served = Watched::new(h1.serve_connection(io, service).with_upgrades());
-            let graceful = hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown;
-            run_to_end(hyper(served, graceful, true, &conn), &conn).await;
-        }
-        None => {
-            let served = Watched::new(builder.serve_connection_with_upgrades(io, service));
-            let graceful = auto::UpgradeableConnection::graceful_shutdown;
-            run_to_end(hyper(served, graceful, true, &conn), &conn).await;
-        }
-    }
-}
-
-/// HTTP/1 settings shared by the auto-detecting and the HTTP/1-only servers: our own
-/// watchdog replaces hyper's header timer (which also counts keep-alive idle time).
-fn configure_http1(b: &mut auto::Http1Builder<'_, StreamExecutor>) {
-    b.timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(1000)
-        .keep_alive(true);
+    b
 }
 
 /// Runs a connection to its end with the driver and logs how it ended.
