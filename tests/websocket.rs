@@ -60,7 +60,7 @@ async fn http1_websocket_upgrade_on_a_connection_that_rested() {
     let tls = h1_tls(r.main, "localhost", &[default_cert(&r)]).await;
     for (name, mut c) in [("tls", tls), ("plain", h1_plain(plain.main).await)] {
         assert_eq!(text(c.send_request(get("plain.test", "/")).await.unwrap()).await.0, 200, "{name}");
-        // Longer than the rest delay (250 ms): the connection has rested.
+        // Longer than the rest delay (50 ms): the connection has rested.
         tokio::time::sleep(ms(600)).await;
         assert_eq!(text(c.send_request(get("plain.test", "/")).await.unwrap()).await.0, 200, "{name}");
         tokio::time::sleep(ms(600)).await;

@@ -39,10 +39,13 @@ use crate::proxy::conn::ConnState;
 use crate::proxy::stall::{StreamExecutor, Watched};
 
 /// How long an HTTP/1.1 connection stays without a request before it rests. Not zero: a
-/// client sending requests back to back would build a codec per request; 250 ms is long
-/// against a keep-alive client's think time in a burst and short against how long idle
-/// connections stay open (`timeout_idle`, minutes).
-pub(crate) const REST_AFTER: Duration = Duration::from_millis(250);
+/// client sending requests back to back (microseconds apart) would build a codec per
+/// request. Not long either: every connection that arrived in the last `REST_AFTER` still
+/// holds its codec, so when thousands arrive together the codecs alive at once, and the
+/// memory the allocator keeps after they are freed (mimalloc hands it back only on later
+/// activity), grow with it: at 250 ms an idle HTTP/1.1 connection cost 9.2 KiB in the
+/// `idle-h1` benchmark against 4.8 KiB when they arrived slowly (bench/findings.md).
+pub(crate) const REST_AFTER: Duration = Duration::from_millis(50);
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -460,9 +463,9 @@ mod tests {
         })
         .await;
         assert_eq!(phase(&served), "http1");
-        with(&mut served, tokio::time::sleep(REST_AFTER / 2)).await;
+        with(&mut served, tokio::time::sleep(REST_AFTER / 5)).await;
         assert_eq!(phase(&served), "http1", "not before REST_AFTER");
-        with(&mut served, tokio::time::sleep(REST_AFTER)).await;
+        with(&mut served, tokio::time::sleep(REST_AFTER * 2)).await;
         assert_eq!(phase(&served), "waiting", "rested");
         assert!(!state.resting.load(Ordering::Acquire), "the socket is shut down again when hyper ends");
         let got = with(&mut served, async {
