@@ -74,14 +74,27 @@ impl tower_service::Service<Uri> for TimeoutConnector {
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per upstream.
 const POOL_MAX_IDLE: usize = 256;
+/// How long a pooled connection stays idle before it rests: its hyper connection (an 8 KiB
+/// read and an 8 KiB write buffer, its task) ends and the pool keeps only the socket, on
+/// which the next request that takes it builds a new one, as downstream connections rest
+/// (`accept/rest.rs`). A proxy in front of thousands of pods holds an idle connection to
+/// most of them. Longer than downstream's 50 ms: an upstream that gets a request every few
+/// hundred milliseconds would otherwise build a connection per request.
+const POOL_REST_AFTER: Duration = Duration::from_secs(1);
+
+/// What the connector gives: a plain socket for the `http` upstreams this pool serves.
+type Io = <HttpsConnector<HttpConnector> as tower_service::Service<Uri>>::Response;
+type SendRequest = hyper::client::conn::http1::SendRequest<ProxyBody>;
+/// The socket of a plain one, the only kind that rests.
+type Plain = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
 
 /// HTTP/1.1 to a plain `http` upstream on a small pool of our own: the same connector
 /// (10 s connect limit, TCP_NODELAY, keep-alive), the same HTTP/1.1 client settings and the
 /// same pool rules as the general client (idle connections expire after 90 s, at most 256
 /// kept, the most recently used first, a request refused by a reused connection before it
 /// was sent is retried on another), without hashing a pool key and moving large futures
-/// around per request. HTTPS (ALPN may pick HTTP/2), h2c, upgrades and health checks keep
-/// using [`HttpClient`].
+/// around per request, and with idle connections that rest ([`POOL_REST_AFTER`]). HTTPS
+/// (ALPN may pick HTTP/2), h2c, upgrades and health checks keep using [`HttpClient`].
 #[derive(Clone)]
 pub struct H1Pool {
     inner: Arc<H1PoolInner>,
@@ -91,11 +104,23 @@ struct H1PoolInner {
     connector: TimeoutConnector,
     idle: Mutex<Vec<IdleConn>>,
     reaper: std::sync::Once,
+    /// Names connections, so that a connection's task finds its own entry in `idle`.
+    next_id: std::sync::atomic::AtomicU64,
+    rest_after: Duration,
 }
 
+/// A connection in the pool, most recently used last.
 struct IdleConn {
-    tx: hyper::client::conn::http1::SendRequest<ProxyBody>,
+    id: u64,
+    conn: Idle,
     since: tokio::time::Instant,
+}
+
+enum Idle {
+    /// A hyper connection (its task running), ready for a request.
+    Live(SendRequest),
+    /// Only the socket: whoever takes it builds a hyper connection on it.
+    Resting(Plain),
 }
 
 /// Why a request through an [`H1Pool`] failed.
@@ -118,8 +143,18 @@ pub enum H1Error {
 
 impl H1Pool {
     fn new(connector: TimeoutConnector) -> Self {
+        Self::with_rest(connector, POOL_REST_AFTER)
+    }
+
+    fn with_rest(connector: TimeoutConnector, rest_after: Duration) -> Self {
         Self {
-            inner: Arc::new(H1PoolInner { connector, idle: Mutex::new(Vec::new()), reaper: std::sync::Once::new() }),
+            inner: Arc::new(H1PoolInner {
+                connector,
+                idle: Mutex::new(Vec::new()),
+                reaper: std::sync::Once::new(),
+                next_id: std::sync::atomic::AtomicU64::new(0),
+                rest_after,
+            }),
         }
     }
 
@@ -130,11 +165,19 @@ impl H1Pool {
     ) -> Result<http::Response<hyper::body::Incoming>, H1Error> {
         let uri = req.uri().clone();
         loop {
-            let (mut tx, reused) = match self.checkout() {
-                Some(tx) => (tx, true),
+            let (id, mut tx, reused) = match self.checkout() {
+                Some((id, Idle::Live(tx))) => (id, tx, true),
+                // A socket the upstream may have closed since: as a reused connection, a
+                // request it refuses unsent is retried.
+                Some((id, Idle::Resting(io))) => {
+                    match Box::pin(self.start(id, hyper_rustls::MaybeHttpsStream::Http(io))).await {
+                        Ok(tx) => (id, tx, true),
+                        Err(_) => continue,
+                    }
+                }
                 // Boxed: connecting is rare and its future large; this one is moved per request.
                 None => match Box::pin(self.connect()).await {
-                    Ok(tx) => (tx, false),
+                    Ok((id, tx)) => (id, tx, false),
                     Err(H1Error::Connect(e, _)) => return Err(H1Error::Connect(e, Some(Box::new(req)))),
                     Err(e) => return Err(e),
                 },
@@ -142,7 +185,7 @@ impl H1Pool {
             origin_form(req.uri_mut());
             match tx.try_send_request(req).await {
                 Ok(resp) => {
-                    self.put_back_when_ready(tx);
+                    self.put_back_when_ready(id, tx);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -161,60 +204,70 @@ impl H1Pool {
     }
 
     /// The most recently used idle connection that is still usable.
-    fn checkout(&self) -> Option<hyper::client::conn::http1::SendRequest<ProxyBody>> {
+    fn checkout(&self) -> Option<(u64, Idle)> {
         let mut idle = crate::sync::lock(&self.inner.idle);
         while let Some(c) = idle.pop() {
-            if c.tx.is_ready() && c.since.elapsed() <= POOL_IDLE_TIMEOUT {
-                return Some(c.tx);
+            if c.since.elapsed() > POOL_IDLE_TIMEOUT {
+                continue;
+            }
+            match c.conn {
+                Idle::Live(tx) if tx.is_ready() => return Some((c.id, Idle::Live(tx))),
+                Idle::Resting(io) if still_open(&io) => return Some((c.id, Idle::Resting(io))),
+                _ => {}
             }
         }
         None
     }
 
-    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<ProxyBody>, H1Error> {
+    async fn connect(&self) -> Result<(u64, SendRequest), H1Error> {
         use tower_service::Service as _;
         let mut connector = self.inner.connector.clone();
         let io = connector.call(connector.target.clone()).await.map_err(|e| H1Error::Connect(e, None))?;
+        let id = self.inner.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok((id, self.start(id, io).await?))
+    }
+
+    /// A hyper connection on `io`, its task spawned, ready for a request.
+    async fn start(&self, id: u64, io: Io) -> Result<SendRequest, H1Error> {
+        // Only a plain socket can rest: whether it is still open is then a non-blocking read.
+        let can_rest = matches!(io, hyper_rustls::MaybeHttpsStream::Http(_));
         let (mut tx, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(io)
             .await
             .map_err(|error| H1Error::Request { kind: "SendRequest", error })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!("client connection error: {e:?}");
-            }
-        });
+        tokio::spawn(drive(conn, Arc::downgrade(&self.inner), id, can_rest));
         tx.ready().await.map_err(|error| H1Error::Request { kind: "SendRequest", error })?;
         Ok(tx)
     }
 
     /// Returns the connection to the pool once it can take the next request (at once when
     /// the response came whole; after its body otherwise).
-    fn put_back_when_ready(&self, mut tx: hyper::client::conn::http1::SendRequest<ProxyBody>) {
+    fn put_back_when_ready(&self, id: u64, mut tx: SendRequest) {
         if tx.is_closed() {
             return;
         }
         if tx.is_ready() {
-            self.put(tx);
+            self.put(id, tx);
         } else {
             let pool = self.clone();
             tokio::spawn(async move {
                 if tx.ready().await.is_ok() {
-                    pool.put(tx);
+                    pool.put(id, tx);
                 }
             });
         }
     }
 
-    fn put(&self, tx: hyper::client::conn::http1::SendRequest<ProxyBody>) {
+    fn put(&self, id: u64, tx: SendRequest) {
         self.inner.reaper.call_once(|| self.spawn_reaper());
         let mut idle = crate::sync::lock(&self.inner.idle);
         if idle.len() < POOL_MAX_IDLE {
-            idle.push(IdleConn { tx, since: tokio::time::Instant::now() });
+            idle.push(IdleConn { id, conn: Idle::Live(tx), since: tokio::time::Instant::now() });
         }
     }
 
-    /// Closes idle connections once they expire, as long as the pool exists.
+    /// Closes idle connections once they expire (and resting sockets the upstream closed),
+    /// as long as the pool exists.
     fn spawn_reaper(&self) {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
@@ -224,10 +277,106 @@ impl H1Pool {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 let mut idle = crate::sync::lock(&inner.idle);
-                idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() <= POOL_IDLE_TIMEOUT);
+                idle.retain(|c| {
+                    c.since.elapsed() <= POOL_IDLE_TIMEOUT
+                        && match &c.conn {
+                            Idle::Live(tx) => !tx.is_closed(),
+                            Idle::Resting(io) => still_open(io),
+                        }
+                });
             }
         });
     }
+}
+
+impl H1PoolInner {
+    /// Takes connection `id` out of the pool if it has been idle there for `rest_after`.
+    /// `Err`: when to look again.
+    fn take_rested(&self, id: u64) -> Result<(SendRequest, tokio::time::Instant), tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        let mut idle = crate::sync::lock(&self.idle);
+        let Some(at) = idle.iter().position(|c| c.id == id && matches!(c.conn, Idle::Live(_))) else {
+            // In use: it is back in the pool, at the earliest, after that long.
+            return Err(now + self.rest_after);
+        };
+        let due = idle[at].since + self.rest_after;
+        if due > now {
+            return Err(due);
+        }
+        let c = idle.remove(at);
+        let Idle::Live(tx) = c.conn else { unreachable!("matched above") };
+        Ok((tx, c.since))
+    }
+
+    /// Puts a rested socket back, behind every live connection: those are taken first.
+    fn put_resting(&self, id: u64, io: Plain, since: tokio::time::Instant) {
+        let mut idle = crate::sync::lock(&self.idle);
+        if idle.len() < POOL_MAX_IDLE {
+            idle.insert(0, IdleConn { id, conn: Idle::Resting(io), since });
+        }
+    }
+}
+
+/// A pooled connection's task: runs hyper's connection until it ends or, idle in the pool
+/// for `rest_after`, rests: the pool's handle to it is dropped, which ends hyper's
+/// connection without shutting the socket down, and the socket (when hyper had read
+/// nothing more from it) goes back to the pool.
+async fn drive(
+    conn: hyper::client::conn::http1::Connection<Io, ProxyBody>,
+    pool: std::sync::Weak<H1PoolInner>,
+    id: u64,
+    can_rest: bool,
+) {
+    let conn = conn.without_shutdown();
+    tokio::pin!(conn);
+    let Some(rest_after) = pool.upgrade().map(|p| p.rest_after).filter(|_| can_rest) else {
+        if let Err(e) = conn.await {
+            tracing::debug!("client connection error: {e:?}");
+        }
+        return;
+    };
+    let timer = tokio::time::sleep(rest_after);
+    tokio::pin!(timer);
+    let mut rested = None;
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            ended = &mut conn => {
+                match ended {
+                    Ok(parts) => {
+                        if let (Some(since), Some(pool), hyper_rustls::MaybeHttpsStream::Http(io), true) =
+                            (rested, pool.upgrade(), parts.io, parts.read_buf.is_empty())
+                        {
+                            pool.put_resting(id, io, since);
+                        }
+                    }
+                    Err(e) => tracing::debug!("client connection error: {e:?}"),
+                }
+                return;
+            }
+            () = &mut timer, if watching && rested.is_none() => {
+                // The pool is gone: its handle went with it, and this connection ends.
+                let Some(p) = pool.upgrade() else {
+                    watching = false;
+                    continue;
+                };
+                match p.take_rested(id) {
+                    Ok((tx, since)) => {
+                        rested = Some(since);
+                        drop(tx);
+                    }
+                    Err(at) => timer.as_mut().reset(at),
+                }
+            }
+        }
+    }
+}
+
+/// Whether a resting socket is still open and quiet: a non-blocking read sees the
+/// upstream's FIN (or bytes it should not have sent) that arrived while it rested.
+fn still_open(io: &Plain) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(io.inner().try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// The request target as an HTTP/1.1 client sends it to an origin (as hyper_util does).
@@ -555,6 +704,62 @@ mod tests {
             assert_eq!(get(&pool, &base).await, http::StatusCode::OK);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    /// Which of the pool's idle connections rest, least recently used first.
+    fn resting(pool: &H1Pool) -> Vec<bool> {
+        crate::sync::lock(&pool.inner.idle).iter().map(|c| matches!(c.conn, Idle::Resting(_))).collect()
+    }
+
+    #[tokio::test]
+    async fn h1_pool_rests_idle_connections_and_serves_on_their_socket() {
+        let (base, accepted) = upstream(false).await;
+        let connector = timeout_connector(&base, true, &UpstreamTls::default());
+        let pool = H1Pool::with_rest(connector, Duration::from_millis(100));
+        assert_eq!(get(&pool, &base).await, http::StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(resting(&pool), [false], "not before rest_after");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(resting(&pool), [true], "rested: only the socket is kept");
+        for _ in 0..2 {
+            assert_eq!(get(&pool, &base).await, http::StatusCode::OK);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(resting(&pool), [false], "a live connection again");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "the same socket throughout");
+    }
+
+    #[tokio::test]
+    async fn h1_pool_drops_a_resting_socket_the_upstream_closed() {
+        // An upstream that closes connections idle for 200 ms, as servers with a keep-alive
+        // timeout do.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut chunk = [0u8; 1024];
+                    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), s.read(&mut chunk)).await {
+                        if n == 0 {
+                            return;
+                        }
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    }
+                });
+            }
+        });
+        let connector = timeout_connector(&base, true, &UpstreamTls::default());
+        let pool = H1Pool::with_rest(connector, Duration::from_millis(50));
+        assert_eq!(get(&pool, &base).await, http::StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(resting(&pool), [true]);
+        assert!(pool.checkout().is_none(), "the upstream's FIN is seen at checkout");
+        assert_eq!(get(&pool, &base).await, http::StatusCode::OK);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
